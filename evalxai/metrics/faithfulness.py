@@ -67,7 +67,7 @@ def feature_ranks(rel: torch.Tensor, order: str, seed: int, x: torch.Tensor) -> 
 
 
 def flip_curves(model, x, target, attributions, order="morf", patch_size=1, per_step=1, steps=None,
-                baseline="zero", score_space="logit", seed=0, batch_size=2048, mean=None, low=0.0, high=1.0):
+                baseline="zero", score_space="logit", seed=0, batch_size=512, mean=None, low=0.0, high=1.0):
     """Curves y (K + 1, N) and removed fractions (K + 1,) for one order."""
     if x.dim() != 4:
         raise ValueError(f"pixel flipping needs images (N, C, H, W), got shape {tuple(x.shape)}")
@@ -97,7 +97,7 @@ def flip_curves(model, x, target, attributions, order="morf", patch_size=1, per_
 
 
 @register_metric("pixel_flipping", order=("morf", "lerf"), patch_size=1, per_step=1, steps=None, baseline="zero",
-                 score_space="logit", seed=0, batch_size=2048, mean=None, low=0.0, high=1.0)
+                 score_space="logit", seed=0, batch_size=512, mean=None, low=0.0, high=1.0)
 def pixel_flipping(model, x, target, attributions, order=("morf", "lerf"), score_space="logit", **params):
     """Pixel-flipping curves and AOPC / AUC (per order) and ABPC (when MoRF and LeRF both run)."""
     check_score_space(score_space)

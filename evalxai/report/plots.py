@@ -15,12 +15,12 @@ from evalxai._io import atomic_path  # noqa: E402
 
 def _save(fig, path: Path) -> Path:
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+        fig.savefig(tmp, dpi=100, bbox_inches="tight", format="png")
     plt.close(fig)
     return path
 
 
-def heatmap_grid(images: np.ndarray, maps: dict[str, np.ndarray], path: Path, n: int = 6) -> Path:
+def heatmap_grid(images: np.ndarray, maps: dict[str, np.ndarray], path: Path, n: int = 4) -> Path:
     """Rows: samples; columns: the input then each method's map (bwr, symmetric around 0 per map)."""
     n = min(n, len(images))
     cols = 1 + len(maps)

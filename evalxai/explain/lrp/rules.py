@@ -20,7 +20,7 @@ from torch import nn
 
 def stabilize(z: torch.Tensor, eps: float) -> torch.Tensor:
     """z + eps * sign(z), with sign(0) = +1 (zennit's stabilizer)."""
-    return z + torch.where(z >= 0, eps, -eps)
+    return z + eps * (2 * (z >= 0).to(z.dtype) - 1)
 
 
 def divide(r: torch.Tensor, z: torch.Tensor, eps: float) -> torch.Tensor:
