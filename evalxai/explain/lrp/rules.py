@@ -19,14 +19,18 @@ from torch import nn
 
 
 def stabilize(z: torch.Tensor, eps: float) -> torch.Tensor:
-    """z + eps * sign(z), with sign(0) = +1 (zennit's stabilizer)."""
-    return z + eps * (2 * (z >= 0).to(z.dtype) - 1)
+    """z + eps * sign(z), with sign(+0) = +1 (zennit's stabilizer; two kernels via copysign).
+
+    Only z = -0.0 differs from zennit (it gets -eps): that happens when every contribution is a signed zero,
+    so the relevance it redistributes is multiplied by zero contributions either way.
+    """
+    return z + torch.copysign(z.new_tensor(eps), z)
 
 
 def divide(r: torch.Tensor, z: torch.Tensor, eps: float) -> torch.Tensor:
     """r / stab(z); with eps = 0 a safe division that gives 0 where z = 0."""
     if eps == 0:
-        return torch.where(z == 0, torch.zeros_like(r), r / torch.where(z == 0, torch.ones_like(z), z))
+        return torch.where(z == 0, 0.0, r / z).to(r.dtype)
     return r / stabilize(z, eps)
 
 
@@ -75,7 +79,7 @@ def _neg(t):
 
 
 def _nonneg(a: torch.Tensor) -> bool:
-    return bool((a >= 0).all())
+    return bool(a.min() >= 0)
 
 
 @dataclass

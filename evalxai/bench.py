@@ -1,0 +1,93 @@
+"""Benchmark: each method's time per batch divided by one plain gradient (forward + backward) on the same batch.
+
+    python -m evalxai.bench [--models lenet vgg_bn] [--batch 128] [--repeats 15] [--methods ...] [--out DIR]
+
+Timings are interleaved (every method once per round, rounds repeated) and medians are taken, so drift on a
+shared machine hits all methods alike. Models are randomly initialised: the cost does not depend on training.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+import evalxai
+from evalxai.explain import METHODS
+from evalxai.explain.gradient import target_grad
+from evalxai.explain.guard import frozen
+from evalxai.explain.lrp import COMPOSITES
+from evalxai.models.zoo import build_model
+
+TARGETS = {"lrp_0": 1.3, "lrp_epsilon": 1.3, "lrp_epsilon_plus": 2.0, "lrp_epsilon_plus_flat": 2.0,
+           "lrp_epsilon_alpha2beta1": 2.0, "lrp_epsilon_gamma_box": 2.5}
+
+
+def bench_methods(model_name: str, methods: list[str], batch: int, repeats: int) -> pd.DataFrame:
+    torch.manual_seed(0)
+    model = build_model(model_name, (1, 28, 28)).eval()
+    x = torch.rand(batch, 1, 28, 28)
+    t = torch.randint(0, 10, (batch,))
+    calls = {"<gradient pass>": lambda: _plain(model, x, t)}
+    for name in methods:
+        calls[name] = lambda name=name: evalxai.explain(model, x, t, method=name)
+    for f in calls.values():  # warm-up (tracing, allocator)
+        f()
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    for _ in range(repeats):
+        for name, f in calls.items():
+            t0 = time.perf_counter()
+            f()
+            times[name].append(time.perf_counter() - t0)
+    base = statistics.median(times["<gradient pass>"])
+    rows = []
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        rows.append({"model": model_name, "batch": batch, "method": name, "median_ms": 1e3 * med,
+                     "ratio": med / base, "target": TARGETS.get(name)})
+    return pd.DataFrame(rows)
+
+
+def _plain(model, x, t):
+    with frozen(model, warn_train=False):
+        return target_grad(model, x, t)
+
+
+def markdown(df: pd.DataFrame) -> str:
+    """A GitHub Markdown table (no extra dependency)."""
+    cols = [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join("" if pd.isna(v) else str(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> pd.DataFrame:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=["lenet", "vgg_bn"])
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--methods", nargs="+", default=sorted(COMPOSITES))
+    p.add_argument("--out", default="results/bench")
+    args = p.parse_args(argv)
+    unknown = [m for m in args.methods if m not in METHODS]
+    if unknown:
+        p.error(f"unknown methods {unknown}: choose from {sorted(METHODS)}")
+    df = pd.concat([bench_methods(m, args.methods, args.batch, args.repeats) for m in args.models])
+    df["meets_target"] = [None if pd.isna(tg) else bool(r <= tg) for r, tg in zip(df["ratio"], df["target"])]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out / "bench.csv", index=False)
+    table = df.pivot(index="method", columns="model", values="ratio").round(2)
+    table["target"] = [TARGETS.get(m, "") for m in table.index]
+    text = (f"Time per batch of {args.batch} / one plain gradient pass (median of {args.repeats} interleaved rounds, "
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads)\n\n" + markdown(table.reset_index()) + "\n")
+    (out / "bench.md").write_text(text)
+    print(text)
+    return df
+
+
+if __name__ == "__main__":
+    main()
