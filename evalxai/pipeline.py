@@ -22,8 +22,7 @@ from evalxai.data import load_dataset
 from evalxai.explain import get_method
 from evalxai.metrics import get_metric
 from evalxai.models import get_model
-from evalxai.report import TIDY_COLUMNS, summarize
-from evalxai.report import plots
+from evalxai.report import TIDY_COLUMNS, plots, summarize
 
 log = logging.getLogger("evalxai")
 

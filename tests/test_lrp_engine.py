@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 import evalxai
-from evalxai.explain.lrp import COMPOSITES, LRPError, Recorder, make_composite, run_lrp
 from evalxai.explain.guard import frozen
+from evalxai.explain.lrp import COMPOSITES, LRPError, Recorder, make_composite, run_lrp
 from evalxai.models.zoo import build_model
 from tests.conftest import no_hooks
 

@@ -163,7 +163,8 @@ def load_digits(n_test: int | float = 360, split_seed: int = 0, cache_dir=None) 
 
     a = _cached_arrays("digits-v1", build, cache_dir)
     x_tr, x_te, y_tr, y_te = _split(a["x"], a["y"], n_test, split_seed)
-    meta = {"source": "sklearn.datasets.load_digits", "split": "stratified-v1", "n_train": len(y_tr), "n_test": len(y_te),
+    meta = {"source": "sklearn.datasets.load_digits", "split": "stratified-v1",
+            "n_train": len(y_tr), "n_test": len(y_te),
             "split_seed": split_seed}
     return _to_dataset("digits", x_tr, y_tr, x_te, y_te, 16.0, meta)
 

@@ -69,7 +69,8 @@ def gradient_x_input(model, x, target):
 
 
 def make_baseline(x: torch.Tensor, baseline, mean: torch.Tensor | None = None, seed: int = 0) -> torch.Tensor:
-    """Reference input: ``zero``, ``mean`` (given mean image), ``blur`` (Gaussian, sigma 5 px), ``uniform``, or a tensor."""
+    """Reference input: ``zero``, ``mean`` (given mean image), ``blur`` (Gaussian, sigma 5 px), ``uniform``,
+    a number or a tensor."""
     if isinstance(baseline, torch.Tensor):
         return baseline.to(x).expand_as(x)
     if isinstance(baseline, (int, float)):

@@ -29,7 +29,8 @@ class LeNet(nn.Module):
             nn.Conv2d(channels[0], channels[1], 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
         )
         flat = channels[1] * (h // 4) * (w // 4)
-        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(flat, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(flat, hidden), nn.ReLU(),
+                                        nn.Linear(hidden, num_classes))
 
     def forward(self, x):
         return self.classifier(self.features(x))
@@ -48,7 +49,8 @@ class VGGBN(nn.Module):
             nn.LocalResponseNorm(5), nn.AvgPool2d(2),
         )
         flat = c2 * (h // 4) * (w // 4)
-        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(flat, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(flat, hidden), nn.ReLU(),
+                                        nn.Linear(hidden, num_classes))
 
     def forward(self, x):
         return self.classifier(self.features(x))
