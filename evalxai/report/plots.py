@@ -48,13 +48,15 @@ def flipping_curves(scores: pd.DataFrame, path: Path) -> Path | None:
         return None
     orders = sorted(curves["measure"].unique())
     fig, axes = plt.subplots(1, len(orders), figsize=(5.2 * len(orders), 4), squeeze=False)
+    methods = sorted(curves["method"].unique())
+    colors = dict(zip(methods, plt.get_cmap("tab20")(np.linspace(0, 1, max(len(methods), 2)))))
     for ax, measure in zip(axes[0], orders):
         sub = curves[curves["measure"] == measure]
         for method, g in sub.groupby("method"):
             stats = g.groupby("fraction")["value"].agg(["mean", "std", "count"])
             half = 1.96 * stats["std"].fillna(0) / np.sqrt(stats["count"])
-            ax.plot(stats.index, stats["mean"], label=method, lw=1.2)
-            ax.fill_between(stats.index, stats["mean"] - half, stats["mean"] + half, alpha=0.15)
+            ax.plot(stats.index, stats["mean"], label=method, lw=1.2, color=colors[method])
+            ax.fill_between(stats.index, stats["mean"] - half, stats["mean"] + half, alpha=0.15, color=colors[method])
         ax.set_title(measure.replace("curve_", "").upper() + " removal")
         ax.set_xlabel("fraction of features removed")
         ax.set_ylabel(f"target score ({sub['score_space'].iloc[0]})")
