@@ -189,7 +189,7 @@ def test_unsupported_layer_is_named():
             return self.emb(x, x)
 
     with pytest.raises(LRPError, match="'emb' of type Bilinear"):
-        evalxai.explain(Weird().double(), torch.rand(2, 4, dtype=torch.float64), torch.tensor([0, 1]),
+        evalxai.explain(Weird().double().eval(), torch.rand(2, 4, dtype=torch.float64), torch.tensor([0, 1]),
                         method="lrp_0")
 
 
@@ -203,7 +203,7 @@ def test_unsupported_function_is_named():
             return self.fc(x * x)
 
     with pytest.raises(LRPError, match="mul"):
-        evalxai.explain(Mul(), torch.rand(2, 4), torch.tensor([0, 1]), method="lrp_0")
+        evalxai.explain(Mul().eval(), torch.rand(2, 4), torch.tensor([0, 1]), method="lrp_0")
 
 
 def test_composite_override_by_name():
