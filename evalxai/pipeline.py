@@ -99,11 +99,7 @@ def run_experiment(cfg: dict, out_dir: str | Path, progress: bool = True) -> Pat
     for name, overrides in bar:
         bar.set_postfix_str(name)
         spec = get_method(name)
-        params = {k: v for k, v in box.items() if k in spec.defaults}
-        if "mean" in spec.defaults or name == "integrated_gradients":
-            params["mean"] = mean if name != "integrated_gradients" else None
-        params = {k: v for k, v in params.items() if v is not None}
-        params.update(overrides)
+        params = {**{k: v for k, v in box.items() if k in spec.defaults}, **overrides}
         t0 = time.perf_counter()
         attributions = evalxai.explain(model, x, target, method=name, **params)
         timings[f"explain:{name}_s"] = time.perf_counter() - t0
