@@ -1,7 +1,6 @@
 """Public API: ``explain`` (attributions by method name) and ``score`` (tidy metric rows by metric name)."""
 from __future__ import annotations
 
-import inspect
 import weakref
 from collections.abc import Callable
 
@@ -108,9 +107,6 @@ def score(model: nn.Module, x: torch.Tensor, target, attributions: torch.Tensor,
     check_finite(attributions, "attributions")
     spec = get_metric(metric)
     params = _params(spec.defaults, overrides, f"metric '{metric}'")
-    accepted = inspect.signature(spec.fn).parameters
-    params = {k: v for k, v in params.items() if k in accepted or any(
-        p.kind == p.VAR_KEYWORD for p in accepted.values())}
     with frozen(model):
         rows = spec.fn(model, x, target, attributions.to(x.dtype), **params)
     df = pd.DataFrame(rows)

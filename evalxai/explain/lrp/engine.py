@@ -196,8 +196,8 @@ class _LayerFn(torch.autograd.Function):
         (a,) = ctx.saved_tensors
         layer = ctx.layer
         r_in = layer["rule"].backward(layer["op"], a, ctx.state, r)
-        if layer["recorder"] is not None:
-            layer["recorder"](layer["name"], layer["rule"].name, r, r_in)
+        if layer["hook"] is not None:
+            layer["hook"](r, r_in)
         return r_in, None
 
 
@@ -214,12 +214,16 @@ class _PassFn(torch.autograd.Function):
         return r, None
 
 
-class _NormFn(torch.autograd.Function):
-    """R_in = a * J^T (R / stab(f(a))) for a linear, bias-free f (pooling, mean)."""
+class _LinearizedFn(torch.autograd.Function):
+    """R_in = a * J_f(a)^T (R / stab(z)): contributions a_j dy_k/da_j of y = f(a), normalised by z = denom(a, y).
+
+    With ``denom`` = y this is the proportional Norm rule of a linear, bias-free f (pooling, mean); for
+    LocalResponseNorm ``denom`` is J a (see ``lrn_linear_output``).
+    """
 
     @staticmethod
-    def forward(ctx, a, f, eps, hook):
-        ctx.f, ctx.eps, ctx.hook = f, eps, hook
+    def forward(ctx, a, f, denom, eps, hook):
+        ctx.f, ctx.denom, ctx.eps, ctx.hook = f, denom, eps, hook
         ctx.save_for_backward(a)
         return f(a)
 
@@ -228,12 +232,12 @@ class _NormFn(torch.autograd.Function):
         (a,) = ctx.saved_tensors
         with torch.enable_grad():
             a_ = a.detach().requires_grad_(True)
-            z = ctx.f(a_)
-            (c,) = torch.autograd.grad(z, a_, divide(r, z.detach(), ctx.eps))
+            y = ctx.f(a_)
+            (c,) = torch.autograd.grad(y, a_, divide(r, ctx.denom(a, y.detach()), ctx.eps))
         r_in = a * c
         if ctx.hook is not None:
             ctx.hook(r, r_in)
-        return r_in, None, None, None
+        return r_in, None, None, None, None
 
 
 class _SumFn(torch.autograd.Function):
@@ -268,32 +272,13 @@ def lrn_denominator(a: torch.Tensor, m: nn.LocalResponseNorm) -> torch.Tensor:
     return d * m.alpha + m.k
 
 
-class _LRNFn(torch.autograd.Function):
-    """LocalResponseNorm linearised at a (Binder et al. 2016): contributions a_j dy_k/da_j, normalised by J a.
+def lrn_linear_output(a: torch.Tensor, y: torch.Tensor, m: nn.LocalResponseNorm) -> torch.Tensor:
+    """J a for y = LRN(a), in closed form y (1 - 2 beta (D - k) / D) (Binder et al. 2016 linearisation).
 
-    J a = y (1 - 2 beta (D - k) / D) in closed form, so sum R_in = sum R_out exactly (up to the stabiliser).
+    Normalising the contributions a_j dy_k/da_j by J a makes sum R_in = sum R_out exactly (up to the stabiliser).
     """
-
-    @staticmethod
-    def forward(ctx, a, m, eps, hook):
-        ctx.m, ctx.eps, ctx.hook = m, eps, hook
-        ctx.save_for_backward(a)
-        return F.local_response_norm(a, m.size, m.alpha, m.beta, m.k)
-
-    @staticmethod
-    def backward(ctx, r):
-        (a,) = ctx.saved_tensors
-        m = ctx.m
-        with torch.enable_grad():
-            a_ = a.detach().requires_grad_(True)
-            y = F.local_response_norm(a_, m.size, m.alpha, m.beta, m.k)
-            d = lrn_denominator(a, m)
-            ja = y.detach() * (1 - 2 * m.beta * (d - m.k) / d)
-            (c,) = torch.autograd.grad(y, a_, divide(r, ja, ctx.eps))
-        r_in = a * c
-        if ctx.hook is not None:
-            ctx.hook(r, r_in)
-        return r_in, None, None, None
+    d = lrn_denominator(a, m)
+    return y * (1 - 2 * m.beta * (d - m.k) / d)
 
 
 def _first_tensor(args) -> torch.Tensor:
@@ -348,17 +333,20 @@ def run_lrp(model: nn.Module, x: torch.Tensor, target: torch.Tensor, composite: 
             return args[0]
         if step.kind == "linear":
             w, b = merged_weights(step.module, step.bn)
-            layer = {"op": LinearOp(step.module, w, b), "rule": step.rule, "name": name, "recorder": recorder}
+            layer = {"op": LinearOp(step.module, w, b), "rule": step.rule, "hook": hook_for(name, step.rule.name)}
             return _LayerFn.apply(args[0], layer)
         if step.kind == "pass":
             return _PassFn.apply(_first_tensor(args), call(*args, **kwargs).detach())
         if step.kind == "norm":
             rest = args[1:]
-            return _NormFn.apply(args[0], lambda t: call(t, *rest, **kwargs), eps, hook_for(name, "norm"))
+            return _LinearizedFn.apply(args[0], lambda t: call(t, *rest, **kwargs), lambda a, y: y, eps,
+                                       hook_for(name, "norm"))
         if step.kind == "sum":
             return _SumFn.apply(args[0], args[1], eps, hook_for(name, "sum"))
         if step.kind == "lrn":
-            return _LRNFn.apply(args[0], step.module, eps, hook_for(name, "lrn"))
+            m = step.module
+            return _LinearizedFn.apply(args[0], lambda t: F.local_response_norm(t, m.size, m.alpha, m.beta, m.k),
+                                       lambda a, y: lrn_linear_output(a, y, m), eps, hook_for(name, "lrn"))
         return NotImplemented
 
     x = x.detach().requires_grad_(True)

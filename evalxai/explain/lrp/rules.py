@@ -63,8 +63,6 @@ class LinearOp:
         if not self.is_conv:
             return s @ w
         m = self.module
-        if a.shape[0] != s.shape[0]:
-            a = a.expand(s.shape[0], *a.shape[1:])
         return torch.ops.aten.convolution_backward(
             s, a, w, None, list(m.stride), list(m.padding), list(m.dilation), False, [0] * self.dim, m.groups,
             [True, False, False])[0]
