@@ -68,8 +68,16 @@ def _params(defaults: dict, overrides: dict, what: str) -> dict:
     return {**defaults, **overrides}
 
 
-def resolve_method(method: str | Callable, overrides: dict) -> Callable:
-    """``f(model, x, target) -> Tensor`` for a method name (with overrides) or a foreign callable."""
+def resolve_method(method: str | Callable | dict, overrides: dict) -> Callable:
+    """``f(model, x, target) -> Tensor`` for a method name (with overrides), a foreign callable, or a config
+    mapping with ``_target_`` (a captum attribution class or a function; see ``evalxai.explain.foreign``)."""
+    if isinstance(method, dict) or hasattr(method, "keys"):
+        from evalxai.explain.foreign import foreign_method
+
+        spec = {**dict(method), **overrides}
+        if "_target_" not in spec:
+            raise ValueError(f"method config {dict(method)} has no _target_: give a method name or a _target_")
+        return foreign_method(spec)
     if callable(method):
         return (lambda m, x, t: method(m, x, t, **overrides)) if overrides else method
     spec = get_method(method)
@@ -77,11 +85,12 @@ def resolve_method(method: str | Callable, overrides: dict) -> Callable:
     return lambda m, x, t: spec.fn(m, x, t, **params)
 
 
-def explain(model: nn.Module, x: torch.Tensor, target, method: str | Callable = "lrp_epsilon_plus",
+def explain(model: nn.Module, x: torch.Tensor, target, method: str | Callable | dict = "lrp_epsilon_plus",
             **overrides) -> torch.Tensor:
     """Attributions of ``target`` logits for inputs ``x``, shaped like ``x``.
 
-    ``method`` is a config name (``conf/method/<name>.yaml``) or a callable ``f(model, x, target)``;
+    ``method`` is a config name (``conf/method/<name>.yaml``), a callable ``f(model, x, target)`` or a mapping
+    with ``_target_`` (a captum attribution class, e.g. ``{"_target_": "captum.attr.Saliency"}``);
     ``overrides`` are config fields (``epsilon``, ``gamma``, ``steps``, ...). The model is left as it was.
     """
     x, target = check_inputs(model, x, target)

@@ -35,12 +35,26 @@ def sample_indices(n_test: int, n: int, seed: int = 0) -> np.ndarray:
 
 
 def method_list(cfg: dict) -> list[tuple[str, dict]]:
-    """(name, overrides) for every method of the run: ``method`` (one, with params) or ``methods`` (+ params)."""
+    """(name, overrides) for every method of the run: ``method`` (one, with params) or ``methods`` (+ params).
+
+    An entry of ``methods`` is a registered name or a mapping ``{name: ..., _target_: ..., **params}`` naming a
+    foreign explainer (a captum attribution class or a function, see ``evalxai.explain.foreign``).
+    """
     if cfg.get("method"):
         m = dict(cfg["method"])
-        return [(m.pop("name"), m)]
+        return [(m.pop("name", None) or str(m.get("_target_")), m)]
     per = cfg.get("method_params") or {}
-    return [(name, dict(per.get(name) or {})) for name in cfg.get("methods") or []]
+    out = []
+    for entry in cfg.get("methods") or []:
+        if isinstance(entry, str):
+            out.append((entry, dict(per.get(entry) or {})))
+        else:
+            m = dict(entry)
+            if "_target_" not in m:
+                raise ValueError(f"methods entry {m} is neither a method name nor a mapping with _target_")
+            name = m.pop("name", None) or str(m["_target_"]).rpartition(".")[2]
+            out.append((name, {**m, **dict(per.get(name) or {})}))
+    return out
 
 
 def metric_list(cfg: dict) -> list[tuple[str, dict]]:
@@ -92,16 +106,21 @@ def run_experiment(cfg: dict, out_dir: str | Path, progress: bool = True) -> Pat
     methods, metrics = method_list(cfg), metric_list(cfg)
     for name, _ in metrics:
         get_metric(name)
-    for name, _ in methods:
-        get_method(name)
+    for name, overrides in methods:
+        if "_target_" not in overrides:
+            get_method(name)
     frames, maps = [], {}
     bar = tqdm(methods, desc="methods", disable=not progress)
     for name, overrides in bar:
         bar.set_postfix_str(name)
-        spec = get_method(name)
-        params = {**{k: v for k, v in box.items() if k in spec.defaults}, **overrides}
+        foreign = "_target_" in overrides
+        if foreign:
+            method, params = overrides, {}
+        else:
+            spec = get_method(name)
+            method, params = name, {**{k: v for k, v in box.items() if k in spec.defaults}, **overrides}
         t0 = time.perf_counter()
-        attributions = evalxai.explain(model, x, target, method=name, **params)
+        attributions = evalxai.explain(model, x, target, method=method, **params)
         timings[f"explain:{name}_s"] = time.perf_counter() - t0
         maps[name] = attributions.numpy()
         for metric, mparams in metrics:
@@ -110,7 +129,7 @@ def run_experiment(cfg: dict, out_dir: str | Path, progress: bool = True) -> Pat
             if "mean" in mspec.defaults and mp.get("mean") is None:
                 mp["mean"] = mean
             if "method" in mspec.defaults:
-                mp.setdefault("method", name)
+                mp.setdefault("method", method)
                 mp.setdefault("method_params", {k: v for k, v in params.items() if k != "mean"})
             for k in ("low", "high"):
                 if k in mspec.defaults:

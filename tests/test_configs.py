@@ -21,7 +21,8 @@ def test_config_files_mirror_registry(group, registry):
     assert set(files) == set(registry)
     for name, cfg in files.items():
         assert cfg.pop("name") == name
-        assert cfg == {k: _norm(v) for k, v in registry[name].defaults.items()}, name
+        expected = {k: _norm(v) for k, v in registry[name].defaults.items()}
+        assert cfg == expected, f"{name}: run python -m evalxai.configs"
 
 
 @pytest.mark.parametrize("experiment", ["mnist_lrp", "mnist_smoke"])

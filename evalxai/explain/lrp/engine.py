@@ -90,62 +90,64 @@ def _merge_target(node: fx.Node, model: nn.Module, module: nn.Module) -> tuple[f
     return None
 
 
+def node_kind(model: nn.Module, node: fx.Node, what: str = "LRP") -> str:
+    """How a traced node propagates: placeholder / get_attr / output, linear (has a rule), grad (keeps its
+    gradient: ReLU, max-pooling, shape ops), pass (element-wise), norm (average pooling, mean), sum (two-tensor
+    addition) or lrn. Raises LRPError naming the node for anything else."""
+    if node.op in ("placeholder", "get_attr", "output"):
+        return node.op
+    if node.op == "call_module":
+        m = model.get_submodule(node.target)
+        if layer_type(m) is not None:
+            return "linear"
+        for kind, types in (("grad", _GRAD_MODULES), ("pass", _PASS_MODULES), ("norm", _NORM_MODULES),
+                            ("lrn", nn.LocalResponseNorm)):
+            if isinstance(m, types):
+                return kind
+        raise LRPError(f"module '{node.target}' of type {type(m).__name__} has no {what} rule: supported are "
+                       "Linear, Conv1d/2d/3d, BatchNorm, pooling, LocalResponseNorm, element-wise "
+                       "activations and shape layers; replace it or explain with a gradient method")
+    if node.op == "call_function":
+        fn = node.target
+        if fn in _ADD_FUNCS:
+            return "sum" if sum(_is_tensor_node(a) for a in node.args) == 2 else "grad"
+        for kind, funcs in (("grad", _GRAD_FUNCS), ("pass", _PASS_FUNCS), ("norm", _NORM_FUNCS)):
+            if fn in funcs:
+                return kind
+        raise LRPError(f"operation '{getattr(fn, '__name__', fn)}' (graph node '{node.name}') has no {what} "
+                       "rule: express it with supported modules or explain with a gradient method")
+    if node.target in _GRAD_METHODS:
+        return "grad"
+    if node.target == "add" and sum(_is_tensor_node(a) for a in node.args) == 2:
+        return "sum"
+    if node.target == "mean":
+        return "norm"
+    raise LRPError(f"tensor method '.{node.target}()' (graph node '{node.name}') has no {what} rule: "
+                   "express it with supported modules or explain with a gradient method")
+
+
 def build_plan(model: nn.Module, composite: Composite) -> tuple[fx.Graph, dict]:
-    """Classify every node of the traced model; raise LRPError for anything without a rule."""
+    """Classify every node of the traced model (``node_kind``) and give linear layers their rule."""
     graph = _trace(model)
     plan: dict[fx.Node, Step] = {}
     seen_first = False
     for node in graph.nodes:
         if node in plan:
             continue
-        if node.op in ("placeholder", "get_attr", "output"):
-            plan[node] = Step(node.op)
-        elif node.op == "call_module":
+        kind = node_kind(model, node)
+        if kind == "linear":
             m = model.get_submodule(node.target)
-            if layer_type(m) is not None:
-                merged = _merge_target(node, model, m)
-                bn = None
-                if merged is not None:
-                    plan[merged[0]] = Step("skip")
-                    bn = merged[1]
-                plan[node] = Step("linear", m, bn, composite.rule_for(node.target, m, not seen_first))
-                seen_first = True
-            elif isinstance(m, _GRAD_MODULES):
-                plan[node] = Step("grad")
-            elif isinstance(m, _PASS_MODULES):
-                plan[node] = Step("pass")
-            elif isinstance(m, _NORM_MODULES):
-                plan[node] = Step("norm")
-            elif isinstance(m, nn.LocalResponseNorm):
-                plan[node] = Step("lrn", m)
-            else:
-                raise LRPError(f"module '{node.target}' of type {type(m).__name__} has no LRP rule: supported are "
-                               "Linear, Conv1d/2d/3d, BatchNorm, pooling, LocalResponseNorm, element-wise "
-                               "activations and shape layers; replace it or explain with a gradient method")
-        elif node.op == "call_function":
-            fn = node.target
-            if fn in _ADD_FUNCS:
-                n_tensors = sum(_is_tensor_node(a) for a in node.args)
-                plan[node] = Step("sum" if n_tensors == 2 else "grad")
-            elif fn in _GRAD_FUNCS:
-                plan[node] = Step("grad")
-            elif fn in _PASS_FUNCS:
-                plan[node] = Step("pass")
-            elif fn in _NORM_FUNCS:
-                plan[node] = Step("norm")
-            else:
-                raise LRPError(f"operation '{getattr(fn, '__name__', fn)}' (graph node '{node.name}') has no LRP "
-                               "rule: express it with supported modules or explain with a gradient method")
-        elif node.op == "call_method":
-            if node.target in _GRAD_METHODS:
-                plan[node] = Step("grad")
-            elif node.target == "add" and sum(_is_tensor_node(a) for a in node.args) == 2:
-                plan[node] = Step("sum")
-            elif node.target == "mean":
-                plan[node] = Step("norm")
-            else:
-                raise LRPError(f"tensor method '.{node.target}()' (graph node '{node.name}') has no LRP rule: "
-                               "express it with supported modules or explain with a gradient method")
+            merged = _merge_target(node, model, m)
+            bn = None
+            if merged is not None:
+                plan[merged[0]] = Step("skip")
+                bn = merged[1]
+            plan[node] = Step("linear", m, bn, composite.rule_for(node.target, m, not seen_first))
+            seen_first = True
+        elif kind == "lrn":
+            plan[node] = Step("lrn", model.get_submodule(node.target))
+        else:
+            plan[node] = Step(kind)
     return graph, plan
 
 

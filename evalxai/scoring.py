@@ -1,0 +1,32 @@
+"""Target-class scores of a model in logit, softmax or log-softmax space, for batches and stacks of inputs."""
+from __future__ import annotations
+
+import torch
+
+SCORE_SPACES = ("logit", "softmax", "log_softmax")
+
+
+def check_score_space(space: str) -> str:
+    if space not in SCORE_SPACES:
+        raise ValueError(f"unknown score_space '{space}': use one of {list(SCORE_SPACES)}")
+    return space
+
+
+def target_scores(logits: torch.Tensor, target: torch.Tensor, space: str) -> torch.Tensor:
+    """Target-class score of logits (B, classes) in the given space."""
+    if space == "softmax":
+        logits = logits.softmax(1)
+    elif space == "log_softmax":
+        logits = logits.log_softmax(1)
+    return logits.gather(1, target.view(-1, 1)).squeeze(1)
+
+
+@torch.no_grad()
+def batched_scores(model, xs: torch.Tensor, target: torch.Tensor, space: str, batch_size: int) -> torch.Tensor:
+    """Scores for a stack of inputs (S, N, ...) -> (S, N), forwarding ``batch_size`` images at a time."""
+    s, n = xs.shape[:2]
+    flat = xs.reshape(s * n, *xs.shape[2:])
+    tgt = target.repeat(s)
+    out = torch.cat([target_scores(model(flat[i:i + batch_size]), tgt[i:i + batch_size], space)
+                     for i in range(0, len(flat), batch_size)])
+    return out.view(s, n)
