@@ -65,3 +65,15 @@ def test_unknown_method_fails_with_one_line(tmp_path, cache_dir):
     assert res.returncode != 0
     assert "unknown method 'nonsense'" in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "scores.parquet").exists()
+
+
+def test_every_new_method_and_a_captum_class_through_the_cli(tmp_path, cache_dir):
+    pytest.importorskip("captum")
+    methods = ("[deeplift,occlusion,cam,grad_cam,grad_cam_pp,"
+               "{name:captum_saliency,_target_:captum.attr.Saliency,abs:false}]")
+    res = run_cli(["experiment=mnist_smoke", f"hydra.run.dir={tmp_path}", "progress=false", "model=resnet_small",
+                   "model.train.epochs=1", "n_samples=4", f"methods={methods}"], cache_dir)
+    assert res.returncode == 0, res.stderr[-3000:]
+    df = pd.read_parquet(tmp_path / "scores.parquet")
+    assert set(df["method"]) == {"deeplift", "occlusion", "cam", "grad_cam", "grad_cam_pp", "captum_saliency"}
+    assert df["value"].notna().all()

@@ -89,11 +89,12 @@ def make_baseline(x: torch.Tensor, baseline, mean: torch.Tensor | None = None, s
     raise ValueError(f"unknown baseline '{baseline}': use zero, mean, blur, uniform, a number or a tensor")
 
 
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of (N, C, H, W) images, reflect-padded, per channel."""
+def gaussian_blur(x: torch.Tensor, sigma: float, radius: int | None = None) -> torch.Tensor:
+    """Separable Gaussian blur of (N, C, H, W) images, reflect-padded, per channel; kernel radius 3 sigma unless
+    given (RISE's canvas: sigma 5, radius 5, i.e. an 11-tap kernel)."""
     if x.dim() != 4:
         raise ValueError(f"blur needs images (N, C, H, W), got shape {tuple(x.shape)}")
-    radius = max(1, int(3 * sigma))
+    radius = max(1, int(3 * sigma)) if radius is None else int(radius)
     t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
     k = torch.exp(-0.5 * (t / sigma) ** 2)
     k = k / k.sum()

@@ -12,3 +12,39 @@ def scalar_rows(values, measure: str, direction: str, **extra) -> pd.DataFrame:
     """One row per sample for a per-sample scalar."""
     v = np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values, dtype=np.float64)
     return pd.DataFrame({"sample": np.arange(len(v)), "measure": measure, "value": v, "direction": direction, **extra})
+
+
+def explainer(method, method_params: dict | None, metric: str):
+    """``f(model, x, target) -> Tensor`` for the method a re-explaining metric calls (a name, callable or mapping)."""
+    from evalxai.api import resolve_method
+
+    if method is None:
+        raise ValueError(f"metric '{metric}' re-explains perturbed inputs: give method=<name or callable> "
+                         "(the pipeline passes the method being scored)")
+    return resolve_method(method, dict(method_params or {}))
+
+
+def explain_stack(fn, model, xs: torch.Tensor, target: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Attributions for a stack of inputs (S, N, ...) -> (S, N, ...), ``batch_size`` inputs per call."""
+    s, n = xs.shape[:2]
+    flat = xs.reshape(s * n, *xs.shape[2:])
+    tgt = target.repeat(s)
+    step = max(n, batch_size - batch_size % n)  # whole copies of the batch per call
+    out = torch.cat([fn(model, flat[i:i + step], tgt[i:i + step]).detach() for i in range(0, len(flat), step)])
+    return out.view_as(xs)
+
+
+def curve_rows(y: torch.Tensor, fraction, measure: str, **extra) -> pd.DataFrame:
+    """Curve rows from y (K + 1, N): sample, step k, fraction removed, value."""
+    k1, n = y.shape
+    frac = np.asarray(fraction, dtype=np.float64)
+    return pd.DataFrame({"sample": np.tile(np.arange(n), k1), "step": np.repeat(np.arange(k1), n),
+                         "fraction": np.repeat(frac, n), "value": y.double().cpu().numpy().reshape(-1),
+                         "measure": measure, "direction": "none", **extra})
+
+
+def normalized_auc(y: torch.Tensor, fraction) -> np.ndarray:
+    """Area under y (K + 1, N) over the removed fraction, divided by the fraction's span (RISE's normalised AUC)."""
+    frac = np.asarray(fraction, dtype=np.float64)
+    span = float(frac[-1] - frac[0]) or 1.0
+    return np.trapezoid(y.double().cpu().numpy(), frac, axis=0) / span

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 
 from evalxai.explain.gradient import gaussian_blur, per_sample_noise, sample_generators
-from evalxai.metrics.common import batched_scores, check_score_space, scalar_rows
+from evalxai.metrics.common import batched_scores, check_score_space, curve_rows, normalized_auc, scalar_rows
 from evalxai.metrics.registry import register_metric
 
 ORDERS = ("morf", "lerf", "random")
@@ -27,7 +26,10 @@ DIRECTIONS = {("aopc", "morf"): "higher", ("auc", "morf"): "lower", ("aopc", "le
 
 def removal_baseline(x: torch.Tensor, baseline: str, seed: int = 0, mean: torch.Tensor | None = None,
                      low: float = 0.0, high: float = 1.0) -> torch.Tensor:
-    """The values removed features take: zero, dataset mean image, uniform noise (per sample, seeded), blur."""
+    """The values removed features take: zero, dataset mean image, uniform noise (per sample, seeded), blur, or a
+    tensor broadcastable to x."""
+    if isinstance(baseline, torch.Tensor):
+        return baseline.to(x).expand_as(x)
     if baseline == "zero":
         return torch.zeros_like(x)
     if baseline == "mean":
@@ -48,6 +50,13 @@ def patch_relevance(attributions: torch.Tensor, patch_size: int) -> tuple[torch.
     hp, wp = math.ceil(h / p), math.ceil(w / p)
     rel = F.pad(rel, (0, wp * p - w, 0, hp * p - h))
     return (F.avg_pool2d(rel, p) * p * p).flatten(1), (hp, wp)
+
+
+def patch_mask(removed: torch.Tensor, grid: tuple[int, int], patch_size: int, size: tuple[int, int]) -> torch.Tensor:
+    """Pixel mask (..., 1, H, W) from a patch mask (..., Hp * Wp)."""
+    mask = removed.view(*removed.shape[:-1], 1, *grid)
+    d = mask.dim()
+    return mask.repeat_interleave(patch_size, d - 2).repeat_interleave(patch_size, d - 1)[..., :size[0], :size[1]]
 
 
 def feature_ranks(rel: torch.Tensor, order: str, seed: int, x: torch.Tensor) -> torch.Tensor:
@@ -89,8 +98,7 @@ def flip_curves(model, x, target, attributions, order="morf", patch_size=1, per_
     curves = []
     for i in range(0, k_max + 1, chunk):
         r = removed[i:i + chunk]
-        mask = (ranks.unsqueeze(0) < r.view(-1, 1, 1)).view(len(r), n, 1, hp, wp)
-        mask = mask.repeat_interleave(patch_size, 3).repeat_interleave(patch_size, 4)[..., :h, :w]
+        mask = patch_mask(ranks.unsqueeze(0) < r.view(-1, 1, 1), (hp, wp), patch_size, (h, w))
         xs = torch.where(mask, base.unsqueeze(0), x.unsqueeze(0))
         curves.append(batched_scores(model, xs, target, score_space, batch_size))
     return torch.cat(curves), removed.double() / n_feat
@@ -106,21 +114,42 @@ def pixel_flipping(model, x, target, attributions, order=("morf", "lerf"), score
     for o in orders:
         y, frac = flip_curves(model, x, target, attributions, order=o, score_space=score_space, **params)
         curves[o] = y
-        k1, n = y.shape
+        frames.append(curve_rows(y, frac, f"curve_{o}", order=o))
         yn = y.double().cpu().numpy()
-        frames.append(pd.DataFrame({
-            "sample": np.tile(np.arange(n), k1), "step": np.repeat(np.arange(k1), n),
-            "fraction": np.repeat(frac.numpy(), n), "value": yn.reshape(-1), "measure": f"curve_{o}",
-            "direction": "none", "order": o,
-        }))
         aopc = (yn[:1] - yn).mean(0)
-        span = float(frac[-1] - frac[0]) or 1.0
-        auc = np.trapezoid(yn, frac.numpy(), axis=0) / span
+        auc = normalized_auc(y, frac)
         frames.append(scalar_rows(aopc, f"aopc_{o}", DIRECTIONS[("aopc", o)], order=o))
         frames.append(scalar_rows(auc, f"auc_{o}", DIRECTIONS[("auc", o)], order=o))
     if "morf" in curves and "lerf" in curves:
         abpc = (curves["lerf"] - curves["morf"]).double().mean(0)
         frames.append(scalar_rows(abpc, "abpc", "higher", order="lerf-morf"))
     out = pd.concat(frames, ignore_index=True)
+    out["score_space"] = score_space
+    return out
+
+
+@register_metric("insertion_deletion", patch_size=1, per_step=None, steps=None, score_space="softmax",
+                 blur_sigma=5.0, blur_radius=5, batch_size=512)
+def insertion_deletion(model, x, target, attributions, patch_size=1, per_step=None, steps=None,
+                       score_space="softmax", blur_sigma=5.0, blur_radius=5, batch_size=512):
+    """RISE deletion (MoRF to zeros, lower AUC better) and insertion (MoRF from a blurred canvas, higher better).
+
+    Petsiuk et al. 2018: features are deleted from x (set to 0), or inserted into the blurred image (Gaussian,
+    sigma 5, 11 taps), most relevant first, ``per_step`` at a time (default: one image row's worth, as RISE's 224
+    pixels per step on 224 x 224 images); the score (softmax by default) is integrated over the fraction changed.
+    """
+    check_score_space(score_space)
+    if x.dim() != 4:
+        raise ValueError(f"insertion_deletion needs images (N, C, H, W), got shape {tuple(x.shape)}")
+    if per_step is None:
+        per_step = max(1, math.ceil(x.shape[-1] / patch_size))
+    common = dict(order="morf", patch_size=patch_size, per_step=per_step, steps=steps, score_space=score_space,
+                  batch_size=batch_size)
+    y_del, frac = flip_curves(model, x, target, attributions, baseline="zero", **common)
+    canvas = gaussian_blur(x, blur_sigma, blur_radius)
+    y_ins, _ = flip_curves(model, canvas, target, attributions, baseline=x, **common)
+    out = pd.concat([curve_rows(y_del, frac, "curve_deletion"), curve_rows(y_ins, frac, "curve_insertion"),
+                     scalar_rows(normalized_auc(y_del, frac), "auc_deletion", "lower"),
+                     scalar_rows(normalized_auc(y_ins, frac), "auc_insertion", "higher")], ignore_index=True)
     out["score_space"] = score_space
     return out
