@@ -264,3 +264,12 @@ def test_bad_parameters_are_named(metric, params, match):
     model, (x, t) = small_cnn(), data(2)
     with pytest.raises(ValueError, match=match):
         evalxai.score(model, x, t, torch.rand_like(x), metric=metric, **params)
+
+
+def test_average_ranks_match_scipy():
+    from scipy.stats import rankdata
+
+    from evalxai.metrics.randomization import average_ranks
+
+    a = torch.tensor([[3.0, 1.0, 3.0, 2.0, 1.0], [0.0, 0.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    np.testing.assert_array_equal(average_ranks(a).numpy(), rankdata(a.numpy(), axis=1))

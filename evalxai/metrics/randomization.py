@@ -14,7 +14,6 @@ import copy
 import numpy as np
 import pandas as pd
 import torch
-from scipy.stats import rankdata
 from torch import nn
 
 from evalxai.metrics.common import explainer, scalar_rows
@@ -23,14 +22,22 @@ from evalxai.metrics.registry import register_metric
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
-def spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def average_ranks(a: torch.Tensor) -> torch.Tensor:
+    """Ranks 1..D along each row, ties sharing their average rank (as scipy.stats.rankdata)."""
+    srt = torch.sort(a, dim=1).values
+    lo = torch.searchsorted(srt, a, right=False)
+    hi = torch.searchsorted(srt, a, right=True)
+    return (lo + 1 + hi).double() / 2
+
+
+def spearman_rows(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
     """Spearman rank correlation of each row pair (average ranks for ties); NaN where a row is constant."""
-    ra, rb = rankdata(a, axis=1), rankdata(b, axis=1)
-    ra -= ra.mean(1, keepdims=True)
-    rb -= rb.mean(1, keepdims=True)
-    den = np.sqrt((ra ** 2).sum(1) * (rb ** 2).sum(1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, (ra * rb).sum(1) / den, np.nan)
+    ra, rb = average_ranks(a), average_ranks(b)
+    ra = ra - ra.mean(1, keepdim=True)
+    rb = rb - rb.mean(1, keepdim=True)
+    den = ((ra ** 2).sum(1) * (rb ** 2).sum(1)).sqrt()
+    rho = (ra * rb).sum(1) / den.clamp(min=1e-300)
+    return torch.where(den > 0, rho, torch.full_like(rho, float("nan"))).numpy()
 
 
 @register_metric("randomization", seed=0, method=None, method_params=None)
@@ -43,15 +50,15 @@ def randomization(model, x, target, attributions, seed=0, method=None, method_pa
         raise ValueError(f"{type(model).__name__} has no Linear or Conv layer to randomize")
     rand = copy.deepcopy(model)
     modules = dict(rand.named_modules())
-    trained = attributions.reshape(len(x), -1).double().cpu().numpy()
+    trained = attributions.reshape(len(x), -1).double().cpu()
     frames = []
     signed, absolute = np.ones(len(x)), np.ones(len(x))
     for k, (name, _) in enumerate(layers, start=1):
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             torch.manual_seed(seed * 7919 + k)
             modules[name].reset_parameters()
-        r = fn(rand, x, target).detach().reshape(len(x), -1).double().cpu().numpy()
-        signed, absolute = spearman_rows(trained, r), spearman_rows(np.abs(trained), np.abs(r))
+        r = fn(rand, x, target).detach().reshape(len(x), -1).double().cpu()
+        signed, absolute = spearman_rows(trained, r), spearman_rows(trained.abs(), r.abs())
         for measure, v in (("spearman", signed), ("spearman_abs", absolute)):
             frames.append(pd.DataFrame({"sample": np.arange(len(x)), "step": k, "measure": measure,
                                         "direction": "none", "value": v, "layer": name}))

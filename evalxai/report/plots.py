@@ -13,9 +13,9 @@ import pandas as pd  # noqa: E402
 from evalxai._io import atomic_path  # noqa: E402
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, path: Path, tight: bool = True) -> Path:
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, bbox_inches="tight", format="png")
+        fig.savefig(tmp, dpi=100, bbox_inches="tight" if tight else None, format="png")
     plt.close(fig)
     return path
 
@@ -24,13 +24,14 @@ def heatmap_grid(images: np.ndarray, maps: dict[str, np.ndarray], path: Path, n:
     """Rows: samples; columns: the input then each method's map (bwr, symmetric around 0 per map)."""
     n = min(n, len(images))
     cols = 1 + len(maps)
-    fig, axes = plt.subplots(n, cols, figsize=(1.3 * cols, 1.35 * n + 0.4), squeeze=False)
+    fig, axes = plt.subplots(n, cols, figsize=(1.0 * cols, 1.0 * n + 0.6), squeeze=False)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.6 / (1.0 * n + 0.6), wspace=0.05, hspace=0.05)
     for i in range(n):
-        axes[i, 0].imshow(images[i].sum(0), cmap="gray")
+        axes[i, 0].imshow(images[i].sum(0), cmap="gray", interpolation="nearest")
         for j, (name, m) in enumerate(maps.items(), start=1):
             r = m[i].sum(0)
             v = np.abs(r).max() or 1.0
-            axes[i, j].imshow(r, cmap="bwr", vmin=-v, vmax=v)
+            axes[i, j].imshow(r, cmap="bwr", vmin=-v, vmax=v, interpolation="nearest")
             if i == 0:
                 axes[i, j].set_title(name.replace("lrp_", "").replace("_", "\n"), fontsize=6)
     axes[0, 0].set_title("input", fontsize=6)
@@ -38,7 +39,7 @@ def heatmap_grid(images: np.ndarray, maps: dict[str, np.ndarray], path: Path, n:
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle("Attributions (red: for the target class, blue: against)", fontsize=8)
-    return _save(fig, path)
+    return _save(fig, path, tight=False)
 
 
 def flipping_curves(scores: pd.DataFrame, path: Path) -> Path | None:
@@ -62,28 +63,41 @@ def flipping_curves(scores: pd.DataFrame, path: Path) -> Path | None:
         ax.set_ylabel(f"target score ({sub['score_space'].iloc[0]})")
         ax.grid(alpha=0.3)
     axes[0, -1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    return _save(fig, path)
+    fig.subplots_adjust(left=0.07, right=0.84, bottom=0.12, top=0.92, wspace=0.22)
+    return _save(fig, path, tight=False)
 
 
-def summary_bars(summary: pd.DataFrame, path: Path, measures: list[str] | None = None) -> Path | None:
-    """Horizontal bars of per-method means with their bootstrap intervals, one panel per measure."""
+SUMMARY_PANELS = [("pixel_flipping", "aopc_morf"), ("pixel_flipping", "abpc"), ("selectivity", "auc"),
+                  ("continuity", "continuity_ref"), ("randomization", "spearman_abs_full"),
+                  ("conservation", "abs_relative_residual"), ("sparseness", "gini"),
+                  ("insertion_deletion", "auc_insertion"), ("road", "road_combined")]
+
+
+def summary_bars(summary: pd.DataFrame, path: Path, panels: list[tuple[str, str]] | None = None) -> Path | None:
+    """Horizontal bars of per-method means with their bootstrap intervals, one panel per (metric, measure)."""
     if summary.empty:
         return None
-    chosen = measures or [m for m in ("aopc_morf", "abpc", "abs_relative_residual", "gini")
-                          if m in set(summary["measure"])]
-    chosen = [m for m in chosen if m in set(summary["measure"])]
+    have = set(zip(summary["metric"], summary["measure"]))
+    chosen = [p for p in (panels or SUMMARY_PANELS) if tuple(p) in have]
     if not chosen:
         return None
-    fig, axes = plt.subplots(1, len(chosen), figsize=(4.2 * len(chosen), 0.28 * summary["method"].nunique() + 1.6),
-                             squeeze=False)
-    for ax, measure in zip(axes[0], chosen):
-        s = summary[summary["measure"] == measure]
+    cols = min(4, len(chosen))
+    rows = -(-len(chosen) // cols)
+    height = 0.22 * summary["method"].nunique() + 1.2
+    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, height * rows), squeeze=False)
+    for ax, (metric, measure) in zip(axes.flat, chosen):
+        s = summary[(summary["metric"] == metric) & (summary["measure"] == measure)]
         direction = s["direction"].iloc[0]
         s = s.sort_values("mean", ascending=(direction == "lower"))
         err = np.vstack([s["mean"] - s["ci_low"], s["ci_high"] - s["mean"]])
         ax.barh(s["method"], s["mean"], xerr=err, color="tab:blue", alpha=0.75, capsize=2)
         ax.invert_yaxis()
-        ax.set_title(f"{measure} ({direction} is better)", fontsize=9)
-        ax.tick_params(axis="y", labelsize=7)
+        title = measure if measure.startswith(metric.split("_")[0]) else f"{metric}: {measure}"
+        ax.set_title(f"{title}\n({direction} is better, best on top)", fontsize=8)
+        ax.tick_params(axis="y", labelsize=6)
+        ax.tick_params(axis="x", labelsize=7)
         ax.grid(axis="x", alpha=0.3)
-    return _save(fig, path)
+    for ax in list(axes.flat)[len(chosen):]:
+        ax.axis("off")
+    fig.subplots_adjust(left=0.1, right=0.98, bottom=0.05, top=0.93, wspace=0.95, hspace=0.35)
+    return _save(fig, path, tight=False)
