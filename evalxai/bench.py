@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 import evalxai
+import evalxai.metrics
 from evalxai.explain import METHODS
 from evalxai.explain.gradient import target_grad
 from evalxai.explain.guard import frozen
@@ -44,14 +45,7 @@ def bench_methods(model_name: str, methods: list[str], batch: int, repeats: int)
     calls = {"<gradient pass>": lambda: _plain(model, x, t)}
     for name in methods:
         calls[name] = lambda name=name: evalxai.explain(model, x, t, method=name)
-    for f in calls.values():  # warm-up (tracing, allocator)
-        f()
-    times: dict[str, list[float]] = {k: [] for k in calls}
-    for _ in range(repeats):
-        for name, f in calls.items():
-            t0 = time.perf_counter()
-            f()
-            times[name].append(time.perf_counter() - t0)
+    times = _interleaved(calls, repeats)
     base = statistics.median(times["<gradient pass>"])
     rows = []
     for name, ts in times.items():
@@ -60,6 +54,63 @@ def bench_methods(model_name: str, methods: list[str], batch: int, repeats: int)
         rows.append({"model": model_name, "batch": batch, "method": name, "median_ms": 1e3 * med,
                      "gradient_passes": n_units, "ratio": med / base / n_units, "target": TARGETS.get(name)})
     return pd.DataFrame(rows)
+
+
+# Metric parameters benchmarked (those of experiment=mnist_lrp where it uses the metric) and the bare cost:
+# the number of batch forwards ("fwd") and batch explains ("exp") the metric cannot avoid, one batch per step.
+METRIC_CASES = {
+    "pixel_flipping": ({"patch_size": 4, "per_step": 3, "order": ["morf", "lerf"]}, {"fwd": 2 * 18}),
+    "selectivity": ({"patch_size": 4, "steps": 10}, {"fwd": 11, "exp": 9}),
+    "insertion_deletion": ({}, {"fwd": 2 * 29}),
+    "road": ({}, {"fwd": 2 * 10}),
+    "continuity": ({"shift": 3}, {"fwd": 7, "exp": 7}),
+    "max_sensitivity": ({"samples": 10}, {"exp": 10}),
+    "randomization": ({}, {"exp": 4}),
+    "conservation": ({}, {"fwd": 1, "exp": 1}),
+}
+METRIC_TARGETS = {"pixel_flipping": 1.0}
+
+
+def bench_metrics(model_name: str, batch: int, repeats: int, method: str = "lrp_epsilon_plus") -> pd.DataFrame:
+    """Each metric's median time / its bare cost (n_fwd x one batch forward + n_exp x one batch explain)."""
+    torch.manual_seed(0)
+    model = build_model(model_name, (1, 28, 28)).eval()
+    x = torch.rand(batch, 1, 28, 28)
+    t = torch.randint(0, 10, (batch,))
+    r = evalxai.explain(model, x, t, method=method)
+
+    def forward():
+        with torch.no_grad():
+            return model(x)
+
+    calls = {"<forward>": forward, "<explain>": lambda: evalxai.explain(model, x, t, method=method)}
+    for name, (params, _) in METRIC_CASES.items():
+        extra = {"method": method} if "method" in evalxai.metrics.get_metric(name).defaults else {}
+        calls[name] = lambda name=name, params=params, extra=extra: evalxai.score(model, x, t, r, metric=name,
+                                                                                  **params, **extra)
+    times = _interleaved(calls, repeats)
+    fwd, exp = statistics.median(times["<forward>"]), statistics.median(times["<explain>"])
+    rows = []
+    for name, (_, bare) in METRIC_CASES.items():
+        med = statistics.median(times[name])
+        cost = bare.get("fwd", 0) * fwd + bare.get("exp", 0) * exp
+        rows.append({"model": model_name, "batch": batch, "metric": name, "median_ms": 1e3 * med,
+                     "bare_ms": 1e3 * cost, "bare": ", ".join(f"{v} {k}" for k, v in bare.items()),
+                     "ratio": med / cost, "target": METRIC_TARGETS.get(name, 1.2)})
+    return pd.DataFrame(rows)
+
+
+def _interleaved(calls: dict, repeats: int) -> dict[str, list[float]]:
+    """Median-ready timings: every call once per round (after a warm-up round), ``repeats`` rounds."""
+    for f in calls.values():
+        f()
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    for _ in range(repeats):
+        for name, f in calls.items():
+            t0 = time.perf_counter()
+            f()
+            times[name].append(time.perf_counter() - t0)
+    return times
 
 
 def _plain(model, x, t):

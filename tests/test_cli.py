@@ -38,7 +38,8 @@ def test_tidy_table_and_run_json(smoke_run):
     for col in ["method", "metric", "sample", "step", "value", "measure", "direction", "model_accuracy", "target"]:
         assert col in df.columns
     assert set(df["method"]) == {"lrp_epsilon_plus", "lrp_0", "gradient", "random"}
-    assert set(df["metric"]) == {"pixel_flipping", "conservation", "sparseness"}
+    assert set(df["metric"]) == {"pixel_flipping", "selectivity", "continuity", "conservation", "randomization",
+                                 "sparseness"}
     assert df["sample"].nunique() == 8
     curve = df[df["measure"] == "curve_morf"]
     assert curve["step"].min() == 0 and curve["step"].notna().all()

@@ -30,9 +30,10 @@ def average_ranks(a: torch.Tensor) -> torch.Tensor:
     return (lo + 1 + hi).double() / 2
 
 
-def spearman_rows(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
-    """Spearman rank correlation of each row pair (average ranks for ties); NaN where a row is constant."""
-    ra, rb = average_ranks(a), average_ranks(b)
+def spearman_rows(a: torch.Tensor, b: torch.Tensor, ranked: bool = False) -> np.ndarray:
+    """Spearman rank correlation of each row pair (average ranks for ties); NaN where a row is constant.
+    ``ranked``: ``a`` already holds ranks."""
+    ra, rb = (a if ranked else average_ranks(a)), average_ranks(b)
     ra = ra - ra.mean(1, keepdim=True)
     rb = rb - rb.mean(1, keepdim=True)
     den = ((ra ** 2).sum(1) * (rb ** 2).sum(1)).sqrt()
@@ -51,6 +52,7 @@ def randomization(model, x, target, attributions, seed=0, method=None, method_pa
     rand = copy.deepcopy(model)
     modules = dict(rand.named_modules())
     trained = attributions.reshape(len(x), -1).double().cpu()
+    ranks, ranks_abs = average_ranks(trained), average_ranks(trained.abs())
     frames = []
     signed, absolute = np.ones(len(x)), np.ones(len(x))
     for k, (name, _) in enumerate(layers, start=1):
@@ -58,7 +60,7 @@ def randomization(model, x, target, attributions, seed=0, method=None, method_pa
             torch.manual_seed(seed * 7919 + k)
             modules[name].reset_parameters()
         r = fn(rand, x, target).detach().reshape(len(x), -1).double().cpu()
-        signed, absolute = spearman_rows(trained, r), spearman_rows(trained.abs(), r.abs())
+        signed, absolute = spearman_rows(ranks, r, ranked=True), spearman_rows(ranks_abs, r.abs(), ranked=True)
         for measure, v in (("spearman", signed), ("spearman_abs", absolute)):
             frames.append(pd.DataFrame({"sample": np.arange(len(x)), "step": k, "measure": measure,
                                         "direction": "none", "value": v, "layer": name}))

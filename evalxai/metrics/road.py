@@ -19,22 +19,26 @@ from evalxai.metrics.common import check_score_space, curve_rows, normalized_auc
 from evalxai.metrics.faithfulness import feature_ranks, patch_relevance
 from evalxai.metrics.registry import register_metric
 
-_KERNEL = [[1 / 12, 1 / 6, 1 / 12], [1 / 6, 0.0, 1 / 6], [1 / 12, 1 / 6, 1 / 12]]
-
-
 def _neighbours(v: torch.Tensor) -> torch.Tensor:
-    """Weighted sum of the 8 neighbours (zero outside the image) of every pixel of (B, H, W)."""
-    k = torch.tensor(_KERNEL, dtype=v.dtype, device=v.device).view(1, 1, 3, 3)
-    return F.conv2d(v.unsqueeze(1), k, padding=1).squeeze(1)
+    """Weighted sum of the 8 neighbours (zero outside the image) of every pixel of (B, H, W).
+
+    The kernel [[1, 2, 1], [2, 0, 2], [1, 2, 1]] / 12 is the separable [1, 2, 1] x [1, 2, 1] / 12 minus 1/3 at
+    the centre: four shifted adds instead of a 3 x 3 convolution (slow in float64 on the CPU)."""
+    p = F.pad(v, (1, 1, 1, 1))
+    rows = p[:, :-2] + 2 * p[:, 1:-1] + p[:, 2:]
+    return (rows[..., :-2] + 2 * rows[..., 1:-1] + rows[..., 2:]) / 12 - v / 3
 
 
-def linear_imputation(x: torch.Tensor, missing: torch.Tensor, iters: int = 1000, tol: float = 1e-9) -> torch.Tensor:
+def linear_imputation(x: torch.Tensor, missing: torch.Tensor, iters: int = 1000, tol: float | None = None
+                      ) -> torch.Tensor:
     """Fill ``missing`` pixels of images (B, C, H, W) so that each equals the weighted mean of its neighbours.
 
     Solves (D − K) u = K x_known on the missing set (D: the neighbour-weight sums) by conjugate gradients,
-    batched over images and channels, in float64 (``tol``: relative residual); known pixels are kept.
+    batched over images and channels, in the dtype of x, to a relative residual ``tol`` (default 1e-5 in float32,
+    1e-10 in float64); known pixels are kept.
     """
-    dtype, x = x.dtype, x.double()
+    if tol is None:
+        tol = 1e-10 if x.dtype == torch.float64 else 1e-5
     b, c, h, w = x.shape
     m = missing.expand(b, c, h, w).reshape(b * c, h, w).to(x.dtype)
     known = x.reshape(b * c, h, w) * (1 - m)
@@ -61,7 +65,7 @@ def linear_imputation(x: torch.Tensor, missing: torch.Tensor, iters: int = 1000,
         beta = torch.where(rr > 0, rr_new / rr.clamp(min=1e-300), torch.zeros_like(rr))
         p = r + beta.view(-1, 1, 1) * p
         rr = rr_new
-    return (known + m * u).view(b, c, h, w).to(dtype)
+    return (known + m * u).view(b, c, h, w)
 
 
 @register_metric("road", order=("morf", "lerf"), fractions=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
