@@ -21,7 +21,6 @@ import evalxai.metrics
 from evalxai.explain import METHODS
 from evalxai.explain.gradient import target_grad
 from evalxai.explain.guard import frozen
-from evalxai.explain.lrp import COMPOSITES
 from evalxai.models.zoo import build_model
 
 TARGETS = {"lrp_0": 1.3, "lrp_epsilon": 1.3, "lrp_epsilon_plus": 2.0, "lrp_epsilon_plus_flat": 2.0,
@@ -130,13 +129,15 @@ def main(argv=None) -> pd.DataFrame:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=["lenet", "vgg_bn"])
     p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--repeats", type=int, default=15)
-    p.add_argument("--methods", nargs="+", default=sorted(COMPOSITES))
+    p.add_argument("--repeats", type=int, default=9)
+    p.add_argument("--methods", nargs="+", default=sorted(m for m in METHODS if m != "occlusion"),
+                   help="occlusion (one forward per window: ~100 gradient passes) is left out unless named")
+    p.add_argument("--metrics", nargs="*", default=list(METRIC_CASES), help="metrics to time on lenet (none: skip)")
     p.add_argument("--out", default="results/bench")
     args = p.parse_args(argv)
-    unknown = [m for m in args.methods if m not in METHODS]
+    unknown = [m for m in args.methods if m not in METHODS] + [m for m in args.metrics if m not in METRIC_CASES]
     if unknown:
-        p.error(f"unknown methods {unknown}: choose from {sorted(METHODS)}")
+        p.error(f"unknown methods/metrics {unknown}: choose from {sorted(METHODS)} / {sorted(METRIC_CASES)}")
     df = pd.concat([bench_methods(m, args.methods, args.batch, args.repeats) for m in args.models])
     df["meets_target"] = [None if pd.isna(tg) else bool(r <= tg) for r, tg in zip(df["ratio"], df["target"])]
     out = Path(args.out)
@@ -144,8 +145,16 @@ def main(argv=None) -> pd.DataFrame:
     df.to_csv(out / "bench.csv", index=False)
     table = df.pivot(index="method", columns="model", values="ratio").round(2)
     table["target"] = [TARGETS.get(m, "") for m in table.index]
-    text = (f"Time per batch of {args.batch} / k plain gradient passes (median of {args.repeats} interleaved rounds, "
+    text = (f"Methods: time per batch of {args.batch} / k plain gradient passes (k = steps for "
+            f"integrated_gradients, samples for smoothgrad, else 1; median of {args.repeats} interleaved rounds, "
             f"torch {torch.__version__}, {torch.get_num_threads()} threads)\n\n" + markdown(table.reset_index()) + "\n")
+    if args.metrics:
+        mdf = bench_metrics("lenet", args.batch, args.repeats)
+        mdf = mdf[mdf["metric"].isin(args.metrics)]
+        mdf.to_csv(out / "bench_metrics.csv", index=False)
+        shown = mdf[["metric", "median_ms", "bare", "bare_ms", "ratio", "target"]].round(2)
+        text += (f"\nMetrics (lenet, lrp_epsilon_plus maps, batch {args.batch}): time / bare cost (fwd: one batch "
+                 "forward, exp: one batch explain)\n\n" + markdown(shown) + "\n")
     (out / "bench.md").write_text(text)
     print(text)
     return df

@@ -19,6 +19,7 @@ from evalxai.metrics.common import check_score_space, curve_rows, normalized_auc
 from evalxai.metrics.faithfulness import feature_ranks, patch_relevance
 from evalxai.metrics.registry import register_metric
 
+
 def _neighbours(v: torch.Tensor) -> torch.Tensor:
     """Weighted sum of the 8 neighbours (zero outside the image) of every pixel of (B, H, W).
 
