@@ -71,6 +71,26 @@ def _write_table(df: pd.DataFrame, out: Path) -> None:
         df.to_csv(tmp, index=False)
 
 
+def run_report(out: Path, cfg: dict, run_id: str, accuracy: float, summary: pd.DataFrame, n: int) -> None:
+    """``report.md`` / ``report.html`` of one run: config, model accuracy, headline summary, plots."""
+    import yaml
+
+    from evalxai.report.document import write_report
+    from evalxai.report.plots import SUMMARY_PANELS
+
+    keys = pd.DataFrame(SUMMARY_PANELS, columns=["metric", "measure"])
+    head = summary.merge(keys, on=["metric", "measure"]) if not summary.empty else summary
+    head = head if not head.empty else summary
+    blocks = [("p", f"Experiment {cfg.get('name', 'adhoc')}, dataset {cfg['dataset']['name']}, model "
+                    f"{cfg['model']['name']} (test accuracy {accuracy:.4f}), {n} samples, seed {cfg.get('seed', 0)}."),
+              ("h2", "Summary (mean, 95 % bootstrap interval)"), ("table", head)]
+    blocks += [("img", out / "plots" / f"{name}.png", caption) for name, caption in
+               (("summary", "per-method means with intervals"), ("pixel_flipping", "pixel-flipping curves"),
+                ("continuity", "continuity along the translation path"), ("heatmaps", "attributions"))]
+    blocks += [("h2", "Configuration"), ("pre", yaml.safe_dump(cfg, sort_keys=False))]
+    write_report(out, f"evalxai run {run_id}", blocks)
+
+
 def run_experiment(cfg: dict, out_dir: str | Path, progress: bool = True) -> Path:
     """Run one experiment config into ``out_dir``; returns the folder."""
     out = Path(out_dir)
@@ -167,6 +187,7 @@ def run_experiment(cfg: dict, out_dir: str | Path, progress: bool = True) -> Pat
     plots.heatmap_grid(x.numpy(), maps, pdir / "heatmaps.png")
     plots.flipping_curves(scores, pdir / "pixel_flipping.png")
     plots.summary_bars(summary, pdir / "summary.png")
+    plots.continuity_curves(scores, pdir / "continuity.png")
     timings["plots_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_start
     write_json(out / "run.json", {
@@ -176,6 +197,7 @@ def run_experiment(cfg: dict, out_dir: str | Path, progress: bool = True) -> Pat
                      "pandas": pd.__version__, "python": platform.python_version()},
         "timings": {k: round(v, 4) for k, v in timings.items()},
     })
+    run_report(out, cfg, run_id, accuracy, summary, len(idx))
     log.info("run %s: %d rows, model accuracy %.4f, %.1fs -> %s", run_id, len(scores), accuracy,
              timings["total_s"], out)
     return out

@@ -101,3 +101,40 @@ def summary_bars(summary: pd.DataFrame, path: Path, panels: list[tuple[str, str]
         ax.axis("off")
     fig.subplots_adjust(left=0.1, right=0.98, bottom=0.05, top=0.93, wspace=0.95, hspace=0.35)
     return _save(fig, path, tight=False)
+
+
+def continuity_curves(scores: pd.DataFrame, path: Path, sample: int | None = None, max_methods: int = 8) -> Path | None:
+    """Montavon 2018, Fig. 9 style: relevance in the four image quadrants along the translation path, one panel
+    per method, for one sample (default: the first), with the target score on a second axis."""
+    rows = scores[(scores["metric"] == "continuity") & scores["step"].notna()]
+    if rows.empty:
+        return None
+    sample = int(rows["sample"].min()) if sample is None else sample
+    rows = rows[rows["sample"] == sample]
+    methods = list(dict.fromkeys(rows["method"]))[:max_methods]
+    cols = min(4, len(methods))
+    nrows = -(-len(methods) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols, 2.7 * nrows), squeeze=False)
+    names = {"quadrant_1": "top-left", "quadrant_2": "top-right", "quadrant_3": "bottom-left",
+             "quadrant_4": "bottom-right"}
+    for ax, method in zip(axes.flat, methods):
+        g = rows[rows["method"] == method]
+        for q, label in names.items():
+            c = g[g["measure"] == q].sort_values("step")
+            ax.plot(c["step"].astype(float), c["value"], label=label, lw=1.3)
+        s = g[g["measure"] == "score"].sort_values("step")
+        twin = ax.twinx()
+        twin.plot(s["step"].astype(float), s["value"], color="black", ls="--", lw=1, label="score")
+        twin.tick_params(labelsize=6)
+        ax.set_title(method, fontsize=8)
+        ax.set_xlabel("horizontal shift (px)", fontsize=7)
+        ax.set_ylabel("relevance in quadrant", fontsize=7)
+        ax.tick_params(labelsize=6)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(methods):]:
+        ax.axis("off")
+    axes[0, 0].legend(fontsize=6, loc="best")
+    fig.suptitle(f"Continuity: quadrant relevance along the translation path (sample {sample}; dashed: score)",
+                 fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path, tight=False)
