@@ -6,6 +6,7 @@ every file atomically (a temporary file renamed into place), so no partial file 
 """
 from __future__ import annotations
 
+import json
 import logging
 import platform
 import time
@@ -20,6 +21,8 @@ import evalxai
 from evalxai._io import atomic_path, content_key, write_json
 from evalxai.data import load_dataset
 from evalxai.explain import get_method
+from evalxai.explain.cache import STATS as ATTR_STATS
+from evalxai.explain.cache import attribution_key, cached
 from evalxai.metrics import get_metric
 from evalxai.models import get_model
 from evalxai.report import TIDY_COLUMNS, plots, summarize
@@ -91,10 +94,30 @@ def run_report(out: Path, cfg: dict, run_id: str, accuracy: float, summary: pd.D
     write_report(out, f"evalxai run {run_id}", blocks)
 
 
+# Config fields that do not change any result (excluded from the run's identity).
+_NOT_RESULT_KEYS = ("progress", "verbose", "cache_dir", "force", "device", "attribution_cache")
+
+
+def is_complete(out: Path, config_key: str) -> bool:
+    """Whether ``out`` holds a finished run of this config (run.json is written last)."""
+    meta = out / "run.json"
+    if not (meta.exists() and (out / "scores.parquet").exists() and (out / "summary.csv").exists()):
+        return False
+    try:
+        return json.loads(meta.read_text()).get("config_key") == config_key
+    except ValueError:
+        return False
+
+
 def run_experiment(cfg: dict, out_dir: str | Path, progress: bool = True) -> Path:
     """Run one experiment config into ``out_dir``; returns the folder."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    config_key = content_key({k: v for k, v in cfg.items() if k not in _NOT_RESULT_KEYS})
+    if not cfg.get("force", False) and is_complete(out, config_key):
+        log.info("run in %s is complete (same config): nothing to do; force=true recomputes", out)
+        return out
+    (out / "run.json").unlink(missing_ok=True)  # until this run finishes, the folder holds no complete run
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     seed = int(cfg.get("seed", 0))
@@ -110,16 +133,18 @@ def run_experiment(cfg: dict, out_dir: str | Path, progress: bool = True) -> Pat
     mcfg = dict(cfg["model"])
     train_cfg = dict(mcfg.pop("train", {}) or {})
     model, model_info = get_model(dataset, mcfg, train_cfg, seed=seed, cache_dir=cache_dir, progress=progress)
+    device = torch.device(cfg.get("device") or "cpu")
+    model = model.to(device)
     timings["model_s"] = time.perf_counter() - t0
     accuracy = model_info["test_accuracy"]
 
     idx = sample_indices(len(dataset.x_test), int(cfg.get("n_samples", 128)), int(cfg.get("sample_seed", 0)))
-    x = dataset.x_test[idx]
+    x = dataset.x_test[idx].to(device)
     if cfg.get("target", "predicted") == "predicted":
         with torch.no_grad():
             target = model(x).argmax(1)
     else:
-        target = dataset.y_test[idx]
+        target = dataset.y_test[idx].to(device)
     mean = dataset.mean_image()
     box = {"low": dataset.low, "high": dataset.high}
 
@@ -130,6 +155,7 @@ def run_experiment(cfg: dict, out_dir: str | Path, progress: bool = True) -> Pat
         if "_target_" not in overrides:
             get_method(name)
     frames, maps = [], {}
+    hits0, use_cache = ATTR_STATS["hits"], bool(cfg.get("attribution_cache", True))
     bar = tqdm(methods, desc="methods", disable=not progress)
     for name, overrides in bar:
         bar.set_postfix_str(name)
@@ -140,9 +166,12 @@ def run_experiment(cfg: dict, out_dir: str | Path, progress: bool = True) -> Pat
             spec = get_method(name)
             method, params = name, {**{k: v for k, v in box.items() if k in spec.defaults}, **overrides}
         t0 = time.perf_counter()
-        attributions = evalxai.explain(model, x, target, method=method, **params)
+        key = attribution_key(model_info["key"], method, params, idx, target, x.dtype)
+        attributions, _ = cached(key, lambda method=method, params=params: evalxai.explain(
+            model, x, target, method=method, **params), cache_dir, enabled=use_cache)
+        attributions = attributions.to(device)
         timings[f"explain:{name}_s"] = time.perf_counter() - t0
-        maps[name] = attributions.numpy()
+        maps[name] = attributions.cpu().numpy()
         for metric, mparams in metrics:
             mp = dict(mparams)
             mspec = get_metric(metric)
@@ -161,14 +190,14 @@ def run_experiment(cfg: dict, out_dir: str | Path, progress: bool = True) -> Pat
             frames.append(df)
 
     scores = pd.concat(frames, ignore_index=True)
-    run_id = content_key({"cfg": cfg, "t": time.time()})[:12]
+    run_id = config_key[:12]  # the same config gives the same run id (and the same table)
     scores["run_id"] = run_id
     scores["experiment"] = cfg.get("name", "adhoc")
     scores["dataset"] = dataset.name
     scores["model"] = cfg["model"]["name"]
     scores["model_accuracy"] = accuracy
     scores["dataset_index"] = idx[scores["sample"].to_numpy()]
-    scores["target"] = target.numpy()[scores["sample"].to_numpy()]
+    scores["target"] = target.cpu().numpy()[scores["sample"].to_numpy()]
     scores["seed"] = seed
     for col in TIDY_COLUMNS:
         if col not in scores:
@@ -184,20 +213,23 @@ def run_experiment(cfg: dict, out_dir: str | Path, progress: bool = True) -> Pat
 
     t0 = time.perf_counter()
     pdir = out / "plots"
-    plots.heatmap_grid(x.numpy(), maps, pdir / "heatmaps.png")
+    plots.heatmap_grid(x.cpu().numpy(), maps, pdir / "heatmaps.png")
     plots.flipping_curves(scores, pdir / "pixel_flipping.png")
     plots.summary_bars(summary, pdir / "summary.png")
     plots.continuity_curves(scores, pdir / "continuity.png")
     timings["plots_s"] = time.perf_counter() - t0
+    run_report(out, cfg, run_id, accuracy, summary, len(idx))
     timings["total_s"] = time.perf_counter() - t_start
-    write_json(out / "run.json", {
-        "run_id": run_id, "config": cfg, "model": {**model_info, "test_accuracy": accuracy},
+    write_json(out / "run.json", {  # written last: its presence marks a complete run
+        "run_id": run_id, "config_key": config_key, "config": cfg,
+        "cache": {"model_hit": bool(model_info.get("cache_hit")), "attribution_hits": ATTR_STATS["hits"] - hits0,
+                  "attribution_misses": len(methods) - (ATTR_STATS["hits"] - hits0)},
+        "model": {**model_info, "test_accuracy": accuracy},
         "dataset": {"name": dataset.name, **dataset.meta}, "n_samples": len(idx),
         "versions": {"evalxai": evalxai.__version__, "torch": torch.__version__, "numpy": np.__version__,
                      "pandas": pd.__version__, "python": platform.python_version()},
         "timings": {k: round(v, 4) for k, v in timings.items()},
     })
-    run_report(out, cfg, run_id, accuracy, summary, len(idx))
     log.info("run %s: %d rows, model accuracy %.4f, %.1fs -> %s", run_id, len(scores), accuracy,
              timings["total_s"], out)
     return out

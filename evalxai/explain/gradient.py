@@ -25,7 +25,7 @@ def target_grad(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torc
 
 def sample_generators(x: torch.Tensor, seed: int) -> list[torch.Generator]:
     """One generator per sample, seeded by ``seed`` and the sample's bytes: draws do not depend on batching."""
-    flat = x.detach().reshape(len(x), -1).double()
+    flat = x.detach().reshape(len(x), -1).double().cpu()
     weights = torch.arange(1, flat.shape[1] + 1, dtype=torch.float64).sin()
     keys = ((flat * weights).sum(1) * 1e6).round().long().tolist()
     return [torch.Generator().manual_seed((seed * 1_000_003 + k) % (2**63 - 1)) for k in keys]
@@ -36,7 +36,7 @@ def per_sample_noise(x: torch.Tensor, seed: int, samples: int, kind: str = "norm
     draw = torch.randn if kind == "normal" else torch.rand
     gens = sample_generators(x, seed)
     noise = torch.stack([draw((samples, *x.shape[1:]), generator=g, dtype=torch.float64) for g in gens], 1)
-    return noise.to(x.dtype)
+    return noise.to(x)
 
 
 def _chunks(total: int, size: int):
@@ -116,7 +116,7 @@ def integrated_gradients(model, x, target, baseline="zero", steps=32, batch_size
     """
     steps = _check_steps("steps", steps)
     ref = make_baseline(x, baseline, mean, seed)
-    alphas = (torch.arange(steps, dtype=x.dtype) + 0.5) / steps
+    alphas = (torch.arange(steps, dtype=x.dtype, device=x.device) + 0.5) / steps
     n = len(x)
     total = torch.zeros_like(x)
     per_chunk = max(1, batch_size // max(n, 1))

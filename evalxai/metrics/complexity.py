@@ -11,7 +11,7 @@ def gini(values: torch.Tensor) -> torch.Tensor:
     """Gini index per row of non-negative values (N, D): sum_k (2k - D - 1) a_(k) / (D sum a), a sorted ascending."""
     a = torch.sort(values.double(), dim=1).values
     d = a.shape[1]
-    k = torch.arange(1, d + 1, dtype=a.dtype)
+    k = torch.arange(1, d + 1, dtype=a.dtype, device=a.device)
     total = a.sum(1)
     g = ((2 * k - d - 1) * a).sum(1) / (d * total.clamp(min=1e-300))
     return torch.where(total > 0, g, torch.zeros_like(g))

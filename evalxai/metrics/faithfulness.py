@@ -67,11 +67,11 @@ def feature_ranks(rel: torch.Tensor, order: str, seed: int, x: torch.Tensor) -> 
     elif order == "lerf":
         idx = torch.sort(rel, dim=1, stable=True).indices
     elif order == "random":
-        idx = torch.stack([torch.randperm(p, generator=g) for g in sample_generators(x, seed + 104729)])
+        idx = torch.stack([torch.randperm(p, generator=g) for g in sample_generators(x, seed + 104729)]).to(rel.device)
     else:
         raise ValueError(f"unknown order '{order}': use one of {list(ORDERS)}")
     ranks = torch.empty_like(idx)
-    ranks.scatter_(1, idx, torch.arange(p).expand(n, p).contiguous())
+    ranks.scatter_(1, idx, torch.arange(p, device=rel.device).expand(n, p).contiguous())
     return ranks
 
 
@@ -92,7 +92,7 @@ def flip_curves(model, x, target, attributions, order="morf", patch_size=1, per_
         raise ValueError(f"steps={steps} must be >= 1")
     ranks = feature_ranks(rel, order, seed, x)
     base = removal_baseline(x, baseline, seed, mean, low, high)
-    removed = torch.clamp(torch.arange(k_max + 1) * per_step, max=n_feat)
+    removed = torch.clamp(torch.arange(k_max + 1, device=x.device) * per_step, max=n_feat)
     n = len(x)
     chunk = max(1, batch_size // n)
     curves = []
@@ -101,7 +101,7 @@ def flip_curves(model, x, target, attributions, order="morf", patch_size=1, per_
         mask = patch_mask(ranks.unsqueeze(0) < r.view(-1, 1, 1), (hp, wp), patch_size, (h, w))
         xs = torch.where(mask, base.unsqueeze(0), x.unsqueeze(0))
         curves.append(batched_scores(model, xs, target, score_space, batch_size))
-    return torch.cat(curves), removed.double() / n_feat
+    return torch.cat(curves), removed.cpu().double() / n_feat
 
 
 @register_metric("pixel_flipping", order=("morf", "lerf"), patch_size=1, per_step=1, steps=None, baseline="zero",

@@ -356,7 +356,7 @@ def run_lrp(model: nn.Module, x: torch.Tensor, target: torch.Tensor, composite: 
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         raise LRPError("LRP needs a model whose forward returns one logits tensor of shape (N, classes)")
     seed = torch.zeros_like(out)
-    idx = torch.arange(len(out))
+    idx = torch.arange(len(out), device=out.device)
     seed[idx, target] = out.detach()[idx, target]
     (relevance,) = torch.autograd.grad(out, x, seed)
     return relevance, out.detach()

@@ -1,0 +1,41 @@
+"""Content-addressed attribution cache: a map is stored once per (model, method, parameters, inputs, targets).
+
+The key hashes the trained model's cache key, the method (name or ``_target_`` config) with every parameter,
+the dataset indices explained and their targets, and the dtype; the file is written atomically (temporary file +
+rename), so parallel jobs sharing the cache never see a partial map, and read with ``weights_only=True``.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from evalxai import __version__
+from evalxai._io import atomic_path, cache_root, content_key
+
+log = logging.getLogger(__name__)
+STATS = {"hits": 0, "misses": 0}
+
+
+def attribution_key(model_key: str, method, params: dict, indices, target: torch.Tensor, dtype) -> str:
+    """Key of one attribution tensor (everything that determines it)."""
+    return content_key({"model": model_key, "method": method, "params": params, "indices": [int(i) for i in indices],
+                        "target": target.tolist(), "dtype": str(dtype), "evalxai": __version__, "format": 1})
+
+
+def cached(key: str, compute, cache_dir=None, enabled: bool = True) -> tuple[torch.Tensor, bool]:
+    """(tensor, hit): load ``attributions/<key>.pt`` if present, else ``compute()`` and store it."""
+    path = cache_root(cache_dir) / "attributions" / f"{key}.pt"
+    if enabled and path.exists():
+        try:
+            value = torch.load(path, map_location="cpu", weights_only=True)
+            STATS["hits"] += 1
+            return value, True
+        except Exception as err:  # noqa: BLE001 - a corrupt entry is recomputed, never trusted
+            log.warning("attribution cache entry %s unreadable (%s): recomputing", path.name, type(err).__name__)
+    value = compute()
+    STATS["misses"] += 1
+    if enabled:
+        with atomic_path(path) as tmp:
+            torch.save(value.detach().cpu(), tmp)
+    return value, False
