@@ -116,6 +116,8 @@ def score(model: nn.Module, x: torch.Tensor, target, attributions: torch.Tensor,
     check_finite(attributions, "attributions")
     spec = get_metric(metric)
     params = _params(spec.defaults, overrides, f"metric '{metric}'")
+    with frozen(model, warn_train=False), torch.no_grad():
+        check_finite(model(x), "logits")  # metrics compare scores: a NaN logit would poison every curve
     with frozen(model):
         rows = spec.fn(model, x, target, attributions.to(x.dtype), **params)
     df = pd.DataFrame(rows)

@@ -98,6 +98,20 @@ def run_report(out: Path, cfg: dict, run_id: str, accuracy: float, summary: pd.D
 _NOT_RESULT_KEYS = ("progress", "verbose", "cache_dir", "force", "device", "attribution_cache")
 
 
+def writable_dir(path: str | Path) -> Path:
+    """Create ``path`` and check that files can be written there, before any work is done."""
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out / ".write_probe") as tmp:
+            tmp.write_text("ok")
+        (out / ".write_probe").unlink()
+    except OSError as err:
+        raise OSError(f"results directory '{out}' is not writable ({err.strerror or err}): choose another "
+                      "hydra.run.dir (or hydra.sweep.dir)") from None
+    return out
+
+
 def is_complete(out: Path, config_key: str) -> bool:
     """Whether ``out`` holds a finished run of this config (run.json is written last)."""
     meta = out / "run.json"
@@ -111,8 +125,7 @@ def is_complete(out: Path, config_key: str) -> bool:
 
 def run_experiment(cfg: dict, out_dir: str | Path, progress: bool = True) -> Path:
     """Run one experiment config into ``out_dir``; returns the folder."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = writable_dir(out_dir)
     config_key = content_key({k: v for k, v in cfg.items() if k not in _NOT_RESULT_KEYS})
     if not cfg.get("force", False) and is_complete(out, config_key):
         log.info("run in %s is complete (same config): nothing to do; force=true recomputes", out)

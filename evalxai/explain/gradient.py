@@ -32,11 +32,16 @@ def sample_generators(x: torch.Tensor, seed: int) -> list[torch.Generator]:
 
 
 def per_sample_noise(x: torch.Tensor, seed: int, samples: int, kind: str = "normal") -> torch.Tensor:
-    """Noise of shape (samples, N, *x.shape[1:]) drawn per sample from ``sample_generators``."""
-    draw = torch.randn if kind == "normal" else torch.rand
-    gens = sample_generators(x, seed)
-    noise = torch.stack([draw((samples, *x.shape[1:]), generator=g, dtype=torch.float64) for g in gens], 1)
-    return noise.to(x)
+    """Noise of shape (samples, N, *x.shape[1:]) drawn per sample from ``sample_generators`` (in float64 for
+    float64 inputs, else float32), filled in place: no per-sample temporaries."""
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    noise = torch.empty(len(x), samples, *x.shape[1:], dtype=dtype)
+    for i, g in enumerate(sample_generators(x, seed)):
+        if kind == "normal":
+            noise[i].normal_(generator=g)
+        else:
+            noise[i].uniform_(generator=g)
+    return noise.transpose(0, 1).to(x)
 
 
 def _chunks(total: int, size: int):
