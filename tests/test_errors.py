@@ -138,3 +138,20 @@ def test_random_relu_nets_never_crash_and_conserve(seed, widths, conv, pool, bia
             np.testing.assert_allclose(r.sum((1, 2, 3)), delta, rtol=1e-7, atol=1e-9 * (1 + delta.abs().max()))
         if method == "lrp_0" and not bias:  # conservation is exact on bias-free ReLU nets
             np.testing.assert_allclose(r.sum((1, 2, 3)), logits, rtol=1e-6, atol=1e-9 * (1 + logits.abs().max()))
+
+
+def test_unknown_names_list_the_valid_ones(cache_dir):
+    from evalxai.data import load_dataset
+    from evalxai.models.zoo import build_model
+
+    with pytest.raises(KeyError, match=r"unknown model 'resnet999'.*lenet"):
+        build_model("resnet999", (1, 8, 8))
+    with pytest.raises(KeyError, match=r"unknown dataset 'cifar'.*mnist"):
+        load_dataset("cifar")
+
+
+def test_empty_dataset_is_refused(cache_dir):
+    from evalxai.data import load_dataset
+
+    with pytest.raises(ValueError, match=r"n_test=0 must lie between 1 and 1796"):
+        load_dataset("digits", n_test=0)
