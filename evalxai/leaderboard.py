@@ -16,8 +16,9 @@ import pandas as pd
 
 from evalxai._io import atomic_path, write_text
 from evalxai.report.document import markdown_table, write_report
-from evalxai.report.plots import SUMMARY_PANELS, summary_bars
+from evalxai.report.plots import summary_bars
 from evalxai.report.stats import leaderboard
+from evalxai.report.tables import headline
 
 
 def gather(root: str | Path) -> tuple[pd.DataFrame, list[dict]]:
@@ -37,12 +38,9 @@ def gather(root: str | Path) -> tuple[pd.DataFrame, list[dict]]:
     return pd.concat(frames, ignore_index=True), runs
 
 
-def headline(board: pd.DataFrame) -> pd.DataFrame:
-    """The leaderboard rows of the headline measures (the summary panels), formatted for reading."""
-    keys = pd.DataFrame(SUMMARY_PANELS, columns=["metric", "measure"])
-    sub = board.merge(keys, on=["metric", "measure"])
-    if sub.empty:
-        sub = board
+def headline_table(board: pd.DataFrame) -> pd.DataFrame:
+    """The leaderboard rows of the headline measures, in reading order."""
+    sub = headline(board)
     cols = ["model", "metric", "measure", "rank", "method", "mean", "ci_low", "ci_high", "n", "direction"]
     extra = [c for c in ("worse_than_best", "beats_random", "beats_edge") if c in sub]
     return sub[cols + extra].sort_values(["model", "metric", "measure", "rank"]).reset_index(drop=True)
@@ -55,7 +53,7 @@ def build(root: str | Path, seed: int = 0) -> pd.DataFrame:
     board = leaderboard(scores, seed=seed)
     with atomic_path(root / "leaderboard.csv") as tmp:
         board.to_csv(tmp, index=False)
-    head = headline(board)
+    head = headline_table(board)
     n_runs = scores["run_id"].nunique() if "run_id" in scores else len(runs)
     intro = (f"{n_runs} runs below `{root}`; methods ranked per metric (1 = best by the metric's direction); "
              "mean [95 % bootstrap interval] over samples x seeds; `worse_than_best` / `beats_random` / "

@@ -79,11 +79,9 @@ def run_report(out: Path, cfg: dict, run_id: str, accuracy: float, summary: pd.D
     import yaml
 
     from evalxai.report.document import write_report
-    from evalxai.report.plots import SUMMARY_PANELS
+    from evalxai.report.tables import headline
 
-    keys = pd.DataFrame(SUMMARY_PANELS, columns=["metric", "measure"])
-    head = summary.merge(keys, on=["metric", "measure"]) if not summary.empty else summary
-    head = head if not head.empty else summary
+    head = headline(summary)
     blocks = [("p", f"Experiment {cfg.get('name', 'adhoc')}, dataset {cfg['dataset']['name']}, model "
                     f"{cfg['model']['name']} (test accuracy {accuracy:.4f}), {n} samples, seed {cfg.get('seed', 0)}."),
               ("h2", "Summary (mean, 95 % bootstrap interval)"), ("table", head)]

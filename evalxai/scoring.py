@@ -30,3 +30,17 @@ def batched_scores(model, xs: torch.Tensor, target: torch.Tensor, space: str, ba
     out = torch.cat([target_scores(model(flat[i:i + batch_size]), tgt[i:i + batch_size], space)
                      for i in range(0, len(flat), batch_size)])
     return out.view(s, n)
+
+
+def require_images(x: torch.Tensor, what: str) -> None:
+    """Raise unless x is a batch of images (N, C, H, W)."""
+    if x.dim() != 4:
+        raise ValueError(f"{what} needs images (N, C, H, W), got shape {tuple(x.shape)}")
+
+
+def check_patch(x: torch.Tensor, size: int, name: str = "patch_size") -> int:
+    """A square patch side that fits the images of x (1 .. min(H, W))."""
+    side = min(x.shape[-2:])
+    if not 1 <= size <= side:
+        raise ValueError(f"{name}={size} must be between 1 and the image side {side}")
+    return int(size)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from evalxai.explain.registry import register_method
+from evalxai.scoring import require_images
 
 
 def target_grad(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -97,8 +98,7 @@ def make_baseline(x: torch.Tensor, baseline, mean: torch.Tensor | None = None, s
 def gaussian_blur(x: torch.Tensor, sigma: float, radius: int | None = None) -> torch.Tensor:
     """Separable Gaussian blur of (N, C, H, W) images, reflect-padded, per channel; kernel radius 3 sigma unless
     given (RISE's canvas: sigma 5, radius 5, i.e. an 11-tap kernel)."""
-    if x.dim() != 4:
-        raise ValueError(f"blur needs images (N, C, H, W), got shape {tuple(x.shape)}")
+    require_images(x, "blur")
     radius = max(1, int(3 * sigma)) if radius is None else int(radius)
     t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
     k = torch.exp(-0.5 * (t / sigma) ** 2)
@@ -201,8 +201,7 @@ def random_map(model, x, target, seed=0):
 @register_method("edge", family="control")
 def edge(model, x, target):
     """Control: Sobel gradient magnitude of the input (summed over channels, repeated per channel)."""
-    if x.dim() != 4:
-        raise ValueError(f"edge needs images (N, C, H, W), got shape {tuple(x.shape)}")
+    require_images(x, "edge")
     k = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]], dtype=x.dtype, device=x.device)
     c = x.shape[1]
     xp = F.pad(x, (1, 1, 1, 1), mode="replicate")

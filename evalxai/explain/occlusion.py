@@ -10,7 +10,7 @@ import torch
 
 from evalxai.explain.gradient import make_baseline
 from evalxai.explain.registry import register_method
-from evalxai.scoring import batched_scores, check_score_space
+from evalxai.scoring import batched_scores, check_patch, check_score_space, require_images
 
 
 def window_starts(size: int, patch: int, stride: int) -> list[int]:
@@ -34,11 +34,9 @@ def window_masks(h: int, w: int, patch: int, stride: int) -> torch.Tensor:
 def occlusion(model, x, target, patch=4, stride=2, baseline="zero", score_space="logit", batch_size=1024, seed=0,
               mean=None):
     """Occlusion sensitivity: mean score drop over the ``patch`` x ``patch`` windows covering each pixel."""
-    if x.dim() != 4:
-        raise ValueError(f"occlusion needs images (N, C, H, W), got shape {tuple(x.shape)}")
+    require_images(x, "occlusion")
     h, w = x.shape[-2:]
-    if not 1 <= patch <= min(h, w):
-        raise ValueError(f"patch={patch} must be between 1 and the image side {min(h, w)}")
+    check_patch(x, patch, "patch")
     if stride < 1:
         raise ValueError(f"stride={stride} must be >= 1")
     check_score_space(score_space)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from evalxai.explain.gradient import gaussian_blur, per_sample_noise, sample_generators
 from evalxai.metrics.common import batched_scores, check_score_space, curve_rows, normalized_auc, scalar_rows
 from evalxai.metrics.registry import register_metric
+from evalxai.scoring import check_patch, require_images
 
 ORDERS = ("morf", "lerf", "random")
 DIRECTIONS = {("aopc", "morf"): "higher", ("auc", "morf"): "lower", ("aopc", "lerf"): "lower",
@@ -78,11 +79,9 @@ def feature_ranks(rel: torch.Tensor, order: str, seed: int, x: torch.Tensor) -> 
 def flip_curves(model, x, target, attributions, order="morf", patch_size=1, per_step=1, steps=None,
                 baseline="zero", score_space="logit", seed=0, batch_size=512, mean=None, low=0.0, high=1.0):
     """Curves y (K + 1, N) and removed fractions (K + 1,) for one order."""
-    if x.dim() != 4:
-        raise ValueError(f"pixel flipping needs images (N, C, H, W), got shape {tuple(x.shape)}")
+    require_images(x, "pixel flipping")
     h, w = x.shape[-2:]
-    if not 1 <= patch_size <= min(h, w):
-        raise ValueError(f"patch_size={patch_size} must be between 1 and the image side {min(h, w)}")
+    check_patch(x, patch_size)
     if per_step < 1:
         raise ValueError(f"per_step={per_step} must be >= 1")
     rel, (hp, wp) = patch_relevance(attributions, patch_size)
@@ -139,8 +138,7 @@ def insertion_deletion(model, x, target, attributions, patch_size=1, per_step=No
     pixels per step on 224 x 224 images); the score (softmax by default) is integrated over the fraction changed.
     """
     check_score_space(score_space)
-    if x.dim() != 4:
-        raise ValueError(f"insertion_deletion needs images (N, C, H, W), got shape {tuple(x.shape)}")
+    require_images(x, "insertion_deletion")
     if per_step is None:
         per_step = max(1, math.ceil(x.shape[-1] / patch_size))
     common = dict(order="morf", patch_size=patch_size, per_step=per_step, steps=steps, score_space=score_space,

@@ -18,6 +18,7 @@ from evalxai.explain.gradient import per_sample_noise
 from evalxai.metrics.common import check_score_space, curve_rows, normalized_auc, scalar_rows, target_scores
 from evalxai.metrics.faithfulness import feature_ranks, patch_relevance
 from evalxai.metrics.registry import register_metric
+from evalxai.scoring import require_images
 
 
 def _neighbours(v: torch.Tensor) -> torch.Tensor:
@@ -75,8 +76,7 @@ def road(model, x, target, attributions, order=("morf", "lerf"), fractions=(0.1,
          0.8, 0.9), noise=0.01, score_space="softmax", seed=0, batch_size=512):
     """ROAD curves (score vs fraction removed by noisy linear imputation), AUCs, ROAD-combined, correctness."""
     check_score_space(score_space)
-    if x.dim() != 4:
-        raise ValueError(f"road needs images (N, C, H, W), got shape {tuple(x.shape)}")
+    require_images(x, "road")
     fr = [float(f) for f in fractions]
     if not fr or any(not 0.0 < f <= 1.0 for f in fr) or sorted(fr) != fr:
         raise ValueError(f"fractions={list(fractions)} must be increasing values in (0, 1]")

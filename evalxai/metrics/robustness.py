@@ -12,6 +12,7 @@ import torch
 from evalxai.explain.gradient import per_sample_noise
 from evalxai.metrics.common import batched_scores, check_score_space, explain_stack, explainer, scalar_rows
 from evalxai.metrics.registry import register_metric
+from evalxai.scoring import require_images
 
 
 def translate(x: torch.Tensor, shift: int, axis: str = "x") -> torch.Tensor:
@@ -63,8 +64,7 @@ def continuity(model, x, target, attributions, shift=6, stride=1, axis="x", alig
     (``quadrant_1..4``: top-left, top-right, bottom-left, bottom-right) and the target ``score`` along the path.
     """
     check_score_space(score_space)
-    if x.dim() != 4:
-        raise ValueError(f"continuity needs images (N, C, H, W), got shape {tuple(x.shape)}")
+    require_images(x, "continuity")
     if axis not in ("x", "y"):
         raise ValueError(f"axis='{axis}' must be 'x' (horizontal) or 'y' (vertical)")
     side = x.shape[-1] if axis == "x" else x.shape[-2]

@@ -15,6 +15,7 @@ import torch
 from evalxai.metrics.common import batched_scores, check_score_space, curve_rows, explainer, normalized_auc, scalar_rows
 from evalxai.metrics.faithfulness import patch_mask, patch_relevance, removal_baseline
 from evalxai.metrics.registry import register_metric
+from evalxai.scoring import check_patch, require_images
 
 
 @register_metric("selectivity", patch_size=4, steps=20, baseline="zero", score_space="logit", recompute=True,
@@ -24,11 +25,9 @@ def selectivity(model, x, target, attributions, patch_size=4, steps=20, baseline
                 high=1.0):
     """Selectivity curve (score after each most-relevant-patch removal, relevance recomputed) and its AUC."""
     check_score_space(score_space)
-    if x.dim() != 4:
-        raise ValueError(f"selectivity needs images (N, C, H, W), got shape {tuple(x.shape)}")
+    require_images(x, "selectivity")
     h, w = x.shape[-2:]
-    if not 1 <= patch_size <= min(h, w):
-        raise ValueError(f"patch_size={patch_size} must be between 1 and the image side {min(h, w)}")
+    check_patch(x, patch_size)
     fn = explainer(method, method_params, "selectivity") if recompute else None
     rel, grid = patch_relevance(attributions, patch_size)
     n, n_feat = rel.shape

@@ -11,6 +11,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from evalxai._io import atomic_path  # noqa: E402
+from evalxai.report.tables import SUMMARY_PANELS  # noqa: E402
 
 
 def _save(fig, path: Path, tight: bool = True) -> Path:
@@ -65,12 +66,6 @@ def flipping_curves(scores: pd.DataFrame, path: Path) -> Path | None:
     axes[0, -1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.subplots_adjust(left=0.07, right=0.84, bottom=0.12, top=0.92, wspace=0.22)
     return _save(fig, path, tight=False)
-
-
-SUMMARY_PANELS = [("pixel_flipping", "aopc_morf"), ("pixel_flipping", "abpc"), ("selectivity", "auc"),
-                  ("continuity", "continuity_ref"), ("randomization", "spearman_abs_full"),
-                  ("conservation", "abs_relative_residual"), ("sparseness", "gini"),
-                  ("insertion_deletion", "auc_insertion"), ("road", "road_combined")]
 
 
 def summary_bars(summary: pd.DataFrame, path: Path, panels: list[tuple[str, str]] | None = None) -> Path | None:

@@ -8,6 +8,20 @@ TIDY_COLUMNS = ["run_id", "experiment", "dataset", "model", "model_accuracy", "m
                 "score_space", "direction", "sample", "dataset_index", "target", "step", "fraction", "value", "seed"]
 
 
+# The measures a reader looks at first: (metric, measure), in display order (summary plot, reports).
+SUMMARY_PANELS = [("pixel_flipping", "aopc_morf"), ("pixel_flipping", "abpc"), ("selectivity", "auc"),
+                  ("continuity", "continuity_ref"), ("randomization", "spearman_abs_full"),
+                  ("conservation", "abs_relative_residual"), ("sparseness", "gini"),
+                  ("insertion_deletion", "auc_insertion"), ("road", "road_combined")]
+
+
+def headline(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a summary or leaderboard table that belong to the headline measures (all rows if none do)."""
+    keys = pd.DataFrame(SUMMARY_PANELS, columns=["metric", "measure"])
+    sub = table.merge(keys, on=["metric", "measure"]) if not table.empty else table
+    return table if sub.empty else sub
+
+
 def bootstrap_ci(values, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean (vectorised resampling)."""
     v = np.asarray(values, dtype=np.float64)
