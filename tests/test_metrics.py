@@ -63,20 +63,27 @@ def test_pixel_flipping_equals_explicit_loop(order, patch, per_step):
     ("sparseness", {}),
 ])
 def test_metric_batch_size_independence(metric, params):
+    assert_batch_size_independent(metric, params, rtol=1e-9)
+
+
+def assert_batch_size_independent(metric, params, rtol):
+    """Scores of 14 samples in batches of 1 and 7 equal those of one batch of 64; returns the full frame."""
+    import pandas as pd
+
     model, (x, t) = small_cnn(), data(64)
     r = evalxai.explain(model, x, t, method="lrp_epsilon_plus")
     full = evalxai.score(model, x, t, r, metric=metric, **params)
+    keys = ["measure", "sample", "step"]
     for bs in (1, 7):
         parts = []
         for i in range(0, 14, bs):
             p = evalxai.score(model, x[i:i + bs], t[i:i + bs], r[i:i + bs], metric=metric, **params)
             p["sample"] += i
             parts.append(p)
-        import pandas as pd
-
-        got = pd.concat(parts).sort_values(["measure", "sample", "step"]).reset_index(drop=True)
-        want = full[full["sample"] < 14].sort_values(["measure", "sample", "step"]).reset_index(drop=True)
-        np.testing.assert_allclose(got["value"].to_numpy(), want["value"].to_numpy(), rtol=1e-9, atol=1e-10)
+        got = pd.concat(parts).sort_values(keys).reset_index(drop=True)
+        want = full[full["sample"] < 14].sort_values(keys).reset_index(drop=True)
+        np.testing.assert_allclose(got["value"].to_numpy(), want["value"].to_numpy(), rtol=rtol, atol=1e-10)
+    return model, x, t, r, full
 
 
 def test_morf_of_exact_attributions_beats_random():

@@ -10,7 +10,7 @@ from torch import nn
 import evalxai
 from evalxai.metrics.road import linear_imputation
 from evalxai.metrics.robustness import path_continuity, translate
-from tests.test_metrics import data, small_cnn
+from tests.test_metrics import assert_batch_size_independent, data, small_cnn
 
 
 def curve(df, measure):
@@ -236,19 +236,7 @@ def test_randomization_equals_explicit_loop_and_leaves_model_alone():
     ("randomization", {"method": "lrp_epsilon_plus"}),
 ])
 def test_batch_size_independence_and_seeds(metric, params):
-    model, (x, t) = small_cnn(), data(64)
-    r = evalxai.explain(model, x, t, method="lrp_epsilon_plus")
-    full = evalxai.score(model, x, t, r, metric=metric, **params)
-    keys = ["measure", "sample", "step"]
-    for bs in (1, 7):
-        parts = []
-        for i in range(0, 14, bs):
-            p = evalxai.score(model, x[i:i + bs], t[i:i + bs], r[i:i + bs], metric=metric, **params)
-            p["sample"] += i
-            parts.append(p)
-        got = pd.concat(parts).sort_values(keys).reset_index(drop=True)
-        want = full[full["sample"] < 14].sort_values(keys).reset_index(drop=True)
-        np.testing.assert_allclose(got["value"].to_numpy(), want["value"].to_numpy(), rtol=1e-8, atol=1e-10)
+    model, x, t, r, full = assert_batch_size_independent(metric, params, rtol=1e-8)
     again = evalxai.score(model, x, t, r, metric=metric, **params)
     pd.testing.assert_frame_equal(again, full)
 
