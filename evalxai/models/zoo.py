@@ -11,26 +11,29 @@ from torch import nn
 
 
 class MLP(nn.Sequential):
-    def __init__(self, input_shape, num_classes=10, hidden=(256, 128)):
+    def __init__(self, input_shape, num_classes=10, hidden=(256, 128), bias=True):
         dims = [int(torch.tensor(input_shape).prod()), *hidden]
         layers: list[nn.Module] = [nn.Flatten()]
         for i, o in zip(dims[:-1], dims[1:]):
-            layers += [nn.Linear(i, o), nn.ReLU()]
-        layers.append(nn.Linear(dims[-1], num_classes))
+            layers += [nn.Linear(i, o, bias=bias), nn.ReLU()]
+        layers.append(nn.Linear(dims[-1], num_classes, bias=bias))
         super().__init__(*layers)
 
 
 class LeNet(nn.Module):
-    def __init__(self, input_shape, num_classes=10, channels=(16, 32), hidden=128):
+    """conv-ReLU-maxpool x 2, then two dense layers; ``bias=False`` gives the bias-free ReLU net on which LRP-0
+    and z+ conserve relevance exactly."""
+
+    def __init__(self, input_shape, num_classes=10, channels=(16, 32), hidden=128, bias=True):
         super().__init__()
         c, h, w = input_shape
         self.features = nn.Sequential(
-            nn.Conv2d(c, channels[0], 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(channels[0], channels[1], 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(c, channels[0], 5, padding=2, bias=bias), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(channels[0], channels[1], 5, padding=2, bias=bias), nn.ReLU(), nn.MaxPool2d(2),
         )
         flat = channels[1] * (h // 4) * (w // 4)
-        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(flat, hidden), nn.ReLU(),
-                                        nn.Linear(hidden, num_classes))
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(flat, hidden, bias=bias), nn.ReLU(),
+                                        nn.Linear(hidden, num_classes, bias=bias))
 
     def forward(self, x):
         return self.classifier(self.features(x))
