@@ -220,22 +220,24 @@ class _LinearizedFn(torch.autograd.Function):
     """R_in = a * J_f(a)^T (R / stab(z)): contributions a_j dy_k/da_j of y = f(a), normalised by z = denom(a, y).
 
     With ``denom`` = y this is the proportional Norm rule of a linear, bias-free f (pooling, mean); for
-    LocalResponseNorm ``denom`` is J a (see ``lrn_linear_output``).
+    LocalResponseNorm ``denom`` is J a = y (1 - 2 beta (D - k) / D), D = k + alpha * window mean of a^2 (Binder
+    et al. 2016 linearisation; normalising by J a makes sum R_in = sum R_out up to the stabiliser).
     """
 
     @staticmethod
     def forward(ctx, a, f, denom, eps, hook):
-        ctx.f, ctx.denom, ctx.eps, ctx.hook = f, denom, eps, hook
-        ctx.save_for_backward(a)
-        return f(a)
+        ctx.denom, ctx.eps, ctx.hook = denom, eps, hook
+        with torch.enable_grad():  # keep f's own graph: its vjp in backward needs no second evaluation of f
+            ctx.a, ctx.y = a.detach().requires_grad_(True), None
+            ctx.y = f(ctx.a)
+        return ctx.y.detach()
 
     @staticmethod
     def backward(ctx, r):
-        (a,) = ctx.saved_tensors
-        with torch.enable_grad():
-            a_ = a.detach().requires_grad_(True)
-            y = ctx.f(a_)
-            (c,) = torch.autograd.grad(y, a_, divide(r, ctx.denom(a, y.detach()), ctx.eps))
+        a, y = ctx.a, ctx.y
+        (c,) = torch.autograd.grad(y, a, divide(r, ctx.denom(a.detach(), y.detach()), ctx.eps))
+        ctx.a = ctx.y = None
+        a = a.detach()
         r_in = a * c
         if ctx.hook is not None:
             ctx.hook(r, r_in)
@@ -272,15 +274,6 @@ def lrn_denominator(a: torch.Tensor, m: nn.LocalResponseNorm) -> torch.Tensor:
         sq = sq.reshape(shape[0], 1, shape[2], shape[3], -1)
         d = F.avg_pool3d(F.pad(sq, (0, 0, 0, 0, *pad)), (m.size, 1, 1), stride=1).squeeze(1).reshape(a.shape)
     return d * m.alpha + m.k
-
-
-def lrn_linear_output(a: torch.Tensor, y: torch.Tensor, m: nn.LocalResponseNorm) -> torch.Tensor:
-    """J a for y = LRN(a), in closed form y (1 - 2 beta (D - k) / D) (Binder et al. 2016 linearisation).
-
-    Normalising the contributions a_j dy_k/da_j by J a makes sum R_in = sum R_out exactly (up to the stabiliser).
-    """
-    d = lrn_denominator(a, m)
-    return y * (1 - 2 * m.beta * (d - m.k) / d)
 
 
 def _first_tensor(args) -> torch.Tensor:
@@ -346,9 +339,17 @@ def run_lrp(model: nn.Module, x: torch.Tensor, target: torch.Tensor, composite: 
         if step.kind == "sum":
             return _SumFn.apply(args[0], args[1], eps, hook_for(name, "sum"))
         if step.kind == "lrn":
-            m = step.module
-            return _LinearizedFn.apply(args[0], lambda t: F.local_response_norm(t, m.size, m.alpha, m.beta, m.k),
-                                       lambda a, y: lrn_linear_output(a, y, m), eps, hook_for(name, "lrn"))
+            m, window = step.module, {}
+
+            def lrn(t):  # LRN(t) = t / D^beta with D kept for the linearisation: one window pass, not two
+                window["d"] = lrn_denominator(t, m)
+                return t / window["d"].pow(m.beta)
+
+            def linear_output(a, y):  # J a (see _LinearizedFn)
+                d = window.pop("d").detach()
+                return y * (1 - 2 * m.beta * (d - m.k) / d)
+
+            return _LinearizedFn.apply(args[0], lrn, linear_output, eps, hook_for(name, "lrn"))
         return NotImplemented
 
     x = x.detach().requires_grad_(True)
