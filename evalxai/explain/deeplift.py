@@ -21,8 +21,8 @@ from evalxai.explain.lrp.engine import _PASS_FUNCS, _PASS_MODULES, _trace, execu
 from evalxai.explain.registry import register_method
 
 _NOT_ELEMENTWISE = (nn.Softmax, nn.LogSoftmax, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.PReLU)
-_MAXPOOL_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
-_MAXPOOL_FUNCS = {F.max_pool1d: F.max_pool1d, F.max_pool2d: F.max_pool2d, F.max_pool3d: F.max_pool3d}
+_MAXPOOL_MODULES = {nn.MaxPool1d: F.max_pool1d, nn.MaxPool2d: F.max_pool2d, nn.MaxPool3d: F.max_pool3d}
+_MAXPOOL_FUNCS = set(_MAXPOOL_MODULES.values())
 
 
 def _rescale_kind(model: nn.Module, node) -> str | None:
@@ -32,7 +32,7 @@ def _rescale_kind(model: nn.Module, node) -> str | None:
         return "relu"
     if node.op == "call_module":
         m = model.get_submodule(node.target)
-        if isinstance(m, _MAXPOOL_MODULES):
+        if isinstance(m, tuple(_MAXPOOL_MODULES)):
             return "maxpool"
         if kind == "pass" and isinstance(m, _PASS_MODULES) and not isinstance(m, _NOT_ELEMENTWISE):
             return "elementwise"
@@ -49,10 +49,10 @@ def _pool_with_indices(node, call, args, kwargs):
     """A function t -> (max-pool output, flat indices) equivalent to the node's max-pooling."""
     if node.op == "call_module":
         m = call
-        fn = {nn.MaxPool1d: F.max_pool1d, nn.MaxPool2d: F.max_pool2d, nn.MaxPool3d: F.max_pool3d}[type(m)]
+        fn = next(f for t, f in _MAXPOOL_MODULES.items() if isinstance(m, t))
         return lambda t: fn(t, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, return_indices=True)
     rest, kw = args[1:], {k: v for k, v in kwargs.items() if k != "return_indices"}
-    return lambda t: _MAXPOOL_FUNCS[node.target](t, *rest, **kw, return_indices=True)
+    return lambda t: node.target(t, *rest, **kw, return_indices=True)
 
 
 class _RescaleFn(torch.autograd.Function):
@@ -125,7 +125,7 @@ def deeplift(model, x, target, baseline="zero", eps=1e-10, seed=0, mean=None):
         return NotImplemented
 
     with torch.no_grad():
-        out_ref = execute(model, graph, ref, record)
+        execute(model, graph, ref, record)
 
     def rescale(node, call, args, kwargs):
         kind = kinds[node]
@@ -144,5 +144,4 @@ def deeplift(model, x, target, baseline="zero", eps=1e-10, seed=0, mean=None):
     xg = x.detach().requires_grad_(True)
     out = execute(model, graph, xg, rescale)
     (m,) = torch.autograd.grad(out.gather(1, target.view(-1, 1)).sum(), xg)
-    del out_ref
     return (x - ref) * m
