@@ -163,7 +163,12 @@ def reproduce(name: str, out_root: Path, overrides: list[str] | None = None, pro
         run_cfg = {**compose(config["overrides"]), **(config.get("set") or {})}
         if overrides:  # command-line overrides win over the paper's settings
             extra = compose([*config["overrides"], *overrides])
-            run_cfg.update({k: extra[k] for k in extra if k in {o.split("=")[0].lstrip("+") for o in overrides}})
+            for key in (o.split("=")[0].lstrip("+~") for o in overrides):
+                top = key.split(".")[0]
+                if "." in key and top in (config.get("set") or {}):
+                    raise ValueError(f"override '{key}' reaches inside '{top}', which {name} sets as a whole: "
+                                     f"override '{top}' itself")
+                run_cfg[top] = extra[top]
         run_dir = run_experiment(run_cfg, out / "run", progress=progress)
         scores = pd.read_parquet(run_dir / "scores.parquet")
     rows = []

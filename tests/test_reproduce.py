@@ -45,3 +45,11 @@ def test_road_mask_leakage_reduced(cache_dir):
 
 def test_unknown_reproduction_lists_names(tmp_path):
     assert reproduce.main(["nope", "--out", str(tmp_path)]) == 1
+
+
+def test_dotted_overrides_reach_the_run(tmp_path, cache_dir):
+    import json
+
+    reproduce.reproduce("bach2015_conservation", tmp_path, FAST)
+    cfg = json.loads((tmp_path / "bach2015_conservation" / "run" / "run.json").read_text())["config"]
+    assert cfg["model"]["train"]["epochs"] == 1 and cfg["model"]["arch"]["bias"] is False and cfg["n_samples"] == 4
