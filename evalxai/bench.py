@@ -18,6 +18,7 @@ import torch
 
 import evalxai
 import evalxai.metrics
+from evalxai import allocator
 from evalxai.explain import METHODS
 from evalxai.explain.gradient import target_grad
 from evalxai.explain.guard import frozen
@@ -181,6 +182,7 @@ def main(argv=None) -> pd.DataFrame:
     p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end mnist_lrp runs (cold and warm)")
     p.add_argument("--out", default="results/bench")
     args = p.parse_args(argv)
+    tuned = allocator.tune()  # as the CLI does: baseline and methods run under the same allocator
     unknown = [m for m in args.methods if m not in METHODS] + [m for m in args.metrics if m not in METRIC_CASES]
     if unknown:
         p.error(f"unknown methods/metrics {unknown}: choose from {sorted(METHODS)} / {sorted(METRIC_CASES)}")
@@ -193,7 +195,8 @@ def main(argv=None) -> pd.DataFrame:
     table["target"] = [TARGETS.get(m, "") for m in table.index]
     text = (f"Methods: time per batch of {args.batch} / k plain gradient passes (k = steps for "
             f"integrated_gradients, samples for smoothgrad, else 1; median of {args.repeats} interleaved rounds, "
-            f"torch {torch.__version__}, {torch.get_num_threads()} threads)\n\n" + markdown(table.reset_index()) + "\n")
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+            f"allocator {'tuned' if tuned else 'default'})\n\n" + markdown(table.reset_index()) + "\n")
     if args.metrics:
         mdf = bench_metrics("lenet", args.batch, args.repeats)
         mdf = mdf[mdf["metric"].isin(args.metrics)]

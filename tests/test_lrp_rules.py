@@ -74,6 +74,10 @@ LAYERS = {
     "conv1d": (lambda bias: nn.Conv1d(2, 3, 3, padding=1, bias=bias), (2, 6)),
     "conv2d": (lambda bias: nn.Conv2d(2, 3, 3, stride=2, padding=1, bias=bias), (2, 5, 5)),
     "conv2d_groups": (lambda bias: nn.Conv2d(4, 4, 2, groups=2, bias=bias), (4, 4, 4)),
+    # single input channel: the vector-Jacobian products take the by-taps path
+    "conv2d_1ch": (lambda bias: nn.Conv2d(1, 3, 3, stride=2, padding=1, bias=bias), (1, 5, 5)),
+    "conv2d_1ch_dilated": (lambda bias: nn.Conv2d(1, 2, (3, 2), stride=(1, 2), padding=(2, 0), dilation=(2, 1),
+                                                  bias=bias), (1, 6, 7)),
 }
 RULE_CASES = [("zero", {}), ("epsilon", {"epsilon": 0.3}), ("gamma", {"gamma": 0.25}),
               ("alphabeta", {"alpha": 2.0, "beta": 1.0}), ("alphabeta", {"alpha": 1.5, "beta": 0.5}),
@@ -118,6 +122,23 @@ def test_fast_path_equals_general_path(monkeypatch):
             m.setattr(rules, "_nonneg", lambda a: False)  # force the sign-split passes
             general = rule.backward(op, a, rule.forward(op, a, z0), r)
         torch.testing.assert_close(fast, general, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("k,stride,padding,dilation,size", [
+    (5, 1, 2, 1, (28, 28)), (3, 2, 1, 1, (9, 8)), (3, 2, 0, 1, (10, 10)), (2, 3, 1, 2, (11, 7)),
+    ((3, 1), (1, 2), (0, 1), (2, 1), (8, 9)), (1, 1, 0, 1, (4, 4)),
+])
+def test_vjp_by_taps_equals_library_kernel(k, stride, padding, dilation, size):
+    """The single-input-channel vjp (matmul + strided adds) equals torch's input gradient, in float64."""
+    torch.manual_seed(0)
+    layer = nn.Conv2d(1, 6, k, stride=stride, padding=padding, dilation=dilation).double()
+    a = torch.rand(3, 1, *size, dtype=torch.float64)
+    s = torch.randn_like(layer(a))
+    op = LinearOp(layer, layer.weight.detach(), None)
+    got = rules.conv2d_input_vjp_by_taps(s, op.weight, a.shape, layer.stride, layer.padding, layer.dilation)
+    want = torch.autograd.grad(layer(a.requires_grad_(True)), a, s)[0]
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(op.vjp(s, op.weight, a), want, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("spec,match", [

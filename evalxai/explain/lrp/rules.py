@@ -24,14 +24,20 @@ def stabilize(z: torch.Tensor, eps: float) -> torch.Tensor:
     Only z = -0.0 differs from zennit (it gets -eps): that happens when every contribution is a signed zero,
     so the relevance it redistributes is multiplied by zero contributions either way.
     """
-    return z + torch.copysign(z.new_tensor(eps), z)
+    return torch.copysign(z.new_tensor(eps), z).add_(z)
 
 
 def divide(r: torch.Tensor, z: torch.Tensor, eps: float) -> torch.Tensor:
-    """r / stab(z); with eps = 0 a safe division that gives 0 where z = 0."""
+    """r / stab(z); with eps = 0 a safe division that gives 0 where z = 0.
+
+    One buffer, filled in place: these tensors are as large as a layer's output, and on the CPU a fresh
+    allocation plus a pass over memory costs as much as the arithmetic. For eps = 0 the non-finite quotients
+    (z = 0, or an overflow beyond the float range) are set to 0 (``nan_to_num``, cheaper than a mask).
+    """
     if eps == 0:
-        return torch.where(z == 0, 0.0, r / z).to(r.dtype)
-    return r / stabilize(z, eps)
+        return torch.div(r, z).nan_to_num_(0.0, 0.0, 0.0)
+    den = stabilize(z, eps)
+    return torch.div(r, den, out=den) if den.dtype == r.dtype and den.shape == r.shape else r / den
 
 
 class LinearOp:
@@ -63,9 +69,33 @@ class LinearOp:
         if not self.is_conv:
             return s @ w
         m = self.module
+        if self.dim == 2 and m.groups == 1 and w.shape[1] == 1 and s[:1].numel() * w[0].numel() <= _TAPS_MAX:
+            return conv2d_input_vjp_by_taps(s, w, a.shape, m.stride, m.padding, m.dilation)
         return torch.ops.aten.convolution_backward(
             s, a, w, None, list(m.stride), list(m.padding), list(m.dilation), False, [0] * self.dim, m.groups,
             [True, False, False])[0]
+
+
+_TAPS_MAX = 1 << 22  # per-sample elements of the tap buffer (output size x kernel taps): 16 MB in float32
+
+
+def conv2d_input_vjp_by_taps(s: torch.Tensor, w: torch.Tensor, in_shape, stride, padding, dilation) -> torch.Tensor:
+    """(d z / d a)^T s of a 2-d convolution (groups = 1) by taps, shaped ``in_shape``: one matmul over the output
+    channels gives every kernel tap's contribution at every output position, and kh * kw strided adds put them
+    back in place (col2im). For single-channel inputs (MNIST) this is 2-3x faster on the CPU than the library's
+    input-gradient kernel, which parallelises over input channels; with more channels the library wins."""
+    n, cout, ho, wo = s.shape
+    _, cin, kh, kw = w.shape
+    hi, wi = in_shape[-2:]
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    cols = torch.matmul(w.permute(1, 2, 3, 0).reshape(cin * kh * kw, cout), s.reshape(n, cout, ho * wo))
+    cols = cols.view(n, cin, kh, kw, ho, wo)
+    out = s.new_zeros(n, cin, max((ho - 1) * sh + (kh - 1) * dh + 1, ph + hi),
+                      max((wo - 1) * sw + (kw - 1) * dw + 1, pw + wi))
+    for i in range(kh):
+        for j in range(kw):
+            out[:, :, i * dh:i * dh + (ho - 1) * sh + 1:sh, j * dw:j * dw + (wo - 1) * sw + 1:sw] += cols[:, :, i, j]
+    return out[:, :, ph:ph + hi, pw:pw + wi]
 
 
 def _pos(t):
