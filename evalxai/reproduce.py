@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 import yaml
 
+from evalxai import allocator
 from evalxai._io import atomic_path
 from evalxai.report.document import write_report
 from evalxai.report.stats import holm, wilcoxon_p
@@ -210,6 +211,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="results/reproduce")
     p.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run (e.g. n_samples=8)")
     args = p.parse_args(argv)
+    allocator.tune()
     names = available() if args.name == "all" else [args.name]
     out = Path(args.out)
     tables = []

@@ -135,7 +135,7 @@ def test_vjp_by_taps_equals_library_kernel(k, stride, padding, dilation, size):
     a = torch.rand(3, 1, *size, dtype=torch.float64)
     s = torch.randn_like(layer(a))
     op = LinearOp(layer, layer.weight.detach(), None)
-    got = rules.conv2d_input_vjp_by_taps(s, op.weight, a.shape, layer.stride, layer.padding, layer.dilation)
+    got = rules.conv2d_input_vjp_by_taps(((s, op.weight),), a.shape, layer.stride, layer.padding, layer.dilation)
     want = torch.autograd.grad(layer(a.requires_grad_(True)), a, s)[0]
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(op.vjp(s, op.weight, a), want, rtol=1e-12, atol=1e-12)
