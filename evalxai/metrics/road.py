@@ -24,11 +24,19 @@ from evalxai.scoring import require_images
 def _neighbours(v: torch.Tensor) -> torch.Tensor:
     """Weighted sum of the 8 neighbours (zero outside the image) of every pixel of (B, H, W).
 
-    The kernel [[1, 2, 1], [2, 0, 2], [1, 2, 1]] / 12 is the separable [1, 2, 1] x [1, 2, 1] / 12 minus 1/3 at
-    the centre: four shifted adds instead of a 3 x 3 convolution (slow in float64 on the CPU)."""
+    The kernel [[1, 2, 1], [2, 0, 2], [1, 2, 1]] / 12 is the separable [1, 2, 1] x [1, 2, 1] / 12 minus 4/12 at
+    the centre: shifted adds into one buffer instead of a 3 x 3 convolution (10x slower on the CPU with one
+    channel)."""
     p = F.pad(v, (1, 1, 1, 1))
-    rows = p[:, :-2] + 2 * p[:, 1:-1] + p[:, 2:]
-    return (rows[..., :-2] + 2 * rows[..., 1:-1] + rows[..., 2:]) / 12 - v / 3
+    rows = p[:, :-2] + p[:, 2:]
+    rows.add_(p[:, 1:-1], alpha=2)
+    out = rows[..., :-2] + rows[..., 2:]
+    out.add_(rows[..., 1:-1], alpha=2)
+    return out.sub_(v, alpha=4).div_(12)
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.vecdot(a.flatten(1), b.flatten(1))
 
 
 def linear_imputation(x: torch.Tensor, missing: torch.Tensor, iters: int = 1000, tol: float | None = None
@@ -37,37 +45,41 @@ def linear_imputation(x: torch.Tensor, missing: torch.Tensor, iters: int = 1000,
 
     Solves (D − K) u = K x_known on the missing set (D: the neighbour-weight sums) by conjugate gradients,
     batched over images and channels, in the dtype of x, to a relative residual ``tol`` (default 1e-5 in float32,
-    1e-10 in float64); known pixels are kept.
+    1e-10 in float64); known pixels are kept. Systems that have converged leave the batch every few iterations
+    (few missing pixels converge in a handful of steps, large holes take ~100).
     """
     if tol is None:
         tol = 1e-10 if x.dtype == torch.float64 else 1e-5
     b, c, h, w = x.shape
     m = missing.expand(b, c, h, w).reshape(b * c, h, w).to(x.dtype)
     known = x.reshape(b * c, h, w) * (1 - m)
-    d = _neighbours(torch.ones(1, h, w, dtype=x.dtype, device=x.device))
-
-    def apply(u):
-        return m * (d * u - _neighbours(u))
-
+    md = m * _neighbours(torch.ones(1, h, w, dtype=x.dtype, device=x.device))  # D on the missing set
     rhs = m * _neighbours(known)
-    u = torch.zeros_like(rhs)
-    r = rhs.clone()
-    p = r.clone()
-    rr = (r * r).sum((1, 2))
-    scale = rr.clamp(min=1e-30)
-    for _ in range(iters):
-        if bool((rr <= tol * tol * scale).all()):
+    u = torch.zeros_like(rhs)  # the solution of every system; ``ua`` holds those still iterating
+    ua, r, p = torch.zeros_like(rhs), rhs.clone(), rhs.clone()
+    rr = _dot(r, r)
+    stop = tol * tol * rr.clamp(min=1e-30)
+    active = torch.arange(len(rhs), device=x.device)
+    mask = m
+    for it in range(iters):
+        done = rr <= stop
+        if bool(done.all()):
             break
-        ap = apply(p)
-        pap = (p * ap).sum((1, 2))
-        alpha = torch.where(pap > 0, rr / pap.clamp(min=1e-300), torch.zeros_like(rr))
-        u = u + alpha.view(-1, 1, 1) * p
-        r = r - alpha.view(-1, 1, 1) * ap
-        rr_new = (r * r).sum((1, 2))
+        if it % 8 == 0 and bool(done.any()):  # drop converged systems: write their solution, shrink the batch
+            u[active] = ua
+            keep = (~done).nonzero().squeeze(1)
+            active, ua, r, p, rr, stop, m, md = (t[keep] for t in (active, ua, r, p, rr, stop, m, md))
+        ap = torch.mul(md, p).sub_(_neighbours(p).mul_(m))
+        pap = _dot(p, ap)
+        alpha = torch.where(pap > 0, rr / pap.clamp(min=1e-300), torch.zeros_like(rr)).view(-1, 1, 1)
+        ua.addcmul_(alpha, p)
+        r.addcmul_(alpha, ap, value=-1)
+        rr_new = _dot(r, r)
         beta = torch.where(rr > 0, rr_new / rr.clamp(min=1e-300), torch.zeros_like(rr))
-        p = r + beta.view(-1, 1, 1) * p
+        p.mul_(beta.view(-1, 1, 1)).add_(r)
         rr = rr_new
-    return (known + m * u).view(b, c, h, w)
+    u[active] = ua
+    return (known + mask * u).view(b, c, h, w)
 
 
 @register_metric("road", order=("morf", "lerf"), fractions=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
