@@ -12,6 +12,7 @@ from evalxai.explain import get_method
 from evalxai.explain.guard import frozen
 
 _NUM_CLASSES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_FINITE_LOGITS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _bad_samples(t: torch.Tensor) -> list[int]:
@@ -59,6 +60,19 @@ def check_inputs(model: nn.Module, x: torch.Tensor, target) -> tuple[torch.Tenso
     if out_of_range:
         raise ValueError(f"targets of samples {out_of_range[:20]} are outside [0, {c - 1}]: the model has {c} outputs")
     return x, target.long().to(x.device)
+
+
+def check_logits(model: nn.Module, x: torch.Tensor) -> None:
+    """Raise naming the samples whose logits are NaN or inf: metrics compare scores, and a NaN logit would poison
+    every curve. The answer is remembered for this very ``x`` (same object, unmodified) and unchanged parameters
+    and buffers, so scoring one batch with several metrics makes this forward once."""
+    state = (x._version, tuple((id(t), t._version) for t in (*model.parameters(), *model.buffers())))
+    seen = _FINITE_LOGITS.get(model)
+    if seen is not None and seen[0]() is x and seen[1] == state:
+        return
+    with frozen(model, warn_train=False), torch.no_grad():
+        check_finite(model(x), "logits")
+    _FINITE_LOGITS[model] = (weakref.ref(x), state)
 
 
 def _params(defaults: dict, overrides: dict, what: str) -> dict:
@@ -116,8 +130,7 @@ def score(model: nn.Module, x: torch.Tensor, target, attributions: torch.Tensor,
     check_finite(attributions, "attributions")
     spec = get_metric(metric)
     params = _params(spec.defaults, overrides, f"metric '{metric}'")
-    with frozen(model, warn_train=False), torch.no_grad():
-        check_finite(model(x), "logits")  # metrics compare scores: a NaN logit would poison every curve
+    check_logits(model, x)
     with frozen(model):
         rows = spec.fn(model, x, target, attributions.to(x.dtype), **params)
     df = pd.DataFrame(rows)

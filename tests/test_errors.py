@@ -35,6 +35,30 @@ def test_nan_logits_name_the_samples():
         evalxai.explain(model, x, torch.zeros(4, dtype=torch.long), method="gradient")
 
 
+def test_logit_check_runs_once_per_batch_and_sees_changes():
+    """score() remembers a finite-logits check for the same x and parameters, and repeats it after a change."""
+    model = NaNForSample().eval()
+    x, t = torch.rand(4, 1, 2, 2), torch.zeros(4, dtype=torch.long)
+    calls = []
+    handle = model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        evalxai.score(model, x, t, torch.rand_like(x), metric="sparseness")
+        n_first = len(calls)
+        evalxai.score(model, x, t, torch.rand_like(x), metric="sparseness")
+        assert len(calls) == n_first  # no second forward for the same batch
+        with torch.no_grad():
+            model.fc.bias.fill_(float("nan"))  # an in-place parameter change invalidates the answer
+        with pytest.raises(ValueError, match=r"logits hold NaN or inf for samples \[0, 1, 2, 3\]"):
+            evalxai.score(model, x, t, torch.rand_like(x), metric="sparseness")
+        model.fc.bias.data.zero_()
+        x2 = x.clone()
+        x2[1, 0, 0, 0] = -1.0  # another batch: checked anew
+        with pytest.raises(ValueError, match=r"samples \[1\]"):
+            evalxai.score(model, x2, t, torch.rand_like(x), metric="sparseness")
+    finally:
+        handle.remove()
+
+
 def test_target_shape_and_empty_inputs():
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3)).eval()
     x = torch.rand(2, 1, 2, 2)

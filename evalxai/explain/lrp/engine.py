@@ -168,10 +168,11 @@ def merged_weights(module: nn.Module, bn: nn.Module | None) -> tuple[torch.Tenso
 
 
 class Recorder:
-    """Collects per-layer relevance sums (per sample) during the backward pass."""
+    """Collects per-layer relevance sums (per sample) during the backward pass, and the logits of the forward."""
 
     def __init__(self):
         self.rows: list[dict] = []
+        self.logits: torch.Tensor | None = None
 
     def __call__(self, name: str, kind: str, r_out: torch.Tensor, r_in: torch.Tensor | tuple):
         r_in = r_in if isinstance(r_in, tuple) else (r_in,)
@@ -356,6 +357,8 @@ def run_lrp(model: nn.Module, x: torch.Tensor, target: torch.Tensor, composite: 
     out = execute(model, graph, x, handle)
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         raise LRPError("LRP needs a model whose forward returns one logits tensor of shape (N, classes)")
+    if recorder is not None:
+        recorder.logits = out.detach()
     seed = torch.zeros_like(out)
     idx = torch.arange(len(out), device=out.device)
     seed[idx, target] = out.detach()[idx, target]
