@@ -4,7 +4,8 @@ same batch, k = 1 except for integrated_gradients (steps) and smoothgrad (sample
     python -m evalxai.bench [--models lenet vgg_bn] [--batch 128] [--repeats 15] [--methods ...] [--out DIR]
 
 Timings are interleaved (every method once per round, rounds repeated) and medians are taken, so drift on a
-shared machine hits all methods alike. Models are randomly initialised: the cost does not depend on training.
+shared machine hits all methods alike. Method timings use random inputs and randomly initialised models (their
+cost does not depend on either); metric timings use real MNIST images and the trained model (``bench_metrics``).
 """
 from __future__ import annotations
 
@@ -79,11 +80,12 @@ METRIC_TARGETS = {"pixel_flipping": 1.0}
 
 
 def bench_metrics(model_name: str, batch: int, repeats: int, method: str = "lrp_epsilon_plus") -> pd.DataFrame:
-    """Each metric's median time / its bare cost (n_fwd x one batch forward + n_exp x one batch explain)."""
-    torch.manual_seed(0)
-    model = build_model(model_name, (1, 28, 28)).eval()
-    x = torch.rand(batch, 1, 28, 28)
-    t = torch.randint(0, 10, (batch,))
+    """Each metric's median time / its bare cost (n_fwd x one batch forward + n_exp x one batch explain).
+
+    Metrics are timed on real data, since some costs depend on it (ROAD's solver iterations, ties in ranks): the
+    first ``batch`` MNIST test images, their predicted classes, and the trained model of ``experiment=mnist_lrp``
+    (from the model cache; trained there on first use)."""
+    model, x, t = _mnist_case(model_name, batch)
     r = evalxai.explain(model, x, t, method=method)
 
     def forward():
@@ -105,6 +107,22 @@ def bench_metrics(model_name: str, batch: int, repeats: int, method: str = "lrp_
                      "bare_ms": 1e3 * cost, "bare": ", ".join(f"{v} {k}" for k, v in bare.items()),
                      "ratio": med / cost, "target": METRIC_TARGETS.get(name, 1.2)})
     return pd.DataFrame(rows)
+
+
+def _mnist_case(model_name: str, batch: int):
+    from evalxai.data import load_dataset
+    from evalxai.models import get_model
+    from evalxai.reproduce import compose
+
+    cfg = compose(["experiment=mnist_lrp", f"model={model_name}"])
+    dcfg, mcfg = dict(cfg["dataset"]), dict(cfg["model"])
+    dataset = load_dataset(dcfg.pop("name"), cache_dir=cfg.get("cache_dir"), **dcfg)
+    train = dict(mcfg.pop("train", {}) or {})
+    model, _ = get_model(dataset, mcfg, train, seed=int(cfg["seed"]), cache_dir=cfg.get("cache_dir"), progress=False)
+    x = dataset.x_test[:batch]
+    with torch.no_grad():
+        t = model(x).argmax(1)
+    return model, x, t
 
 
 def _interleaved(calls: dict, repeats: int) -> dict[str, list[float]]:
