@@ -20,13 +20,19 @@ from evalxai.metrics.faithfulness import feature_ranks, patch_relevance
 from evalxai.metrics.registry import register_metric
 from evalxai.scoring import require_images
 
+_STENCIL = ((1.0, 2.0, 1.0), (2.0, 0.0, 2.0), (1.0, 2.0, 1.0))
+
 
 def _neighbours(v: torch.Tensor) -> torch.Tensor:
-    """Weighted sum of the 8 neighbours (zero outside the image) of every pixel of (B, H, W).
+    """Weighted sum of the 8 neighbours (zero outside the image) of every pixel of (B, H, W): the kernel
+    [[1, 2, 1], [2, 0, 2], [1, 2, 1]] / 12.
 
-    The kernel [[1, 2, 1], [2, 0, 2], [1, 2, 1]] / 12 is the separable [1, 2, 1] x [1, 2, 1] / 12 minus 4/12 at
-    the centre: shifted adds into one buffer instead of a 3 x 3 convolution (10x slower on the CPU with one
-    channel)."""
+    Large float32 batches use a depthwise convolution (each image its own channel: 2x faster than shifted adds
+    on the CPU, where a one-channel convolution is 10x slower); otherwise the separable [1, 2, 1] x [1, 2, 1]
+    minus the centre, as shifted adds into one buffer."""
+    if v.dtype == torch.float32 and len(v) >= 64:
+        k = (v.new_tensor(_STENCIL) / 12).expand(len(v), 1, 3, 3)
+        return F.conv2d(v.unsqueeze(0), k, padding=1, groups=len(v)).squeeze(0)
     p = F.pad(v, (1, 1, 1, 1))
     rows = p[:, :-2] + p[:, 2:]
     rows.add_(p[:, 1:-1], alpha=2)
