@@ -131,5 +131,7 @@ def continuity_curves(scores: pd.DataFrame, path: Path, sample: int | None = Non
     axes[0, 0].legend(fontsize=6, loc="best")
     fig.suptitle(f"Continuity: quadrant relevance along the translation path (sample {sample}; dashed: score)",
                  fontsize=9)
-    fig.tight_layout()
+    # fixed margins: tight_layout measures every tick label of every (twin) axis, >1 s for 8 panels
+    fig.subplots_adjust(left=0.07, right=0.95, bottom=0.5 / (2.7 * nrows), top=1 - 0.55 / (2.7 * nrows),
+                        wspace=0.55, hspace=0.6)
     return _save(fig, path, tight=False)
