@@ -75,7 +75,7 @@ METRIC_CASES = {
     "pixel_flipping": ({"patch_size": 4, "per_step": 3, "order": ["morf", "lerf"]}, {"fwd": 2 * 18}),
     "selectivity": ({"patch_size": 4, "steps": 10}, {"fwd": 11, "exp": 9}),
     "insertion_deletion": ({}, {"fwd": 2 * 29}),
-    "road": ({}, {"fwd": 2 * 10}),
+    "road": ({}, {"fwd": 1 + 2 * 9}),
     "continuity": ({"shift": 3}, {"fwd": 7, "exp": 7}),
     "max_sensitivity": ({"samples": 10}, {"exp": 10}),
     "randomization": ({}, {"exp": 4}),

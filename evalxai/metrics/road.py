@@ -106,7 +106,7 @@ def road(model, x, target, attributions, order=("morf", "lerf"), fractions=(0.1,
     eps = per_sample_noise(x, seed + 31337, len(fr)) * noise  # (F, N, C, H, W), the same draws for every order
     counts = torch.tensor([round(f * h * w) for f in fr], device=x.device)
     frac = torch.tensor([0.0, *fr], dtype=torch.float64)
-    frames, curves = [], {}
+    frames, curves, clean = [], {}, None
     for o in orders:
         ranks = feature_ranks(rel, o, seed, x)  # (N, H*W)
         missing = (ranks.unsqueeze(0) < counts.view(-1, 1, 1)).view(len(fr), n, 1, h, w)
@@ -114,10 +114,12 @@ def road(model, x, target, attributions, order=("morf", "lerf"), fractions=(0.1,
         flat_missing = missing.reshape(-1, 1, h, w)
         imputed = linear_imputation(stack.reshape(-1, *x.shape[1:]), flat_missing)
         imputed = imputed + flat_missing * eps.reshape(-1, *x.shape[1:])
-        xs = torch.cat([x, imputed])
         tgt = target.repeat(len(fr) + 1)
         with torch.no_grad():
-            logits = torch.cat([model(xs[i:i + batch_size]) for i in range(0, len(xs), batch_size)])
+            if clean is None:  # the unperturbed point of every curve: one forward for all orders
+                clean = torch.cat([model(x[i:i + batch_size]) for i in range(0, n, batch_size)])
+            logits = torch.cat([clean, *(model(imputed[i:i + batch_size])
+                                         for i in range(0, len(imputed), batch_size))])
         y = target_scores(logits, tgt, score_space).view(len(fr) + 1, n)
         correct = (logits.argmax(1) == tgt).double().view(len(fr) + 1, n)
         curves[o] = y
