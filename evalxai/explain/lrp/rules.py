@@ -74,7 +74,10 @@ class LinearOp:
             (s, w), *rest = pairs
             out = s @ w
             for s, w in rest:
-                out.addmm_(s, w) if out.dim() == 2 else out.add_(s @ w)
+                if out.dim() == 2:
+                    out.addmm_(s, w)
+                else:
+                    out.add_(s @ w)
             return out
         m = self.module
         s, w = pairs[0]
