@@ -122,15 +122,9 @@ def bench_metrics(model_name: str, batch: int, repeats: int, method: str = "lrp_
 
 
 def _mnist_case(model_name: str, batch: int):
-    from evalxai.data import load_dataset
-    from evalxai.models import get_model
-    from evalxai.reproduce import compose
+    from evalxai.reproduce import dataset_and_model
 
-    cfg = compose(["experiment=mnist_lrp", f"model={model_name}"])
-    dcfg, mcfg = dict(cfg["dataset"]), dict(cfg["model"])
-    dataset = load_dataset(dcfg.pop("name"), cache_dir=cfg.get("cache_dir"), **dcfg)
-    train = dict(mcfg.pop("train", {}) or {})
-    model, _ = get_model(dataset, mcfg, train, seed=int(cfg["seed"]), cache_dir=cfg.get("cache_dir"), progress=False)
+    _, dataset, model = dataset_and_model(["experiment=mnist_lrp", f"model={model_name}"])
     x = dataset.x_test[:batch]
     with torch.no_grad():
         t = model(x).argmax(1)

@@ -51,6 +51,19 @@ def compose(overrides: list[str]) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
+def dataset_and_model(overrides: list[str]):
+    """(config, dataset, trained model) of a composed config; the model from the cache, trained on first use."""
+    from evalxai.data import load_dataset
+    from evalxai.models import get_model
+
+    cfg = compose(overrides)
+    dcfg, mcfg = dict(cfg["dataset"]), dict(cfg["model"])
+    dataset = load_dataset(dcfg.pop("name"), cache_dir=cfg.get("cache_dir"), **dcfg)
+    model, _ = get_model(dataset, mcfg, dict(mcfg.pop("train", {}) or {}), seed=int(cfg.get("seed", 0)),
+                         cache_dir=cfg.get("cache_dir"), progress=False)
+    return cfg, dataset, model
+
+
 def _fmt(mean, lo, hi) -> str:
     return f"{mean:.4g} [{lo:.4g}, {hi:.4g}]"
 
@@ -121,16 +134,9 @@ def road_mask_leakage(claim: dict, scores: pd.DataFrame) -> dict:
     from sklearn.model_selection import cross_val_score
 
     import evalxai
-    from evalxai.data import load_dataset
-    from evalxai.models import get_model
 
     p = claim["params"]
-    cfg = compose(claim.get("overrides", []))
-    dcfg = dict(cfg["dataset"])
-    dataset = load_dataset(dcfg.pop("name"), cache_dir=cfg.get("cache_dir"), **dcfg)
-    mcfg = dict(cfg["model"])
-    model, _ = get_model(dataset, mcfg, dict(mcfg.pop("train", {}) or {}), seed=int(cfg.get("seed", 0)),
-                         cache_dir=cfg.get("cache_dir"), progress=False)
+    _, dataset, model = dataset_and_model(claim.get("overrides", []))
     x, y = dataset.x_test[: p["n"]], dataset.y_test[: p["n"]]
     r = evalxai.explain(model, x, y, method=p["method"]).sum(1).flatten(1)
     k = int(round(p["fraction"] * r.shape[1]))
