@@ -1,8 +1,8 @@
 """Leaderboard across runs: ``python -m evalxai.leaderboard DIR``.
 
 Gathers every ``scores.parquet`` below DIR (one run, a sweep, several sweeps), ranks the methods per
-(dataset, model, metric, measure) with bootstrap intervals, tests them pairwise over the same samples (Wilcoxon
-signed-rank, Holm-corrected) against the best method and the controls, and writes ``leaderboard.csv``,
+(dataset, model, metric, measure) with cluster-bootstrap intervals over images, tests them pairwise over the same
+images (Wilcoxon signed-rank, Holm-corrected) against the best method and the controls, and writes ``leaderboard.csv``,
 ``leaderboard.md``, ``leaderboard.png`` and ``report.md`` / ``report.html`` into DIR.
 """
 from __future__ import annotations
@@ -41,7 +41,7 @@ def gather(root: str | Path) -> tuple[pd.DataFrame, list[dict]]:
 def headline_table(board: pd.DataFrame) -> pd.DataFrame:
     """The leaderboard rows of the headline measures, in reading order."""
     sub = headline(board)
-    cols = ["model", "metric", "measure", "rank", "method", "mean", "ci_low", "ci_high", "n", "direction"]
+    cols = ["model", "metric", "measure", "rank", "method", "mean", "ci_low", "ci_high", "n", "n_images", "direction"]
     extra = [c for c in ("worse_than_best", "beats_random", "beats_edge") if c in sub]
     return sub[cols + extra].sort_values(["model", "metric", "measure", "rank"]).reset_index(drop=True)
 
@@ -56,8 +56,10 @@ def build(root: str | Path, seed: int = 0) -> pd.DataFrame:
     head = headline_table(board)
     n_runs = scores["run_id"].nunique() if "run_id" in scores else len(runs)
     intro = (f"{n_runs} runs below `{root}`; methods ranked per metric (1 = best by the metric's direction); "
-             "mean [95 % bootstrap interval] over samples x seeds; `worse_than_best` / `beats_random` / "
-             "`beats_edge`: paired Wilcoxon signed-rank test over the same samples, Holm-corrected, p < 0.05.")
+             "mean over images x seeds [95 % cluster-bootstrap interval over images: an image's seeds are "
+             "resampled together]; `n` observations, `n_images` distinct images; `worse_than_best` / "
+             "`beats_random` / `beats_edge`: Wilcoxon signed-rank test paired by image (values averaged over "
+             "seeds), Holm-corrected, p < 0.05.")
     write_text(root / "leaderboard.md", f"# Leaderboard\n\n{intro}\n\n{markdown_table(head)}\n")
     plots = []
     for i, (model, g) in enumerate(board.groupby("model", sort=True)):

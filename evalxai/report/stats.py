@@ -1,20 +1,24 @@
-"""Leaderboard statistics: ranking with bootstrap intervals and paired comparisons over the same samples.
+"""Leaderboard statistics: ranking with cluster-bootstrap intervals and paired comparisons over the same images.
 
-For every (dataset, model, metric, measure) with a direction, methods are ranked by their mean; each method is
-compared with the best method and with the controls (``random``, ``edge``) by the Wilcoxon signed-rank test on
-the values of the samples both were scored on (paired by seed and dataset index), and the p-values of one
-(dataset, model, metric, measure) family are Holm-corrected (Holm 1979).
+For every (dataset, model, metric, measure) with a direction, methods are ranked by their mean over all
+(seed, image) observations. The seeds of a sweep score the same test images, so observations of one image are
+not independent: the 95 % interval is a cluster bootstrap that resamples images (``dataset_index``) with all
+their seeds (Davison & Hinkley 1997; Field & Welsh 2007). Each method is compared with the best method and with
+the controls (``random``, ``edge``) by the Wilcoxon signed-rank test paired by image (each method's values
+averaged over seeds per image, on the images both have), and the p-values of one (dataset, model, metric,
+measure) family are Holm-corrected (Holm 1979).
 """
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from evalxai.report.tables import bootstrap_ci
+from evalxai.report.tables import cluster_bootstrap_ci
 
 CONTROLS = ("random", "edge")
 GROUP = ["dataset", "model", "metric", "measure"]
-PAIR = ["seed", "dataset_index"]
+OBS = ["seed", "dataset_index"]  # one observation
+IMAGE = "dataset_index"  # the cluster and the pairing unit
 ALPHA = 0.05
 
 
@@ -48,13 +52,14 @@ def _better(mean_a: float, mean_b: float, direction: str) -> bool:
 
 
 def leaderboard(scores: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
-    """One row per (dataset, model, metric, measure, method) of the scalar rows: mean, std, bootstrap 95 % CI, n,
-    runs, model accuracy, rank (1 = best, by direction), and Holm-corrected Wilcoxon p-values against the best
-    method and the controls, with ``*_significant`` flags at 0.05."""
+    """One row per (dataset, model, metric, measure, method) of the scalar rows: mean and std over the (seed,
+    image) observations, cluster-bootstrap 95 % CI over images, n (observations), n_images, runs, model accuracy,
+    rank (1 = best, by direction), and Holm-corrected image-paired Wilcoxon p-values against the best method and
+    the controls, with ``worse_than_best`` / ``beats_*`` flags at 0.05."""
     scal = scores[scores["step"].isna() & scores["direction"].isin(["higher", "lower"])].copy()
     if scal.empty:
         return pd.DataFrame(columns=["method", "metric", "measure", "direction", "mean", "ci_low", "ci_high", "n",
-                                     "rank"])
+                                     "n_images", "rank"])
     for col in ("dataset", "model", "seed", "dataset_index"):
         if col not in scal:
             scal[col] = 0
@@ -62,23 +67,26 @@ def leaderboard(scores: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     rows = []
     for key, g in scal.groupby(GROUP, sort=True, dropna=False):
         direction = g["direction"].iloc[0]
-        per = {m: v.groupby(PAIR)["value"].mean() for m, v in g.groupby("method")}
+        per = {m: v.groupby(OBS)["value"].mean() for m, v in g.groupby("method")}
+        per_image = {m: v.groupby(level=IMAGE).mean() for m, v in per.items()}  # paired tests: mean over seeds
         stats = []
         for method, v in per.items():
             vals = v.to_numpy()
-            lo, hi = bootstrap_ci(vals, seed=seed)
+            images = v.index.get_level_values(IMAGE).to_numpy()
+            lo, hi = cluster_bootstrap_ci(vals, images, seed=seed)
             sub = g[g["method"] == method]
             stats.append({**dict(zip(GROUP, key)), "method": method, "direction": direction,
                           "mean": float(np.nanmean(vals)) if np.isfinite(vals).any() else np.nan,
                           "std": float(np.nanstd(vals, ddof=1)) if np.isfinite(vals).sum() > 1 else np.nan,
                           "ci_low": lo, "ci_high": hi, "n": int(np.isfinite(vals).sum()),
+                          "n_images": int(pd.unique(images[np.isfinite(vals)]).size),
                           "runs": int(sub["run_id"].nunique()) if "run_id" in sub else 1,
                           "model_accuracy": float(sub["model_accuracy"].mean()) if "model_accuracy" in sub else np.nan})
         table = pd.DataFrame(stats)
         table["rank"] = table["mean"].rank(ascending=(direction == "lower"), method="min").astype("Int64")
         best = table.sort_values("rank").iloc[0]["method"]
         table["best"] = best
-        comparisons = {"best": best, **{c: c for c in CONTROLS if c in per}}
+        comparisons = {"best": best, **{c: c for c in CONTROLS if c in per_image}}
         pcols = []
         for name, ref in comparisons.items():
             col = f"p_vs_{name}"
@@ -87,7 +95,7 @@ def leaderboard(scores: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
                 if method == ref:
                     pvals.append(np.nan)
                     continue
-                joined = pd.concat([per[method], per[ref]], axis=1, join="inner").to_numpy()
+                joined = pd.concat([per_image[method], per_image[ref]], axis=1, join="inner").to_numpy()
                 pvals.append(wilcoxon_p(joined[:, 0], joined[:, 1]))
             table[col] = pvals
             pcols.append(col)
@@ -105,6 +113,6 @@ def leaderboard(scores: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
         rows.append(table)
     out = pd.concat(rows, ignore_index=True)
     front = ["dataset", "model", "metric", "measure", "method", "direction", "mean", "std", "ci_low", "ci_high", "n",
-             "rank", "runs", "model_accuracy"]
+             "n_images", "rank", "runs", "model_accuracy"]
     return out[front + [c for c in out.columns if c not in front]].sort_values(
         ["dataset", "model", "metric", "measure", "rank"], ignore_index=True)

@@ -22,18 +22,45 @@ def headline(table: pd.DataFrame) -> pd.DataFrame:
     return table if sub.empty else sub
 
 
-def bootstrap_ci(values, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean (vectorised resampling)."""
-    v = np.asarray(values, dtype=np.float64)
-    v = v[np.isfinite(v)]
+def cluster_bootstrap_ci(values, clusters=None, n_boot: int = 2000, level: float = 0.95,
+                         seed: int = 0) -> tuple[float, float]:
+    """Percentile cluster-bootstrap interval of the mean (Davison & Hinkley 1997, sec. 3.8; Field & Welsh 2007).
+
+    Clusters (e.g. images seen under several seeds) are resampled with replacement; a replicate's statistic is
+    the mean of all observations of the drawn clusters (weighted by their counts). ``clusters=None``: every
+    observation is its own cluster (the plain bootstrap). Non-finite values are dropped; the interval always
+    contains the mean of the remaining observations. Vectorised: one ``(n_boot, n_clusters)`` draw.
+    """
+    v = np.asarray(values, dtype=np.float64).ravel()
+    ok = np.isfinite(v)
+    if clusters is None:
+        codes = np.arange(ok.sum())
+    else:
+        c = np.asarray(clusters).ravel()
+        if len(c) != len(v):
+            raise ValueError(f"clusters has {len(c)} entries, values {len(v)}")
+        codes = pd.factorize(c[ok])[0]  # first-appearance order, so singleton clusters keep the values' order
+        missing = codes < 0  # a missing cluster label: its own cluster
+        codes[missing] = codes.max(initial=-1) + 1 + np.arange(missing.sum())
+    v = v[ok]
     if len(v) == 0:
         return (np.nan, np.nan)
-    if len(v) == 1:
-        return (float(v[0]), float(v[0]))
-    rng = np.random.default_rng(seed)
-    means = v[rng.integers(0, len(v), size=(n_boot, len(v)))].mean(1)
+    mean = v.mean()
+    k = codes.max() + 1
+    if k == 1:
+        return (float(mean), float(mean))
+    sums = np.bincount(codes, weights=v, minlength=k)
+    counts = np.bincount(codes, minlength=k).astype(np.float64)
+    idx = np.random.default_rng(seed).integers(0, k, size=(n_boot, k))
+    means = sums[idx].sum(1) / counts[idx].sum(1)
     lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return float(min(lo, v.mean())), float(max(hi, v.mean()))
+    return float(min(lo, mean)), float(max(hi, mean))
+
+
+def bootstrap_ci(values, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of independent values (the one-per-cluster case of
+    :func:`cluster_bootstrap_ci`)."""
+    return cluster_bootstrap_ci(values, None, n_boot=n_boot, level=level, seed=seed)
 
 
 def summarize(scores: pd.DataFrame, seed: int = 0) -> pd.DataFrame:

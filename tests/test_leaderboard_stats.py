@@ -1,0 +1,71 @@
+"""Leaderboard intervals and tests when the seeds of a sweep score the same images (issue 17, item 12): the
+interval is a cluster bootstrap over images, the Wilcoxon tests pair by image."""
+import numpy as np
+import pandas as pd
+from scipy.stats import wilcoxon
+
+from evalxai.report.stats import leaderboard
+from evalxai.report.tables import bootstrap_ci, cluster_bootstrap_ci
+
+
+def table(values, metric="m", method="a"):
+    """Tidy scalar rows of one method from an (images, seeds) array of values."""
+    n_img, n_seed = values.shape
+    img, seed = np.meshgrid(np.arange(n_img), np.arange(n_seed), indexing="ij")
+    return pd.DataFrame({"dataset": "mnist", "model": "lenet", "metric": metric, "measure": "score",
+                         "direction": "higher", "method": method, "seed": seed.ravel(), "dataset_index": img.ravel(),
+                         "sample": img.ravel(), "step": np.nan, "value": values.ravel(), "run_id": seed.ravel()})
+
+
+def test_cluster_interval_is_as_wide_as_the_per_image_interval():
+    rng = np.random.default_rng(0)
+    effect = rng.normal(0, 1, 20)  # 20 images, large image effect
+    values = effect[:, None] + rng.normal(0, 0.01, (20, 5))  # x 5 seeds, tiny seed noise
+    row = leaderboard(table(values)).iloc[0]
+    assert row["n"] == 100 and row["n_images"] == 20
+    assert row["ci_low"] <= row["mean"] <= row["ci_high"] and np.isclose(row["mean"], values.mean())
+    width = row["ci_high"] - row["ci_low"]
+    lo, hi = bootstrap_ci(values.mean(1), seed=0)  # the 20 per-image means: the honest interval
+    naive = np.subtract(*bootstrap_ci(values.ravel(), seed=0)[::-1])  # the 100 rows as if independent
+    assert 0.8 < width / (hi - lo) < 1.25
+    assert 0.3 < naive / width < 0.6  # ~ 1 / sqrt(5)
+
+
+def test_cluster_interval_covers_the_true_mean():
+    rng = np.random.default_rng(1)
+    mu, n_sim, n_img, n_seed = 0.3, 200, 10, 4
+    values = rng.normal(mu, 1, (n_sim, n_img, 1)) + rng.normal(0, 0.5, (n_sim, n_img, n_seed))
+    # 200 small leaderboards in one call: one (metric) group each
+    board = leaderboard(pd.concat([table(v, metric=f"m{i:03d}") for i, v in enumerate(values)], ignore_index=True))
+    assert len(board) == n_sim and (board["n_images"] == n_img).all()
+    cover = ((board["ci_low"] <= mu) & (mu <= board["ci_high"])).mean()
+    naive = np.mean([lo <= mu <= hi for lo, hi in (bootstrap_ci(v.ravel(), seed=0) for v in values)])
+    assert cover >= 0.88
+    assert naive < 0.8  # the naive interval ignores that an image's seeds move together
+
+
+def test_wilcoxon_pairs_by_image():
+    rng = np.random.default_rng(2)
+    a = rng.normal(0, 1, (12, 3))
+    b = a - 0.3 + rng.normal(0, 1, (12, 3))  # "a" is better; the seed noise is large
+    board = leaderboard(pd.concat([table(a, method="a"), table(b, method="b")], ignore_index=True))
+    row = board.set_index("method").loc["b"]
+    assert board["best"].iloc[0] == "a"
+    by_image = wilcoxon(b.mean(1) - a.mean(1)).pvalue
+    by_row = wilcoxon(b.ravel() - a.ravel()).pvalue
+    assert abs(by_image - by_row) > 0.01  # the two pairings do differ here
+    assert np.isclose(row["p_vs_best"], by_image)
+
+
+def test_one_observation_per_cluster_is_the_plain_bootstrap():
+    rng = np.random.default_rng(3)
+    v = rng.normal(2, 1, 57)
+    v[[3, 20]] = np.nan
+    clusters = rng.permutation(57) * 7  # any labels, in any order
+    for seed in (0, 5):
+        assert cluster_bootstrap_ci(v, clusters, seed=seed) == bootstrap_ci(v, seed=seed)
+        assert cluster_bootstrap_ci(v, None, seed=seed) == bootstrap_ci(v, seed=seed)
+    assert cluster_bootstrap_ci([np.nan, 1.5], [0, 1]) == (1.5, 1.5)
+    assert np.isnan(cluster_bootstrap_ci([np.nan], [0])).all()
+    lo, hi = cluster_bootstrap_ci([1.0, 1.0, 1.0, 9.0], [0, 0, 0, 1])  # weighted by cluster size
+    assert lo == 1.0 and hi == 9.0  # all-ones or all-nines replicates; the mean 3 lies inside
