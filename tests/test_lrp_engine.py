@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 import evalxai
+from evalxai.explain import get_method
 from evalxai.explain.guard import frozen
 from evalxai.explain.lrp import COMPOSITES, LRPError, Recorder, make_composite, run_lrp
 from evalxai.models.zoo import build_model
@@ -61,7 +62,8 @@ def test_conservation_on_bias_free_relu_nets(method, net):
     torch.manual_seed(1)
     model = relu_net() if net == "plain" else ResNet().double().eval()
     x, t = data()
-    r = evalxai.explain(model, x, t, method=method, stabilizer=0.0, epsilon=0.0)
+    zero = {k: 0.0 for k in ("stabilizer", "epsilon") if k in get_method(method).defaults}
+    r = evalxai.explain(model, x, t, method=method, **zero)
     f = logits(model, x, t)
     rel_err = ((r.sum((1, 2, 3)) - f).abs() / f.abs()).max().item()
     assert rel_err <= 1e-6
@@ -135,14 +137,23 @@ def test_lrn_denominator_matches_torch():
 
 
 @pytest.mark.parametrize("arch", ["mlp", "lenet", "vgg_bn", "resnet_small"])
-def test_every_lrp_method_runs_on_the_zoo(arch):
+def test_every_lrp_method_accounts_for_all_relevance_on_the_zoo(arch):
+    """sum R_input = f_c(x) - (relevance absorbed by each recorded layer): nothing is lost or created between
+    layers (ReLU, pooling and shape operations route relevance without changing its total), for every composite."""
     torch.manual_seed(6)
-    model = build_model(arch, (1, 28, 28)).eval()
-    x, t = torch.rand(3, 1, 28, 28), torch.tensor([0, 4, 9])
+    model = build_model(arch, (1, 28, 28)).double().eval()
+    x, t = torch.rand(3, 1, 28, 28, dtype=torch.float64), torch.tensor([0, 4, 9])
     before = copy.deepcopy(model.state_dict())
+    f = logits(model, x, t)
     for name in COMPOSITES:
-        r = evalxai.explain(model, x, t, method=name)
-        assert r.shape == x.shape and torch.isfinite(r).all()
+        spec = get_method(name)
+        rec = Recorder()
+        with frozen(model):
+            r = spec.fn(model, x, t, recorder=rec, **spec.defaults)
+        assert r.shape == x.shape
+        absorbed = sum(row["relevance_out"] - row["relevance_in"] for row in rec.rows)
+        torch.testing.assert_close(r.sum((1, 2, 3)), f - absorbed, rtol=1e-9, atol=1e-9 * f.abs().max().item())
+        assert len(rec.rows) >= sum(isinstance(m, (nn.Linear, nn.Conv2d)) for m in model.modules())
     assert no_hooks(model)
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k])

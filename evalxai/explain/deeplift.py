@@ -17,7 +17,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from evalxai.explain.gradient import make_baseline
-from evalxai.explain.lrp.engine import _PASS_FUNCS, _PASS_MODULES, _trace, execute, is_relu, node_kind
+from evalxai.explain.lrp.engine import (
+    _PASS_FUNCS,
+    _PASS_MODULES,
+    _SOFTMAX_FUNCS,
+    _trace,
+    execute,
+    is_relu,
+    node_kind,
+    refuse_tensors,
+)
 from evalxai.explain.registry import register_method
 
 _NOT_ELEMENTWISE = (nn.Softmax, nn.LogSoftmax, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.PReLU)
@@ -26,8 +35,10 @@ _MAXPOOL_FUNCS = set(_MAXPOOL_MODULES.values())
 
 
 def _rescale_kind(model: nn.Module, node) -> str | None:
-    """'relu', 'elementwise', 'maxpool' or None (keep the gradient) for a traced node."""
+    """'relu', 'elementwise', 'maxpool', 'unsupported' (refused on tensors) or None (keep the gradient)."""
     kind = node_kind(model, node, what="DeepLIFT")
+    if kind == "unsupported":
+        return kind
     if is_relu(model, node):
         return "relu"
     if node.op == "call_module":
@@ -39,8 +50,7 @@ def _rescale_kind(model: nn.Module, node) -> str | None:
     elif node.op == "call_function":
         if node.target in _MAXPOOL_FUNCS:
             return "maxpool"
-        if node.target in _PASS_FUNCS and node.target not in (F.softmax, F.log_softmax, torch.softmax,
-                                                                torch.log_softmax):
+        if node.target in _PASS_FUNCS and node.target not in _SOFTMAX_FUNCS:
             return "elementwise"
     return None
 
@@ -116,12 +126,15 @@ def deeplift(model, x, target, baseline="zero", eps=1e-10, seed=0, mean=None):
     saved: dict = {}
 
     def record(node, call, args, kwargs):
+        if kinds[node] == "unsupported":
+            refuse_tensors(model, node, args, kwargs, "DeepLIFT")
+            return NotImplemented
         if kinds[node] == "maxpool":
             y_ref, idx_ref = _pool_with_indices(node, call, args, kwargs)(args[0])
             saved[node] = (args[0], y_ref, idx_ref)
             return y_ref
         if kinds[node] is not None:
-            saved[node] = args[0].clone()  # an in-place activation would overwrite it
+            saved[node] = args[0]  # execute() runs in-place operations on a copy: this stays as it is
         return NotImplemented
 
     with torch.no_grad():
@@ -129,7 +142,7 @@ def deeplift(model, x, target, baseline="zero", eps=1e-10, seed=0, mean=None):
 
     def rescale(node, call, args, kwargs):
         kind = kinds[node]
-        if kind is None:
+        if kind is None or kind == "unsupported":
             return NotImplemented
         if kind == "maxpool":
             return _MaxPoolRescaleFn.apply(args[0], _pool_with_indices(node, call, args, kwargs), *saved[node], eps)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from evalxai.explain.lrp.rules import Rule, make_rule
+from evalxai.explain.lrp.rules import RULE_PARAMS, Rule, make_rule
 
 DEFAULT_PARAMS = {"epsilon": 1e-6, "gamma": 0.25, "alpha": 2.0, "beta": 1.0, "low": 0.0, "high": 1.0,
                   "stabilizer": 1e-6}
@@ -46,6 +46,15 @@ class Composite:
         for spec in [*self.layers.values(), *self.first.values(), *self.names.values()]:
             if spec is not None:
                 make_rule(spec, self.params)  # validate parameters now, not mid-backward
+
+    def used_params(self) -> set[str]:
+        """The shared parameters its rules read (``stabilizer`` always: additions and pooling use it)."""
+        used = {"stabilizer"}
+        for spec in [*self.layers.values(), *self.first.values(), *self.names.values()]:
+            if isinstance(spec, (str, dict)) or hasattr(spec, "keys"):
+                rule = spec if isinstance(spec, str) else dict(spec).get("rule")
+                used |= set(RULE_PARAMS.get(rule, ())) - set(() if isinstance(spec, str) else dict(spec))
+        return used
 
     def rule_for(self, name: str, module: nn.Module, is_first: bool) -> Rule:
         kind = layer_type(module)

@@ -13,6 +13,7 @@ hooks, no parameter swaps.
 from __future__ import annotations
 
 import operator
+import warnings
 import weakref
 from dataclasses import dataclass
 
@@ -35,16 +36,20 @@ _NORM_MODULES = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
                  nn.AdaptiveAvgPool3d)
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
-_GRAD_FUNCS = {torch.relu, F.relu, torch.flatten, torch.reshape, operator.getitem, getattr, torch.cat,
-               F.max_pool1d, F.max_pool2d, F.max_pool3d, F.dropout, torch.squeeze, torch.unsqueeze,
-               torch.transpose, torch.permute, F.adaptive_max_pool2d, F.pad, torch.nn.functional.relu_}
-_PASS_FUNCS = {torch.tanh, torch.sigmoid, F.gelu, F.silu, F.elu, F.leaky_relu, F.softplus, F.softmax,
-               F.log_softmax, torch.softmax, torch.log_softmax}
+_RELU_FUNCS = {torch.relu, F.relu, torch.relu_}
+_GRAD_FUNCS = {*_RELU_FUNCS, torch.flatten, torch.reshape, operator.getitem, getattr, torch.cat, F.max_pool1d,
+               F.max_pool2d, F.max_pool3d, F.dropout, torch.squeeze, torch.unsqueeze, torch.transpose, torch.permute,
+               F.adaptive_max_pool2d, F.pad}
+_SOFTMAX_FUNCS = {F.softmax, F.log_softmax, torch.softmax, torch.log_softmax}
+_PASS_FUNCS = {torch.tanh, torch.tanh_, torch.sigmoid, torch.sigmoid_, F.gelu, F.silu, F.elu, F.elu_, F.leaky_relu,
+               F.leaky_relu_, F.softplus, F.relu6, F.hardtanh, F.hardtanh_, F.hardswish, F.hardsigmoid, F.mish,
+               F.selu, torch.selu_, F.celu, torch.celu_, F.softsign, F.logsigmoid, F.tanhshrink, *_SOFTMAX_FUNCS}
 _NORM_FUNCS = {F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
                F.adaptive_avg_pool3d, torch.mean}
 _ADD_FUNCS = {operator.add, torch.add, operator.iadd}
 _GRAD_METHODS = {"view", "reshape", "flatten", "size", "contiguous", "permute", "transpose", "squeeze",
-                 "unsqueeze", "relu", "dim", "float", "double", "to", "clone"}
+                 "unsqueeze", "relu", "relu_", "dim", "float", "double", "to", "clone"}
+_ADD_METHODS = {"add", "add_"}
 
 
 class LRPError(TypeError):
@@ -92,8 +97,10 @@ def _merge_target(node: fx.Node, model: nn.Module, module: nn.Module) -> tuple[f
 
 def node_kind(model: nn.Module, node: fx.Node, what: str = "LRP") -> str:
     """How a traced node propagates: placeholder / get_attr / output, linear (has a rule), grad (keeps its
-    gradient: ReLU, max-pooling, shape ops), pass (element-wise), norm (average pooling, mean), sum (two-tensor
-    addition) or lrn. Raises LRPError naming the node for anything else."""
+    gradient: ReLU, max-pooling, shape ops), pass (element-wise), norm (average pooling, mean), sum (addition;
+    a proportional split when both operands are tensors), lrn, or unsupported (a function or tensor method with no
+    rule: fine on Python numbers such as shape arithmetic, an error on tensors, see ``refuse_tensors``).
+    Raises LRPError naming the module for a module without a rule."""
     if node.op in ("placeholder", "get_attr", "output"):
         return node.op
     if node.op == "call_module":
@@ -110,20 +117,74 @@ def node_kind(model: nn.Module, node: fx.Node, what: str = "LRP") -> str:
     if node.op == "call_function":
         fn = node.target
         if fn in _ADD_FUNCS:
-            return "sum" if sum(_is_tensor_node(a) for a in node.args) == 2 else "grad"
+            return "sum"
         for kind, funcs in (("grad", _GRAD_FUNCS), ("pass", _PASS_FUNCS), ("norm", _NORM_FUNCS)):
             if fn in funcs:
                 return kind
-        raise LRPError(f"operation '{getattr(fn, '__name__', fn)}' (graph node '{node.name}') has no {what} "
-                       "rule: express it with supported modules or explain with a gradient method")
+        return "unsupported"
     if node.target in _GRAD_METHODS:
         return "grad"
-    if node.target == "add" and sum(_is_tensor_node(a) for a in node.args) == 2:
+    if node.target in _ADD_METHODS:
         return "sum"
     if node.target == "mean":
         return "norm"
-    raise LRPError(f"tensor method '.{node.target}()' (graph node '{node.name}') has no {what} rule: "
-                   "express it with supported modules or explain with a gradient method")
+    return "unsupported"
+
+
+def _owner(model: nn.Module, node: fx.Node) -> str:
+    """The module a traced node sits in, as ``module 'path' (Class)`` (from torch.fx's module stack)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return f"the forward of {type(model).__name__}"
+    path, cls = next(reversed(stack.values()))
+    name = cls.__name__ if isinstance(cls, type) else str(cls).rpartition(".")[2].strip("'>")
+    return f"module '{path}' ({name})"
+
+
+def refuse_tensors(model: nn.Module, node: fx.Node, args, kwargs, what: str = "LRP") -> None:
+    """Raise LRPError naming the node's module if an unsupported operation receives a tensor; Python numbers
+    (shape arithmetic on ``.size()``, as in a channel shuffle) carry no relevance and pass."""
+    found = []
+    fx.node.map_aggregate((args, kwargs), lambda a: found.append(a) if isinstance(a, torch.Tensor) else a)
+    if not found:
+        return
+    op = getattr(node.target, "__name__", node.target)
+    kind = "tensor method '." + str(op) + "()'" if node.op == "call_method" else f"operation '{op}'"
+    raise LRPError(f"{kind} (graph node '{node.name}') in {_owner(model, node)} has no {what} rule: replace that "
+                   "module with supported layers (Linear, Conv, pooling, element-wise activations, additions) or "
+                   "explain with a gradient method")
+
+
+_INPLACE_OPERATORS = {operator.iadd, operator.isub, operator.imul, operator.itruediv}
+
+
+def is_inplace(model: nn.Module, node: fx.Node) -> bool:
+    """Whether a traced node overwrites its first argument: a module with ``inplace=True``, a function called
+    with ``inplace=True``, an in-place torch function or tensor method (name ending in ``_``: ``F.relu_``,
+    ``x.relu_()``), or an augmented assignment operator."""
+    if node.op == "call_module":
+        return getattr(model.get_submodule(node.target), "inplace", False) is True
+    if node.op == "call_function":
+        name = getattr(node.target, "__name__", "")
+        return (node.kwargs.get("inplace") is True or node.target in _INPLACE_OPERATORS
+                or (name.endswith("_") and not name.startswith("_")))
+    return node.op == "call_method" and node.target.endswith("_") and not node.target.startswith("_")
+
+
+_SOFTMAX_MODULES = (nn.Softmax, nn.LogSoftmax)
+_WARNED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _warn_pass_through(model: nn.Module, names: list[str]) -> None:
+    """Warn once per model (and set of layers) that relevance passes these layers unchanged."""
+    key = tuple(names)
+    if not names or key in _WARNED.setdefault(model, set()):
+        return
+    _WARNED[model].add(key)
+    warnings.warn(f"LRP passes relevance unchanged through {', '.join(names)} of {type(model).__name__} (as zennit "
+                  "does): a softmax is not part of the explained logit, and a BatchNorm that does not directly follow "
+                  "a Linear/Conv layer cannot be merged into it; explain the logits of a model without them to "
+                  "avoid this", UserWarning, stacklevel=4)
 
 
 def build_plan(model: nn.Module, composite: Composite) -> tuple[fx.Graph, dict]:
@@ -131,6 +192,7 @@ def build_plan(model: nn.Module, composite: Composite) -> tuple[fx.Graph, dict]:
     graph = _trace(model)
     plan: dict[fx.Node, Step] = {}
     seen_first = False
+    passed = []  # softmax and BatchNorm layers that relevance passes unchanged (warned about once)
     for node in graph.nodes:
         if node in plan:
             continue
@@ -148,6 +210,11 @@ def build_plan(model: nn.Module, composite: Composite) -> tuple[fx.Graph, dict]:
             plan[node] = Step("lrn", model.get_submodule(node.target))
         else:
             plan[node] = Step(kind)
+            if kind == "pass" and (node.target in _SOFTMAX_FUNCS or node.op == "call_module" and isinstance(
+                    model.get_submodule(node.target), (*_SOFTMAX_MODULES, *_BN))):
+                passed.append(f"'{node.target}'" if node.op == "call_module" else
+                              f"{node.name} in {_owner(model, node)}")
+    _warn_pass_through(model, passed)
     return graph, plan
 
 
@@ -246,22 +313,22 @@ class _LinearizedFn(torch.autograd.Function):
 
 
 class _SumFn(torch.autograd.Function):
-    """Residual addition z = a + b: R_a = a R / stab(z), R_b = b R / stab(z) (proportional split)."""
+    """Residual addition z = a + alpha b: R_a = a R / stab(z), R_b = alpha b R / stab(z) (proportional split)."""
 
     @staticmethod
-    def forward(ctx, a, b, eps, hook):
-        ctx.eps, ctx.hook = eps, hook
+    def forward(ctx, a, b, alpha, eps, hook):
+        ctx.alpha, ctx.eps, ctx.hook = alpha, eps, hook
         ctx.save_for_backward(a, b)
-        return a + b
+        return torch.add(a, b, alpha=alpha)
 
     @staticmethod
     def backward(ctx, r):
         a, b = ctx.saved_tensors
-        s = divide(r, a + b, ctx.eps)
-        ra, rb = (a * s).sum_to_size(a.shape), (b * s).sum_to_size(b.shape)
+        s = divide(r, torch.add(a, b, alpha=ctx.alpha), ctx.eps)
+        ra, rb = (a * s).sum_to_size(a.shape), (b * s).mul_(ctx.alpha).sum_to_size(b.shape)
         if ctx.hook is not None:
             ctx.hook(r, (ra, rb))
-        return ra, rb, None, None
+        return ra, rb, None, None, None
 
 
 def lrn_denominator(a: torch.Tensor, m: nn.LocalResponseNorm) -> torch.Tensor:
@@ -287,7 +354,10 @@ def _first_tensor(args) -> torch.Tensor:
 def execute(model: nn.Module, graph: fx.Graph, x: torch.Tensor, handle) -> torch.Tensor:
     """Run a traced graph node by node; ``handle(node, call, args, kwargs)`` may return a replacement output.
 
-    ``handle`` returns ``NotImplemented`` to run the node unchanged. Returns the graph's output.
+    ``handle`` returns ``NotImplemented`` to run the node unchanged. Returns the graph's output. In-place
+    operations (``ReLU(inplace=True)``, ``F.relu_``, ...) run on a copy of their input, and later uses of the
+    overwritten node see the result, as in eager mode: a tensor that a rule keeps (a layer's output z) is never
+    overwritten, and an in-place activation never adds its gradient to a pass-through.
     """
     env: dict[fx.Node, object] = {}
     placeholders = 0
@@ -308,8 +378,13 @@ def execute(model: nn.Module, graph: fx.Graph, x: torch.Tensor, handle) -> torch
             return args[0]
         else:
             call = _callable(model, node)
+            inplace = is_inplace(model, node)
+            if inplace:
+                call = _out_of_place(call)
             out = handle(node, call, args, kwargs)
             env[node] = call(*args, **kwargs) if out is NotImplemented else out
+            if inplace and node.args and isinstance(node.args[0], fx.Node):
+                env[node.args[0]] = env[node]
     raise LRPError("the traced graph has no output")
 
 
@@ -338,7 +413,11 @@ def run_lrp(model: nn.Module, x: torch.Tensor, target: torch.Tensor, composite: 
             return _LinearizedFn.apply(args[0], lambda t: call(t, *rest, **kwargs), lambda a, y: y, eps,
                                        hook_for(name, "norm"))
         if step.kind == "sum":
-            return _SumFn.apply(args[0], args[1], eps, hook_for(name, "sum"))
+            if not all(isinstance(a, torch.Tensor) for a in args[:2]):
+                return NotImplemented  # a constant or shape arithmetic: the gradient passes relevance unchanged
+            return _SumFn.apply(args[0], args[1], kwargs.get("alpha", 1), eps, hook_for(name, "sum"))
+        if step.kind == "unsupported":
+            refuse_tensors(model, node, args, kwargs)
         if step.kind == "lrn":
             m, window = step.module, {}
 
@@ -371,8 +450,16 @@ def is_relu(model: nn.Module, node: fx.Node) -> bool:
     if node.op == "call_module":
         return isinstance(model.get_submodule(node.target), nn.ReLU)
     if node.op == "call_function":
-        return node.target in (torch.relu, F.relu)
-    return node.op == "call_method" and node.target == "relu"
+        return node.target in _RELU_FUNCS
+    return node.op == "call_method" and node.target in ("relu", "relu_")
+
+
+def _out_of_place(call):
+    def run(*args, **kwargs):
+        if args and isinstance(args[0], torch.Tensor):
+            args = (args[0].clone(), *args[1:])
+        return call(*args, **kwargs)
+    return run
 
 
 def _getattr_path(obj, path: str):

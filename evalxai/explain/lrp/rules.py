@@ -197,10 +197,10 @@ class AlphaBeta(Rule):
 
     def forward(self, op, a, z0):
         w, b = op.weight, op.bias
-        if _nonneg(a):  # a- = 0: one extra pass, z- = (z0 - b) - P + b-
-            p = op.fwd(a, _pos(w))
-            zp = p if b is None else p + b.clamp(min=0).view(-1, *[1] * (p.dim() - 2))
-            zn = None if self.beta == 0 else z0 - zp
+        if _nonneg(a):  # a- = 0: z+ = a W+ + b+, z- = a W- + b-, each by its own pass (z- as z0 - z+ would carry
+            # z0's rounding error into a z- that may be tiny: float32 then disagrees with float64)
+            zp = op.fwd(a, _pos(w), _pos(b))
+            zn = None if self.beta == 0 else op.fwd(a, _neg(w), _neg(b))
             return True, zp, zn
         ap, an = a.clamp(min=0), a.clamp(max=0)
         zp = op.fwd(ap, _pos(w), _pos(b)) + op.fwd(an, _neg(w))
@@ -219,8 +219,9 @@ class AlphaBeta(Rule):
         sn = divide(r, zn, self.stabilizer)
         if self.beta != 1:
             sn.mul_(self.beta)
-        if fast:  # a (W+^T sp - W-^T sn) = a (W+^T (sp + sn) - W^T sn)
-            return a * op.vjp_sum(((sp.add_(sn), _pos(w)), (sn, -w)), a)
+        if fast:  # a (W+^T sp - W-^T sn), each product on its own sign: where z- = 0, sn = R / stabilizer is huge,
+            # and a form like W+^T (sp + sn) - W^T sn would cancel it catastrophically in float32
+            return a * op.vjp_sum(((sp, _pos(w)), (sn, -_neg(w))), a)
         return (a.clamp(min=0) * op.vjp_sum(((sp, _pos(w)), (sn, -_neg(w))), a)
                 + a.clamp(max=0) * op.vjp_sum(((sp, _neg(w)), (sn, -_pos(w))), a))
 
@@ -291,6 +292,20 @@ def _bound(v, like: torch.Tensor) -> torch.Tensor:
     return t.expand(1, *like.shape[1:])
 
 
+def _check_inside(a: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> None:
+    """Raise unless every input lies in [lo, hi] (up to a rounding slack of 1e-5 of the box's width)."""
+    slack = 1e-5 * (hi - lo).abs().clamp(min=1e-12)
+    below, above = (a < lo - slack).any(), (a > hi + slack).any()
+    if bool(below) or bool(above):
+        lo_s = f"{float(lo.min()):.4g}" if lo.numel() == 1 or bool((lo == lo.flatten()[0]).all()) else "per-feature"
+        hi_s = f"{float(hi.max()):.4g}" if hi.numel() == 1 or bool((hi == hi.flatten()[0]).all()) else "per-feature"
+        raise ValueError(
+            f"the box (zB) rule's bounds low={lo_s}, high={hi_s} do not contain the inputs (they range over "
+            f"[{float(a.min()):.4g}, {float(a.max()):.4g}]): pass low= and high= as the smallest and largest value an "
+            "input can take — for normalised images the per-channel tensors (0 - mean) / std and (1 - mean) / std, "
+            "shaped (C, 1, 1)")
+
+
 @dataclass
 class ZBox(Rule):
     """zB / box rule (Montavon 2017) for inputs bounded in [low, high]: z = W a - W+ l - W- h.
@@ -310,6 +325,7 @@ class ZBox(Rule):
     def forward(self, op, a, z0):
         w = op.weight
         lo, hi = _bound(self.low, a), _bound(self.high, a)
+        _check_inside(a, lo, hi)
         zb = op.fwd(lo, _pos(w)) + op.fwd(hi, _neg(w))  # batch-independent: computed once, broadcast
         z = z0 - zb if op.bias is None else z0 - op.bias.view(-1, *[1] * (z0.dim() - 2)) - zb
         return lo, hi, z
