@@ -38,11 +38,11 @@ def test_deeplift_summation_to_delta_is_exact(pool, baseline):
     model = relu_net(pool)
     x, t = torch.randn(9, 1, 8, 8, dtype=torch.float64), torch.arange(9) % 3
     r = evalxai.explain(model, x, t, method="deeplift", baseline=baseline)
-    from evalxai.explain.gradient import make_baseline
+    from evalxai.baselines import reference
 
     with torch.no_grad():
         idx = torch.arange(9)
-        delta = model(x)[idx, t] - model(make_baseline(x, baseline))[idx, t]
+        delta = model(x)[idx, t] - model(reference(x, baseline))[idx, t]
     torch.testing.assert_close(r.sum((1, 2, 3)), delta, rtol=1e-9, atol=1e-9)
     assert no_hooks(model)
 

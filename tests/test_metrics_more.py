@@ -58,7 +58,7 @@ def test_selectivity_without_recompute_is_morf_pixel_flipping():
 
 
 def test_insertion_deletion_equals_explicit_loop():
-    from evalxai.explain.gradient import gaussian_blur
+    from evalxai.baselines import gaussian_blur
 
     model, (x, t) = small_cnn(), data(3)
     r = evalxai.explain(model, x, t, method="gradient_x_input")
@@ -203,7 +203,7 @@ def test_translate_zero_fill():
 
 
 def test_max_sensitivity_equals_explicit_loop():
-    from evalxai.explain.gradient import per_sample_noise
+    from evalxai.seeding import per_sample_noise
 
     model, (x, t) = small_cnn(), data(3)
     r = evalxai.explain(model, x, t, method="gradient")

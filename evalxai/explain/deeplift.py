@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from evalxai.explain.gradient import make_baseline
+from evalxai.baselines import reference
 from evalxai.explain.lrp.engine import (
     _PASS_FUNCS,
     _PASS_MODULES,
@@ -115,14 +115,14 @@ class _MaxPoolRescaleFn(torch.autograd.Function):
         return torch.where(far, contrib / torch.where(far, dz, torch.ones_like(dz)), grad), None, None, None, None, None
 
 
-@register_method("deeplift", baseline="zero", eps=1e-10, seed=0)
-def deeplift(model, x, target, baseline="zero", eps=1e-10, seed=0, mean=None):
+@register_method("deeplift", baseline="zero", eps=1e-10, seed=0, low=0.0, high=1.0, mean=None)
+def deeplift(model, x, target, baseline="zero", eps=1e-10, seed=0, low=0.0, high=1.0, mean=None):
     """DeepLIFT rescale (Shrikumar 2017): (x − x') times the product of rescale multipliers; Σ R = f(x) − f(x')."""
     if eps < 0:
         raise ValueError(f"eps={eps} is negative: it is the |Δz| below which the gradient is used, e.g. 1e-10")
     graph = _trace(model)
     kinds = {node: _rescale_kind(model, node) for node in graph.nodes}
-    ref = make_baseline(x, baseline, mean, seed).detach()
+    ref = reference(x, baseline, mean=mean, low=low, high=high, seed=seed).detach()
     saved: dict = {}
 
     def record(node, call, args, kwargs):

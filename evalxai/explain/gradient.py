@@ -12,8 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from evalxai.baselines import reference
 from evalxai.explain.registry import register_method
 from evalxai.scoring import require_images
+from evalxai.seeding import per_sample_noise
 
 
 def target_grad(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -22,27 +24,6 @@ def target_grad(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torc
     out = model(x)
     (g,) = torch.autograd.grad(out.gather(1, target.view(-1, 1)).sum(), x)
     return g
-
-
-def sample_generators(x: torch.Tensor, seed: int) -> list[torch.Generator]:
-    """One generator per sample, seeded by ``seed`` and the sample's bytes: draws do not depend on batching."""
-    flat = x.detach().reshape(len(x), -1).double().cpu()
-    weights = torch.arange(1, flat.shape[1] + 1, dtype=torch.float64).sin()
-    keys = ((flat * weights).sum(1) * 1e6).round().long().tolist()
-    return [torch.Generator().manual_seed((seed * 1_000_003 + k) % (2**63 - 1)) for k in keys]
-
-
-def per_sample_noise(x: torch.Tensor, seed: int, samples: int, kind: str = "normal") -> torch.Tensor:
-    """Noise of shape (samples, N, *x.shape[1:]) drawn per sample from ``sample_generators`` (in float64 for
-    float64 inputs, else float32), filled in place: no per-sample temporaries."""
-    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    noise = torch.empty(len(x), samples, *x.shape[1:], dtype=dtype)
-    for i, g in enumerate(sample_generators(x, seed)):
-        if kind == "normal":
-            noise[i].normal_(generator=g)
-        else:
-            noise[i].uniform_(generator=g)
-    return noise.transpose(0, 1).to(x)
 
 
 def _chunks(total: int, size: int):
@@ -74,53 +55,18 @@ def gradient_x_input(model, x, target):
     return target_grad(model, x, target) * x
 
 
-def make_baseline(x: torch.Tensor, baseline, mean: torch.Tensor | None = None, seed: int = 0) -> torch.Tensor:
-    """Reference input: ``zero``, ``mean`` (given mean image), ``blur`` (Gaussian, sigma 5 px), ``uniform``,
-    a number or a tensor."""
-    if isinstance(baseline, torch.Tensor):
-        return baseline.to(x).expand_as(x)
-    if isinstance(baseline, (int, float)):
-        return torch.full_like(x, float(baseline))
-    if baseline == "zero":
-        return torch.zeros_like(x)
-    if baseline == "mean":
-        if mean is None:
-            return x.mean(dim=tuple(range(2, x.dim())), keepdim=True).expand_as(x).clone()
-        return mean.to(x).expand_as(x)
-    if baseline == "blur":
-        return gaussian_blur(x, sigma=5.0)
-    if baseline == "uniform":
-        lo, hi = x.amin(), x.amax()
-        return lo + (hi - lo) * per_sample_noise(x, seed, 1, "uniform")[0]
-    raise ValueError(f"unknown baseline '{baseline}': use zero, mean, blur, uniform, a number or a tensor")
-
-
-def gaussian_blur(x: torch.Tensor, sigma: float, radius: int | None = None) -> torch.Tensor:
-    """Separable Gaussian blur of (N, C, H, W) images, reflect-padded, per channel; kernel radius 3 sigma unless
-    given (RISE's canvas: sigma 5, radius 5, i.e. an 11-tap kernel)."""
-    require_images(x, "blur")
-    radius = max(1, int(3 * sigma)) if radius is None else int(radius)
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = k / k.sum()
-    c = x.shape[1]
-    pad_h, pad_w = min(radius, x.shape[2] - 1), min(radius, x.shape[3] - 1)
-    y = F.pad(x, (pad_w, pad_w, pad_h, pad_h), mode="reflect")
-    kh = k[radius - pad_h: radius + pad_h + 1]
-    kw = k[radius - pad_w: radius + pad_w + 1]
-    y = F.conv2d(y, (kh / kh.sum()).view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
-    return F.conv2d(y, (kw / kw.sum()).view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
-
-
-@register_method("integrated_gradients", baseline="zero", steps=32, batch_size=512, seed=0)
-def integrated_gradients(model, x, target, baseline="zero", steps=32, batch_size=512, seed=0, mean=None):
+@register_method("integrated_gradients", baseline="zero", steps=32, batch_size=512, seed=0, low=0.0, high=1.0,
+                 mean=None)
+def integrated_gradients(model, x, target, baseline="zero", steps=32, batch_size=512, seed=0, low=0.0, high=1.0,
+                         mean=None):
     """Integrated Gradients (Sundararajan 2017): (x - x') * mean_k grad f(x' + a_k (x - x')), midpoint rule.
 
-    The path points are stacked into the batch dimension and run in chunks of ``batch_size``.
+    x' is ``evalxai.baselines.reference`` (``low``/``high``: the bounds of the ``uniform`` baseline). The path
+    points are stacked into the batch dimension and run in chunks of ``batch_size``.
     Completeness: sum R -> f(x) - f(x') as ``steps`` grows.
     """
     steps = _check_steps("steps", steps)
-    ref = make_baseline(x, baseline, mean, seed)
+    ref = reference(x, baseline, mean=mean, low=low, high=high, seed=seed)
     alphas = (torch.arange(steps, dtype=x.dtype, device=x.device) + 0.5) / steps
     n = len(x)
     total = torch.zeros_like(x)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from evalxai.explain.gradient import make_baseline
+from evalxai.baselines import reference
 from evalxai.explain.registry import register_method
 from evalxai.scoring import batched_scores, check_patch, check_score_space, require_images
 
@@ -30,9 +30,10 @@ def window_masks(h: int, w: int, patch: int, stride: int) -> torch.Tensor:
     return masks
 
 
-@register_method("occlusion", patch=4, stride=2, baseline="zero", score_space="logit", batch_size=1024, seed=0)
+@register_method("occlusion", patch=4, stride=2, baseline="zero", score_space="logit", batch_size=1024, seed=0,
+                 low=0.0, high=1.0, mean=None)
 def occlusion(model, x, target, patch=4, stride=2, baseline="zero", score_space="logit", batch_size=1024, seed=0,
-              mean=None):
+              low=0.0, high=1.0, mean=None):
     """Occlusion sensitivity: mean score drop over the ``patch`` x ``patch`` windows covering each pixel."""
     require_images(x, "occlusion")
     h, w = x.shape[-2:]
@@ -40,7 +41,7 @@ def occlusion(model, x, target, patch=4, stride=2, baseline="zero", score_space=
     if stride < 1:
         raise ValueError(f"stride={stride} must be >= 1")
     check_score_space(score_space)
-    base = make_baseline(x, baseline, mean, seed)
+    base = reference(x, baseline, mean=mean, low=low, high=high, seed=seed)
     masks = window_masks(h, w, patch, stride).to(x.device)
     n = len(x)
     with torch.no_grad():

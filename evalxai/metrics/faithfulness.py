@@ -15,32 +15,15 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from evalxai.explain.gradient import gaussian_blur, per_sample_noise, sample_generators
+from evalxai.baselines import gaussian_blur, reference
 from evalxai.metrics.common import batched_scores, check_score_space, curve_rows, normalized_auc, scalar_rows
 from evalxai.metrics.registry import register_metric
 from evalxai.scoring import check_patch, require_images
+from evalxai.seeding import per_sample_permutations
 
 ORDERS = ("morf", "lerf", "random")
 DIRECTIONS = {("aopc", "morf"): "higher", ("auc", "morf"): "lower", ("aopc", "lerf"): "lower",
               ("auc", "lerf"): "higher", ("aopc", "random"): "none", ("auc", "random"): "none"}
-
-
-def removal_baseline(x: torch.Tensor, baseline: str, seed: int = 0, mean: torch.Tensor | None = None,
-                     low: float = 0.0, high: float = 1.0) -> torch.Tensor:
-    """The values removed features take: zero, dataset mean image, uniform noise (per sample, seeded), blur, or a
-    tensor broadcastable to x."""
-    if isinstance(baseline, torch.Tensor):
-        return baseline.to(x).expand_as(x)
-    if baseline == "zero":
-        return torch.zeros_like(x)
-    if baseline == "mean":
-        m = x.mean(0, keepdim=True) if mean is None else torch.as_tensor(mean, dtype=x.dtype)
-        return m.expand_as(x)
-    if baseline == "uniform":
-        return low + (high - low) * per_sample_noise(x, seed + 7919, 1, "uniform")[0]
-    if baseline == "blur":
-        return gaussian_blur(x, sigma=2.0)
-    raise ValueError(f"unknown baseline '{baseline}': use zero, mean, uniform or blur")
 
 
 def patch_relevance(attributions: torch.Tensor, patch_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -60,15 +43,31 @@ def patch_mask(removed: torch.Tensor, grid: tuple[int, int], patch_size: int, si
     return mask.repeat_interleave(patch_size, d - 2).repeat_interleave(patch_size, d - 1)[..., :size[0], :size[1]]
 
 
-def feature_ranks(rel: torch.Tensor, order: str, seed: int, x: torch.Tensor) -> torch.Tensor:
-    """rank[n, f] = position of feature f in the removal order of sample n (stable for ties)."""
+TIES = ("random", "raster")
+
+
+def tie_order(x: torch.Tensor, n_features: int, ties: str, seed: int) -> torch.Tensor:
+    """(N, P) order in which features of equal relevance are taken: a random permutation per sample (seeded by
+    the sample, ``ties="random"``) or raster order (``"raster"``: row by row, what a stable sort gives)."""
+    if ties == "random":
+        return per_sample_permutations(x, seed + 7, n_features)
+    if ties == "raster":
+        return torch.arange(n_features, device=x.device).expand(len(x), n_features)
+    raise ValueError(f"unknown ties '{ties}': use one of {list(TIES)}")
+
+
+def feature_ranks(rel: torch.Tensor, order: str, seed: int, x: torch.Tensor, ties: str = "random") -> torch.Tensor:
+    """rank[n, f] = position of feature f in the removal order of sample n.
+
+    Equal relevances (common: most input-multiplied relevances of MNIST are exactly 0) are taken in
+    ``tie_order``: with raster order, "least relevant first" would remove the top rows first."""
     n, p = rel.shape
-    if order == "morf":
-        idx = torch.sort(-rel, dim=1, stable=True).indices
-    elif order == "lerf":
-        idx = torch.sort(rel, dim=1, stable=True).indices
-    elif order == "random":
-        idx = torch.stack([torch.randperm(p, generator=g) for g in sample_generators(x, seed + 104729)]).to(rel.device)
+    if order == "random":
+        idx = per_sample_permutations(x, seed + 104729, p).to(rel.device)
+    elif order in ("morf", "lerf"):
+        perm = tie_order(x, p, ties, seed).to(rel.device)
+        key = rel.gather(1, perm)
+        idx = perm.gather(1, torch.sort(-key if order == "morf" else key, dim=1, stable=True).indices)
     else:
         raise ValueError(f"unknown order '{order}': use one of {list(ORDERS)}")
     ranks = torch.empty_like(idx)
@@ -77,7 +76,8 @@ def feature_ranks(rel: torch.Tensor, order: str, seed: int, x: torch.Tensor) -> 
 
 
 def flip_curves(model, x, target, attributions, order="morf", patch_size=1, per_step=1, steps=None,
-                baseline="zero", score_space="logit", seed=0, batch_size=512, mean=None, low=0.0, high=1.0):
+                baseline="zero", score_space="logit", seed=0, batch_size=512, mean=None, low=0.0, high=1.0,
+                ties="random"):
     """Curves y (K + 1, N) and removed fractions (K + 1,) for one order."""
     require_images(x, "pixel flipping")
     h, w = x.shape[-2:]
@@ -89,8 +89,8 @@ def flip_curves(model, x, target, attributions, order="morf", patch_size=1, per_
     k_max = math.ceil(n_feat / per_step) if steps is None else int(steps)
     if k_max < 1:
         raise ValueError(f"steps={steps} must be >= 1")
-    ranks = feature_ranks(rel, order, seed, x)
-    base = removal_baseline(x, baseline, seed, mean, low, high)
+    ranks = feature_ranks(rel, order, seed, x, ties)
+    base = reference(x, baseline, mean=mean, low=low, high=high, seed=seed)
     removed = torch.clamp(torch.arange(k_max + 1, device=x.device) * per_step, max=n_feat)
     n = len(x)
     chunk = max(1, batch_size // n)
@@ -104,9 +104,10 @@ def flip_curves(model, x, target, attributions, order="morf", patch_size=1, per_
 
 
 @register_metric("pixel_flipping", order=("morf", "lerf"), patch_size=1, per_step=1, steps=None, baseline="zero",
-                 score_space="logit", seed=0, batch_size=512, mean=None, low=0.0, high=1.0)
+                 score_space="logit", seed=0, batch_size=512, mean=None, low=0.0, high=1.0, ties="random")
 def pixel_flipping(model, x, target, attributions, order=("morf", "lerf"), score_space="logit", **params):
-    """Pixel-flipping curves and AOPC / AUC (per order) and ABPC (when MoRF and LeRF both run)."""
+    """Pixel-flipping curves and AOPC / AUC (per order) and ABPC (when MoRF and LeRF both run); ties in relevance
+    are broken at random per sample (``ties``, recorded in the table); ``baseline`` as in ``evalxai.baselines``."""
     check_score_space(score_space)
     orders = [order] if isinstance(order, str) else list(order)
     frames, curves = [], {}
@@ -124,13 +125,14 @@ def pixel_flipping(model, x, target, attributions, order=("morf", "lerf"), score
         frames.append(scalar_rows(abpc, "abpc", "higher", order="lerf-morf"))
     out = pd.concat(frames, ignore_index=True)
     out["score_space"] = score_space
+    out["ties"] = params.get("ties", "random")
     return out
 
 
 @register_metric("insertion_deletion", patch_size=1, per_step=None, steps=None, score_space="softmax",
-                 blur_sigma=5.0, blur_radius=5, batch_size=512)
+                 blur_sigma=5.0, blur_radius=5, batch_size=512, seed=0, ties="random")
 def insertion_deletion(model, x, target, attributions, patch_size=1, per_step=None, steps=None,
-                       score_space="softmax", blur_sigma=5.0, blur_radius=5, batch_size=512):
+                       score_space="softmax", blur_sigma=5.0, blur_radius=5, batch_size=512, seed=0, ties="random"):
     """RISE deletion (MoRF to zeros, lower AUC better) and insertion (MoRF from a blurred canvas, higher better).
 
     Petsiuk et al. 2018: features are deleted from x (set to 0), or inserted into the blurred image (Gaussian,
@@ -142,7 +144,7 @@ def insertion_deletion(model, x, target, attributions, patch_size=1, per_step=No
     if per_step is None:
         per_step = max(1, math.ceil(x.shape[-1] / patch_size))
     common = dict(order="morf", patch_size=patch_size, per_step=per_step, steps=steps, score_space=score_space,
-                  batch_size=batch_size)
+                  batch_size=batch_size, seed=seed, ties=ties)
     y_del, frac = flip_curves(model, x, target, attributions, baseline="zero", **common)
     canvas = gaussian_blur(x, blur_sigma, blur_radius)
     y_ins, _ = flip_curves(model, canvas, target, attributions, baseline=x, **common)
@@ -150,4 +152,5 @@ def insertion_deletion(model, x, target, attributions, patch_size=1, per_step=No
                      scalar_rows(normalized_auc(y_del, frac), "auc_deletion", "lower"),
                      scalar_rows(normalized_auc(y_ins, frac), "auc_insertion", "higher")], ignore_index=True)
     out["score_space"] = score_space
+    out["ties"] = ties
     return out

@@ -14,11 +14,11 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from evalxai.explain.gradient import per_sample_noise
 from evalxai.metrics.common import check_score_space, curve_rows, normalized_auc, scalar_rows, target_scores
 from evalxai.metrics.faithfulness import feature_ranks, patch_relevance
 from evalxai.metrics.registry import register_metric
 from evalxai.scoring import require_images
+from evalxai.seeding import per_sample_noise
 
 _STENCIL = ((1.0, 2.0, 1.0), (2.0, 0.0, 2.0), (1.0, 2.0, 1.0))
 
@@ -89,10 +89,11 @@ def linear_imputation(x: torch.Tensor, missing: torch.Tensor, iters: int = 1000,
 
 
 @register_metric("road", order=("morf", "lerf"), fractions=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
-                 noise=0.01, score_space="softmax", seed=0, batch_size=512)
+                 noise=0.01, score_space="softmax", seed=0, batch_size=512, ties="random")
 def road(model, x, target, attributions, order=("morf", "lerf"), fractions=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7,
-         0.8, 0.9), noise=0.01, score_space="softmax", seed=0, batch_size=512):
-    """ROAD curves (score vs fraction removed by noisy linear imputation), AUCs, ROAD-combined, correctness."""
+         0.8, 0.9), noise=0.01, score_space="softmax", seed=0, batch_size=512, ties="random"):
+    """ROAD curves (score vs fraction removed by noisy linear imputation), AUCs, ROAD-combined, correctness; ties
+    in relevance broken at random per sample (``ties``, recorded)."""
     check_score_space(score_space)
     require_images(x, "road")
     fr = [float(f) for f in fractions]
@@ -108,7 +109,7 @@ def road(model, x, target, attributions, order=("morf", "lerf"), fractions=(0.1,
     frac = torch.tensor([0.0, *fr], dtype=torch.float64)
     frames, curves, clean = [], {}, None
     for o in orders:
-        ranks = feature_ranks(rel, o, seed, x)  # (N, H*W)
+        ranks = feature_ranks(rel, o, seed, x, ties)  # (N, H*W)
         missing = (ranks.unsqueeze(0) < counts.view(-1, 1, 1)).view(len(fr), n, 1, h, w)
         stack = x.unsqueeze(0).expand(len(fr), *x.shape)
         flat_missing = missing.reshape(-1, 1, h, w)
@@ -131,4 +132,5 @@ def road(model, x, target, attributions, order=("morf", "lerf"), fractions=(0.1,
         frames.append(scalar_rows(combined, "road_combined", "higher", order="lerf-morf"))
     out = pd.concat(frames, ignore_index=True)
     out["score_space"] = score_space
+    out["ties"] = ties
     return out

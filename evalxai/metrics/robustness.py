@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from evalxai.explain.gradient import per_sample_noise
 from evalxai.metrics.common import batched_scores, check_score_space, explain_stack, explainer, scalar_rows
 from evalxai.metrics.registry import register_metric
 from evalxai.scoring import require_images
+from evalxai.seeding import per_sample_noise
 
 
 def translate(x: torch.Tensor, shift: int, axis: str = "x") -> torch.Tensor:

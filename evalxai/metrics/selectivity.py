@@ -12,18 +12,21 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
+from evalxai.baselines import reference
 from evalxai.metrics.common import batched_scores, check_score_space, curve_rows, explainer, normalized_auc, scalar_rows
-from evalxai.metrics.faithfulness import patch_mask, patch_relevance, removal_baseline
+from evalxai.metrics.faithfulness import patch_mask, patch_relevance, tie_order
 from evalxai.metrics.registry import register_metric
 from evalxai.scoring import check_patch, require_images
 
 
 @register_metric("selectivity", patch_size=4, steps=20, baseline="zero", score_space="logit", recompute=True,
-                 method=None, method_params=None, seed=0, batch_size=512, mean=None, low=0.0, high=1.0)
+                 method=None, method_params=None, seed=0, batch_size=512, mean=None, low=0.0, high=1.0,
+                 ties="random")
 def selectivity(model, x, target, attributions, patch_size=4, steps=20, baseline="zero", score_space="logit",
                 recompute=True, method=None, method_params=None, seed=0, batch_size=512, mean=None, low=0.0,
-                high=1.0):
-    """Selectivity curve (score after each most-relevant-patch removal, relevance recomputed) and its AUC."""
+                high=1.0, ties="random"):
+    """Selectivity curve (score after each most-relevant-patch removal, relevance recomputed) and its AUC; among
+    equally relevant patches the one first in ``tie_order`` (random per sample by default) goes first."""
     check_score_space(score_space)
     require_images(x, "selectivity")
     h, w = x.shape[-2:]
@@ -34,15 +37,19 @@ def selectivity(model, x, target, attributions, patch_size=4, steps=20, baseline
     k_max = n_feat if steps is None else int(steps)
     if not 1 <= k_max <= n_feat:
         raise ValueError(f"steps={steps} must be between 1 and the number of patches {n_feat}")
-    base = removal_baseline(x, baseline, seed, mean, low, high)
+    base = reference(x, baseline, mean=mean, low=low, high=high, seed=seed)
     removed = torch.zeros(n, n_feat, dtype=torch.bool, device=x.device)
     rows = torch.arange(n, device=x.device)
+    order = tie_order(x, n_feat, ties, seed)
+    position = torch.empty_like(order).scatter_(1, order, torch.arange(n_feat, device=x.device).expand(n, n_feat))
     inputs = [x]
     current = x
     for k in range(k_max):
         if k > 0 and recompute:
             rel, _ = patch_relevance(fn(model, current, target).detach(), patch_size)
-        pick = rel.masked_fill(removed, float("-inf")).argmax(1)
+        avail = rel.masked_fill(removed, float("-inf"))
+        top = avail == avail.amax(1, keepdim=True)
+        pick = position.masked_fill(~top, n_feat).argmin(1)  # the first of the most relevant in tie order
         removed[rows, pick] = True
         current = torch.where(patch_mask(removed, grid, patch_size, (h, w)), base, x)
         inputs.append(current)
@@ -51,4 +58,5 @@ def selectivity(model, x, target, attributions, patch_size=4, steps=20, baseline
     out = pd.concat([curve_rows(y, frac, "curve"), scalar_rows(normalized_auc(y, frac), "auc", "lower")],
                     ignore_index=True)
     out["score_space"] = score_space
+    out["ties"] = ties
     return out
