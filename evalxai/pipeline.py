@@ -18,13 +18,14 @@ import torch
 from tqdm.auto import tqdm
 
 import evalxai
-from evalxai._io import atomic_path, content_key, write_json
+from evalxai._io import atomic_path, code_fingerprint, content_key, write_json
 from evalxai.data import load_dataset
 from evalxai.explain import get_method
+from evalxai.explain.cache import EXPLAIN_CODE, attribution_key, cached
 from evalxai.explain.cache import STATS as ATTR_STATS
-from evalxai.explain.cache import attribution_key, cached
 from evalxai.metrics import get_metric
 from evalxai.models import get_model
+from evalxai.models.cache import MODEL_CODE
 from evalxai.report import TIDY_COLUMNS, plots, summarize
 
 log = logging.getLogger("evalxai")
@@ -110,13 +111,25 @@ def writable_dir(path: str | Path) -> Path:
     return out
 
 
-def is_complete(out: Path, config_key: str) -> bool:
-    """Whether ``out`` holds a finished run of this config (run.json is written last)."""
+def config_key(cfg: dict) -> str:
+    """Identity of a run: the config (less the fields that change no result) and the code of the whole package."""
+    return content_key({"config": {k: v for k, v in cfg.items() if k not in _NOT_RESULT_KEYS},
+                        "code": code_fingerprint(), "format": 2})
+
+
+def code_record() -> dict:
+    """The code fingerprints behind a run's numbers, as recorded in run.json."""
+    return {"package": code_fingerprint(), "model": code_fingerprint(*MODEL_CODE),
+            "explain": code_fingerprint(*EXPLAIN_CODE), "torch": torch.__version__}
+
+
+def is_complete(out: Path, key: str) -> bool:
+    """Whether ``out`` holds a finished run of this config and code (run.json is written last)."""
     meta = out / "run.json"
     if not (meta.exists() and (out / "scores.parquet").exists() and (out / "summary.csv").exists()):
         return False
     try:
-        return json.loads(meta.read_text()).get("config_key") == config_key
+        return json.loads(meta.read_text()).get("config_key") == key
     except ValueError:
         return False
 
@@ -124,8 +137,8 @@ def is_complete(out: Path, config_key: str) -> bool:
 def run_experiment(cfg: dict, out_dir: str | Path, progress: bool = True) -> Path:
     """Run one experiment config into ``out_dir``; returns the folder."""
     out = writable_dir(out_dir)
-    config_key = content_key({k: v for k, v in cfg.items() if k not in _NOT_RESULT_KEYS})
-    if not cfg.get("force", False) and is_complete(out, config_key):
+    run_key = config_key(cfg)
+    if not cfg.get("force", False) and is_complete(out, run_key):
         log.info("run in %s is complete (same config): nothing to do; force=true recomputes", out)
         return out
     (out / "run.json").unlink(missing_ok=True)  # until this run finishes, the folder holds no complete run
@@ -201,7 +214,7 @@ def run_experiment(cfg: dict, out_dir: str | Path, progress: bool = True) -> Pat
             frames.append(df)
 
     scores = pd.concat(frames, ignore_index=True)
-    run_id = config_key[:12]  # the same config gives the same run id (and the same table)
+    run_id = run_key[:12]  # the same config and code give the same run id (and the same table)
     scores["run_id"] = run_id
     scores["experiment"] = cfg.get("name", "adhoc")
     scores["dataset"] = dataset.name
@@ -232,7 +245,7 @@ def run_experiment(cfg: dict, out_dir: str | Path, progress: bool = True) -> Pat
     run_report(out, cfg, run_id, accuracy, summary, len(idx))
     timings["total_s"] = time.perf_counter() - t_start
     write_json(out / "run.json", {  # written last: its presence marks a complete run
-        "run_id": run_id, "config_key": config_key, "config": cfg,
+        "run_id": run_id, "config_key": run_key, "config": cfg, "code": code_record(),
         "cache": {"model_hit": bool(model_info.get("cache_hit")), "attribution_hits": ATTR_STATS["hits"] - hits0,
                   "attribution_misses": len(methods) - (ATTR_STATS["hits"] - hits0)},
         "model": {**model_info, "test_accuracy": accuracy},

@@ -1,8 +1,10 @@
 """Content-addressed attribution cache: a map is stored once per (model, method, parameters, inputs, targets).
 
-The key hashes the trained model's cache key, the method (name or ``_target_`` config) with every parameter,
-the dataset indices explained and their targets, and the dtype; the file is written atomically (temporary file +
-rename), so parallel jobs sharing the cache never see a partial map, and read with ``weights_only=True``.
+The key hashes the trained model's cache key (which covers the data and model code), the method (name or
+``_target_`` config) with every parameter, the dataset indices explained and their targets, the dtype, and a
+fingerprint of the explaining code (``EXPLAIN_CODE``) and the torch version; the file is written atomically
+(temporary file + rename), so parallel jobs sharing the cache never see a partial map, and read with
+``weights_only=True``.
 """
 from __future__ import annotations
 
@@ -10,17 +12,19 @@ import logging
 
 import torch
 
-from evalxai import __version__
-from evalxai._io import atomic_path, cache_root, content_key
+from evalxai._io import atomic_path, cache_root, code_fingerprint, content_key
 
 log = logging.getLogger(__name__)
 STATS = {"hits": 0, "misses": 0}
+# The parts of the package that compute a map from a trained model (see ``evalxai._io.code_fingerprint``).
+EXPLAIN_CODE = ("explain", "api.py", "scoring.py")
 
 
 def attribution_key(model_key: str, method, params: dict, indices, target: torch.Tensor, dtype) -> str:
     """Key of one attribution tensor (everything that determines it)."""
     return content_key({"model": model_key, "method": method, "params": params, "indices": [int(i) for i in indices],
-                        "target": target.tolist(), "dtype": str(dtype), "evalxai": __version__, "format": 1})
+                        "target": target.tolist(), "dtype": str(dtype), "code": code_fingerprint(*EXPLAIN_CODE),
+                        "format": 2})
 
 
 def cached(key: str, compute, cache_dir=None, enabled: bool = True) -> tuple[torch.Tensor, bool]:

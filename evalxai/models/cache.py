@@ -1,8 +1,9 @@
 """Checkpoint cache keyed by a hash of everything that determines the weights.
 
 The key covers the dataset (name, source, split), the architecture and its parameters, the training
-config and the seed. Checkpoints are written atomically and read with ``torch.load(weights_only=True)``,
-so a pickle that would run code is refused.
+config, the seed, and a fingerprint of the data and model code (``MODEL_CODE``) and the torch version.
+Checkpoints are written atomically and read with ``torch.load(weights_only=True)``, so a pickle that would
+run code is refused.
 """
 from __future__ import annotations
 
@@ -13,19 +14,21 @@ import time
 import torch
 
 from evalxai import __version__
-from evalxai._io import atomic_path, cache_root, content_key, write_json
+from evalxai._io import atomic_path, cache_root, code_fingerprint, content_key, write_json
 from evalxai.models.train import evaluate, train_model
 from evalxai.models.zoo import build_model
 
 log = logging.getLogger(__name__)
 STATS = {"hits": 0, "misses": 0}
+# The parts of the package that determine trained weights (see ``evalxai._io.code_fingerprint``).
+MODEL_CODE = ("data", "models")
 
 
 def model_key(dataset, model_cfg: dict, train_cfg: dict, seed: int) -> str:
     """Content key of a trained model."""
     return content_key({
         "dataset": dataset.name, "data": dataset.meta, "shape": list(dataset.input_shape),
-        "model": model_cfg, "train": train_cfg, "seed": seed, "format": 1,
+        "model": model_cfg, "train": train_cfg, "seed": seed, "code": code_fingerprint(*MODEL_CODE), "format": 2,
     })
 
 
@@ -69,7 +72,8 @@ def get_model(dataset, model_cfg: dict, train_cfg: dict, seed: int = 0, cache_di
     seconds = time.perf_counter() - t0
     info = {"test_accuracy": evaluate(model, dataset.x_test, dataset.y_test),
             "train_accuracy": evaluate(model, dataset.x_train, dataset.y_train),
-            "train_seconds": round(seconds, 2), "evalxai_version": __version__}
+            "train_seconds": round(seconds, 2), "evalxai_version": __version__,
+            "code": code_fingerprint(*MODEL_CODE)}
     with atomic_path(ckpt) as tmp:
         torch.save(model.state_dict(), tmp)
     write_json(meta_path, info)
