@@ -171,6 +171,7 @@ def run_experiment(cfg: dict, out_dir: str | Path, progress: bool = True) -> Pat
         target = dataset.y_test[idx].to(device)
     mean = dataset.mean_image()
     box = {"low": dataset.low, "high": dataset.high}
+    from_data = {**box, "mean": mean}  # what the dataset defines for methods and metrics that take it
 
     methods, metrics = method_list(cfg), metric_list(cfg)
     for name, _ in metrics:
@@ -188,9 +189,12 @@ def run_experiment(cfg: dict, out_dir: str | Path, progress: bool = True) -> Pat
             method, params = overrides, {}
         else:
             spec = get_method(name)
-            method, params = name, {**{k: v for k, v in box.items() if k in spec.defaults}, **overrides}
+            params = {k: v for k, v in overrides.items() if v is not None or k not in from_data}
+            method, params = name, {**{k: v for k, v in from_data.items() if k in spec.defaults}, **params}
         t0 = time.perf_counter()
-        key = attribution_key(model_info["key"], method, params, idx, target, x.dtype)
+        # the dataset's mean image is a tensor: the key names it (the model key already holds the dataset)
+        key_params = {k: "dataset mean image" if k == "mean" and v is mean else v for k, v in params.items()}
+        key = attribution_key(model_info["key"], method, key_params, idx, target, x.dtype)
         attributions, _ = cached(key, lambda method=method, params=params: evalxai.explain(
             model, x, target, method=method, **params), cache_dir, enabled=use_cache)
         attributions = attributions.to(device)
@@ -203,7 +207,7 @@ def run_experiment(cfg: dict, out_dir: str | Path, progress: bool = True) -> Pat
                 mp["mean"] = mean
             if "method" in mspec.defaults:
                 mp.setdefault("method", method)
-                mp.setdefault("method_params", {k: v for k, v in params.items() if k != "mean"})
+                mp.setdefault("method_params", params)
             for k in ("low", "high"):
                 if k in mspec.defaults:
                     mp.setdefault(k, box[k])

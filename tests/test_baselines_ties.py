@@ -146,3 +146,22 @@ def test_conservation_charges_each_method_its_own_reference():
                                  reference="none")
             res_none = none[none["measure"] == "residual"].sort_values("sample")["value"].to_numpy()
             np.testing.assert_allclose(res_none - residual, -f0.numpy(), rtol=1e-9)
+
+
+def test_pipeline_gives_methods_the_dataset_mean(tmp_path, cache_dir):
+    """IG with baseline=mean starts from the training-set mean image, the reference its conservation row uses."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from evalxai.pipeline import run_experiment
+    from tests.test_cli import ROOT
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        cfg = compose("config", overrides=["experiment=mnist_smoke", "n_samples=4", "progress=false",
+                                           "methods=[integrated_gradients]", "metrics={conservation: {}}",
+                                           "+method_params={integrated_gradients: {baseline: mean, steps: 128}}"])
+    out = run_experiment(OmegaConf.to_container(cfg, resolve=True), tmp_path, progress=False)
+    df = pd.read_parquet(out / "scores.parquet")
+    rel = df[df["measure"] == "relative_residual"]
+    assert set(rel["reference"]) == {"mean"}
+    assert rel["value"].abs().max() < 1e-2  # completeness against f(x) - f(dataset mean image)
