@@ -48,7 +48,7 @@ def test_keys_follow_the_code(tmp_path, monkeypatch):
     for edit in ("models/train.py", "data/datasets.py"):  # the weights' code: every key changes
         changed = keys(monkeypatch, package_copy(tmp_path, edit.replace("/", "_"), edit, src))
         assert all(changed[k] != base[k] for k in base), edit
-    for edit in ("api.py", "scoring.py", "explain/lrp/rules.py"):
+    for edit in ("api.py", "scoring.py", "baselines.py", "seeding.py", "explain/lrp/rules.py"):
         changed = keys(monkeypatch, package_copy(tmp_path, edit.replace("/", "_"), edit, src))
         assert changed["model"] == base["model"] and changed["attribution"] != base["attribution"], edit
     report = keys(monkeypatch, package_copy(tmp_path, "report", "report/stats.py", src))  # only the run's identity
