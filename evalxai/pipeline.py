@@ -162,13 +162,14 @@ def run_experiment(cfg: dict, out_dir: str | Path, progress: bool = True) -> Pat
     timings["model_s"] = time.perf_counter() - t0
     accuracy = model_info["test_accuracy"]
 
-    idx = sample_indices(len(dataset.x_test), int(cfg.get("n_samples", 128)), int(cfg.get("sample_seed", 0)))
-    x = dataset.x_test[idx].to(device)
+    idx = sample_indices(len(dataset), int(cfg.get("n_samples", 128)), int(cfg.get("sample_seed", 0)))
+    x, labels = dataset.test_items(idx)
+    x = x.to(device)
     if cfg.get("target", "predicted") == "predicted":
         with torch.no_grad():
             target = model(x).argmax(1)
     else:
-        target = dataset.y_test[idx].to(device)
+        target = labels.to(device)
     mean = dataset.mean_image()
     box = {"low": dataset.low, "high": dataset.high}
     from_data = {**box, "mean": mean}  # what the dataset defines for methods and metrics that take it

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import gzip
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,27 +15,108 @@ import torch
 from evalxai._io import atomic_path, cache_root, content_key
 
 
-@dataclass
 class Dataset:
-    """Train/test tensors plus the input box [low, high] used by the box / zB rule."""
+    """What a run reads from a dataset: test images by index, the train split only to train, class names.
 
-    name: str
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
-    low: float = 0.0
-    high: float = 1.0
-    num_classes: int = 10
-    meta: dict = field(default_factory=dict)
+    Pixels are float32 in [0, 1] (pixel space); the model sees (x - mean) / std per channel (model space), with
+    ``mean`` / ``std`` None for no normalisation. Subclasses implement ``__len__`` (test images),
+    ``test_pixels(indices)`` and ``train_pixels()``; they set ``name``, ``classes``, ``input_shape``, ``meta``,
+    ``mean``, ``std``. Everything with a meaning in pixel space is mapped into model space here, in one place:
+    ``normalize`` / ``denormalize``, the input bounds ``low`` / ``high`` (pixel 0 and 1: the box rule's bounds,
+    a black pixel), ``mean_image``.
+    """
+
+    name: str = "dataset"
+    classes: list = []
+    input_shape: tuple = ()
+    meta: dict = {}
+    mean: tuple | None = None
+    std: tuple | None = None
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def test_pixels(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images in pixel space (n, C, H, W) float32, labels (n,) int64) of the given test indices."""
+        raise NotImplementedError
+
+    def train_pixels(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole train split in pixel space (read only when a model is trained)."""
+        raise NotImplementedError
 
     @property
-    def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.x_train.shape[1:])
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def _channel(self, values) -> torch.Tensor:
+        return torch.as_tensor(values, dtype=torch.float32).view(-1, 1, 1)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixel space -> model space."""
+        if self.mean is None:
+            return x
+        return (x - self._channel(self.mean).to(x)) / self._channel(self.std).to(x)
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Model space -> pixel space (for heatmap backgrounds)."""
+        if self.mean is None:
+            return x
+        return x * self._channel(self.std).to(x) + self._channel(self.mean).to(x)
+
+    @property
+    def low(self):
+        """Model-space value of a black pixel (pixel 0): a float, or per-channel (C, 1, 1) when normalised."""
+        return 0.0 if self.mean is None else self.normalize(torch.zeros(len(self.mean), 1, 1))
+
+    @property
+    def high(self):
+        """Model-space value of a white pixel (pixel 1)."""
+        return 1.0 if self.mean is None else self.normalize(torch.ones(len(self.mean), 1, 1))
+
+    def test_items(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        """(model-space images, labels) of the given test indices: only these images are read."""
+        x, y = self.test_pixels(np.asarray(indices, dtype=np.int64))
+        return self.normalize(x), y
+
+    def test_batches(self, batch_size: int = 256):
+        """The test split in model space, ``batch_size`` images at a time (for streamed accuracy)."""
+        for i in range(0, len(self), batch_size):
+            yield self.test_items(np.arange(i, min(i + batch_size, len(self))))
+
+    def train_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.train_pixels()
+        return self.normalize(x), y
 
     def mean_image(self) -> torch.Tensor:
-        """The training-set mean image, shape (1, *input_shape)."""
-        return self.x_train.mean(0, keepdim=True)
+        """The training-set mean image in model space, shape (1, *input_shape)."""
+        if "_mean_image" not in self.__dict__:
+            x, _ = self.train_pixels()
+            self._mean_image = self.normalize(x.mean(0, keepdim=True))
+        return self._mean_image
+
+
+class ArrayDataset(Dataset):
+    """A dataset held in memory: train/test tensors in pixel space ([0, 1])."""
+
+    def __init__(self, name: str, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor,
+                 y_test: torch.Tensor, classes=None, meta: dict | None = None, mean=None, std=None):
+        self.name, self.x_train, self.y_train, self.x_test, self.y_test = name, x_train, y_train, x_test, y_test
+        n = int(max(y_train.max(), y_test.max())) + 1 if len(y_train) else int(y_test.max()) + 1
+        self.classes = [str(c) for c in range(n)] if classes is None else list(classes)
+        self.input_shape = tuple(x_test.shape[1:])
+        self.meta = dict(meta or {})
+        self.mean = None if mean is None else tuple(float(v) for v in mean)
+        self.std = None if std is None else tuple(float(v) for v in std)
+
+    def __len__(self) -> int:
+        return len(self.x_test)
+
+    def test_pixels(self, indices):
+        idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
+        return self.x_test[idx], self.y_test[idx]
+
+    def train_pixels(self):
+        return self.x_train, self.y_train
 
 
 IDX_FILES = {
@@ -131,7 +211,7 @@ def _to_dataset(name, x_tr, y_tr, x_te, y_te, scale, meta) -> Dataset:
 
     if len(x_te) == 0 or len(x_tr) == 0:
         raise ValueError(f"dataset {name} is empty after the split: check dataset.root and dataset.n_test")
-    return Dataset(name, tx(x_tr), ty(y_tr), tx(x_te), ty(y_te), meta=meta)
+    return ArrayDataset(name, tx(x_tr), ty(y_tr), tx(x_te), ty(y_te), classes=[str(c) for c in range(10)], meta=meta)
 
 
 def load_mnist(root: str | None = None, n_test: int = 1000, split_seed: int = 0, cache_dir=None) -> Dataset:

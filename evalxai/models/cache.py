@@ -15,7 +15,7 @@ import torch
 
 from evalxai import __version__
 from evalxai._io import atomic_path, cache_root, code_fingerprint, content_key, write_json
-from evalxai.models.train import evaluate, train_model
+from evalxai.models.train import evaluate, evaluate_batches, train_model
 from evalxai.models.zoo import build_model
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,7 @@ def model_key(dataset, model_cfg: dict, train_cfg: dict, seed: int) -> str:
     """Content key of a trained model."""
     return content_key({
         "dataset": dataset.name, "data": dataset.meta, "shape": list(dataset.input_shape),
+        "classes": list(dataset.classes), "normalization": [dataset.mean, dataset.std],
         "model": model_cfg, "train": train_cfg, "seed": seed, "code": code_fingerprint(*MODEL_CODE), "format": 2,
     })
 
@@ -68,10 +69,11 @@ def get_model(dataset, model_cfg: dict, train_cfg: dict, seed: int = 0, cache_di
     STATS["misses"] += 1
     log.info("model cache miss %s: training", ckpt.name)
     t0 = time.perf_counter()
-    train_model(model, dataset.x_train, dataset.y_train, seed=seed, progress=progress, **train_cfg)
+    x_train, y_train = dataset.train_tensors()
+    train_model(model, x_train, y_train, seed=seed, progress=progress, **train_cfg)
     seconds = time.perf_counter() - t0
-    info = {"test_accuracy": evaluate(model, dataset.x_test, dataset.y_test),
-            "train_accuracy": evaluate(model, dataset.x_train, dataset.y_train),
+    info = {"test_accuracy": evaluate_batches(model, dataset.test_batches()),
+            "train_accuracy": evaluate(model, x_train, y_train),
             "train_seconds": round(seconds, 2), "evalxai_version": __version__,
             "code": code_fingerprint(*MODEL_CODE)}
     with atomic_path(ckpt) as tmp:

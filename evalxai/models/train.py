@@ -18,6 +18,19 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return correct / max(len(x), 1)
 
 
+def evaluate_batches(model: nn.Module, batches) -> float:
+    """Top-1 accuracy over an iterable of (x, y) batches (a test split streamed from disk), in eval mode."""
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    with torch.no_grad():
+        for x, y in batches:
+            correct += (model(x).argmax(1) == y).sum().item()
+            total += len(y)
+    model.train(was_training)
+    return correct / max(total, 1)
+
+
 def random_shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
     """Translate each image by its own random integer offset in [-max_shift, max_shift] (zero fill)."""
     n, _, h, w = x.shape
