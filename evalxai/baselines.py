@@ -5,7 +5,8 @@ Gradients, DeepLIFT's reference, occlusion's fill, the values removed features t
 selectivity, and the reference of the conservation metric. Every definition is per sample, so a sample's
 reference does not depend on the batch it is in:
 
-- ``zero``: all zeros.
+- ``zero``: a black image, every value ``low`` (the model-space value of pixel 0: 0 for unnormalised inputs, the
+  per-channel (0 - mean) / std for inputs normalised by the dataset; the pipeline passes it).
 - ``mean``: the given ``mean`` (the training-set mean image, or per-channel values broadcastable to one input);
   without one, each sample's own per-channel mean (as Quantus's "mean" perturbation).
 - ``uniform``: i.i.d. U[low, high] per element (``low`` / ``high``: the input bounds, floats or tensors
@@ -32,7 +33,7 @@ def reference(x: torch.Tensor, baseline, *, mean=None, low=0.0, high=1.0, seed: 
     if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
         return torch.full_like(x, float(baseline))
     if baseline == "zero":
-        return torch.zeros_like(x)
+        return torch.as_tensor(low).to(x).expand_as(x).clone()
     if baseline == "mean":
         if mean is None:
             return x.mean(dim=tuple(range(2, x.dim())), keepdim=True).expand_as(x)

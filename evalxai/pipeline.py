@@ -61,6 +61,15 @@ def method_list(cfg: dict) -> list[tuple[str, dict]]:
     return out
 
 
+def _asks_for_mean(methods, metrics) -> bool:
+    """Whether any method or metric of the run uses the ``mean`` baseline (or reference)."""
+    def uses(params: dict) -> bool:
+        return any(params.get(k) == "mean" for k in ("baseline", "reference"))
+
+    return any(uses(p) for _, p in methods) or any(uses(p) or uses(dict(p.get("method_params") or {}))
+                                                    for _, p in metrics)
+
+
 def metric_list(cfg: dict) -> list[tuple[str, dict]]:
     if cfg.get("metric"):
         m = dict(cfg["metric"])
@@ -75,7 +84,8 @@ def _write_table(df: pd.DataFrame, out: Path) -> None:
         df.to_csv(tmp, index=False)
 
 
-def run_report(out: Path, cfg: dict, run_id: str, accuracy: float, summary: pd.DataFrame, n: int) -> None:
+def run_report(out: Path, cfg: dict, run_id: str, accuracy: float, summary: pd.DataFrame, n: int,
+               model_name: str) -> None:
     """``report.md`` / ``report.html`` of one run: config, model accuracy, headline summary, plots."""
     import yaml
 
@@ -84,7 +94,7 @@ def run_report(out: Path, cfg: dict, run_id: str, accuracy: float, summary: pd.D
 
     head = headline(summary)
     blocks = [("p", f"Experiment {cfg.get('name', 'adhoc')}, dataset {cfg['dataset']['name']}, model "
-                    f"{cfg['model']['name']} (test accuracy {accuracy:.4f}), {n} samples, seed {cfg.get('seed', 0)}."),
+                    f"{model_name} (test accuracy {accuracy:.4f}), {n} samples, seed {cfg.get('seed', 0)}."),
               ("h2", "Summary (mean, 95 % bootstrap interval)"), ("table", head)]
     blocks += [("img", out / "plots" / f"{name}.png", caption) for name, caption in
                (("summary", "per-method means with intervals"), ("pixel_flipping", "pixel-flipping curves"),
@@ -170,11 +180,15 @@ def run_experiment(cfg: dict, out_dir: str | Path, progress: bool = True) -> Pat
             target = model(x).argmax(1)
     else:
         target = labels.to(device)
-    mean = dataset.mean_image()
+    methods, metrics = method_list(cfg), metric_list(cfg)
+    clash = sorted({name for name, _ in methods} & {"x", "target", "dataset_index"})
+    if cfg.get("save_attributions", False) and clash:
+        raise ValueError(f"method names {clash} collide with the arrays of attributions.npz: rename them")
+    # the training-set mean image is read (the whole train split) only when a baseline or reference asks for it
+    mean = dataset.mean_image() if _asks_for_mean(methods, metrics) else None
     box = {"low": dataset.low, "high": dataset.high}
     from_data = {**box, "mean": mean}  # what the dataset defines for methods and metrics that take it
 
-    methods, metrics = method_list(cfg), metric_list(cfg)
     for name, _ in metrics:
         get_metric(name)
     for name, overrides in methods:
@@ -194,7 +208,8 @@ def run_experiment(cfg: dict, out_dir: str | Path, progress: bool = True) -> Pat
             method, params = name, {**{k: v for k, v in from_data.items() if k in spec.defaults}, **params}
         t0 = time.perf_counter()
         # the dataset's mean image is a tensor: the key names it (the model key already holds the dataset)
-        key_params = {k: "dataset mean image" if k == "mean" and v is mean else v for k, v in params.items()}
+        key_params = {k: "dataset mean image" if k == "mean" and v is mean and v is not None else v
+                      for k, v in params.items()}
         key = attribution_key(model_info["key"], method, key_params, idx, target, x.dtype)
         attributions, _ = cached(key, lambda method=method, params=params: evalxai.explain(
             model, x, target, method=method, **params), cache_dir, enabled=use_cache)
@@ -223,7 +238,8 @@ def run_experiment(cfg: dict, out_dir: str | Path, progress: bool = True) -> Pat
     scores["run_id"] = run_id
     scores["experiment"] = cfg.get("name", "adhoc")
     scores["dataset"] = dataset.name
-    scores["model"] = cfg["model"]["name"]
+    model_name = model_info.get("label") or cfg["model"]["name"]
+    scores["model"] = model_name
     scores["model_accuracy"] = accuracy
     scores["dataset_index"] = idx[scores["sample"].to_numpy()]
     scores["target"] = target.cpu().numpy()[scores["sample"].to_numpy()]
@@ -236,25 +252,33 @@ def run_experiment(cfg: dict, out_dir: str | Path, progress: bool = True) -> Pat
     extra = [c for c in scores.columns if c not in TIDY_COLUMNS]
     scores = scores[TIDY_COLUMNS + extra]
     _write_table(scores, out)
+    if cfg.get("save_attributions", False):  # the inputs as the model saw them, and one map per method
+        arrays = {"x": x.cpu().numpy(), "target": target.cpu().numpy(), "dataset_index": np.asarray(idx)}
+        with atomic_path(out / "attributions.npz") as tmp, open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **arrays, **maps)
     summary = summarize(scores, seed=seed)
     with atomic_path(out / "summary.csv") as tmp:
         summary.to_csv(tmp, index=False)
 
     t0 = time.perf_counter()
     pdir = out / "plots"
-    plots.heatmap_grid(x.cpu().numpy(), maps, pdir / "heatmaps.png")
+    names = [str(dataset.classes[int(c)]) if int(c) < len(dataset.classes) else str(int(c)) for c in target.cpu()]
+    plots.heatmap_grid(dataset.denormalize(x.cpu()).numpy(), maps, pdir / "heatmaps.png", labels=names)
     plots.flipping_curves(scores, pdir / "pixel_flipping.png")
     plots.summary_bars(summary, pdir / "summary.png")
     plots.continuity_curves(scores, pdir / "continuity.png")
     timings["plots_s"] = time.perf_counter() - t0
-    run_report(out, cfg, run_id, accuracy, summary, len(idx))
+    run_report(out, cfg, run_id, accuracy, summary, len(idx), model_name)
     timings["total_s"] = time.perf_counter() - t_start
     write_json(out / "run.json", {  # written last: its presence marks a complete run
         "run_id": run_id, "config_key": run_key, "config": cfg, "code": code_record(),
         "cache": {"model_hit": bool(model_info.get("cache_hit")), "attribution_hits": ATTR_STATS["hits"] - hits0,
                   "attribution_misses": len(methods) - (ATTR_STATS["hits"] - hits0)},
         "model": {**model_info, "test_accuracy": accuracy},
-        "dataset": {"name": dataset.name, **dataset.meta}, "n_samples": len(idx),
+        "dataset": {"name": dataset.name, **dataset.meta, "classes": list(dataset.classes),
+                    "normalization": {"mean": dataset.mean, "std": dataset.std},
+                    "black_pixel": np.asarray(dataset.low).reshape(-1).tolist()},
+        "n_samples": len(idx),
         "versions": {"evalxai": evalxai.__version__, "torch": torch.__version__, "numpy": np.__version__,
                      "pandas": pd.__version__, "python": platform.python_version()},
         "timings": {k: round(v, 4) for k, v in timings.items()},

@@ -130,14 +130,16 @@ def pixel_flipping(model, x, target, attributions, order=("morf", "lerf"), score
 
 
 @register_metric("insertion_deletion", patch_size=1, per_step=None, steps=None, score_space="softmax",
-                 blur_sigma=5.0, blur_radius=5, batch_size=512, seed=0, ties="random")
+                 blur_sigma=5.0, blur_radius=5, batch_size=512, seed=0, ties="random", low=0.0)
 def insertion_deletion(model, x, target, attributions, patch_size=1, per_step=None, steps=None,
-                       score_space="softmax", blur_sigma=5.0, blur_radius=5, batch_size=512, seed=0, ties="random"):
-    """RISE deletion (MoRF to zeros, lower AUC better) and insertion (MoRF from a blurred canvas, higher better).
+                       score_space="softmax", blur_sigma=5.0, blur_radius=5, batch_size=512, seed=0, ties="random",
+                       low=0.0):
+    """RISE deletion (MoRF to black, lower AUC better) and insertion (MoRF from a blurred canvas, higher better).
 
-    Petsiuk et al. 2018: features are deleted from x (set to 0), or inserted into the blurred image (Gaussian,
-    sigma 5, 11 taps), most relevant first, ``per_step`` at a time (default: one image row's worth, as RISE's 224
-    pixels per step on 224 x 224 images); the score (softmax by default) is integrated over the fraction changed.
+    Petsiuk et al. 2018: features are deleted from x (set to black: ``low``, see ``evalxai.baselines``), or inserted
+    into the blurred image (Gaussian, sigma 5, 11 taps), most relevant first, ``per_step`` at a time (default: one
+    image row's worth, as RISE's 224 pixels per step on 224 x 224 images); the score (softmax by default) is
+    integrated over the fraction changed.
     """
     check_score_space(score_space)
     require_images(x, "insertion_deletion")
@@ -145,7 +147,7 @@ def insertion_deletion(model, x, target, attributions, patch_size=1, per_step=No
         per_step = max(1, math.ceil(x.shape[-1] / patch_size))
     common = dict(order="morf", patch_size=patch_size, per_step=per_step, steps=steps, score_space=score_space,
                   batch_size=batch_size, seed=seed, ties=ties)
-    y_del, frac = flip_curves(model, x, target, attributions, baseline="zero", **common)
+    y_del, frac = flip_curves(model, x, target, attributions, baseline="zero", low=low, **common)
     canvas = gaussian_blur(x, blur_sigma, blur_radius)
     y_ins, _ = flip_curves(model, canvas, target, attributions, baseline=x, **common)
     out = pd.concat([curve_rows(y_del, frac, "curve_deletion"), curve_rows(y_ins, frac, "curve_insertion"),

@@ -21,8 +21,10 @@ def _save(fig, path: Path, tight: bool = True) -> Path:
     return path
 
 
-def heatmap_grid(images: np.ndarray, maps: dict[str, np.ndarray], path: Path, n: int = 4) -> Path:
-    """Rows: samples; columns: the input then each method's map (bwr, symmetric around 0 per map).
+def heatmap_grid(images: np.ndarray, maps: dict[str, np.ndarray], path: Path, n: int = 4,
+                 labels: list[str] | None = None) -> Path:
+    """Rows: samples; columns: the input (in pixel space: RGB images in colour) then each method's map (bwr,
+    symmetric around 0 per map); ``labels``: the explained class of each row.
 
     The tiles are coloured in numpy and drawn as one mosaic image (one axes instead of one per tile: 4x faster
     for 17 methods), with the column titles as figure text."""
@@ -33,9 +35,12 @@ def heatmap_grid(images: np.ndarray, maps: dict[str, np.ndarray], path: Path, n:
     mosaic = np.ones((n * (h + gap) - gap, cols * (w + gap) - gap, 4))
     gray, bwr = matplotlib.colormaps["gray"], matplotlib.colormaps["bwr"]
     for i in range(n):
-        img = images[i].sum(0)
-        span = float(img.max() - img.min()) or 1.0
-        tiles = [gray((img - img.min()) / span)]
+        if images.shape[1] == 3:
+            tiles = [np.concatenate([np.clip(images[i].transpose(1, 2, 0), 0, 1), np.ones((h, w, 1))], -1)]
+        else:
+            img = images[i].sum(0)
+            span = float(img.max() - img.min()) or 1.0
+            tiles = [gray((img - img.min()) / span)]
         for m in maps.values():
             r = m[i].sum(0)
             v = float(np.abs(r).max()) or 1.0
@@ -47,6 +52,9 @@ def heatmap_grid(images: np.ndarray, maps: dict[str, np.ndarray], path: Path, n:
     ax = fig.add_axes((0.01, 0.01, 0.98, 0.98 - top))
     ax.imshow(mosaic, interpolation="nearest", aspect="auto")
     ax.axis("off")
+    for i, label in enumerate((labels or [])[:n]):  # the explained class, at the left of each row
+        fig.text(0.005, 0.01 + (0.98 - top) * (1 - (i + 0.5) / n), str(label)[:12], fontsize=5, rotation=90,
+                 ha="left", va="center")
     for j, name in enumerate(["input", *maps]):
         label = name if j == 0 else name.replace("lrp_", "").replace("_", "\n")
         fig.text(0.01 + 0.98 * (j + 0.5) / cols, 0.99 - top, label, fontsize=6, ha="center", va="bottom")
