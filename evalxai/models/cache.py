@@ -1,7 +1,9 @@
 """Checkpoint cache keyed by a hash of everything that determines the weights.
 
-The key covers the dataset (name, source, split), the architecture and its parameters, the training
-config, the seed, and a fingerprint of the data and model code (``MODEL_CODE``) and the torch version.
+The key covers the dataset (name, source, split), the architecture and its parameters (for a user's model:
+``_target_``, its kwargs and the SHA-256 of the file that defines it), the training config, the seed, and a
+fingerprint of the data and model code (``MODEL_CODE``) and the torch version. A user's model with a
+checkpoint is not cached: the checkpoint is the source of its weights.
 Checkpoints are written atomically and read with ``torch.load(weights_only=True)``, so a pickle that would
 run code is refused.
 """
@@ -10,11 +12,23 @@ from __future__ import annotations
 import json
 import logging
 import time
+from pathlib import Path
 
 import torch
 
 from evalxai import __version__
 from evalxai._io import atomic_path, cache_root, code_fingerprint, content_key, write_json
+from evalxai.models.custom import (
+    CUSTOM_NAME,
+    build_custom,
+    check_output_width,
+    file_sha256,
+    load_state,
+    model_kind,
+    model_label,
+    read_state_dict,
+    source_fingerprint,
+)
 from evalxai.models.train import evaluate, evaluate_batches, train_model
 from evalxai.models.zoo import build_model
 
@@ -45,20 +59,40 @@ def load_checkpoint(path, model: torch.nn.Module) -> None:
     model.load_state_dict(state)
 
 
-def get_model(dataset, model_cfg: dict, train_cfg: dict, seed: int = 0, cache_dir=None,
+def get_model(dataset, model_cfg: dict, train_cfg: dict | None = None, seed: int = 0, cache_dir=None,
               progress: bool = True) -> tuple[torch.nn.Module, dict]:
     """Return (model in eval mode, info) — loaded from the cache, or trained and stored.
 
-    ``info`` holds the cache key, whether it was a hit, the test accuracy and the training time.
+    ``model_cfg`` is a zoo model (``name``, ``arch``) or a user's model (``_target_``, ``kwargs``,
+    ``checkpoint``, ``path``; see ``evalxai.models.custom``); unknown keys and a ``_target_`` on a zoo model are
+    errors. ``train_cfg`` is ``model.train`` (it may also be left inside ``model_cfg``).
+
+    ``info`` holds ``label`` (the model's name in tables), ``kind`` ("zoo" / "custom"), the cache ``key``,
+    ``cache_hit``, the ``test_accuracy`` (streamed over the test split), and for a trained model the training
+    time; a user's model adds ``target``, ``kwargs``, ``class``, ``checkpoint`` and ``checkpoint_sha256``.
     """
     model_cfg = dict(model_cfg)
+    kind = model_kind(model_cfg)
+    inner = model_cfg.pop("train", None)
+    if inner and train_cfg and dict(inner) != dict(train_cfg):
+        raise ValueError(f"two training configs: model.train={dict(inner)} and train_cfg={dict(train_cfg)}")
+    train_cfg = dict(train_cfg or inner or {})
+    if kind == "custom":
+        return _get_custom(dataset, model_cfg, train_cfg, seed, cache_dir, progress)
     name = model_cfg.pop("name")
     arch = model_cfg.get("arch", {}) or {}
-    key = model_key(dataset, {"name": name, **model_cfg}, dict(train_cfg), seed)
-    folder = cache_root(cache_dir) / "models"
-    ckpt, meta_path = folder / f"{name}-{key}.pt", folder / f"{name}-{key}.json"
+    key = model_key(dataset, {"name": name, **model_cfg}, train_cfg, seed)
     torch.manual_seed(seed)
     model = build_model(name, dataset.input_shape, dataset.num_classes, **arch)
+    model, info = _cached_or_trained(model, dataset, name, key, train_cfg, seed, cache_dir, progress, {})
+    return model, {**info, "label": name, "kind": "zoo"}
+
+
+def _cached_or_trained(model, dataset, stem: str, key: str, train_cfg: dict, seed: int, cache_dir, progress,
+                       extra: dict) -> tuple[torch.nn.Module, dict]:
+    """Load ``model``'s weights from ``<cache>/models/<stem>-<key>.pt``, or train it and store them."""
+    folder = cache_root(cache_dir) / "models"
+    ckpt, meta_path = folder / f"{stem}-{key}.pt", folder / f"{stem}-{key}.json"
     if ckpt.exists() and meta_path.exists():
         load_checkpoint(ckpt, model)
         model.eval()
@@ -72,7 +106,7 @@ def get_model(dataset, model_cfg: dict, train_cfg: dict, seed: int = 0, cache_di
     x_train, y_train = dataset.train_tensors()
     train_model(model, x_train, y_train, seed=seed, progress=progress, **train_cfg)
     seconds = time.perf_counter() - t0
-    info = {"test_accuracy": evaluate_batches(model, dataset.test_batches()),
+    info = {**extra, "test_accuracy": evaluate_batches(model, dataset.test_batches()),
             "train_accuracy": evaluate(model, x_train, y_train),
             "train_seconds": round(seconds, 2), "evalxai_version": __version__,
             "code": code_fingerprint(*MODEL_CODE)}
@@ -80,3 +114,39 @@ def get_model(dataset, model_cfg: dict, train_cfg: dict, seed: int = 0, cache_di
         torch.save(model.state_dict(), tmp)
     write_json(meta_path, info)
     return model, {**info, "cache_hit": False, "key": key, "path": str(ckpt)}
+
+
+def _get_custom(dataset, cfg: dict, train_cfg: dict, seed: int, cache_dir, progress) -> tuple[torch.nn.Module, dict]:
+    """A user's model: built from ``_target_(**kwargs)``; a checkpoint is used as is (no training, not cached),
+    otherwise it is trained with ``train_cfg`` and cached under a key holding target, kwargs, its source and seed.
+    """
+    target, kwargs = cfg["_target_"], dict(cfg.get("kwargs") or {})
+    checkpoint = cfg.get("checkpoint")
+    torch.manual_seed(seed)  # initialisation follows the seed (when trained here)
+    model, factory = build_custom(target, kwargs, cfg.get("path"))
+    source = source_fingerprint(factory)
+    cls = f"{type(model).__module__}.{type(model).__qualname__}"
+    label = model_label(cfg.get("name"), model)
+    extra = {"target": target, "kwargs": kwargs, "class": cls, "source": source}
+    check_output_width(model, dataset.input_shape, dataset.num_classes, target)
+    if checkpoint is None:
+        key = model_key(dataset, {"name": CUSTOM_NAME, "target": target, "kwargs": kwargs, "source": source},
+                        train_cfg, seed)
+        model, info = _cached_or_trained(model, dataset, CUSTOM_NAME, key, train_cfg, seed, cache_dir, progress,
+                                         extra)
+        return model, {**info, **extra, "label": label, "kind": "custom", "trained": True, "checkpoint": None,
+                       "checkpoint_sha256": None}
+    path = Path(str(checkpoint)).expanduser().resolve()
+    state = read_state_dict(path)
+    load_state(model, state, path)
+    model.eval()
+    sha = file_sha256(path)
+    key = model_key(dataset, {"name": CUSTOM_NAME, "target": target, "kwargs": kwargs, "source": source,
+                              "checkpoint_sha256": sha}, {}, None)
+    log.info("model %s from checkpoint %s (sha256 %s): no training", label, path, sha[:12])
+    t0 = time.perf_counter()
+    accuracy = evaluate_batches(model, dataset.test_batches())
+    return model, {**extra, "label": label, "kind": "custom", "trained": False, "checkpoint": str(path),
+                   "checkpoint_sha256": sha, "test_accuracy": accuracy,
+                   "eval_seconds": round(time.perf_counter() - t0, 2), "cache_hit": False, "key": key, "path": None,
+                   "evalxai_version": __version__, "code": code_fingerprint(*MODEL_CODE)}
