@@ -249,7 +249,13 @@ def load_digits(n_test: int | float = 360, split_seed: int = 0, cache_dir=None) 
     return _to_dataset("digits", x_tr, y_tr, x_te, y_te, 16.0, meta)
 
 
-DATASETS = {"mnist": load_mnist, "digits": load_digits}
+# The local-data loaders import ``Dataset`` from this module, so they are imported once it is defined.
+from evalxai.data.cifar import load_cifar10, load_cifar100  # noqa: E402
+from evalxai.data.image_folder import load_image_folder  # noqa: E402
+from evalxai.data.tensors import load_tensors  # noqa: E402
+
+DATASETS = {"mnist": load_mnist, "digits": load_digits, "image_folder": load_image_folder, "cifar10": load_cifar10,
+            "cifar100": load_cifar100, "tensors": load_tensors}
 
 
 def load_dataset(name: str, cache_dir=None, **params) -> Dataset:
