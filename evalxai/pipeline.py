@@ -61,6 +61,22 @@ def method_list(cfg: dict) -> list[tuple[str, dict]]:
     return out
 
 
+def check_run(cfg: dict) -> tuple[list, list]:
+    """(methods, metrics) of the run, every name known and every parameter accepted (else an error naming it)."""
+    from evalxai.api import _params
+
+    methods, metrics = method_list(cfg), metric_list(cfg)
+    for name, params in metrics:
+        _params(get_metric(name).defaults, params, f"metric '{name}'")
+    for name, params in methods:
+        if "_target_" not in params:
+            _params(get_method(name).defaults, params, f"method '{name}'")
+    clash = sorted({name for name, _ in methods} & {"x", "target", "dataset_index"})
+    if cfg.get("save_attributions", False) and clash:
+        raise ValueError(f"method names {clash} collide with the arrays of attributions.npz: rename them")
+    return methods, metrics
+
+
 def _asks_for_mean(methods, metrics) -> bool:
     """Whether any method or metric of the run uses the ``mean`` baseline (or reference)."""
     def uses(params: dict) -> bool:
@@ -147,6 +163,7 @@ def is_complete(out: Path, key: str) -> bool:
 def run_experiment(cfg: dict, out_dir: str | Path, progress: bool = True) -> Path:
     """Run one experiment config into ``out_dir``; returns the folder."""
     out = writable_dir(out_dir)
+    check_run(cfg)  # a misspelled method, metric or parameter fails now, before data are read or a model trained
     run_key = config_key(cfg)
     if not cfg.get("force", False) and is_complete(out, run_key):
         log.info("run in %s is complete (same config): nothing to do; force=true recomputes", out)
@@ -180,20 +197,12 @@ def run_experiment(cfg: dict, out_dir: str | Path, progress: bool = True) -> Pat
             target = model(x).argmax(1)
     else:
         target = labels.to(device)
-    methods, metrics = method_list(cfg), metric_list(cfg)
-    clash = sorted({name for name, _ in methods} & {"x", "target", "dataset_index"})
-    if cfg.get("save_attributions", False) and clash:
-        raise ValueError(f"method names {clash} collide with the arrays of attributions.npz: rename them")
+    methods, metrics = check_run(cfg)
     # the training-set mean image is read (the whole train split) only when a baseline or reference asks for it
     mean = dataset.mean_image() if _asks_for_mean(methods, metrics) else None
     box = {"low": dataset.low, "high": dataset.high}
     from_data = {**box, "mean": mean}  # what the dataset defines for methods and metrics that take it
 
-    for name, _ in metrics:
-        get_metric(name)
-    for name, overrides in methods:
-        if "_target_" not in overrides:
-            get_method(name)
     frames, maps = [], {}
     hits0, use_cache = ATTR_STATS["hits"], bool(cfg.get("attribution_cache", True))
     bar = tqdm(methods, desc="methods", disable=not progress)

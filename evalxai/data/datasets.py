@@ -6,6 +6,7 @@ from ``root``; ``digits``: scikit-learn's 8x8 digits. Pixels are float32 in [0, 
 from __future__ import annotations
 
 import gzip
+import inspect
 import shutil
 from pathlib import Path
 
@@ -259,10 +260,19 @@ DATASETS = {"mnist": load_mnist, "digits": load_digits, "image_folder": load_ima
 
 
 def load_dataset(name: str, cache_dir=None, **params) -> Dataset:
-    """Load a dataset by its config name (``conf/dataset/<name>.yaml``)."""
+    """Load a dataset by its config name (``conf/dataset/<name>.yaml``); every field is used or refused."""
     if name not in DATASETS:
         raise KeyError(f"unknown dataset '{name}': choose one of {sorted(DATASETS)}")
-    params = {k: v for k, v in params.items() if k not in ("name", "_target_")}
+    params = {k: v for k, v in params.items() if k != "name"}
+    if params.get("_target_") is not None:
+        raise ValueError(f"dataset '{name}' is built in and takes no _target_ ({params['_target_']}): for your own "
+                         "images use dataset=image_folder (or cifar10, cifar100, tensors) with dataset.root / "
+                         "dataset.path")
+    params.pop("_target_", None)
+    accepted = [p for p in inspect.signature(DATASETS[name]).parameters if p != "cache_dir"]
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise TypeError(f"dataset '{name}' has no field {unknown}: it takes {accepted}")
     return DATASETS[name](cache_dir=cache_dir, **params)
 
 
