@@ -20,27 +20,32 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from evalxai.scoring import require_images
 from evalxai.seeding import per_sample_noise
 
 BASELINES = ("zero", "mean", "uniform", "blur")
 BLUR_SIGMA = 5.0
 
 
-def reference(x: torch.Tensor, baseline, *, mean=None, low=0.0, high=1.0, seed: int = 0) -> torch.Tensor:
-    """The reference input for each sample of x, shaped like x (see the module docstring)."""
+def reference(x: torch.Tensor, baseline, *, mean=None, low=None, high=None, seed: int = 0) -> torch.Tensor:
+    """The reference input for each sample of x, shaped like x (see the module docstring); ``low`` / ``high``
+    None: 0 and 1, pixel values."""
+    low, high = (0.0 if low is None else low), (1.0 if high is None else high)
     if isinstance(baseline, torch.Tensor):
         return baseline.to(x).expand_as(x)
     if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
         return torch.full_like(x, float(baseline))
     if baseline == "zero":
-        return torch.as_tensor(low).to(x).expand_as(x).clone()
+        return torch.as_tensor(low, dtype=x.dtype, device=x.device).expand_as(x).clone()
     if baseline == "mean":
         if mean is None:
             return x.mean(dim=tuple(range(2, x.dim())), keepdim=True).expand_as(x)
-        m = torch.as_tensor(mean).to(x)
+        m = torch.as_tensor(mean, dtype=x.dtype, device=x.device)
+        if m.dim() == 1 and x.dim() > 2 and len(m) == x.shape[1]:  # per-channel values
+            m = m.view(-1, *[1] * (x.dim() - 2))
         return (m if m.dim() == x.dim() else m.unsqueeze(0)).expand_as(x)
     if baseline == "uniform":
-        lo, hi = (torch.as_tensor(v).to(x) for v in (low, high))
+        lo, hi = (torch.as_tensor(v, dtype=x.dtype, device=x.device) for v in (low, high))
         return lo + (hi - lo) * per_sample_noise(x, seed, 1, "uniform")[0]
     if baseline == "blur":
         return gaussian_blur(x, BLUR_SIGMA)
@@ -50,8 +55,7 @@ def reference(x: torch.Tensor, baseline, *, mean=None, low=0.0, high=1.0, seed: 
 def gaussian_blur(x: torch.Tensor, sigma: float, radius: int | None = None) -> torch.Tensor:
     """Separable Gaussian blur of (N, C, H, W) images, reflect-padded, per channel; kernel radius 3 sigma unless
     given (RISE's canvas: sigma 5, radius 5, i.e. an 11-tap kernel)."""
-    if x.dim() != 4:
-        raise ValueError(f"blur needs images (N, C, H, W), got shape {tuple(x.shape)}")
+    require_images(x, "blur")
     radius = max(1, int(3 * sigma)) if radius is None else int(radius)
     t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
     k = torch.exp(-0.5 * (t / sigma) ** 2)

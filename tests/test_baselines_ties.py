@@ -165,3 +165,22 @@ def test_pipeline_gives_methods_the_dataset_mean(tmp_path, cache_dir):
     rel = df[df["measure"] == "relative_residual"]
     assert set(rel["reference"]) == {"mean"}
     assert rel["value"].abs().max() < 1e-2  # completeness against f(x) - f(dataset mean image)
+
+
+def test_max_sensitivity_keeps_noisy_inputs_inside_the_pixel_bounds():
+    model, (x, t) = small_cnn(), images(n=4)
+    r = evalxai.explain(model, x, t, method="dtd")
+    with pytest.raises(ValueError, match="do not contain the inputs"):  # noise past [0, 1], nothing to clip to
+        evalxai.score(model, x, t, r, metric="max_sensitivity", method="dtd", samples=2)
+    df = evalxai.score(model, x, t, r, metric="max_sensitivity", method="dtd", samples=2, low=0.0, high=1.0)
+    assert df["value"].notna().all()
+
+
+def test_ties_and_per_channel_mean_are_checked():
+    model, (x, t) = small_cnn(), images(n=4)
+    for metric in ("pixel_flipping", "road"):
+        with pytest.raises(ValueError, match="unknown ties 'bogus'"):
+            evalxai.score(model, x, t, torch.zeros_like(x), metric=metric, order="random", ties="bogus")
+    rgb = torch.rand(2, 3, 4, 5, dtype=torch.float64)
+    m = reference(rgb, "mean", mean=[0.1, 0.2, 0.3])
+    assert torch.equal(m[:, 1], torch.full((2, 4, 5), 0.2, dtype=torch.float64))

@@ -275,3 +275,28 @@ def test_box_bounds_must_contain_the_inputs(method):
     # the per-channel bounds are used: a scalar box around all channels gives another map
     one = evalxai.explain(model, xn, t, method=method, low=float(low.min()), high=float(high.max()))
     assert per_sample_rel_err(r, one) > 1e-3
+
+
+class ViewInplace(nn.Module):
+    """ReLU in place on a view: eager mode changes the viewed tensor too."""
+
+    def __init__(self, base_used_later: bool):
+        super().__init__()
+        self.base_used_later = base_used_later
+        self.a, self.b = nn.Linear(6, 6), nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = self.a(x)
+        v = h.view(-1, 2, 3)
+        v.relu_()
+        return self.b(h if self.base_used_later else v.flatten(1))
+
+
+def test_inplace_on_a_view_is_refused_when_the_viewed_tensor_is_used_later():
+    torch.manual_seed(9)
+    x, t = torch.randn(4, 6, dtype=torch.float64), torch.arange(4) % 3
+    with pytest.raises(LRPError, match="in-place operation 'relu_' .* writes into a view"):
+        evalxai.explain(ViewInplace(True).double().eval(), x, t, method="lrp_0")
+    model = ViewInplace(False).double().eval()  # the view itself carries on: nothing differs from eager mode
+    torch.testing.assert_close(evalxai.explain(model, x, t, method="lrp_0"),
+                               evalxai.explain(model, x, t, method="gradient_x_input"), rtol=1e-9, atol=1e-12)

@@ -115,8 +115,8 @@ class _MaxPoolRescaleFn(torch.autograd.Function):
         return torch.where(far, contrib / torch.where(far, dz, torch.ones_like(dz)), grad), None, None, None, None, None
 
 
-@register_method("deeplift", baseline="zero", eps=1e-10, seed=0, low=0.0, high=1.0, mean=None)
-def deeplift(model, x, target, baseline="zero", eps=1e-10, seed=0, low=0.0, high=1.0, mean=None):
+@register_method("deeplift", baseline="zero", eps=1e-10, seed=0, low=None, high=None, mean=None)
+def deeplift(model, x, target, baseline="zero", eps=1e-10, seed=0, low=None, high=None, mean=None):
     """DeepLIFT rescale (Shrikumar 2017): (x − x') times the product of rescale multipliers; Σ R = f(x) − f(x')."""
     if eps < 0:
         raise ValueError(f"eps={eps} is negative: it is the |Δz| below which the gradient is used, e.g. 1e-10")

@@ -55,9 +55,9 @@ def gradient_x_input(model, x, target):
     return target_grad(model, x, target) * x
 
 
-@register_method("integrated_gradients", baseline="zero", steps=32, batch_size=512, seed=0, low=0.0, high=1.0,
+@register_method("integrated_gradients", baseline="zero", steps=32, batch_size=512, seed=0, low=None, high=None,
                  mean=None)
-def integrated_gradients(model, x, target, baseline="zero", steps=32, batch_size=512, seed=0, low=0.0, high=1.0,
+def integrated_gradients(model, x, target, baseline="zero", steps=32, batch_size=512, seed=0, low=None, high=None,
                          mean=None):
     """Integrated Gradients (Sundararajan 2017): (x - x') * mean_k grad f(x' + a_k (x - x')), midpoint rule.
 

@@ -31,9 +31,9 @@ def window_masks(h: int, w: int, patch: int, stride: int) -> torch.Tensor:
 
 
 @register_method("occlusion", patch=4, stride=2, baseline="zero", score_space="logit", batch_size=1024, seed=0,
-                 low=0.0, high=1.0, mean=None)
+                 low=None, high=None, mean=None)
 def occlusion(model, x, target, patch=4, stride=2, baseline="zero", score_space="logit", batch_size=1024, seed=0,
-              low=0.0, high=1.0, mean=None):
+              low=None, high=None, mean=None):
     """Occlusion sensitivity: mean score drop over the ``patch`` x ``patch`` windows covering each pixel."""
     require_images(x, "occlusion")
     h, w = x.shape[-2:]

@@ -33,10 +33,10 @@ def promised_reference(method, method_params: dict | None) -> tuple[object, dict
     return params["baseline"], {k: params[k] for k in _REFERENCE_PARAMS if k in params}
 
 
-@register_metric("conservation", reference="auto", method=None, method_params=None, mean=None, low=0.0, high=1.0,
+@register_metric("conservation", reference="auto", method=None, method_params=None, mean=None, low=None, high=None,
                  seed=0)
 def conservation(model, x, target, attributions, reference="auto", method=None, method_params=None, mean=None,
-                 low=0.0, high=1.0, seed=0):
+                 low=None, high=None, seed=0):
     """Rows: residual, relative_residual, abs_relative_residual (lower is better) and layer residuals.
 
     ``reference``: ``auto`` (the method's own, see the module docstring), ``none`` (f_c(x) alone) or a baseline of
@@ -53,7 +53,7 @@ def conservation(model, x, target, attributions, reference="auto", method=None, 
             rec = Recorder()
             spec.fn(model, x, target, recorder=rec, **{**spec.defaults, **(method_params or {})})
     ref_params = {"mean": mean, "low": low, "high": high, "seed": seed}
-    if reference == "auto":
+    if reference is None or reference == "auto":
         reference, own = promised_reference(method, method_params)
         ref_params.update({k: v for k, v in own.items() if v is not None})
     with torch.no_grad():

@@ -46,14 +46,24 @@ def patch_mask(removed: torch.Tensor, grid: tuple[int, int], patch_size: int, si
 TIES = ("random", "raster")
 
 
+def check_ties(ties: str) -> str:
+    if ties not in TIES:
+        raise ValueError(f"unknown ties '{ties}': use one of {list(TIES)}")
+    return ties
+
+
 def tie_order(x: torch.Tensor, n_features: int, ties: str, seed: int) -> torch.Tensor:
     """(N, P) order in which features of equal relevance are taken: a random permutation per sample (seeded by
     the sample, ``ties="random"``) or raster order (``"raster"``: row by row, what a stable sort gives)."""
-    if ties == "random":
+    if check_ties(ties) == "random":
         return per_sample_permutations(x, seed + 7, n_features)
-    if ties == "raster":
-        return torch.arange(n_features, device=x.device).expand(len(x), n_features)
-    raise ValueError(f"unknown ties '{ties}': use one of {list(TIES)}")
+    return torch.arange(n_features, device=x.device).expand(len(x), n_features)
+
+
+def inverse_permutation(perm: torch.Tensor) -> torch.Tensor:
+    """pos[n, perm[n, i]] = i: the position of each feature in the order ``perm`` (N, P)."""
+    n, p = perm.shape
+    return torch.empty_like(perm).scatter_(1, perm, torch.arange(p, device=perm.device).expand(n, p).contiguous())
 
 
 def feature_ranks(rel: torch.Tensor, order: str, seed: int, x: torch.Tensor, ties: str = "random") -> torch.Tensor:
@@ -61,7 +71,7 @@ def feature_ranks(rel: torch.Tensor, order: str, seed: int, x: torch.Tensor, tie
 
     Equal relevances (common: most input-multiplied relevances of MNIST are exactly 0) are taken in
     ``tie_order``: with raster order, "least relevant first" would remove the top rows first."""
-    n, p = rel.shape
+    p = rel.shape[1]
     if order == "random":
         idx = per_sample_permutations(x, seed + 104729, p).to(rel.device)
     elif order in ("morf", "lerf"):
@@ -70,13 +80,11 @@ def feature_ranks(rel: torch.Tensor, order: str, seed: int, x: torch.Tensor, tie
         idx = perm.gather(1, torch.sort(-key if order == "morf" else key, dim=1, stable=True).indices)
     else:
         raise ValueError(f"unknown order '{order}': use one of {list(ORDERS)}")
-    ranks = torch.empty_like(idx)
-    ranks.scatter_(1, idx, torch.arange(p, device=rel.device).expand(n, p).contiguous())
-    return ranks
+    return inverse_permutation(idx)
 
 
 def flip_curves(model, x, target, attributions, order="morf", patch_size=1, per_step=1, steps=None,
-                baseline="zero", score_space="logit", seed=0, batch_size=512, mean=None, low=0.0, high=1.0,
+                baseline="zero", score_space="logit", seed=0, batch_size=512, mean=None, low=None, high=None,
                 ties="random"):
     """Curves y (K + 1, N) and removed fractions (K + 1,) for one order."""
     require_images(x, "pixel flipping")
@@ -84,6 +92,7 @@ def flip_curves(model, x, target, attributions, order="morf", patch_size=1, per_
     check_patch(x, patch_size)
     if per_step < 1:
         raise ValueError(f"per_step={per_step} must be >= 1")
+    check_ties(ties)
     rel, (hp, wp) = patch_relevance(attributions, patch_size)
     n_feat = rel.shape[1]
     k_max = math.ceil(n_feat / per_step) if steps is None else int(steps)
@@ -104,7 +113,7 @@ def flip_curves(model, x, target, attributions, order="morf", patch_size=1, per_
 
 
 @register_metric("pixel_flipping", order=("morf", "lerf"), patch_size=1, per_step=1, steps=None, baseline="zero",
-                 score_space="logit", seed=0, batch_size=512, mean=None, low=0.0, high=1.0, ties="random")
+                 score_space="logit", seed=0, batch_size=512, mean=None, low=None, high=None, ties="random")
 def pixel_flipping(model, x, target, attributions, order=("morf", "lerf"), score_space="logit", **params):
     """Pixel-flipping curves and AOPC / AUC (per order) and ABPC (when MoRF and LeRF both run); ties in relevance
     are broken at random per sample (``ties``, recorded in the table); ``baseline`` as in ``evalxai.baselines``."""
@@ -130,10 +139,10 @@ def pixel_flipping(model, x, target, attributions, order=("morf", "lerf"), score
 
 
 @register_metric("insertion_deletion", patch_size=1, per_step=None, steps=None, score_space="softmax",
-                 blur_sigma=5.0, blur_radius=5, batch_size=512, seed=0, ties="random", low=0.0)
+                 blur_sigma=5.0, blur_radius=5, batch_size=512, seed=0, ties="random", low=None)
 def insertion_deletion(model, x, target, attributions, patch_size=1, per_step=None, steps=None,
                        score_space="softmax", blur_sigma=5.0, blur_radius=5, batch_size=512, seed=0, ties="random",
-                       low=0.0):
+                       low=None):
     """RISE deletion (MoRF to black, lower AUC better) and insertion (MoRF from a blurred canvas, higher better).
 
     Petsiuk et al. 2018: features are deleted from x (set to black: ``low``, see ``evalxai.baselines``), or inserted

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from evalxai.metrics.common import check_score_space, curve_rows, normalized_auc, scalar_rows, target_scores
-from evalxai.metrics.faithfulness import feature_ranks, patch_relevance
+from evalxai.metrics.faithfulness import check_ties, feature_ranks, patch_relevance
 from evalxai.metrics.registry import register_metric
 from evalxai.scoring import require_images
 from evalxai.seeding import per_sample_noise
@@ -101,6 +101,7 @@ def road(model, x, target, attributions, order=("morf", "lerf"), fractions=(0.1,
         raise ValueError(f"fractions={list(fractions)} must be increasing values in (0, 1]")
     if noise < 0:
         raise ValueError(f"noise={noise} is negative: it is the std of the Gaussian added to imputed pixels")
+    check_ties(ties)
     orders = [order] if isinstance(order, str) else list(order)
     n, (h, w) = len(x), x.shape[-2:]
     rel, _ = patch_relevance(attributions, 1)

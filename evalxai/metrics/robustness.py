@@ -100,19 +100,25 @@ def continuity(model, x, target, attributions, shift=6, stride=1, axis="x", alig
 
 
 @register_metric("max_sensitivity", radius=0.02, samples=10, seed=0, method=None, method_params=None,
-                 batch_size=512)
+                 batch_size=512, low=None, high=None)
 def max_sensitivity(model, x, target, attributions, radius=0.02, samples=10, seed=0, method=None,
-                    method_params=None, batch_size=512):
+                    method_params=None, batch_size=512, low=None, high=None):
     """Max-sensitivity: max over ``samples`` draws of ||R(x + d) - R(x)||_2 / ||R(x)||_2, d ~ U[-radius, radius]
     element-wise (the L-inf ball, captum's default radius 0.02 in input units); lower is better. Also the mean
-    over the draws (avg-sensitivity). Noise is drawn per sample from ``seed``."""
+    over the draws (avg-sensitivity). Noise is drawn per sample from ``seed``. With ``low`` / ``high`` (the
+    pipeline passes the dataset's pixel bounds) x + d is clipped into them, so it stays a valid image (and the box
+    rule's bounds hold)."""
     if radius <= 0:
         raise ValueError(f"radius={radius} must be > 0 (the L-inf noise radius in input units)")
     if samples < 1:
         raise ValueError(f"samples={samples} must be >= 1")
     fn = explainer(method, method_params, "max_sensitivity")
     delta = (per_sample_noise(x, seed + 4242, samples, "uniform") * 2 - 1) * radius
-    rs = explain_stack(fn, model, x.unsqueeze(0) + delta, target, batch_size)
+    noisy = x.unsqueeze(0) + delta
+    if low is not None or high is not None:
+        lo, hi = (None if v is None else torch.as_tensor(v, dtype=x.dtype, device=x.device) for v in (low, high))
+        noisy = torch.clamp(noisy, lo, hi)
+    rs = explain_stack(fn, model, noisy, target, batch_size)
     diff = (rs - attributions.unsqueeze(0)).reshape(samples, len(x), -1).double().norm(dim=-1)
     ref = attributions.reshape(len(x), -1).double().norm(dim=-1)
     ratio = diff / ref.clamp(min=1e-300)

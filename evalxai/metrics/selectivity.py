@@ -14,17 +14,17 @@ import torch
 
 from evalxai.baselines import reference
 from evalxai.metrics.common import batched_scores, check_score_space, curve_rows, explainer, normalized_auc, scalar_rows
-from evalxai.metrics.faithfulness import patch_mask, patch_relevance, tie_order
+from evalxai.metrics.faithfulness import inverse_permutation, patch_mask, patch_relevance, tie_order
 from evalxai.metrics.registry import register_metric
 from evalxai.scoring import check_patch, require_images
 
 
 @register_metric("selectivity", patch_size=4, steps=20, baseline="zero", score_space="logit", recompute=True,
-                 method=None, method_params=None, seed=0, batch_size=512, mean=None, low=0.0, high=1.0,
+                 method=None, method_params=None, seed=0, batch_size=512, mean=None, low=None, high=None,
                  ties="random")
 def selectivity(model, x, target, attributions, patch_size=4, steps=20, baseline="zero", score_space="logit",
-                recompute=True, method=None, method_params=None, seed=0, batch_size=512, mean=None, low=0.0,
-                high=1.0, ties="random"):
+                recompute=True, method=None, method_params=None, seed=0, batch_size=512, mean=None, low=None,
+                high=None, ties="random"):
     """Selectivity curve (score after each most-relevant-patch removal, relevance recomputed) and its AUC; among
     equally relevant patches the one first in ``tie_order`` (random per sample by default) goes first."""
     check_score_space(score_space)
@@ -40,8 +40,7 @@ def selectivity(model, x, target, attributions, patch_size=4, steps=20, baseline
     base = reference(x, baseline, mean=mean, low=low, high=high, seed=seed)
     removed = torch.zeros(n, n_feat, dtype=torch.bool, device=x.device)
     rows = torch.arange(n, device=x.device)
-    order = tie_order(x, n_feat, ties, seed)
-    position = torch.empty_like(order).scatter_(1, order, torch.arange(n_feat, device=x.device).expand(n, n_feat))
+    position = inverse_permutation(tie_order(x, n_feat, ties, seed))
     inputs = [x]
     current = x
     for k in range(k_max):

@@ -14,7 +14,7 @@ from torch import nn
 
 from evalxai.explain.lrp.rules import RULE_PARAMS, Rule, make_rule
 
-DEFAULT_PARAMS = {"epsilon": 1e-6, "gamma": 0.25, "alpha": 2.0, "beta": 1.0, "low": 0.0, "high": 1.0,
+DEFAULT_PARAMS = {"epsilon": 1e-6, "gamma": 0.25, "alpha": 2.0, "beta": 1.0, "low": None, "high": None,
                   "stabilizer": 1e-6}
 
 

@@ -71,16 +71,12 @@ def _trace(model: nn.Module) -> fx.Graph:
 
 @dataclass
 class Step:
-    """How one graph node runs: kind in {linear, skip, grad, pass, norm, sum, lrn}."""
+    """How one graph node runs: kind in {linear, skip, grad, pass, norm, sum, lrn, unsupported} (``node_kind``)."""
 
     kind: str
     module: nn.Module | None = None
     bn: nn.Module | None = None
     rule: Rule | None = None
-
-
-def _is_tensor_node(a) -> bool:
-    return isinstance(a, fx.Node)
 
 
 def _merge_target(node: fx.Node, model: nn.Module, module: nn.Module) -> tuple[fx.Node, nn.Module] | None:
@@ -155,19 +151,15 @@ def refuse_tensors(model: nn.Module, node: fx.Node, args, kwargs, what: str = "L
                    "explain with a gradient method")
 
 
-_INPLACE_OPERATORS = {operator.iadd, operator.isub, operator.imul, operator.itruediv}
-
-
 def is_inplace(model: nn.Module, node: fx.Node) -> bool:
     """Whether a traced node overwrites its first argument: a module with ``inplace=True``, a function called
-    with ``inplace=True``, an in-place torch function or tensor method (name ending in ``_``: ``F.relu_``,
-    ``x.relu_()``), or an augmented assignment operator."""
+    with ``inplace=True``, or an in-place torch function or tensor method (name ending in ``_``: ``F.relu_``,
+    ``x.relu_()``). (torch.fx records ``a += b`` as an out-of-place ``operator.add``.)"""
     if node.op == "call_module":
         return getattr(model.get_submodule(node.target), "inplace", False) is True
     if node.op == "call_function":
         name = getattr(node.target, "__name__", "")
-        return (node.kwargs.get("inplace") is True or node.target in _INPLACE_OPERATORS
-                or (name.endswith("_") and not name.startswith("_")))
+        return node.kwargs.get("inplace") is True or (name.endswith("_") and not name.startswith("_"))
     return node.op == "call_method" and node.target.endswith("_") and not node.target.startswith("_")
 
 
@@ -360,6 +352,7 @@ def execute(model: nn.Module, graph: fx.Graph, x: torch.Tensor, handle) -> torch
     overwritten, and an in-place activation never adds its gradient to a pass-through.
     """
     env: dict[fx.Node, object] = {}
+    order = {n: i for i, n in enumerate(graph.nodes)}
     placeholders = 0
     for node in graph.nodes:
         args = fx.node.map_arg(node.args, lambda n: env[n])
@@ -380,6 +373,7 @@ def execute(model: nn.Module, graph: fx.Graph, x: torch.Tensor, handle) -> torch
             call = _callable(model, node)
             inplace = is_inplace(model, node)
             if inplace:
+                _refuse_inplace_on_used_view(model, node, args, order)
                 call = _out_of_place(call)
             out = handle(node, call, args, kwargs)
             env[node] = call(*args, **kwargs) if out is NotImplemented else out
@@ -452,6 +446,20 @@ def is_relu(model: nn.Module, node: fx.Node) -> bool:
     if node.op == "call_function":
         return node.target in _RELU_FUNCS
     return node.op == "call_method" and node.target in ("relu", "relu_")
+
+
+def _refuse_inplace_on_used_view(model: nn.Module, node: fx.Node, args, order: dict) -> None:
+    """An in-place operation on a view (``h[:, :3].relu_()``) also changes the viewed tensor in eager mode; running
+    it on a copy would not. Refused when the viewed tensor is used after the operation (else it makes no
+    difference)."""
+    if not (args and isinstance(args[0], torch.Tensor) and args[0]._is_view()):
+        return
+    view = node.args[0]
+    bases = [a for a in view.args if isinstance(a, fx.Node)] if isinstance(view, fx.Node) else []
+    if any(order[u] > order[node] for base in bases for u in base.users if u is not view):
+        raise LRPError(f"in-place operation '{node.name}' in {_owner(model, node)} writes into a view of a tensor "
+                       "that is used afterwards: write it out of place (for example x = torch.cat([act(x[:, :k]), "
+                       "x[:, k:]], 1)) so that the traced graph says what the model computes")
 
 
 def _out_of_place(call):
