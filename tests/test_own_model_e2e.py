@@ -161,3 +161,56 @@ def test_only_the_explained_images_are_read(tmp_path, monkeypatch, cache_dir):
     run_experiment(OmegaConf.to_container(cfg, resolve=True), tmp_path / "run", progress=False)
     assert not any("/train/" in f for f in opened)
     assert len(opened) == 2001 + 16 and max(batch) <= 256
+
+
+class AnyNet(torch.nn.Module):
+    """Global-average-pooled conv net for any channels and size."""
+
+    def __init__(self, channels=3, num_classes=10):
+        super().__init__()
+        self.conv, self.fc = torch.nn.Conv2d(channels, 8, 3, padding=1), torch.nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
+
+
+def cifar10_root(tmp):
+    from tests.test_local_datasets import _cifar, _py2_pickle
+
+    folder = tmp / "cifar-10-batches-py"
+    _cifar(folder, [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"], 10, "labels",
+           np.random.default_rng(0), n=40)
+    (folder / "batches.meta").write_bytes(_py2_pickle({"label_names": [f"c{i}" for i in range(10)]}))
+    return {"root": str(tmp), "mean": [0.5, 0.5, 0.5], "std": [0.2, 0.2, 0.2]}
+
+
+def tensors_file(tmp):
+    rng = np.random.default_rng(1)
+    np.savez(tmp / "t.npz", x_test=rng.integers(0, 256, (50, 12, 12, 3), dtype=np.uint8), y_test=np.arange(50) % 10)
+    return {"path": str(tmp / "t.npz")}
+
+
+def flat_folder(tmp):
+    write_folder(tmp / "written", n_per_class=(0, 10))
+    (tmp / "written" / "test").rename(tmp / "flat")  # class folders only: a stratified split
+    return {"root": str(tmp / "flat"), "resize": 20, "crop": 16, "n_test": 0.5}
+
+
+@pytest.mark.parametrize("kind,make", [("cifar10", cifar10_root), ("tensors", tensors_file),
+                                       ("image_folder", flat_folder)])
+def test_run_accuracy_equals_the_direct_accuracy_for_every_dataset_kind(kind, make, tmp_path, cache_dir):
+    """The accuracy get_model reports (streamed) equals the accuracy of the same weights on the same split and
+    transform, computed here in one batch."""
+    from evalxai.models import get_model
+
+    data = load_dataset(kind, **make(tmp_path))
+    torch.manual_seed(0)
+    net = AnyNet(num_classes=data.num_classes)
+    torch.save(net.state_dict(), tmp_path / "w.pt")
+    model, info = get_model(data, {"name": "custom", "_target_": "tests.test_own_model_e2e.AnyNet",
+                                   "kwargs": {"num_classes": data.num_classes},
+                                   "checkpoint": str(tmp_path / "w.pt")}, {}, progress=False)
+    x, y = data.test_items(np.arange(len(data)))
+    with torch.no_grad():
+        direct = (net(x).argmax(1) == y).double().mean().item()
+    assert info["test_accuracy"] == pytest.approx(direct, abs=1e-12) and len(data) >= 15
