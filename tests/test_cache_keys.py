@@ -15,7 +15,8 @@ from evalxai.models.cache import model_key
 from evalxai.pipeline import config_key, run_experiment
 from tests.test_errors import _smoke_cfg
 
-TOY = SimpleNamespace(name="toy", meta={"source": "test"}, input_shape=(1, 4, 4), classes=["a", "b"], mean=None, std=None)
+TOY = SimpleNamespace(name="toy", meta={"source": "test"}, input_shape=(1, 4, 4), classes=["a", "b"], mean=None,
+                      std=None)
 REAL_ROOT = io.PACKAGE_ROOT
 
 

@@ -214,3 +214,22 @@ def test_run_accuracy_equals_the_direct_accuracy_for_every_dataset_kind(kind, ma
     with torch.no_grad():
         direct = (net(x).argmax(1) == y).double().mean().item()
     assert info["test_accuracy"] == pytest.approx(direct, abs=1e-12) and len(data) >= 15
+
+
+def test_dropped_targets_and_unknown_keys_are_errors(tmp_path, cache_dir):
+    """The issue's first try: a _target_ on the zoo model and on the built-in dataset used to be dropped silently
+    (LeNet on MNIST reported as ResNet-18 on CIFAR-10)."""
+    res = run_cli(["experiment=mnist_smoke", "+model._target_=torchvision.models.resnet18",
+                   "+dataset._target_=torchvision.datasets.CIFAR10", f"hydra.run.dir={tmp_path}", "progress=false"],
+                  cache_dir)
+    assert res.returncode == 1 and "takes no _target_" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "scores.parquet").exists()
+    with pytest.raises(TypeError, match=r"'digits' has no field \['colour'\]: it takes \['n_test', 'split_seed'\]"):
+        load_dataset("digits", colour=3)
+    res = run_cli(["experiment=mnist_smoke", "+model._target_=torchvision.models.resnet18", "progress=false",
+                   f"hydra.run.dir={tmp_path}"], cache_dir)
+    assert res.returncode == 1 and "_target_" in res.stderr and "lenet" in res.stderr
+    from evalxai.pipeline import check_run
+
+    with pytest.raises(TypeError, match=r"metric 'sparseness' has no parameter \['patch_size'\]"):
+        check_run({"methods": ["gradient"], "metrics": {"sparseness": {"patch_size": 2}}})
