@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from evalxai.data.datasets import Dataset
-from evalxai.data.tensors import file_signature, parse_mean_std, uint8_pixels
+from evalxai.data.base import Dataset, file_signature, parse_mean_std, uint8_pixels
 
 SPECS = {
     "cifar10": {"folder": "cifar-10-batches-py", "train": [f"data_batch_{i}" for i in range(1, 6)],

@@ -14,111 +14,10 @@ import numpy as np
 import torch
 
 from evalxai._io import atomic_path, cache_root, content_key
-
-
-class Dataset:
-    """What a run reads from a dataset: test images by index, the train split only to train, class names.
-
-    Pixels are float32 in [0, 1] (pixel space); the model sees (x - mean) / std per channel (model space), with
-    ``mean`` / ``std`` None for no normalisation. Subclasses implement ``__len__`` (test images),
-    ``test_pixels(indices)`` and ``train_pixels()``; they set ``name``, ``classes``, ``input_shape``, ``meta``,
-    ``mean``, ``std``. Everything with a meaning in pixel space is mapped into model space here, in one place:
-    ``normalize`` / ``denormalize``, the input bounds ``low`` / ``high`` (pixel 0 and 1: the box rule's bounds,
-    a black pixel), ``mean_image``.
-    """
-
-    name: str = "dataset"
-    classes: list = []
-    input_shape: tuple = ()
-    meta: dict = {}
-    mean: tuple | None = None
-    std: tuple | None = None
-
-    def __len__(self) -> int:
-        raise NotImplementedError
-
-    def test_pixels(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
-        """(images in pixel space (n, C, H, W) float32, labels (n,) int64) of the given test indices."""
-        raise NotImplementedError
-
-    def train_pixels(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The whole train split in pixel space (read only when a model is trained)."""
-        raise NotImplementedError
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    def _channel(self, values) -> torch.Tensor:
-        return torch.as_tensor(values, dtype=torch.float32).view(-1, 1, 1)
-
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """Pixel space -> model space."""
-        if self.mean is None:
-            return x
-        return (x - self._channel(self.mean).to(x)) / self._channel(self.std).to(x)
-
-    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
-        """Model space -> pixel space (for heatmap backgrounds)."""
-        if self.mean is None:
-            return x
-        return x * self._channel(self.std).to(x) + self._channel(self.mean).to(x)
-
-    @property
-    def low(self):
-        """Model-space value of a black pixel (pixel 0): a float, or per-channel (C, 1, 1) when normalised."""
-        return 0.0 if self.mean is None else self.normalize(torch.zeros(len(self.mean), 1, 1))
-
-    @property
-    def high(self):
-        """Model-space value of a white pixel (pixel 1)."""
-        return 1.0 if self.mean is None else self.normalize(torch.ones(len(self.mean), 1, 1))
-
-    def test_items(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
-        """(model-space images, labels) of the given test indices: only these images are read."""
-        x, y = self.test_pixels(np.asarray(indices, dtype=np.int64))
-        return self.normalize(x), y
-
-    def test_batches(self, batch_size: int = 256):
-        """The test split in model space, ``batch_size`` images at a time (for streamed accuracy)."""
-        for i in range(0, len(self), batch_size):
-            yield self.test_items(np.arange(i, min(i + batch_size, len(self))))
-
-    def train_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = self.train_pixels()
-        return self.normalize(x), y
-
-    def mean_image(self) -> torch.Tensor:
-        """The training-set mean image in model space, shape (1, *input_shape)."""
-        if "_mean_image" not in self.__dict__:
-            x, _ = self.train_pixels()
-            self._mean_image = self.normalize(x.mean(0, keepdim=True))
-        return self._mean_image
-
-
-class ArrayDataset(Dataset):
-    """A dataset held in memory: train/test tensors in pixel space ([0, 1])."""
-
-    def __init__(self, name: str, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor,
-                 y_test: torch.Tensor, classes=None, meta: dict | None = None, mean=None, std=None):
-        self.name, self.x_train, self.y_train, self.x_test, self.y_test = name, x_train, y_train, x_test, y_test
-        n = int(max(y_train.max(), y_test.max())) + 1 if len(y_train) else int(y_test.max()) + 1
-        self.classes = [str(c) for c in range(n)] if classes is None else list(classes)
-        self.input_shape = tuple(x_test.shape[1:])
-        self.meta = dict(meta or {})
-        self.mean = None if mean is None else tuple(float(v) for v in mean)
-        self.std = None if std is None else tuple(float(v) for v in std)
-
-    def __len__(self) -> int:
-        return len(self.x_test)
-
-    def test_pixels(self, indices):
-        idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
-        return self.x_test[idx], self.y_test[idx]
-
-    def train_pixels(self):
-        return self.x_train, self.y_train
-
+from evalxai.data.base import ArrayDataset, Dataset, stratified_split
+from evalxai.data.cifar import load_cifar10, load_cifar100
+from evalxai.data.image_folder import load_image_folder
+from evalxai.data.tensors import load_tensors
 
 IDX_FILES = {
     "x_train": "train-images-idx3-ubyte",
@@ -182,22 +81,6 @@ def _idx_mnist(root: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def stratified_split(y: np.ndarray, n_test: int | float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic stratified split: (train indices, test indices), each class in proportion."""
-    n_test = int(round(n_test * len(y))) if isinstance(n_test, float) and n_test < 1 else int(n_test)
-    if not 0 < n_test < len(y):
-        raise ValueError(f"n_test={n_test} must lie between 1 and {len(y) - 1} for {len(y)} images")
-    rng = np.random.default_rng(seed)
-    classes, counts = np.unique(y, return_counts=True)
-    share = counts * n_test / len(y)
-    take = np.floor(share).astype(int)
-    take[np.argsort(-(share - take), kind="stable")[: n_test - take.sum()]] += 1  # largest remainders
-    test = np.concatenate([rng.permutation(np.flatnonzero(y == c))[:k] for c, k in zip(classes, take)])
-    test = np.sort(test)
-    train = np.setdiff1d(np.arange(len(y)), test)
-    return rng.permutation(train), rng.permutation(test)
-
-
 def _split(x: np.ndarray, y: np.ndarray, n_test: int | float, seed: int):
     train, test = stratified_split(y, n_test, seed)
     return x[train], x[test], y[train], y[test]
@@ -251,9 +134,6 @@ def load_digits(n_test: int | float = 360, split_seed: int = 0, cache_dir=None) 
 
 
 # The local-data loaders import ``Dataset`` from this module, so they are imported once it is defined.
-from evalxai.data.cifar import load_cifar10, load_cifar100  # noqa: E402
-from evalxai.data.image_folder import load_image_folder  # noqa: E402
-from evalxai.data.tensors import load_tensors  # noqa: E402
 
 DATASETS = {"mnist": load_mnist, "digits": load_digits, "image_folder": load_image_folder, "cifar10": load_cifar10,
             "cifar100": load_cifar100, "tensors": load_tensors}

@@ -20,8 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from evalxai.data.datasets import Dataset, stratified_split
-from evalxai.data.tensors import file_signature, parse_mean_std, uint8_pixels
+from evalxai.data.base import Dataset, file_signature, parse_mean_std, stratified_split, uint8_pixels
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".pgm", ".tif", ".tiff")
 _THREADS = min(8, os.cpu_count() or 1)

@@ -11,54 +11,18 @@ Also the helpers the local loaders share: ``parse_mean_std``, ``uint8_pixels``, 
 """
 from __future__ import annotations
 
-import math
-import numbers
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from evalxai._io import content_key
-from evalxai.data.datasets import Dataset
+from evalxai.data.base import Dataset, file_signature, parse_mean_std, uint8_pixels
 
 KEYS = ("x_test", "y_test", "x_train", "y_train", "classes")
 _NUMPY_GLOBALS = [np.ndarray((0,)).__reduce__()[0], np.float64(1).__reduce__()[0], np.ndarray, np.dtype] + [
     type(np.dtype(t)) for t in (np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32, np.uint64, np.int64,
                                 np.float16, np.float32, np.float64, np.bool_, np.str_)
 ]
-
-
-def parse_mean_std(mean, std, channels: int) -> tuple[tuple | None, tuple | None]:
-    """Validate ``dataset.mean`` / ``dataset.std``: both null, or both one positive-std value per channel."""
-    if mean is None and std is None:
-        return None, None
-    if mean is None or std is None:
-        raise ValueError("give both dataset.mean and dataset.std (one value per channel), or neither")
-
-    def values(v, what):
-        v = [v] if isinstance(v, numbers.Number) else list(v)
-        if len(v) != channels or not all(isinstance(a, numbers.Number) and math.isfinite(a) for a in v):
-            raise ValueError(f"dataset.{what}={v} must be {channels} finite number(s), one per channel")
-        return tuple(float(a) for a in v)
-
-    m, s = values(mean, "mean"), values(std, "std")
-    if min(s) <= 0:
-        raise ValueError(f"dataset.std={list(s)} must be positive")
-    return m, s
-
-
-def uint8_pixels(a: np.ndarray) -> torch.Tensor:
-    """uint8 0..255 -> float32 pixels in [0, 1] (x / 255, as torchvision's ToTensor)."""
-    return torch.from_numpy(np.ascontiguousarray(a).astype(np.float32) / np.float32(255))
-
-
-def file_signature(paths, root: Path | None = None) -> str:
-    """A content key of files by (relative) name, size and modification time: the data part of a cache key."""
-    rows = []
-    for p in paths:
-        st = Path(p).stat()
-        rows.append([str(Path(p).relative_to(root)) if root else str(p), st.st_size, st.st_mtime_ns])
-    return content_key(rows)
 
 
 def _nchw(a: np.ndarray, key: str, path) -> tuple[np.ndarray, str]:
