@@ -113,6 +113,7 @@ def test_pixel_space_definitions(own_run):
     with torch.no_grad():
         f_black = model(black)[range(len(t)), t].numpy()
     np.testing.assert_allclose(last, f_black, rtol=1e-5)  # everything removed = a black image
+    assert set(df.loc[df["metric"] == "pixel_flipping", "baseline"]) == {"zero"}  # recorded in the table
 
 
 def test_report_heatmaps_and_leaderboard(own_run):

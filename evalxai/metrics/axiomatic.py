@@ -14,6 +14,7 @@ import torch
 
 from evalxai.baselines import reference as reference_input
 from evalxai.metrics.common import scalar_rows, target_scores
+from evalxai.metrics.faithfulness import baseline_label
 from evalxai.metrics.registry import register_metric
 
 _REFERENCE_PARAMS = ("mean", "low", "high", "seed")
@@ -71,5 +72,5 @@ def conservation(model, x, target, attributions, reference="auto", method=None, 
         frames.append(scalar_rows(row["relevance_in"] - row["relevance_out"], f"layer_residual:{row['layer']}",
                                   "none", layer_rule=row["kind"]))
     out = pd.concat(frames, ignore_index=True)
-    out["reference"] = "tensor" if isinstance(reference, torch.Tensor) else str(reference)
+    out["reference"] = baseline_label(reference)
     return out

@@ -46,6 +46,11 @@ def patch_mask(removed: torch.Tensor, grid: tuple[int, int], patch_size: int, si
 TIES = ("random", "raster")
 
 
+def baseline_label(baseline) -> str:
+    """How the table records a baseline: its name (``zero`` is a black image in pixel space), or its kind."""
+    return baseline if isinstance(baseline, str) else "tensor" if isinstance(baseline, torch.Tensor) else str(baseline)
+
+
 def check_ties(ties: str) -> str:
     if ties not in TIES:
         raise ValueError(f"unknown ties '{ties}': use one of {list(TIES)}")
@@ -135,6 +140,7 @@ def pixel_flipping(model, x, target, attributions, order=("morf", "lerf"), score
     out = pd.concat(frames, ignore_index=True)
     out["score_space"] = score_space
     out["ties"] = params.get("ties", "random")
+    out["baseline"] = baseline_label(params.get("baseline", "zero"))
     return out
 
 

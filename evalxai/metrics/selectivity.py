@@ -14,7 +14,7 @@ import torch
 
 from evalxai.baselines import reference
 from evalxai.metrics.common import batched_scores, check_score_space, curve_rows, explainer, normalized_auc, scalar_rows
-from evalxai.metrics.faithfulness import inverse_permutation, patch_mask, patch_relevance, tie_order
+from evalxai.metrics.faithfulness import baseline_label, inverse_permutation, patch_mask, patch_relevance, tie_order
 from evalxai.metrics.registry import register_metric
 from evalxai.scoring import check_patch, require_images
 
@@ -58,4 +58,5 @@ def selectivity(model, x, target, attributions, patch_size=4, steps=20, baseline
                     ignore_index=True)
     out["score_space"] = score_space
     out["ties"] = ties
+    out["baseline"] = baseline_label(baseline)
     return out
