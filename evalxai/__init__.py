@@ -1,9 +1,14 @@
 """evalxai: explanation-quality evaluation for PyTorch models.
 
-Public API: ``explain`` (attributions by method name) and ``score`` (tidy metric rows by metric name).
+Public API: ``explain`` (attributions by method name), ``score`` (tidy metric rows by metric name) and
+``memory_budget`` (how much memory they may use: a setter and a context manager).
+``tune_allocator()`` (opt-in, once per process): let glibc keep freed tensor memory for reuse, as the command line
+does; CPU LRP then runs about 1.3x faster (``evalxai.allocator``).
 """
 __version__ = "0.1.0"
 
+from evalxai.allocator import tune as tune_allocator  # noqa: E402
 from evalxai.api import explain, score  # noqa: E402
+from evalxai.memory import memory_budget  # noqa: E402
 
-__all__ = ["explain", "score", "__version__"]
+__all__ = ["explain", "score", "memory_budget", "tune_allocator", "__version__"]

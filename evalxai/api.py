@@ -99,6 +99,14 @@ def resolve_method(method: str | Callable | dict, overrides: dict) -> Callable:
     return lambda m, x, t: spec.fn(m, x, t, **params)
 
 
+def _chunk(model: nn.Module, x: torch.Tensor) -> int:
+    """Samples per call: what an LRP pass over them needs fits the memory budget (``evalxai.memory``); a method or
+    metric with more work per sample (IG paths, perturbation stacks) chunks further inside."""
+    from evalxai.memory import images_per_chunk
+
+    return images_per_chunk(model, x, "lrp", None, "explaining")
+
+
 def explain(model: nn.Module, x: torch.Tensor, target, method: str | Callable | dict = "lrp_epsilon_plus",
             **overrides) -> torch.Tensor:
     """Attributions of ``target`` logits for inputs ``x``, shaped like ``x``.
@@ -110,7 +118,9 @@ def explain(model: nn.Module, x: torch.Tensor, target, method: str | Callable | 
     x, target = check_inputs(model, x, target)
     fn = resolve_method(method, overrides)
     with frozen(model):
-        attributions = fn(model, x, target)
+        step = _chunk(model, x)
+        parts = [fn(model, x[i:i + step], target[i:i + step]) for i in range(0, len(x), step)]
+        attributions = parts[0] if len(parts) == 1 else torch.cat(parts)
     if not isinstance(attributions, torch.Tensor) or attributions.shape != x.shape:
         raise ValueError(f"method {method!r} returned {getattr(attributions, 'shape', type(attributions))}, "
                          f"expected a tensor of shape {tuple(x.shape)}")
@@ -131,9 +141,15 @@ def score(model: nn.Module, x: torch.Tensor, target, attributions: torch.Tensor,
     spec = get_metric(metric)
     params = _params(spec.defaults, overrides, f"metric '{metric}'")
     check_logits(model, x)
+    attributions = attributions.to(x.dtype)
     with frozen(model):
-        rows = spec.fn(model, x, target, attributions.to(x.dtype), **params)
-    df = pd.DataFrame(rows)
+        step = _chunk(model, x)
+        frames = []
+        for i in range(0, len(x), step):
+            part = pd.DataFrame(spec.fn(model, x[i:i + step], target[i:i + step], attributions[i:i + step], **params))
+            part["sample"] = part["sample"] + i
+            frames.append(part)
+    df = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
     df.insert(0, "metric", metric)
     for col, default in (("step", pd.NA), ("measure", metric)):
         if col not in df:

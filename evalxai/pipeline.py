@@ -120,7 +120,7 @@ def run_report(out: Path, cfg: dict, run_id: str, accuracy: float, summary: pd.D
 
 
 # Config fields that do not change any result (excluded from the run's identity).
-_NOT_RESULT_KEYS = ("progress", "verbose", "cache_dir", "force", "device", "attribution_cache")
+_NOT_RESULT_KEYS = ("progress", "verbose", "cache_dir", "force", "device", "attribution_cache", "memory_budget")
 
 
 def writable_dir(path: str | Path) -> Path:
@@ -161,7 +161,15 @@ def is_complete(out: Path, key: str) -> bool:
 
 
 def run_experiment(cfg: dict, out_dir: str | Path, progress: bool = True) -> Path:
-    """Run one experiment config into ``out_dir``; returns the folder."""
+    """Run one experiment config into ``out_dir``; returns the folder. ``memory_budget`` (e.g. "4GB") bounds
+    what methods and metrics hold at once; the numbers do not depend on it."""
+    from evalxai.memory import memory_budget
+
+    with memory_budget(cfg.get("memory_budget")):
+        return _run_experiment(cfg, out_dir, progress)
+
+
+def _run_experiment(cfg: dict, out_dir: str | Path, progress: bool = True) -> Path:
     out = writable_dir(out_dir)
     check_run(cfg)  # a misspelled method, metric or parameter fails now, before data are read or a model trained
     run_key = config_key(cfg)

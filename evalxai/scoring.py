@@ -22,10 +22,15 @@ def target_scores(logits: torch.Tensor, target: torch.Tensor, space: str) -> tor
 
 
 @torch.no_grad()
-def batched_scores(model, xs: torch.Tensor, target: torch.Tensor, space: str, batch_size: int) -> torch.Tensor:
-    """Scores for a stack of inputs (S, N, ...) -> (S, N), forwarding ``batch_size`` images at a time."""
+def batched_scores(model, xs: torch.Tensor, target: torch.Tensor, space: str, batch_size: int | None = None
+                   ) -> torch.Tensor:
+    """Scores for a stack of inputs (S, N, ...) -> (S, N), forwarding as many images at a time as the memory
+    budget allows (``batch_size``: at most that many)."""
+    from evalxai.memory import images_per_chunk
+
     s, n = xs.shape[:2]
     flat = xs.reshape(s * n, *xs.shape[2:])
+    batch_size = images_per_chunk(model, flat, "forward", batch_size, "scoring perturbed inputs")
     tgt = target.repeat(s)
     out = torch.cat([target_scores(model(flat[i:i + batch_size]), tgt[i:i + batch_size], space)
                      for i in range(0, len(flat), batch_size)])

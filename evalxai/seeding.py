@@ -9,25 +9,39 @@ from __future__ import annotations
 import torch
 
 
-def sample_generators(x: torch.Tensor, seed: int) -> list[torch.Generator]:
-    """One generator per sample, seeded by ``seed`` and the sample's bytes: draws do not depend on batching."""
+def _sample_seeds(x: torch.Tensor, seed: int) -> list[int]:
+    """One integer per sample from ``seed`` and the sample's bytes: draws do not depend on batching."""
     flat = x.detach().reshape(len(x), -1).double().cpu()
     weights = torch.arange(1, flat.shape[1] + 1, dtype=torch.float64).sin()
     keys = ((flat * weights).sum(1) * 1e6).round().long().tolist()
-    return [torch.Generator().manual_seed((seed * 1_000_003 + k) % (2**63 - 1)) for k in keys]
+    return [(seed * 1_000_003 + k) % (2**63 - 1) for k in keys]
+
+
+def sample_generators(x: torch.Tensor, seed: int) -> list[torch.Generator]:
+    """One generator per sample, seeded by ``seed`` and the sample's bytes: draws do not depend on batching."""
+    return [torch.Generator().manual_seed(s) for s in _sample_seeds(x, seed)]
+
+
+def noise_draws(x: torch.Tensor, seed: int, draws, kind: str = "normal") -> torch.Tensor:
+    """Noise of shape (len(draws), N, *x.shape[1:]): draw k of sample n comes from its own generator, seeded by
+    ``seed``, the sample's bytes and k, so any subset of draws (a chunk) gives the same values as all of them at
+    once. Standard normal or uniform on [0, 1); float64 for float64 inputs, else float32."""
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    draws = list(draws)
+    noise = torch.empty(len(draws), len(x), *x.shape[1:], dtype=dtype)
+    for n, s in enumerate(_sample_seeds(x, seed)):
+        for i, k in enumerate(draws):
+            g = torch.Generator().manual_seed((s * 6364136223846793005 + (k + 1) * 1442695040888963407) % 2**63)
+            if kind == "normal":
+                noise[i, n].normal_(generator=g)
+            else:
+                noise[i, n].uniform_(generator=g)
+    return noise.to(x.device)
 
 
 def per_sample_noise(x: torch.Tensor, seed: int, samples: int, kind: str = "normal") -> torch.Tensor:
-    """Noise of shape (samples, N, *x.shape[1:]) drawn per sample from ``sample_generators`` (in float64 for
-    float64 inputs, else float32), filled in place: no per-sample temporaries."""
-    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    noise = torch.empty(len(x), samples, *x.shape[1:], dtype=dtype)
-    for i, g in enumerate(sample_generators(x, seed)):
-        if kind == "normal":
-            noise[i].normal_(generator=g)
-        else:
-            noise[i].uniform_(generator=g)
-    return noise.transpose(0, 1).to(x)
+    """``noise_draws`` 0..samples-1: shape (samples, N, *x.shape[1:])."""
+    return noise_draws(x, seed, range(samples), kind)
 
 
 def per_sample_permutations(x: torch.Tensor, seed: int, n: int) -> torch.Tensor:

@@ -15,7 +15,7 @@ from torch import nn
 from evalxai.baselines import reference
 from evalxai.explain.registry import register_method
 from evalxai.scoring import require_images
-from evalxai.seeding import per_sample_noise
+from evalxai.seeding import noise_draws, per_sample_noise
 
 
 def target_grad(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -24,11 +24,6 @@ def target_grad(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torc
     out = model(x)
     (g,) = torch.autograd.grad(out.gather(1, target.view(-1, 1)).sum(), x)
     return g
-
-
-def _chunks(total: int, size: int):
-    for i in range(0, total, size):
-        yield slice(i, min(i + size, total))
 
 
 def _check_steps(name: str, value: int) -> int:
@@ -55,44 +50,64 @@ def gradient_x_input(model, x, target):
     return target_grad(model, x, target) * x
 
 
-@register_method("integrated_gradients", baseline="zero", steps=32, batch_size=512, seed=0, low=None, high=None,
+def _path_gradients(model, x, target, n_points: int, points, images_per_call: int) -> torch.Tensor:
+    """sum_k grad f(points(k, n)) over k < n_points for every sample n: the (point, sample) pairs are flattened and
+    run ``images_per_call`` at a time, each chunk built only when it runs (never the whole stack in memory)."""
+    n = len(x)
+    total = torch.zeros_like(x)
+    for start in range(0, n_points * n, images_per_call):
+        flat = torch.arange(start, min(start + images_per_call, n_points * n), device=x.device)
+        ks, ns = flat // n, flat % n
+        g = target_grad(model, points(ks, ns), target[ns])
+        total.index_add_(0, ns, g)
+    return total
+
+
+@register_method("integrated_gradients", baseline="zero", steps=32, batch_size=None, seed=0, low=None, high=None,
                  mean=None)
-def integrated_gradients(model, x, target, baseline="zero", steps=32, batch_size=512, seed=0, low=None, high=None,
+def integrated_gradients(model, x, target, baseline="zero", steps=32, batch_size=None, seed=0, low=None, high=None,
                          mean=None):
     """Integrated Gradients (Sundararajan 2017): (x - x') * mean_k grad f(x' + a_k (x - x')), midpoint rule.
 
     x' is ``evalxai.baselines.reference`` (``low``/``high``: the bounds of the ``uniform`` baseline). The path
-    points are stacked into the batch dimension and run in chunks of ``batch_size``.
-    Completeness: sum R -> f(x) - f(x') as ``steps`` grows.
+    points are stacked into the batch dimension in chunks sized by the memory budget (``evalxai.memory``; an int
+    ``batch_size`` caps a chunk). Completeness: sum R -> f(x) - f(x') as ``steps`` grows.
     """
+    from evalxai.memory import images_per_chunk
+
     steps = _check_steps("steps", steps)
     ref = reference(x, baseline, mean=mean, low=low, high=high, seed=seed)
     alphas = (torch.arange(steps, dtype=x.dtype, device=x.device) + 0.5) / steps
-    n = len(x)
-    total = torch.zeros_like(x)
-    per_chunk = max(1, batch_size // max(n, 1))
-    for sl in _chunks(steps, per_chunk):
-        a = alphas[sl].view(-1, *[1] * x.dim())
-        path = (ref.unsqueeze(0) + a * (x - ref).unsqueeze(0)).reshape(-1, *x.shape[1:])
-        g = target_grad(model, path, target.repeat(sl.stop - sl.start))
-        total += g.view(-1, *x.shape).sum(0)
-    return (x - ref) * total / steps
+    diff = x - ref
+    shape = (-1, *[1] * (x.dim() - 1))
+    chunk = images_per_chunk(model, x, "gradient", batch_size, "integrated_gradients")
+    total = _path_gradients(model, x, target, steps, lambda ks, ns: ref[ns] + alphas[ks].view(shape) * diff[ns], chunk)
+    return diff * total / steps
 
 
-@register_method("smoothgrad", samples=32, noise=0.15, batch_size=512, seed=0)
-def smoothgrad(model, x, target, samples=32, noise=0.15, batch_size=512, seed=0):
-    """SmoothGrad (Smilkov 2017): mean gradient over x + N(0, s^2), s = noise * (max(x_i) - min(x_i)) per sample."""
+@register_method("smoothgrad", samples=32, noise=0.15, batch_size=None, seed=0)
+def smoothgrad(model, x, target, samples=32, noise=0.15, batch_size=None, seed=0):
+    """SmoothGrad (Smilkov 2017): mean gradient over x + N(0, s^2), s = noise * (max(x_i) - min(x_i)) per sample.
+
+    The noisy copies are drawn per chunk (sized by the memory budget), never all at once; each draw comes from its
+    own seeded generator (``evalxai.seeding.noise_draws``), so the chunking does not change the map."""
+    from evalxai.memory import images_per_chunk
+
     samples = _check_steps("samples", samples)
     if noise < 0:
         raise ValueError(f"noise={noise} is negative: give the noise level as a fraction of the input range")
-    span = (x.reshape(len(x), -1).amax(1) - x.reshape(len(x), -1).amin(1)).view(-1, *[1] * (x.dim() - 1))
-    eps = per_sample_noise(x, seed, samples) * (noise * span).unsqueeze(0)
-    total = torch.zeros_like(x)
-    per_chunk = max(1, batch_size // max(len(x), 1))
-    for sl in _chunks(samples, per_chunk):
-        noisy = (x.unsqueeze(0) + eps[sl]).reshape(-1, *x.shape[1:])
-        total += target_grad(model, noisy, target.repeat(sl.stop - sl.start)).view(-1, *x.shape).sum(0)
-    return total / samples
+    flat = x.reshape(len(x), -1)
+    sigma = (noise * (flat.amax(1) - flat.amin(1))).view(-1, *[1] * (x.dim() - 1))
+
+    def noisy(ks, ns):
+        out = torch.empty((len(ks), *x.shape[1:]), dtype=x.dtype, device=x.device)
+        for k in ks.unique().tolist():  # one draw index at a time: the draws of sample n for index k
+            rows = (ks == k).nonzero().squeeze(1)
+            out[rows] = x[ns[rows]] + noise_draws(x[ns[rows]], seed, [k])[0] * sigma[ns[rows]]
+        return out
+
+    chunk = images_per_chunk(model, x, "gradient", batch_size, "smoothgrad")
+    return _path_gradients(model, x, target, samples, noisy, chunk) / samples
 
 
 class _GuidedReLU(torch.autograd.Function):

@@ -10,6 +10,7 @@ import torch
 
 from evalxai.baselines import reference
 from evalxai.explain.registry import register_method
+from evalxai.memory import images_per_chunk
 from evalxai.scoring import batched_scores, check_patch, check_score_space, require_images
 
 
@@ -30,9 +31,9 @@ def window_masks(h: int, w: int, patch: int, stride: int) -> torch.Tensor:
     return masks
 
 
-@register_method("occlusion", patch=4, stride=2, baseline="zero", score_space="logit", batch_size=1024, seed=0,
+@register_method("occlusion", patch=4, stride=2, baseline="zero", score_space="logit", batch_size=None, seed=0,
                  low=None, high=None, mean=None)
-def occlusion(model, x, target, patch=4, stride=2, baseline="zero", score_space="logit", batch_size=1024, seed=0,
+def occlusion(model, x, target, patch=4, stride=2, baseline="zero", score_space="logit", batch_size=None, seed=0,
               low=None, high=None, mean=None):
     """Occlusion sensitivity: mean score drop over the ``patch`` x ``patch`` windows covering each pixel."""
     require_images(x, "occlusion")
@@ -47,7 +48,7 @@ def occlusion(model, x, target, patch=4, stride=2, baseline="zero", score_space=
     with torch.no_grad():
         s0 = batched_scores(model, x.unsqueeze(0), target, score_space, batch_size)[0]
         total = torch.zeros(n, h, w, dtype=x.dtype, device=x.device)
-        chunk = max(1, batch_size // n)
+        chunk = max(1, images_per_chunk(model, x, "forward", batch_size, "occlusion") // n)  # windows at a time
         for i in range(0, len(masks), chunk):
             m = masks[i:i + chunk].view(-1, 1, 1, h, w)
             xs = torch.where(m, base.unsqueeze(0), x.unsqueeze(0))

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from evalxai.baselines import gaussian_blur, reference
+from evalxai.memory import images_per_chunk
 from evalxai.metrics.common import batched_scores, check_score_space, curve_rows, normalized_auc, scalar_rows
 from evalxai.metrics.registry import register_metric
 from evalxai.scoring import check_patch, require_images
@@ -89,7 +90,7 @@ def feature_ranks(rel: torch.Tensor, order: str, seed: int, x: torch.Tensor, tie
 
 
 def flip_curves(model, x, target, attributions, order="morf", patch_size=1, per_step=1, steps=None,
-                baseline="zero", score_space="logit", seed=0, batch_size=512, mean=None, low=None, high=None,
+                baseline="zero", score_space="logit", seed=0, batch_size=None, mean=None, low=None, high=None,
                 ties="random"):
     """Curves y (K + 1, N) and removed fractions (K + 1,) for one order."""
     require_images(x, "pixel flipping")
@@ -107,7 +108,7 @@ def flip_curves(model, x, target, attributions, order="morf", patch_size=1, per_
     base = reference(x, baseline, mean=mean, low=low, high=high, seed=seed)
     removed = torch.clamp(torch.arange(k_max + 1, device=x.device) * per_step, max=n_feat)
     n = len(x)
-    chunk = max(1, batch_size // n)
+    chunk = max(1, images_per_chunk(model, x, "forward", batch_size, "pixel flipping") // n)  # steps at a time
     curves = []
     for i in range(0, k_max + 1, chunk):
         r = removed[i:i + chunk]
@@ -118,7 +119,7 @@ def flip_curves(model, x, target, attributions, order="morf", patch_size=1, per_
 
 
 @register_metric("pixel_flipping", order=("morf", "lerf"), patch_size=1, per_step=1, steps=None, baseline="zero",
-                 score_space="logit", seed=0, batch_size=512, mean=None, low=None, high=None, ties="random")
+                 score_space="logit", seed=0, batch_size=None, mean=None, low=None, high=None, ties="random")
 def pixel_flipping(model, x, target, attributions, order=("morf", "lerf"), score_space="logit", **params):
     """Pixel-flipping curves and AOPC / AUC (per order) and ABPC (when MoRF and LeRF both run); ties in relevance
     are broken at random per sample (``ties``, recorded in the table); ``baseline`` as in ``evalxai.baselines``."""
@@ -145,9 +146,9 @@ def pixel_flipping(model, x, target, attributions, order=("morf", "lerf"), score
 
 
 @register_metric("insertion_deletion", patch_size=1, per_step=None, steps=None, score_space="softmax",
-                 blur_sigma=5.0, blur_radius=5, batch_size=512, seed=0, ties="random", low=None)
+                 blur_sigma=5.0, blur_radius=5, batch_size=None, seed=0, ties="random", low=None)
 def insertion_deletion(model, x, target, attributions, patch_size=1, per_step=None, steps=None,
-                       score_space="softmax", blur_sigma=5.0, blur_radius=5, batch_size=512, seed=0, ties="random",
+                       score_space="softmax", blur_sigma=5.0, blur_radius=5, batch_size=None, seed=0, ties="random",
                        low=None):
     """RISE deletion (MoRF to black, lower AUC better) and insertion (MoRF from a blurred canvas, higher better).
 

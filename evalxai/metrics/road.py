@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from evalxai.memory import budget, images_per_chunk
 from evalxai.metrics.common import check_score_space, curve_rows, normalized_auc, scalar_rows, target_scores
 from evalxai.metrics.faithfulness import check_ties, feature_ranks, patch_relevance
 from evalxai.metrics.registry import register_metric
@@ -89,9 +90,9 @@ def linear_imputation(x: torch.Tensor, missing: torch.Tensor, iters: int = 1000,
 
 
 @register_metric("road", order=("morf", "lerf"), fractions=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
-                 noise=0.01, score_space="softmax", seed=0, batch_size=512, ties="random")
+                 noise=0.01, score_space="softmax", seed=0, batch_size=None, ties="random")
 def road(model, x, target, attributions, order=("morf", "lerf"), fractions=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7,
-         0.8, 0.9), noise=0.01, score_space="softmax", seed=0, batch_size=512, ties="random"):
+         0.8, 0.9), noise=0.01, score_space="softmax", seed=0, batch_size=None, ties="random"):
     """ROAD curves (score vs fraction removed by noisy linear imputation), AUCs, ROAD-combined, correctness; ties
     in relevance broken at random per sample (``ties``, recorded)."""
     check_score_space(score_space)
@@ -112,16 +113,19 @@ def road(model, x, target, attributions, order=("morf", "lerf"), fractions=(0.1,
     for o in orders:
         ranks = feature_ranks(rel, o, seed, x, ties)  # (N, H*W)
         missing = (ranks.unsqueeze(0) < counts.view(-1, 1, 1)).view(len(fr), n, 1, h, w)
-        stack = x.unsqueeze(0).expand(len(fr), *x.shape)
         flat_missing = missing.reshape(-1, 1, h, w)
-        imputed = linear_imputation(stack.reshape(-1, *x.shape[1:]), flat_missing)
+        flat_x = x.unsqueeze(0).expand(len(fr), *x.shape).reshape(-1, *x.shape[1:])
+        # the solver keeps ~8 image-sized buffers per system: chunks of whole systems within the budget
+        per = max(1, budget(x.device) // max(1, 8 * x[0].numel() * x.element_size()))
+        imputed = torch.cat([linear_imputation(flat_x[i:i + per], flat_missing[i:i + per])
+                             for i in range(0, len(flat_x), per)])
         imputed = imputed + flat_missing * eps.reshape(-1, *x.shape[1:])
         tgt = target.repeat(len(fr) + 1)
+        step = images_per_chunk(model, x, "forward", batch_size, "road")
         with torch.no_grad():
             if clean is None:  # the unperturbed point of every curve: one forward for all orders
-                clean = torch.cat([model(x[i:i + batch_size]) for i in range(0, n, batch_size)])
-            logits = torch.cat([clean, *(model(imputed[i:i + batch_size])
-                                         for i in range(0, len(imputed), batch_size))])
+                clean = torch.cat([model(x[i:i + step]) for i in range(0, n, step)])
+            logits = torch.cat([clean, *(model(imputed[i:i + step]) for i in range(0, len(imputed), step))])
         y = target_scores(logits, tgt, score_space).view(len(fr) + 1, n)
         correct = (logits.argmax(1) == tgt).double().view(len(fr) + 1, n)
         curves[o] = y

@@ -52,9 +52,9 @@ def path_continuity(rs: torch.Tensor, xs: torch.Tensor, ref: int) -> dict[str, n
 
 
 @register_metric("continuity", shift=6, stride=1, axis="x", align=True, score_space="logit", method=None,
-                 method_params=None, batch_size=512)
+                 method_params=None, batch_size=None)
 def continuity(model, x, target, attributions, shift=6, stride=1, axis="x", align=True, score_space="logit",
-               method=None, method_params=None, batch_size=512):
+               method=None, method_params=None, batch_size=None):
     """Continuity: max_t ||R(x_t) - R(x_t')||_1 / ||x_t - x_t'||_2 on a translation path (lower is better).
 
     Path: x translated by t = -shift..shift pixels (every ``stride``, zero fill) along ``axis``. Two estimators,
@@ -100,9 +100,9 @@ def continuity(model, x, target, attributions, shift=6, stride=1, axis="x", alig
 
 
 @register_metric("max_sensitivity", radius=0.02, samples=10, seed=0, method=None, method_params=None,
-                 batch_size=512, low=None, high=None)
+                 batch_size=None, low=None, high=None)
 def max_sensitivity(model, x, target, attributions, radius=0.02, samples=10, seed=0, method=None,
-                    method_params=None, batch_size=512, low=None, high=None):
+                    method_params=None, batch_size=None, low=None, high=None):
     """Max-sensitivity: max over ``samples`` draws of ||R(x + d) - R(x)||_2 / ||R(x)||_2, d ~ U[-radius, radius]
     element-wise (the L-inf ball, captum's default radius 0.02 in input units); lower is better. Also the mean
     over the draws (avg-sensitivity). Noise is drawn per sample from ``seed``. With ``low`` / ``high`` (the

@@ -20,10 +20,10 @@ from evalxai.scoring import check_patch, require_images
 
 
 @register_metric("selectivity", patch_size=4, steps=20, baseline="zero", score_space="logit", recompute=True,
-                 method=None, method_params=None, seed=0, batch_size=512, mean=None, low=None, high=None,
+                 method=None, method_params=None, seed=0, batch_size=None, mean=None, low=None, high=None,
                  ties="random")
 def selectivity(model, x, target, attributions, patch_size=4, steps=20, baseline="zero", score_space="logit",
-                recompute=True, method=None, method_params=None, seed=0, batch_size=512, mean=None, low=None,
+                recompute=True, method=None, method_params=None, seed=0, batch_size=None, mean=None, low=None,
                 high=None, ties="random"):
     """Selectivity curve (score after each most-relevant-patch removal, relevance recomputed) and its AUC; among
     equally relevant patches the one first in ``tie_order`` (random per sample by default) goes first."""

@@ -1,0 +1,110 @@
+"""A memory budget instead of a batch size: every method and metric sizes its chunks in bytes per image.
+
+``memory_budget("4GB")`` sets the budget for the process; ``with memory_budget("1GB"): ...`` sets it for a block.
+Without one, the budget is half of the memory available (``MemAvailable`` of /proc/meminfo) on the CPU, or 80 %
+of the free memory of the GPU the model is on. The bytes one image costs are estimated once per model, input
+shape and dtype from a one-image gradient pass: the tensors autograd saves for the backward pass (recorded
+with ``torch.autograd.graph.saved_tensors_hooks``), times a margin per kind of work. Results never depend on
+the budget: chunks only split the batch, and every method and metric gives per-image results that do not depend
+on the batch they are computed in.
+"""
+from __future__ import annotations
+
+import re
+import weakref
+
+import torch
+from torch import nn
+
+# bytes per image, relative to a plain gradient pass (its saved tensors + the input gradient)
+_KIND_FACTOR = {"forward": 0.5, "gradient": 1.5, "lrp": 3.0}
+_DEFAULT_SHARE_CPU, _DEFAULT_SHARE_GPU = 0.5, 0.8
+_BUDGET: list[int | None] = [None]
+_COSTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "m": 2**20, "mb": 2**20, "g": 2**30, "gb": 2**30, "t": 2**40,
+          "tb": 2**40, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_bytes(value) -> int:
+    """Bytes from an int or a string such as ``"1.5GB"``, ``"512MB"`` (binary units: 1 GB = 2^30 bytes)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value <= 0:
+            raise ValueError(f"memory_budget={value} must be positive")
+        return int(value)
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(value))
+    if not m or m.group(2).lower() not in _UNITS or float(m.group(1)) <= 0:
+        raise ValueError(f"memory_budget={value!r} is not a size: write e.g. 4GB, 512MB or a number of bytes")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def _available_cpu() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 * 2**30
+
+
+def budget(device: torch.device | str | None = None) -> int:
+    """The budget in bytes: the one set with ``memory_budget``, else a safe share of the device's free memory."""
+    if _BUDGET[0] is not None:
+        return _BUDGET[0]
+    device = torch.device(device or "cpu")
+    if device.type == "cuda" and torch.cuda.is_available():
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(_DEFAULT_SHARE_GPU * free)
+    return int(_DEFAULT_SHARE_CPU * _available_cpu())
+
+
+class memory_budget:  # noqa: N801 - reads as a function: memory_budget("4GB")
+    """Set the memory budget (``"4GB"``, bytes, or None for the default); as a context manager, for a block only."""
+
+    def __init__(self, value=None):
+        self.previous = _BUDGET[0]
+        _BUDGET[0] = None if value is None else parse_bytes(value)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        _BUDGET[0] = self.previous
+        return False
+
+
+def image_cost(model: nn.Module, x: torch.Tensor) -> int:
+    """Bytes a plain gradient pass needs per image of x's shape: measured once (per model, shape, dtype, device)
+    from one image: what autograd saves for the backward pass, plus the input and its gradient."""
+    key = (tuple(x.shape[1:]), x.dtype, x.device.type)
+    seen = _COSTS.setdefault(model, {})
+    if key not in seen:
+        saved: dict[int, int] = {}
+
+        def pack(t):
+            if t.device.type == x.device.type:
+                saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        one = x[:1].detach().requires_grad_(True)
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = model(one)
+            if isinstance(out, torch.Tensor) and out.requires_grad:
+                torch.autograd.grad(out.sum(), one, allow_unused=True)
+        seen[key] = sum(saved.values()) + 2 * one.numel() * one.element_size()
+    return seen[key]
+
+
+def images_per_chunk(model: nn.Module, x: torch.Tensor, kind: str = "gradient", cap: int | None = None,
+                     what: str = "this step") -> int:
+    """How many images of x's shape fit the budget at once for ``kind`` of work (forward, gradient, lrp);
+    ``cap`` bounds it (a user's batch_size). An image that does not fit alone is an error saying how much it needs."""
+    per_image = max(1, int(_KIND_FACTOR[kind] * image_cost(model, x)))
+    available = budget(x.device)
+    if per_image > available:
+        raise MemoryError(f"{what} needs about {per_image / 2**20:.0f} MB per image of shape {tuple(x.shape[1:])}, "
+                          f"more than the memory budget of {available / 2**20:.0f} MB: raise memory_budget "
+                          "(e.g. memory_budget=8GB) or use smaller inputs")
+    n = available // per_image
+    return int(max(1, min(n, cap) if cap else n))
