@@ -148,8 +148,12 @@ def score(model: nn.Module, x: torch.Tensor, target, attributions: torch.Tensor,
         for i in range(0, len(x), step):
             part = pd.DataFrame(spec.fn(model, x[i:i + step], target[i:i + step], attributions[i:i + step], **params))
             part["sample"] = part["sample"] + i
+            part["_row"] = part.groupby("sample").cumcount()  # the k-th row of each sample
             frames.append(part)
     df = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+    # rows in the order the metric writes them for one batch (row k of every sample, then row k + 1), whatever
+    # the chunks: the table does not depend on the memory budget
+    df = df.sort_values(["_row", "sample"], kind="stable").drop(columns="_row").reset_index(drop=True)
     df.insert(0, "metric", metric)
     for col, default in (("step", pd.NA), ("measure", metric)):
         if col not in df:

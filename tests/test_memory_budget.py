@@ -1,0 +1,116 @@
+"""The memory budget (issue 16): chunks sized in bytes, the same numbers at any budget, an error when one image
+does not fit, SmoothGrad noise drawn per chunk."""
+import importlib
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+import evalxai
+from evalxai import memory
+
+
+def cnn():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 8, 3, padding=1),
+                         nn.ReLU(), nn.Flatten(), nn.Linear(8 * 16, 4)).double().eval()
+
+
+def data(n=6):
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(n, 1, 8, 8, generator=g, dtype=torch.float64), torch.arange(n) % 4
+
+
+def test_parse_and_scope():
+    assert memory.parse_bytes("1.5GB") == int(1.5 * 2**30) and memory.parse_bytes("512 MiB") == 512 * 2**20
+    assert memory.parse_bytes(1000) == 1000
+    for bad in ("lots", "-1GB", 0, "3 parsecs"):
+        with pytest.raises(ValueError, match="memory_budget"):
+            memory.parse_bytes(bad)
+    default = memory.budget()
+    assert default > 2**26  # half of the free memory of this machine
+    with evalxai.memory_budget("64MB"):
+        assert memory.budget() == 64 * 2**20
+        with evalxai.memory_budget(2**20):
+            assert memory.budget() == 2**20
+        assert memory.budget() == 64 * 2**20
+    assert memory.budget() == default
+    evalxai.memory_budget("1GB")  # a plain call sets it for the process
+    try:
+        assert memory.budget() == 2**30
+    finally:
+        evalxai.memory_budget(None)
+    assert memory.budget() == default
+
+
+def tiny_budget(model, x) -> int:
+    """Room for about one LRP pass over one image: every chunk holds one or two images."""
+    return int(3.5 * memory.image_cost(model, x))
+
+
+@pytest.mark.parametrize("method,params", [("integrated_gradients", {"steps": 8}), ("smoothgrad", {"samples": 6}),
+                                           ("lrp_epsilon_plus", {}), ("occlusion", {"patch": 2, "stride": 2})])
+def test_methods_give_the_same_maps_at_any_budget(method, params):
+    model, (x, t) = cnn(), data()
+    big = evalxai.explain(model, x, t, method=method, **params)
+    with evalxai.memory_budget(tiny_budget(model, x)):
+        small = evalxai.explain(model, x, t, method=method, **params)
+    torch.testing.assert_close(small, big, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("metric,params", [
+    ("pixel_flipping", {"patch_size": 2, "per_step": 4}), ("selectivity", {"patch_size": 2, "steps": 4}),
+    ("continuity", {"shift": 2}), ("max_sensitivity", {"samples": 3}), ("road", {"fractions": (0.2, 0.6)}),
+    ("insertion_deletion", {"patch_size": 2}), ("randomization", {}), ("conservation", {})])
+def test_metrics_give_the_same_scores_at_any_budget(metric, params):
+    model, (x, t) = cnn(), data()
+    r = evalxai.explain(model, x, t, method="gradient_x_input")
+    if metric in ("selectivity", "continuity", "max_sensitivity", "randomization", "conservation"):
+        params = {**params, "method": "gradient_x_input"}
+    big = evalxai.score(model, x, t, r, metric=metric, **params)
+    with evalxai.memory_budget(tiny_budget(model, x)):
+        small = evalxai.score(model, x, t, r, metric=metric, **params)
+    pd.testing.assert_frame_equal(small, big, rtol=1e-10, atol=1e-12)
+
+
+def test_an_image_that_does_not_fit_is_an_error_saying_how_much_it_needs():
+    model, (x, t) = cnn(), data()
+    with evalxai.memory_budget(1000), pytest.raises(MemoryError, match=r"needs about \d+ MB per image.*memory_budget"):
+        evalxai.explain(model, x, t, method="lrp_epsilon_plus")
+
+
+def test_smoothgrad_draws_its_noise_per_chunk(monkeypatch):
+    """The noisy copies exist only a chunk at a time: no gradient call and no noise draw covers all of them."""
+    gradient = importlib.import_module("evalxai.explain.gradient")
+
+    model, (x, t) = cnn(), data()
+    sizes, draws = [], []
+    real_grad, real_draws = gradient.target_grad, gradient.noise_draws
+    monkeypatch.setattr(gradient, "target_grad", lambda m, xs, tt: sizes.append(len(xs)) or real_grad(m, xs, tt))
+    monkeypatch.setattr(gradient, "noise_draws", lambda xx, s, ks, *a: draws.append(len(xx) * len(list(ks)))
+                        or real_draws(xx, s, ks, *a))
+    with evalxai.memory_budget(tiny_budget(model, x)):
+        chunk = memory.images_per_chunk(model, x, "gradient")
+        evalxai.explain(model, x, t, method="smoothgrad", samples=5)
+    assert sum(sizes) == 5 * len(x) and max(sizes) <= chunk < 5 * len(x) and max(draws) <= chunk
+
+
+def test_pipeline_scores_do_not_depend_on_the_budget(tmp_path, cache_dir):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from evalxai.pipeline import run_experiment
+    from tests.test_cli import ROOT
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        cfg = compose("config", overrides=["experiment=mnist_smoke", "n_samples=4", "attribution_cache=false",
+                                           "methods=[smoothgrad,lrp_epsilon_plus]", "progress=false"])
+    cfg = OmegaConf.to_container(cfg, resolve=True)
+    a = run_experiment({**cfg, "memory_budget": "16GB"}, tmp_path / "a", progress=False)
+    b = run_experiment({**cfg, "memory_budget": "40MB"}, tmp_path / "b", progress=False)
+    ta, tb = pd.read_parquet(a / "scores.parquet"), pd.read_parquet(b / "scores.parquet")
+    assert (ta["run_id"] == tb["run_id"]).all()  # the budget is not part of the run's identity
+    np.testing.assert_allclose(ta["value"].to_numpy(dtype=float), tb["value"].to_numpy(dtype=float), rtol=1e-5,
+                               atol=1e-6, equal_nan=True)
