@@ -114,3 +114,22 @@ def test_pipeline_scores_do_not_depend_on_the_budget(tmp_path, cache_dir):
     assert (ta["run_id"] == tb["run_id"]).all()  # the budget is not part of the run's identity
     np.testing.assert_allclose(ta["value"].to_numpy(dtype=float), tb["value"].to_numpy(dtype=float), rtol=1e-5,
                                atol=1e-6, equal_nan=True)
+
+
+def test_removal_defaults_scale_with_the_image():
+    """At 224 x 224 the defaults stay bounded: about 50 steps and 8-pixel patches (pixel flipping, insertion/
+    deletion), 32-pixel patches for selectivity; on MNIST-sized images the patch is a pixel."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 7, stride=4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(4, 3)).eval()
+    x, t = torch.rand(2, 3, 224, 224), torch.tensor([0, 1])
+    r = torch.rand_like(x)
+    pf = evalxai.score(model, x, t, r, metric="pixel_flipping", order="morf")
+    curve = pf[pf["measure"] == "curve_morf"]
+    assert curve["step"].max() == 49 and curve["fraction"].max() == 1.0  # 784 patches of 8 x 8, 16 per step
+    sel = evalxai.score(model, x, t, r, metric="selectivity", method="gradient")
+    assert sel["fraction"].max() == pytest.approx(20 / 49)  # 7 x 7 patches of 32 x 32, 20 steps
+    ins = evalxai.score(model, x, t, r, metric="insertion_deletion")
+    assert ins["step"].max() <= 50
+    small = evalxai.score(cnn(), *data(2), torch.rand(2, 1, 8, 8, dtype=torch.float64), metric="pixel_flipping")
+    assert small["step"].max() == 32 and small["fraction"].max() == 1.0  # 64 pixels: patch 1, 2 per step

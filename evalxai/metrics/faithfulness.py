@@ -89,18 +89,35 @@ def feature_ranks(rel: torch.Tensor, order: str, seed: int, x: torch.Tensor, tie
     return inverse_permutation(idx)
 
 
-def flip_curves(model, x, target, attributions, order="morf", patch_size=1, per_step=1, steps=None,
+MAX_STEPS = 50  # default number of removal steps, whatever the resolution
+
+
+def default_patch(x: torch.Tensor, per_side: int) -> int:
+    """A patch side that fits the image: about ``per_side`` patches along the shorter side (at least 1 pixel)."""
+    return max(1, round(min(x.shape[-2:]) / per_side))
+
+
+def flip_curves(model, x, target, attributions, order="morf", patch_size=None, per_step=None, steps=None,
                 baseline="zero", score_space="logit", seed=0, batch_size=None, mean=None, low=None, high=None,
                 ties="random"):
-    """Curves y (K + 1, N) and removed fractions (K + 1,) for one order."""
+    """Curves y (K + 1, N) and removed fractions (K + 1,) for one order.
+
+    Defaults that scale with the image: ``patch_size`` None gives about 28 patches along the shorter side
+    (1 pixel on MNIST, 8 on 224 x 224), ``per_step`` None removes ceil(P / ``steps``) of the P patches per step,
+    ``steps`` None then means ``MAX_STEPS`` (with a given ``per_step``: enough steps to remove every patch)."""
     require_images(x, "pixel flipping")
     h, w = x.shape[-2:]
+    patch_size = default_patch(x, 28) if patch_size is None else patch_size
     check_patch(x, patch_size)
-    if per_step < 1:
-        raise ValueError(f"per_step={per_step} must be >= 1")
     check_ties(ties)
     rel, (hp, wp) = patch_relevance(attributions, patch_size)
     n_feat = rel.shape[1]
+    if steps is not None and int(steps) < 1:
+        raise ValueError(f"steps={steps} must be >= 1")
+    if per_step is None:
+        per_step = max(1, math.ceil(n_feat / (MAX_STEPS if steps is None else int(steps))))
+    if per_step < 1:
+        raise ValueError(f"per_step={per_step} must be >= 1")
     k_max = math.ceil(n_feat / per_step) if steps is None else int(steps)
     if k_max < 1:
         raise ValueError(f"steps={steps} must be >= 1")
@@ -118,7 +135,7 @@ def flip_curves(model, x, target, attributions, order="morf", patch_size=1, per_
     return torch.cat(curves), removed.cpu().double() / n_feat
 
 
-@register_metric("pixel_flipping", order=("morf", "lerf"), patch_size=1, per_step=1, steps=None, baseline="zero",
+@register_metric("pixel_flipping", order=("morf", "lerf"), patch_size=None, per_step=None, steps=None, baseline="zero",
                  score_space="logit", seed=0, batch_size=None, mean=None, low=None, high=None, ties="random")
 def pixel_flipping(model, x, target, attributions, order=("morf", "lerf"), score_space="logit", **params):
     """Pixel-flipping curves and AOPC / AUC (per order) and ABPC (when MoRF and LeRF both run); ties in relevance
@@ -145,22 +162,20 @@ def pixel_flipping(model, x, target, attributions, order=("morf", "lerf"), score
     return out
 
 
-@register_metric("insertion_deletion", patch_size=1, per_step=None, steps=None, score_space="softmax",
+@register_metric("insertion_deletion", patch_size=None, per_step=None, steps=None, score_space="softmax",
                  blur_sigma=5.0, blur_radius=5, batch_size=None, seed=0, ties="random", low=None)
-def insertion_deletion(model, x, target, attributions, patch_size=1, per_step=None, steps=None,
+def insertion_deletion(model, x, target, attributions, patch_size=None, per_step=None, steps=None,
                        score_space="softmax", blur_sigma=5.0, blur_radius=5, batch_size=None, seed=0, ties="random",
                        low=None):
     """RISE deletion (MoRF to black, lower AUC better) and insertion (MoRF from a blurred canvas, higher better).
 
     Petsiuk et al. 2018: features are deleted from x (set to black: ``low``, see ``evalxai.baselines``), or inserted
-    into the blurred image (Gaussian, sigma 5, 11 taps), most relevant first, ``per_step`` at a time (default: one
-    image row's worth, as RISE's 224 pixels per step on 224 x 224 images); the score (softmax by default) is
-    integrated over the fraction changed.
+    into the blurred image (Gaussian, sigma 5, 11 taps), most relevant first, ``per_step`` at a time (default: as
+    pixel flipping, ``MAX_STEPS`` steps whatever the resolution; RISE itself took 224 pixels per step on 224 x 224
+    images); the score (softmax by default) is integrated over the fraction changed.
     """
     check_score_space(score_space)
     require_images(x, "insertion_deletion")
-    if per_step is None:
-        per_step = max(1, math.ceil(x.shape[-1] / patch_size))
     common = dict(order="morf", patch_size=patch_size, per_step=per_step, steps=steps, score_space=score_space,
                   batch_size=batch_size, seed=seed, ties=ties)
     y_del, frac = flip_curves(model, x, target, attributions, baseline="zero", low=low, **common)

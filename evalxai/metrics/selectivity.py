@@ -14,15 +14,22 @@ import torch
 
 from evalxai.baselines import reference
 from evalxai.metrics.common import batched_scores, check_score_space, curve_rows, explainer, normalized_auc, scalar_rows
-from evalxai.metrics.faithfulness import baseline_label, inverse_permutation, patch_mask, patch_relevance, tie_order
+from evalxai.metrics.faithfulness import (
+    baseline_label,
+    default_patch,
+    inverse_permutation,
+    patch_mask,
+    patch_relevance,
+    tie_order,
+)
 from evalxai.metrics.registry import register_metric
 from evalxai.scoring import check_patch, require_images
 
 
-@register_metric("selectivity", patch_size=4, steps=20, baseline="zero", score_space="logit", recompute=True,
+@register_metric("selectivity", patch_size=None, steps=20, baseline="zero", score_space="logit", recompute=True,
                  method=None, method_params=None, seed=0, batch_size=None, mean=None, low=None, high=None,
                  ties="random")
-def selectivity(model, x, target, attributions, patch_size=4, steps=20, baseline="zero", score_space="logit",
+def selectivity(model, x, target, attributions, patch_size=None, steps=20, baseline="zero", score_space="logit",
                 recompute=True, method=None, method_params=None, seed=0, batch_size=None, mean=None, low=None,
                 high=None, ties="random"):
     """Selectivity curve (score after each most-relevant-patch removal, relevance recomputed) and its AUC; among
@@ -30,6 +37,7 @@ def selectivity(model, x, target, attributions, patch_size=4, steps=20, baseline
     check_score_space(score_space)
     require_images(x, "selectivity")
     h, w = x.shape[-2:]
+    patch_size = default_patch(x, 7) if patch_size is None else patch_size  # 4 px on MNIST, 32 on 224 x 224
     check_patch(x, patch_size)
     fn = explainer(method, method_params, "selectivity") if recompute else None
     rel, grid = patch_relevance(attributions, patch_size)
