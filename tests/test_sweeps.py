@@ -1,4 +1,5 @@
 """Sweeps: joblib launcher, launcher configs, caches on re-runs, kill-and-resume, determinism."""
+import importlib.util
 import json
 import os
 import signal
@@ -21,13 +22,25 @@ def runs(root: Path) -> dict[str, Path]:
     return {p.parent.name: p.parent for p in root.glob("*/run.json")}
 
 
-@pytest.mark.parametrize("launcher,target", [("slurm", "SlurmLauncher"), ("ray", "RayLocalLauncher"),
-                                             ("joblib", "JoblibLauncher")])
-def test_launcher_configs_compose(launcher, target):
+@pytest.mark.parametrize("launcher,target,plugin", [
+    ("joblib", "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", None),
+    ("slurm", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher", "hydra_submitit_launcher"),
+    # the plugins' own configs (extras `ray` and `slurm`): hydra/launcher=ray and hydra/launcher=submitit_local
+    ("ray", "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher", "hydra_ray_launcher"),
+    ("submitit_local", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher",
+     "hydra_submitit_launcher"),
+])
+def test_launcher_configs_compose(launcher, target, plugin):
+    if launcher in ("ray", "submitit_local"):  # these names exist only with the plugin installed
+        pytest.importorskip(f"hydra_plugins.{plugin}")
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
         cfg = compose("config", overrides=["experiment=mnist_smoke", f"hydra/launcher={launcher}"],
                       return_hydra_config=True)
-    assert cfg.hydra.launcher._target_.endswith(target)
+    assert cfg.hydra.launcher._target_ == target
+    if plugin is None or importlib.util.find_spec(f"hydra_plugins.{plugin}") is not None:
+        from hydra.utils import get_class
+
+        get_class(target)  # the class exists (hydra/launcher=ray once named one that did not)
 
 
 @pytest.fixture(scope="module")
