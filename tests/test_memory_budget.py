@@ -133,3 +133,16 @@ def test_removal_defaults_scale_with_the_image():
     assert ins["step"].max() <= 50
     small = evalxai.score(cnn(), *data(2), torch.rand(2, 1, 8, 8, dtype=torch.float64), metric="pixel_flipping")
     assert small["step"].max() == 32 and small["fraction"].max() == 1.0  # 64 pixels: patch 1, 2 per step
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_maps_and_scores_equal_the_cpu_ones_and_the_budget_reads_gpu_memory():
+    model, (x, t) = cnn(), data()
+    gpu = model.cuda()
+    assert memory.budget("cuda") <= torch.cuda.mem_get_info()[0]
+    for method in ("lrp_epsilon_plus", "integrated_gradients", "smoothgrad"):
+        r_cpu = evalxai.explain(cnn(), x, t, method=method)
+        r_gpu = evalxai.explain(gpu, x.cuda(), t.cuda(), method=method)
+        torch.testing.assert_close(r_gpu.cpu(), r_cpu, rtol=1e-9, atol=1e-10)
+    df = evalxai.score(gpu, x.cuda(), t.cuda(), r_gpu, metric="pixel_flipping", patch_size=2)
+    assert df["value"].notna().all()
