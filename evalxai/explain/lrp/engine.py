@@ -243,21 +243,33 @@ class Recorder:
         })
 
 
+_SAVED = object()  # marks the places of saved tensors in a rule's state
+
+
 class _LayerFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a, layer):
         op, rule = layer["op"], layer["rule"]
         z0 = op.fwd(a, op.weight, op.bias)
-        ctx.state = rule.forward(op, a, z0)
+        state = rule.forward(op, a, z0)
+        # The state's tensors go through save_for_backward: kept as a plain ctx attribute, the output z0 (which
+        # LRP-0/epsilon/gamma keep) would close a cycle output -> graph node -> ctx -> output that Python's gc cannot
+        # see, and every call would leak its layers' outputs.
+        items = state if isinstance(state, tuple) else (state,)
+        ctx.is_tuple = isinstance(state, tuple)
+        ctx.others = [_SAVED if isinstance(s, torch.Tensor) else s for s in items]
         ctx.layer = layer
-        ctx.save_for_backward(a)
+        ctx.save_for_backward(a, *[s for s in items if isinstance(s, torch.Tensor)])
         return z0
 
     @staticmethod
     def backward(ctx, r):
-        (a,) = ctx.saved_tensors
+        a, *tensors = ctx.saved_tensors
+        tensors = iter(tensors)
+        items = tuple(next(tensors) if s is _SAVED else s for s in ctx.others)
+        state = items if ctx.is_tuple else items[0]
         layer = ctx.layer
-        r_in = layer["rule"].backward(layer["op"], a, ctx.state, r)
+        r_in = layer["rule"].backward(layer["op"], a, state, r)
         if layer["hook"] is not None:
             layer["hook"](r, r_in)
         return r_in, None
