@@ -24,6 +24,7 @@ from evalxai.models.custom import (
     check_output_width,
     file_sha256,
     load_state,
+    load_weights,
     model_kind,
     model_label,
     read_state_dict,
@@ -48,15 +49,9 @@ def model_key(dataset, model_cfg: dict, train_cfg: dict, seed: int) -> str:
 
 
 def load_checkpoint(path, model: torch.nn.Module) -> None:
-    """Load a state dict into ``model`` with weights-only unpickling; refuse anything else clearly."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing to the user
-        raise RuntimeError(
-            f"checkpoint {path} cannot be loaded with weights_only=True ({type(err).__name__}): it is corrupt or "
-            "holds more than tensors; delete it and the model will be retrained"
-        ) from None
-    model.load_state_dict(state)
+    """Load a cached state dict into ``model`` with weights-only unpickling; refuse anything else clearly."""
+    model.load_state_dict(load_weights(path, f"checkpoint {path}", "it is corrupt or holds more than tensors; "
+                                       "delete it and the model will be retrained"))
 
 
 def get_model(dataset, model_cfg: dict, train_cfg: dict | None = None, seed: int = 0, cache_dir=None,

@@ -155,19 +155,21 @@ def source_fingerprint(obj) -> dict:
     return out
 
 
+def load_weights(path, what: str, advice: str):
+    """``torch.load(path, weights_only=True)`` on the CPU; any failure is one error naming ``what`` and the fix."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing to the user
+        raise RuntimeError(f"{what} cannot be loaded with weights_only=True ({type(err).__name__}): {advice}") from None
+
+
 def read_state_dict(path) -> dict:
     """The state dict in checkpoint ``path`` (weights-only unpickling); refuses anything else, naming the file."""
     path = Path(str(path)).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"model.checkpoint={path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing to the user
-        raise RuntimeError(
-            f"model.checkpoint={path} cannot be loaded with torch.load(weights_only=True) ({type(err).__name__}): "
-            "the file is corrupt, or it is a pickle that holds more than tensors (a whole pickled model?); save "
-            "torch.save(model.state_dict(), PATH) instead"
-        ) from None
+    state = load_weights(path, f"model.checkpoint={path}", "the file is corrupt, or it is a pickle that holds more "
+                         "than tensors (a whole pickled model?); save torch.save(model.state_dict(), PATH) instead")
     if isinstance(state, Mapping) and not _is_state(state):
         for key in ("state_dict", "model"):
             if isinstance(state.get(key), Mapping) and _is_state(state[key]):
