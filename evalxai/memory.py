@@ -108,3 +108,22 @@ def images_per_chunk(model: nn.Module, x: torch.Tensor, kind: str = "gradient", 
                           "(e.g. memory_budget=8GB) or use smaller inputs")
     n = available // per_image
     return int(max(1, min(n, cap) if cap else n))
+
+
+_PROGRESS = [False]
+
+
+def show_progress(on: bool) -> None:
+    """Progress bars per chunk on long steps (IG/SmoothGrad passes, perturbation stacks); the pipeline turns them on
+    with ``progress=true``."""
+    _PROGRESS[0] = bool(on)
+
+
+def chunked(total: int, step: int, desc: str):
+    """range(0, total, step), with a progress bar per chunk when progress is on and there is more than one."""
+    starts = range(0, total, max(1, step))
+    if not _PROGRESS[0] or len(starts) < 2:
+        return starts
+    from tqdm.auto import tqdm
+
+    return tqdm(starts, desc=desc, leave=False, unit="chunk")

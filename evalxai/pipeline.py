@@ -163,10 +163,14 @@ def is_complete(out: Path, key: str) -> bool:
 def run_experiment(cfg: dict, out_dir: str | Path, progress: bool = True) -> Path:
     """Run one experiment config into ``out_dir``; returns the folder. ``memory_budget`` (e.g. "4GB") bounds
     what methods and metrics hold at once; the numbers do not depend on it."""
-    from evalxai.memory import memory_budget
+    from evalxai.memory import memory_budget, show_progress
 
-    with memory_budget(cfg.get("memory_budget")):
-        return _run_experiment(cfg, out_dir, progress)
+    show_progress(progress)
+    try:
+        with memory_budget(cfg.get("memory_budget")):
+            return _run_experiment(cfg, out_dir, progress)
+    finally:
+        show_progress(False)
 
 
 def _run_experiment(cfg: dict, out_dir: str | Path, progress: bool = True) -> Path:

@@ -146,3 +146,16 @@ def test_cuda_maps_and_scores_equal_the_cpu_ones_and_the_budget_reads_gpu_memory
         torch.testing.assert_close(r_gpu.cpu(), r_cpu, rtol=1e-9, atol=1e-10)
     df = evalxai.score(gpu, x.cuda(), t.cuda(), r_gpu, metric="pixel_flipping", patch_size=2)
     assert df["value"].notna().all()
+
+
+def test_progress_bars_per_chunk_only_when_asked(capsys):
+    model, (x, t) = cnn(), data()
+    with evalxai.memory_budget(tiny_budget(model, x)):
+        evalxai.explain(model, x, t, method="integrated_gradients", steps=4)
+        assert "gradient passes" not in capsys.readouterr().err
+        memory.show_progress(True)
+        try:
+            evalxai.explain(model, x, t, method="integrated_gradients", steps=4)
+        finally:
+            memory.show_progress(False)
+    assert "gradient passes" in capsys.readouterr().err

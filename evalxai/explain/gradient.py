@@ -14,6 +14,7 @@ from torch import nn
 
 from evalxai.baselines import reference
 from evalxai.explain.registry import register_method
+from evalxai.memory import chunked, images_per_chunk
 from evalxai.scoring import require_images
 from evalxai.seeding import noise_draws, per_sample_noise
 
@@ -55,7 +56,7 @@ def _path_gradients(model, x, target, n_points: int, points, images_per_call: in
     run ``images_per_call`` at a time, each chunk built only when it runs (never the whole stack in memory)."""
     n = len(x)
     total = torch.zeros_like(x)
-    for start in range(0, n_points * n, images_per_call):
+    for start in chunked(n_points * n, images_per_call, "gradient passes"):
         flat = torch.arange(start, min(start + images_per_call, n_points * n), device=x.device)
         ks, ns = flat // n, flat % n
         g = target_grad(model, points(ks, ns), target[ns])
@@ -73,8 +74,6 @@ def integrated_gradients(model, x, target, baseline="zero", steps=32, batch_size
     points are stacked into the batch dimension in chunks sized by the memory budget (``evalxai.memory``; an int
     ``batch_size`` caps a chunk). Completeness: sum R -> f(x) - f(x') as ``steps`` grows.
     """
-    from evalxai.memory import images_per_chunk
-
     steps = _check_steps("steps", steps)
     ref = reference(x, baseline, mean=mean, low=low, high=high, seed=seed)
     alphas = (torch.arange(steps, dtype=x.dtype, device=x.device) + 0.5) / steps
@@ -91,8 +90,6 @@ def smoothgrad(model, x, target, samples=32, noise=0.15, batch_size=None, seed=0
 
     The noisy copies are drawn per chunk (sized by the memory budget), never all at once; each draw comes from its
     own seeded generator (``evalxai.seeding.noise_draws``), so the chunking does not change the map."""
-    from evalxai.memory import images_per_chunk
-
     samples = _check_steps("samples", samples)
     if noise < 0:
         raise ValueError(f"noise={noise} is negative: give the noise level as a fraction of the input range")

@@ -27,13 +27,14 @@ def explainer(method, method_params: dict | None, metric: str):
 def explain_stack(fn, model, xs: torch.Tensor, target: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
     """Attributions for a stack of inputs (S, N, ...) -> (S, N, ...), as many inputs per call as the memory budget
     allows for an LRP-like pass (``batch_size``: at most that many)."""
-    from evalxai.memory import images_per_chunk
+    from evalxai.memory import chunked, images_per_chunk
 
     s, n = xs.shape[:2]
     flat = xs.reshape(s * n, *xs.shape[2:])
     tgt = target.repeat(s)
     step = images_per_chunk(model, flat, "lrp", batch_size, "re-explaining perturbed inputs")
-    out = torch.cat([fn(model, flat[i:i + step], tgt[i:i + step]).detach() for i in range(0, len(flat), step)])
+    out = torch.cat([fn(model, flat[i:i + step], tgt[i:i + step]).detach()
+                     for i in chunked(len(flat), step, "re-explaining")])
     return out.view_as(xs)
 
 

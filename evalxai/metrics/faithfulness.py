@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from evalxai.baselines import gaussian_blur, reference
-from evalxai.memory import images_per_chunk
+from evalxai.memory import chunked, images_per_chunk
 from evalxai.metrics.common import batched_scores, check_score_space, curve_rows, normalized_auc, scalar_rows
 from evalxai.metrics.registry import register_metric
 from evalxai.scoring import check_patch, require_images
@@ -127,7 +127,7 @@ def flip_curves(model, x, target, attributions, order="morf", patch_size=None, p
     n = len(x)
     chunk = max(1, images_per_chunk(model, x, "forward", batch_size, "pixel flipping") // n)  # steps at a time
     curves = []
-    for i in range(0, k_max + 1, chunk):
+    for i in chunked(k_max + 1, chunk, f"{order} removal steps"):
         r = removed[i:i + chunk]
         mask = patch_mask(ranks.unsqueeze(0) < r.view(-1, 1, 1), (hp, wp), patch_size, (h, w))
         xs = torch.where(mask, base.unsqueeze(0), x.unsqueeze(0))

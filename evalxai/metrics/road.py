@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from evalxai.memory import budget, images_per_chunk
+from evalxai.memory import budget, chunked, images_per_chunk
 from evalxai.metrics.common import check_score_space, curve_rows, normalized_auc, scalar_rows, target_scores
 from evalxai.metrics.faithfulness import check_ties, feature_ranks, patch_relevance
 from evalxai.metrics.registry import register_metric
@@ -118,7 +118,7 @@ def road(model, x, target, attributions, order=("morf", "lerf"), fractions=(0.1,
         # the solver keeps ~8 image-sized buffers per system: chunks of whole systems within the budget
         per = max(1, budget(x.device) // max(1, 8 * x[0].numel() * x.element_size()))
         imputed = torch.cat([linear_imputation(flat_x[i:i + per], flat_missing[i:i + per])
-                             for i in range(0, len(flat_x), per)])
+                             for i in chunked(len(flat_x), per, f"road {o} imputation")])
         imputed = imputed + flat_missing * eps.reshape(-1, *x.shape[1:])
         tgt = target.repeat(len(fr) + 1)
         step = images_per_chunk(model, x, "forward", batch_size, "road")

@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 
 from evalxai.baselines import reference
+from evalxai.memory import chunked
 from evalxai.metrics.common import batched_scores, check_score_space, curve_rows, explainer, normalized_auc, scalar_rows
 from evalxai.metrics.faithfulness import (
     baseline_label,
@@ -51,7 +52,7 @@ def selectivity(model, x, target, attributions, patch_size=None, steps=20, basel
     position = inverse_permutation(tie_order(x, n_feat, ties, seed))
     inputs = [x]
     current = x
-    for k in range(k_max):
+    for k in chunked(k_max, 1, "selectivity steps"):
         if k > 0 and recompute:
             rel, _ = patch_relevance(fn(model, current, target).detach(), patch_size)
         avail = rel.masked_fill(removed, float("-inf"))
