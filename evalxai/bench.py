@@ -376,7 +376,10 @@ def _bench_imagenet(model_name, methods, batch, repeats, dev, size, width, log) 
         return lambda: (f(), torch.cuda.synchronize(dev))
 
     budget_mb = memory_budget_bytes(dev) / 2**20
-    per_call = min(batch, images_per_chunk(model, x, "lrp", None, "explaining"))  # explain's chunks (the budget's)
+    try:  # explain's chunks (the budget's)
+        per_call = min(batch, images_per_chunk(model, x, "lrp", None, "explaining"))
+    except MemoryError:  # not even one image fits: every explain call fails, and says so in its row
+        per_call = None
     calls = {"<gradient pass>": synced(lambda: _plain(model, x, t))}
     calls["<gradient pass>"]()  # one-time costs (thread pools, kernel caches) would read as its peak memory
     for name in methods:

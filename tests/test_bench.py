@@ -136,3 +136,13 @@ def test_lrp_leaves_no_graph_behind():
             warnings.simplefilter("ignore", FutureWarning)
             alive = [o for o in gc.get_objects() if isinstance(o, torch.Tensor) and o.grad_fn is not None]
         assert not alive, (name, {type(o.grad_fn).__name__ for o in alive})
+
+
+def test_bench_imagenet_under_a_budget_too_small_for_one_image():
+    """Each explain call then fails with the budget's message (a row each); the plain gradient pass is still timed."""
+    from evalxai import bench
+
+    df = bench.bench_imagenet("resnet50", ["lrp_epsilon"], batch=1, repeats=1, device="cpu", size=32, width=1 / 16,
+                              memory_budget=1024).set_index("method")
+    assert df.loc["<gradient pass>", "ratio"] == 1.0 and df.loc["<gradient pass>", "budget_mb"] == 0
+    assert "memory budget" in df.loc["lrp_epsilon", "error"] and pd.isna(df.loc["lrp_epsilon", "ratio"])
