@@ -76,15 +76,18 @@ class memory_budget:  # noqa: N801 - reads as a function: memory_budget("4GB")
 
 def image_cost(model: nn.Module, x: torch.Tensor) -> int:
     """Bytes a plain gradient pass needs per image of x's shape: measured once (per model, shape, dtype, device)
-    from one image: what autograd saves for the backward pass, plus the input and its gradient."""
+    from one image: the activations autograd saves for the backward pass (not the weights), plus the input and its
+    gradient."""
     key = (tuple(x.shape[1:]), x.dtype, x.device.type)
     seen = _COSTS.setdefault(model, {})
     if key not in seen:
         saved: dict[int, int] = {}
+        weights = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
 
-        def pack(t):
-            if t.device.type == x.device.type:
-                saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        def pack(t):  # activations only: the weights autograd saves are there once, not per image
+            ptr = t.untyped_storage().data_ptr()
+            if t.device.type == x.device.type and ptr not in weights:
+                saved[ptr] = t.untyped_storage().nbytes()
             return t
 
         one = x[:1].detach().requires_grad_(True)

@@ -129,13 +129,13 @@ def test_lrp_leaves_no_graph_behind():
 
     model = bench.ResNet50(width=1 / 16).eval()
     x, t = torch.rand(2, 3, 32, 32), torch.tensor([1, 2])
-    for name in COMPOSITES:
+    for name in COMPOSITES:  # a leak would keep every call's graph: one scan after all of them finds it
         evalxai.explain(model, x, t, method=name)
-        gc.collect()
-        with warnings.catch_warnings():  # isinstance on torch.distributed's deprecated reduce_op object warns
-            warnings.simplefilter("ignore", FutureWarning)
-            alive = [o for o in gc.get_objects() if isinstance(o, torch.Tensor) and o.grad_fn is not None]
-        assert not alive, (name, {type(o.grad_fn).__name__ for o in alive})
+    gc.collect()
+    with warnings.catch_warnings():  # isinstance on torch.distributed's deprecated reduce_op object warns
+        warnings.simplefilter("ignore", FutureWarning)
+        alive = [o for o in gc.get_objects() if isinstance(o, torch.Tensor) and o.grad_fn is not None]
+    assert not alive, {type(o.grad_fn).__name__ for o in alive}
 
 
 def test_bench_imagenet_under_a_budget_too_small_for_one_image():
