@@ -52,6 +52,11 @@ def reference(x: torch.Tensor, baseline, *, mean=None, low=None, high=None, seed
     raise ValueError(f"unknown baseline {baseline!r}: use one of {list(BASELINES)}, a number or a tensor")
 
 
+def baseline_label(baseline) -> str:
+    """How the table records a baseline: its name (``zero`` is a black image in pixel space), or its kind."""
+    return baseline if isinstance(baseline, str) else "tensor" if isinstance(baseline, torch.Tensor) else str(baseline)
+
+
 def gaussian_blur(x: torch.Tensor, sigma: float, radius: int | None = None) -> torch.Tensor:
     """Separable Gaussian blur of (N, C, H, W) images, reflect-padded, per channel; kernel radius 3 sigma unless
     given (RISE's canvas: sigma 5, radius 5, i.e. an 11-tap kernel)."""

@@ -12,9 +12,9 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
+from evalxai.baselines import baseline_label
 from evalxai.baselines import reference as reference_input
 from evalxai.metrics.common import scalar_rows, target_scores
-from evalxai.metrics.faithfulness import baseline_label
 from evalxai.metrics.registry import register_metric
 
 _REFERENCE_PARAMS = ("mean", "low", "high", "seed")

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from evalxai.baselines import gaussian_blur, reference
+from evalxai.baselines import baseline_label, gaussian_blur, reference
 from evalxai.memory import chunked, images_per_chunk
 from evalxai.metrics.common import batched_scores, check_score_space, curve_rows, normalized_auc, scalar_rows
 from evalxai.metrics.registry import register_metric
@@ -45,11 +45,6 @@ def patch_mask(removed: torch.Tensor, grid: tuple[int, int], patch_size: int, si
 
 
 TIES = ("random", "raster")
-
-
-def baseline_label(baseline) -> str:
-    """How the table records a baseline: its name (``zero`` is a black image in pixel space), or its kind."""
-    return baseline if isinstance(baseline, str) else "tensor" if isinstance(baseline, torch.Tensor) else str(baseline)
 
 
 def check_ties(ties: str) -> str:

@@ -12,11 +12,10 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from evalxai.baselines import reference
+from evalxai.baselines import baseline_label, reference
 from evalxai.memory import chunked
 from evalxai.metrics.common import batched_scores, check_score_space, curve_rows, explainer, normalized_auc, scalar_rows
 from evalxai.metrics.faithfulness import (
-    baseline_label,
     default_patch,
     inverse_permutation,
     patch_mask,
