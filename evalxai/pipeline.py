@@ -175,7 +175,7 @@ def run_experiment(cfg: dict, out_dir: str | Path, progress: bool = True) -> Pat
 
 def _run_experiment(cfg: dict, out_dir: str | Path, progress: bool = True) -> Path:
     out = writable_dir(out_dir)
-    check_run(cfg)  # a misspelled method, metric or parameter fails now, before data are read or a model trained
+    methods, metrics = check_run(cfg)  # a misspelled name or parameter fails now, before data are read
     run_key = config_key(cfg)
     if not cfg.get("force", False) and is_complete(out, run_key):
         log.info("run in %s is complete (same config): nothing to do; force=true recomputes", out)
@@ -209,7 +209,6 @@ def _run_experiment(cfg: dict, out_dir: str | Path, progress: bool = True) -> Pa
             target = model(x).argmax(1)
     else:
         target = labels.to(device)
-    methods, metrics = check_run(cfg)
     # the training-set mean image is read (the whole train split) only when a baseline or reference asks for it
     mean = dataset.mean_image() if _asks_for_mean(methods, metrics) else None
     box = {"low": dataset.low, "high": dataset.high}
