@@ -1,0 +1,119 @@
+"""Focus (Arias-Duart et al. 2022): explain a 2 x 2 mosaic of which two tiles show the target class.
+
+The mosaic's positions are its ground truth, so Focus needs no masks: it needs a ``pool`` of candidate tiles
+(images in model space with their int labels; the pipeline takes it from the train split, API users pass it).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from evalxai.metrics.common import explain_stack, explainer, scalar_rows
+from evalxai.metrics.registry import register_metric
+from evalxai.scoring import require_images
+from evalxai.seeding import sample_generators
+
+
+def check_pool(pool, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``pool`` = (images (P, C, H, W), labels (P,)) on x's device and dtype, or a one-line error with the fix."""
+    if pool is None:
+        raise ValueError("metric 'focus' needs pool=(images, labels): candidate mosaic tiles in model space with int "
+                         "labels (the pipeline takes them from the train split; API users pass them)")
+    if not isinstance(pool, (tuple, list)) or len(pool) != 2:
+        raise ValueError(f"pool of metric 'focus' must be a pair (images, labels), got {type(pool).__name__}")
+    images, labels = torch.as_tensor(pool[0]), torch.as_tensor(pool[1])
+    if images.dim() != 4 or images.shape[1:] != x.shape[1:]:
+        raise ValueError(f"pool images of metric 'focus' have shape {tuple(images.shape)}, expected (P, "
+                         f"{', '.join(map(str, x.shape[1:]))}) like the inputs")
+    if labels.shape != (len(images),) or labels.is_floating_point():
+        raise ValueError(f"pool labels of metric 'focus' must be an int tensor of shape ({len(images)},), got "
+                         f"{labels.dtype} {tuple(labels.shape)}")
+    return images.to(device=x.device, dtype=x.dtype), labels.long().to(x.device)
+
+
+def mosaic_plan(x: torch.Tensor, target: torch.Tensor, labels: torch.Tensor, seed: int):
+    """Per sample, from its own generator (seeded by ``seed`` and its bytes, so batching does not matter): the pool
+    indices of one more target-class tile and two tiles of other classes, and the quadrant order.
+
+    Returns ``tiles`` (N, 4) long, pool indices with -1 for the sample itself, in quadrant order (top-left,
+    top-right, bottom-left, bottom-right), and ``is_target`` (N, 4) bool."""
+    n = len(x)
+    tiles = torch.empty(n, 4, dtype=torch.long)
+    is_target = torch.empty(n, 4, dtype=torch.bool)
+    lab = labels.cpu()
+    for i, g in enumerate(sample_generators(x, seed)):
+        c = int(target[i])
+        same = torch.nonzero(lab == c).flatten()
+        other = torch.nonzero(lab != c).flatten()
+        if len(same) < 1 or len(other) < 2:
+            raise ValueError(f"the pool of metric 'focus' has {len(same)} image(s) of class {c} and {len(other)} of "
+                             "other classes: it needs at least 1 and 2 (give a larger pool)")
+        mate = same[torch.randint(len(same), (1,), generator=g)]
+        others = other[torch.randperm(len(other), generator=g)[:2]]
+        order = torch.randperm(4, generator=g)
+        chosen = torch.cat([torch.tensor([-1]), mate, others])  # the sample, its mate, two others
+        tiles[i, order] = chosen
+        is_target[i, order] = torch.tensor([True, True, False, False])
+    return tiles, is_target
+
+
+def build_mosaics(x: torch.Tensor, images: torch.Tensor, tiles: torch.Tensor, full_size: bool) -> torch.Tensor:
+    """2 x 2 mosaics (N, C, H', W'): tile t of sample n is x[n] if tiles[n, t] == -1, else images[tiles[n, t]].
+    Tiles are downscaled by 2 (area averaging = 2 x 2 average pooling on even sides) so that H' = H, W' = W; with
+    ``full_size`` they keep their size (H' = 2H, W' = 2W)."""
+    n, c, h, w = x.shape
+    src = torch.stack([torch.where((tiles[:, t] < 0).view(n, 1, 1, 1).to(x.device), x,
+                                   images[tiles[:, t].clamp(min=0).to(images.device)]) for t in range(4)], 1)
+    if full_size:
+        hs, ws = (h, h), (w, w)
+    else:
+        hs, ws = (h // 2, h - h // 2), (w // 2, w - w // 2)
+    rows = []
+    for r in range(2):
+        cols = []
+        for q in range(2):
+            tile = src[:, 2 * r + q]
+            if not full_size:
+                tile = F.interpolate(tile, size=(hs[r], ws[q]), mode="area")
+            cols.append(tile)
+        rows.append(torch.cat(cols, -1))
+    return torch.cat(rows, -2)
+
+
+def quadrant_masks(shape: tuple[int, int], is_target: torch.Tensor, full_size: bool, size: tuple[int, int]):
+    """Pixel masks (N, H', W') of the target quadrants of each mosaic."""
+    h, w = size
+    top, left = (h, w) if full_size else (h // 2, w // 2)
+    hh, ww = shape
+    row = torch.arange(hh) >= top
+    col = torch.arange(ww) >= left
+    quad = (row[:, None].long() * 2 + col[None, :].long())  # (H', W') quadrant index
+    return is_target[:, quad]
+
+
+@register_metric("focus", pool=None, method=None, method_params=None, batch_size=None, seed=0, full_size=False)
+def focus(model, x, target, attributions, pool=None, method=None, method_params=None, batch_size=None, seed=0,
+          full_size=False):
+    """Focus (Arias-Duart et al. 2022): share of the mosaic's positive relevance that falls on the target-class tiles.
+
+    Per sample a 2 x 2 mosaic holds the sample, one more pool image of its class and two of other classes, drawn
+    (with their quadrants) from the sample's own generator (``seed``), so scores do not depend on the batch. Tiles
+    are downscaled 2x by average pooling, so the mosaic has the model's input size (``full_size=true`` keeps them,
+    for models that take 2H x 2W inputs). The mosaic is explained with the run's ``method`` (``method_params``,
+    ``batch_size`` at most per call) for the sample's target; r = sum_c R_c and
+    focus = sum_{target quadrants} r+ / sum r+. A map that ignores the tiles' content spreads evenly: 0.5. The given
+    ``attributions`` (of the sample alone) are not used. NaN: no positive relevance on the mosaic (Quantus adds
+    1e-9 to the denominator and returns 0). Higher is better."""
+    require_images(x, "focus")
+    images, labels = check_pool(pool, x)
+    fn = explainer(method, method_params, "focus")
+    tiles, is_target = mosaic_plan(x, target, labels, seed)
+    mosaics = build_mosaics(x, images, tiles, bool(full_size))
+    rel = explain_stack(fn, model, mosaics.unsqueeze(0), target, batch_size)[0]
+    r = rel.detach().double().sum(1).clamp(min=0)
+    quad = quadrant_masks(tuple(r.shape[-2:]), is_target, bool(full_size), tuple(x.shape[-2:])).to(r.device)
+    total = r.flatten(1).sum(1)
+    inside = (r * quad).flatten(1).sum(1)
+    value = torch.where(total > 0, inside / torch.where(total > 0, total, torch.ones_like(total)),
+                        torch.full_like(total, float("nan")))
+    return scalar_rows(value, "focus", "higher")
