@@ -1,11 +1,17 @@
-"""Model-parameter randomization (Adebayo et al. 2018): cascading re-initialisation from the top layer.
+"""Randomisation sanity checks: an explanation of a model should change when the model (or the explained class)
+does.
 
-A copy of the model has its parametrised layers (Linear / Conv, in reverse registration order, i.e. output
-first) re-initialised one more at a time with their own ``reset_parameters`` (seeded); after each, the method
-explains the same inputs and the Spearman rank correlation with the trained model's map is computed per sample,
-on the signed maps and on their absolute values. A method that explains the model decorrelates (lower is
-better); one that does not depend on the parameters (an edge detector) stays at 1. The model itself is never
-touched.
+- ``randomization`` (Adebayo et al. 2018, MPRT): cascading re-initialisation from the top layer. A copy of the model
+  has its parametrised layers (Linear / Conv, in reverse registration order, i.e. output first) re-initialised one
+  more at a time with their own ``reset_parameters`` (seeded); after each, the method explains the same inputs and
+  the Spearman rank correlation with the trained model's map is computed per sample, on the signed maps and on
+  their absolute values. A method that explains the model decorrelates (lower is better); one that does not depend
+  on the parameters (an edge detector) stays at 1.
+- ``smooth_mprt`` and ``efficient_mprt`` (Hedström et al. 2023, "Sanity checks revisited"): the same cascade with
+  noise-averaged maps, and the rise of the map's entropy from the trained to the fully randomised model.
+- ``random_logit`` (Sixt et al. 2020): similarity (SSIM) of the maps for the target and for a random other class.
+
+The model itself is never touched: every randomisation works on a deep copy, seeded (``cascade``).
 """
 from __future__ import annotations
 
@@ -16,8 +22,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-from evalxai.metrics.common import explainer, scalar_rows
+from evalxai.metrics.common import explain_stack, explainer, scalar_rows
 from evalxai.metrics.registry import register_metric
+from evalxai.seeding import per_sample_noise, sample_generators
 
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -49,28 +56,206 @@ def spearman_rows(a: torch.Tensor, b: torch.Tensor, ranked: bool = False) -> np.
     return torch.where(den > 0, rho, torch.full_like(rho, float("nan"))).numpy()
 
 
+ORDERS = ("top_down", "bottom_up")
+
+
+def cascade(model: nn.Module, seed: int, order: str = "top_down"):
+    """Yield (k, layer name, copy) for k = 1..L: a deep copy of the model whose Linear / Conv layers are
+    re-initialised (``reset_parameters`` under ``torch.manual_seed(seed * 7919 + k)``) one more at a time,
+    cumulatively, output layer first (``top_down``, Adebayo et al.) or input layer first (``bottom_up``). The same
+    copy object is yielded each time; the model itself is never touched."""
+    if order not in ORDERS:
+        raise ValueError(f"order='{order}' must be one of {list(ORDERS)} (the layer order of the randomisation)")
+    layers = [name for name, m in model.named_modules() if isinstance(m, _LAYERS)]
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no Linear or Conv layer to randomize")
+    if order == "top_down":
+        layers = layers[::-1]
+    rand = copy.deepcopy(model)
+    modules = dict(rand.named_modules())
+    for k, name in enumerate(layers, start=1):
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(seed * 7919 + k)
+            modules[name].reset_parameters()
+        yield k, name, rand
+
+
+def fully_randomised(model: nn.Module, seed: int) -> nn.Module:
+    """The last state of the top-down ``cascade``: every Linear / Conv layer re-initialised (a copy)."""
+    *_, (_, _, rand) = cascade(model, seed)
+    return rand
+
+
+def _cascade_rows(maps_of, reference: torch.Tensor, model, seed, order, n) -> list[pd.DataFrame]:
+    """Spearman (signed, absolute) curve rows per randomised layer and the scalars after the last one."""
+    trained = reference.reshape(n, -1).cpu()  # ranks are exact in any dtype; sorting float32 is cheaper
+    ranks, ranks_abs = average_ranks(trained), average_ranks(trained.abs())
+    frames = []
+    signed, absolute = np.ones(n), np.ones(n)
+    for k, name, rand in cascade(model, seed, order):
+        r = maps_of(rand).detach().reshape(n, -1).cpu()
+        signed, absolute = spearman_rows(ranks, r, ranked=True), spearman_rows(ranks_abs, r.abs(), ranked=True)
+        for measure, v in (("spearman", signed), ("spearman_abs", absolute)):
+            frames.append(pd.DataFrame({"sample": np.arange(n), "step": k, "measure": measure,
+                                        "direction": "none", "value": v, "layer": name}))
+    return frames + [scalar_rows(signed, "spearman_full", "lower"), scalar_rows(absolute, "spearman_abs_full", "lower")]
+
+
 @register_metric("randomization", seed=0, method=None, method_params=None)
 def randomization(model, x, target, attributions, seed=0, method=None, method_params=None):
     """Cascading randomization: Spearman correlation (signed and absolute) per randomized layer; scalars after
     all layers are randomized (lower is better)."""
     fn = explainer(method, method_params, "randomization")
-    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, _LAYERS)][::-1]
-    if not layers:
-        raise ValueError(f"{type(model).__name__} has no Linear or Conv layer to randomize")
-    rand = copy.deepcopy(model)
-    modules = dict(rand.named_modules())
-    trained = attributions.reshape(len(x), -1).cpu()  # ranks are exact in any dtype; sorting float32 is cheaper
-    ranks, ranks_abs = average_ranks(trained), average_ranks(trained.abs())
-    frames = []
-    signed, absolute = np.ones(len(x)), np.ones(len(x))
-    for k, (name, _) in enumerate(layers, start=1):
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
-            torch.manual_seed(seed * 7919 + k)
-            modules[name].reset_parameters()
-        r = fn(rand, x, target).detach().reshape(len(x), -1).cpu()
-        signed, absolute = spearman_rows(ranks, r, ranked=True), spearman_rows(ranks_abs, r.abs(), ranked=True)
-        for measure, v in (("spearman", signed), ("spearman_abs", absolute)):
-            frames.append(pd.DataFrame({"sample": np.arange(len(x)), "step": k, "measure": measure,
-                                        "direction": "none", "value": v, "layer": name}))
-    frames += [scalar_rows(signed, "spearman_full", "lower"), scalar_rows(absolute, "spearman_abs_full", "lower")]
-    return pd.concat(frames, ignore_index=True)
+    return pd.concat(_cascade_rows(lambda rand: fn(rand, x, target), attributions, model, seed, "top_down", len(x)),
+                     ignore_index=True)
+
+
+@register_metric("smooth_mprt", samples=10, noise=0.1, order="bottom_up", seed=0, method=None, method_params=None,
+                 batch_size=None)
+def smooth_mprt(model, x, target, attributions, samples=10, noise=0.1, order="bottom_up", seed=0, method=None,
+                method_params=None, batch_size=None):
+    """Smooth MPRT (Hedström et al. 2023): the cascading randomisation test on noise-averaged maps,
+    Spearman(E(x; theta), E(x; theta_k)) with E(x; .) = 1/S sum_s R(x + e_s; .), e_s ~ N(0, sigma^2),
+    sigma = ``noise`` * (max(x) - min(x)) per sample.
+
+    Averaging removes the gradient noise that lets a noisy map decorrelate without explaining the model. The same
+    ``samples`` noise draws (seeded per sample) are used for the trained model and every randomised state; the
+    trained model's map is re-computed smoothed (Quantus 0.6 compares against the given, unsmoothed map when one is
+    passed, and makes its last draw noise-free). Layers: ``bottom_up`` (input first, the paper's and Quantus's
+    default) or ``top_down``, seeded as ``randomization``. Rows: ``spearman`` / ``spearman_abs`` per randomised
+    layer (step k, ``layer``) and ``spearman_full`` / ``spearman_abs_full`` after the last (lower is better;
+    Quantus's default is the absolute map). NaN: a constant map (no ranks). Invariant to positive rescaling.
+    Cost: (layers + 1) x ``samples`` explains per sample.
+    """
+    if samples < 1:
+        raise ValueError(f"samples={samples} must be >= 1 for metric 'smooth_mprt' (noisy copies per map)")
+    if noise < 0:
+        raise ValueError(f"noise={noise} must be >= 0 for metric 'smooth_mprt' (sigma, a fraction of the input range)")
+    fn = explainer(method, method_params, "smooth_mprt")
+    n = len(x)
+    flat = x.reshape(n, -1)
+    spread = (flat.max(1).values - flat.min(1).values).view(n, *([1] * (x.dim() - 1)))
+    xs = x.unsqueeze(0) + per_sample_noise(x, seed, samples, "normal") * (noise * spread)
+
+    def smoothed(m):
+        return explain_stack(fn, m, xs, target, batch_size).mean(0)
+
+    return pd.concat(_cascade_rows(smoothed, smoothed(model), model, seed, order, n), ignore_index=True)
+
+
+def histogram_entropy(a: torch.Tensor, bins: int) -> torch.Tensor:
+    """Shannon entropy (nats) of the histogram of each row of a (N, D) with ``bins`` equal bins over the row's own
+    [min, max] (a constant row: [v - 0.5, v + 0.5]), exactly as ``scipy.stats.entropy(np.histogram(row, bins)[0])``
+    (numpy's bin assignment, including its edge corrections)."""
+    a = a.double()
+    lo, hi = a.min(1, keepdim=True).values, a.max(1, keepdim=True).values
+    flat = lo == hi
+    lo, hi = torch.where(flat, lo - 0.5, lo), torch.where(flat, hi + 0.5, hi)
+    steps = torch.arange(bins + 1, dtype=torch.float64, device=a.device)
+    edges = lo + steps * ((hi - lo) / bins)
+    edges[:, -1:] = hi
+    idx = ((a - lo) / (hi - lo) * bins).long().clamp(0, bins)
+    idx = torch.where(idx == bins, idx - 1, idx)
+    idx = idx - (a < edges.gather(1, idx)).long()
+    idx = idx + ((a >= edges.gather(1, idx + 1)) & (idx != bins - 1)).long()
+    counts = torch.zeros(a.shape[0], bins, dtype=torch.float64, device=a.device)
+    counts.scatter_add_(1, idx, torch.ones_like(a))
+    prob = counts / a.shape[1]
+    return -(prob * torch.where(prob > 0, prob.log(), torch.zeros_like(prob))).sum(1)
+
+
+@register_metric("efficient_mprt", bins=100, seed=0, method=None, method_params=None, batch_size=None)
+def efficient_mprt(model, x, target, attributions, bins=100, seed=0, method=None, method_params=None,
+                   batch_size=None):
+    """Efficient MPRT (Hedström et al. 2023): relative rise of the map's complexity from the trained to the fully
+    randomised model, (H(R(x; theta_rand)) - H(R(x; theta))) / H(R(x; theta)).
+
+    H = discrete entropy of the map's histogram, ``bins`` equal bins over the map's own range (Quantus 0.6's
+    ``discrete_entropy`` with its default n_bins=100). theta_rand = every Linear / Conv layer re-initialised, the
+    final state of ``randomization``'s top-down cascade with the same ``seed`` (only that state matters; Quantus
+    walks bottom-up with one seed for every layer). A method that explains the model should lose its structure:
+    higher is better. Rows: ``efficient_mprt``, ``entropy_trained``, ``entropy_random`` (direction "none"). NaN
+    policy: a constant trained map has H = 0, the rise is undefined: NaN. Invariant to positive rescaling.
+    Cost: one explain per sample.
+    """
+    if bins < 2:
+        raise ValueError(f"bins={bins} must be >= 2 for metric 'efficient_mprt' (histogram bins of the entropy)")
+    fn = explainer(method, method_params, "efficient_mprt")
+    rand = fully_randomised(model, seed)
+    n = len(x)
+    r_rand = explain_stack(fn, rand, x.unsqueeze(0), target, batch_size)[0]
+    h0 = histogram_entropy(attributions.reshape(n, -1), bins)
+    h1 = histogram_entropy(r_rand.reshape(n, -1), bins)
+    rise = torch.where(h0 > 0, (h1 - h0) / h0.clamp(min=1e-300), torch.full_like(h0, float("nan")))
+    return pd.concat([scalar_rows(rise, "efficient_mprt", "higher"), scalar_rows(h0, "entropy_trained", "none"),
+                      scalar_rows(h1, "entropy_random", "none")], ignore_index=True)
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 7) -> torch.Tensor:
+    """Structural similarity (Wang et al. 2004) of image pairs a, b (N, C, H, W) -> (N,), computed as
+    ``skimage.metrics.structural_similarity`` does by default: a uniform ``window`` x ``window`` window, sample
+    covariances, K1 = 0.01, K2 = 0.03, the mean over the window positions that fit inside the image and over the
+    channels; data range = max - min over both maps of the pair (as Quantus 0.6 passes it). NaN where both maps
+    are one constant (no range)."""
+    a, b = a.double(), b.double()
+    n, c, h, w = a.shape
+    if window % 2 == 0 or not 3 <= window <= min(h, w):
+        raise ValueError(f"window={window} must be odd and between 3 and the image side {min(h, w)} (SSIM)")
+    both = torch.cat([a.reshape(n, -1), b.reshape(n, -1)], 1)
+    rng = (both.max(1).values - both.min(1).values).view(n, 1, 1, 1)
+    c1, c2 = (0.01 * rng) ** 2, (0.03 * rng) ** 2
+
+    def mean(t):
+        return torch.nn.functional.avg_pool2d(t.reshape(n * c, 1, h, w), window, stride=1).view(n, c, h - window + 1,
+                                                                                                 w - window + 1)
+
+    cov = window ** 2 / (window ** 2 - 1)
+    ma, mb = mean(a), mean(b)
+    va, vb, vab = cov * (mean(a * a) - ma ** 2), cov * (mean(b * b) - mb ** 2), cov * (mean(a * b) - ma * mb)
+    s = (2 * ma * mb + c1) * (2 * vab + c2) / ((ma ** 2 + mb ** 2 + c1) * (va + vb + c2))
+    out = s.reshape(n, -1).mean(1)
+    return torch.where(rng.view(n) > 0, out, torch.full_like(out, float("nan")))
+
+
+def random_other_class(x: torch.Tensor, target: torch.Tensor, classes: int, seed: int) -> torch.Tensor:
+    """A class != target per sample, uniform over the other ``classes`` - 1, drawn from the sample's own generator."""
+    r = torch.tensor([int(torch.randint(classes - 1, (1,), generator=g)) for g in sample_generators(x, seed)],
+                     device=target.device)
+    return r + (r >= target).long()
+
+
+SIMILARITIES = ("ssim", "spearman")
+
+
+@register_metric("random_logit", similarity="ssim", window=7, seed=0, method=None, method_params=None,
+                 batch_size=None)
+def random_logit(model, x, target, attributions, similarity="ssim", window=7, seed=0, method=None,
+                 method_params=None, batch_size=None):
+    """Random logit test (Sixt et al. 2020): similarity of R(x, target) and R(x, c) for a random class c != target.
+
+    c is drawn uniformly from the other classes by each sample's own generator (``seed``; Quantus 0.6 seeds numpy
+    once per batch, so c depends on the batch). ``similarity``: ``ssim`` (default, as Quantus; a 2-D SSIM over each
+    channel's map, see ``ssim`` with ``window``; Quantus runs skimage on the flattened map, a 1-D SSIM) or
+    ``spearman`` (rank correlation of the flattened maps, also for non-image inputs). Lower is better: a map that
+    ignores the explained class is a poor explanation of that class. NaN policy: SSIM of two maps with no range
+    (both one constant), Spearman of a constant map. Invariant to positive rescaling. Cost: one explain per sample.
+    """
+    from evalxai.api import num_classes
+
+    if similarity not in SIMILARITIES:
+        raise ValueError(f"similarity='{similarity}' must be one of {list(SIMILARITIES)} (metric 'random_logit')")
+    if similarity == "ssim" and x.dim() != 4:
+        raise ValueError(f"random_logit with similarity='ssim' needs images (N, C, H, W), got {tuple(x.shape)}: "
+                         "use similarity='spearman'")
+    classes = num_classes(model, x)
+    if classes < 2:
+        raise ValueError("random_logit needs a model with at least 2 outputs")
+    fn = explainer(method, method_params, "random_logit")
+    other = random_other_class(x, target, classes, seed)
+    r_other = explain_stack(fn, model, x.unsqueeze(0), other, batch_size)[0]
+    if similarity == "ssim":
+        value = ssim(attributions, r_other, window)
+    else:
+        n = len(x)
+        value = spearman_rows(attributions.reshape(n, -1).cpu(), r_other.reshape(n, -1).cpu())
+    return scalar_rows(value, "random_logit", "lower", other_class=other.cpu().numpy())

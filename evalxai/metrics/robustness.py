@@ -1,7 +1,12 @@
-"""Robustness of explanations: continuity under translation (Montavon, Samek & Müller 2018, §7.1) and
-max-sensitivity under small noise (Yeh et al. 2019; captum's ``sensitivity_max``).
+"""Robustness of explanations: continuity under translation (Montavon, Samek & Müller 2018, §7.1), max- and
+avg-sensitivity under small noise (Yeh et al. 2019; captum's ``sensitivity_max``), the local Lipschitz estimate
+(Alvarez-Melis & Jaakkola 2018) and local consistency (Dasgupta, Frost & Moshkovitz 2022).
 
-Both re-explain perturbed inputs with the method being scored, stacked into the batch dimension.
+All re-explain perturbed inputs with the method being scored, stacked into the batch dimension. Noise is drawn per
+sample (``evalxai.seeding``), so values do not depend on the batch. Prediction flips: with ``nan_on_flip`` a draw
+whose predicted class (argmax of the logits) differs from that of x is left out (NaN) and the sample's value is
+taken over the remaining draws; a sample whose every draw flips is NaN. ``flip_rate`` rows (direction "none") say
+how many draws flipped.
 """
 from __future__ import annotations
 
@@ -99,29 +104,198 @@ def continuity(model, x, target, attributions, shift=6, stride=1, axis="x", alig
     return out
 
 
-@register_metric("max_sensitivity", radius=0.02, samples=10, seed=0, method=None, method_params=None,
-                 batch_size=None, low=None, high=None)
-def max_sensitivity(model, x, target, attributions, radius=0.02, samples=10, seed=0, method=None,
-                    method_params=None, batch_size=None, low=None, high=None):
-    """Max-sensitivity: max over ``samples`` draws of ||R(x + d) - R(x)||_2 / ||R(x)||_2, d ~ U[-radius, radius]
-    element-wise (the L-inf ball, captum's default radius 0.02 in input units); lower is better. Also the mean
-    over the draws (avg-sensitivity). Noise is drawn per sample from ``seed``. With ``low`` / ``high`` (the
-    pipeline passes the dataset's pixel bounds) x + d is clipped into them, so it stays a valid image (and the box
-    rule's bounds hold)."""
-    if radius <= 0:
-        raise ValueError(f"radius={radius} must be > 0 (the L-inf noise radius in input units)")
+def bounded(t: torch.Tensor, low=None, high=None) -> torch.Tensor:
+    """t clipped into [low, high] (floats or tensors broadcastable to one input; None = unbounded)."""
+    if low is None and high is None:
+        return t
+    lo, hi = (None if v is None else torch.as_tensor(v, dtype=t.dtype, device=t.device) for v in (low, high))
+    return torch.clamp(t, lo, hi)
+
+
+def gaussian_neighbours(x: torch.Tensor, seed: int, samples: int, noise: float, low=None, high=None) -> torch.Tensor:
+    """``samples`` noisy copies (S, N, ...) of x: x + N(0, noise^2) element-wise, per-sample draws from ``seed``,
+    clipped into [low, high] when given."""
+    return bounded(x.unsqueeze(0) + per_sample_noise(x, seed, samples, "normal") * noise, low, high)
+
+
+@torch.no_grad()
+def stack_logits(model, xs: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+    """Logits (S, N, classes) of a stack of inputs (S, N, ...), chunked by the memory budget."""
+    from evalxai.memory import images_per_chunk
+
+    s, n = xs.shape[:2]
+    flat = xs.reshape(s * n, *xs.shape[2:])
+    step = images_per_chunk(model, flat, "forward", batch_size, "forwarding perturbed inputs")
+    out = torch.cat([model(flat[i:i + step]) for i in range(0, len(flat), step)])
+    return out.view(s, n, -1)
+
+
+def flips(model, x: torch.Tensor, xs: torch.Tensor, batch_size: int | None = None,
+          logits: torch.Tensor | None = None) -> torch.Tensor:
+    """(S, N) bool: the predicted class (argmax) of xs[s, n] differs from that of x[n]."""
+    if logits is None:
+        logits = stack_logits(model, torch.cat([x.unsqueeze(0), xs]), batch_size)
+    return logits[1:].argmax(-1) != logits[0].argmax(-1)
+
+
+def reduce_draws(ratio: torch.Tensor, flipped: torch.Tensor | None, how: str) -> np.ndarray:
+    """max or mean over the draws (dim 0) of a (S, N) ratio, NaN draws left out (flipped draws are made NaN);
+    NaN for a sample with no draw left."""
+    r = ratio.double().cpu()
+    if flipped is not None:
+        r = torch.where(flipped.cpu(), torch.full_like(r, float("nan")), r)
+    r = r.numpy()
+    out = np.full(r.shape[1], np.nan)
+    valid = ~np.isnan(r).all(0)
+    out[valid] = (np.nanmax if how == "max" else np.nanmean)(r[:, valid], axis=0)
+    return out
+
+
+def check_positive(name: str, value: float, metric: str, what: str) -> None:
+    if not value > 0:
+        raise ValueError(f"{name}={value} must be > 0 for metric '{metric}' ({what})")
+
+
+def check_samples(samples: int, metric: str) -> None:
     if samples < 1:
-        raise ValueError(f"samples={samples} must be >= 1")
-    fn = explainer(method, method_params, "max_sensitivity")
+        raise ValueError(f"samples={samples} must be >= 1 for metric '{metric}' (the number of noisy draws)")
+
+
+def flip_rows(flipped: torch.Tensor) -> pd.DataFrame:
+    """Per-sample fraction of draws whose prediction flipped (direction "none")."""
+    return scalar_rows(flipped.double().mean(0), "flip_rate", "none")
+
+
+def sensitivity_ratios(model, x, target, attributions, radius, samples, seed, method, method_params, batch_size,
+                       low, high, nan_on_flip, metric):
+    """Yeh et al. (2019)'s ratios ||R(x + d_s) - R(x)||_2 / ||R(x)||_2 (S, N), d_s ~ U[-radius, radius]
+    element-wise; NaN where R(x) = 0. Shared by max- and avg-sensitivity. Also the flips (or None)."""
+    check_positive("radius", radius, metric, "the L-inf noise radius in input units")
+    check_samples(samples, metric)
+    fn = explainer(method, method_params, metric)
     delta = (per_sample_noise(x, seed + 4242, samples, "uniform") * 2 - 1) * radius
-    noisy = x.unsqueeze(0) + delta
-    if low is not None or high is not None:
-        lo, hi = (None if v is None else torch.as_tensor(v, dtype=x.dtype, device=x.device) for v in (low, high))
-        noisy = torch.clamp(noisy, lo, hi)
+    noisy = bounded(x.unsqueeze(0) + delta, low, high)
     rs = explain_stack(fn, model, noisy, target, batch_size)
     diff = (rs - attributions.unsqueeze(0)).reshape(samples, len(x), -1).double().norm(dim=-1)
     ref = attributions.reshape(len(x), -1).double().norm(dim=-1)
-    ratio = diff / ref.clamp(min=1e-300)
-    ratio = torch.where(ref > 0, ratio, torch.full_like(ratio, float("nan")))
-    return pd.concat([scalar_rows(ratio.max(0).values, "max_sensitivity", "lower"),
-                      scalar_rows(ratio.mean(0), "avg_sensitivity", "lower")], ignore_index=True)
+    ratio = torch.where(ref > 0, diff / ref.clamp(min=1e-300), torch.full_like(diff, float("nan")))
+    return ratio, (flips(model, x, noisy, batch_size) if nan_on_flip else None)
+
+
+_SENSITIVITY_DOC = """d ~ U[-radius, radius] element-wise (the L-inf ball; captum's default radius 0.02 in input
+    units, Quantus 0.6: 0.2), ``samples`` draws per sample from ``seed``, x + d clipped into [``low``, ``high``]
+    when given (the pipeline passes the dataset's pixel bounds). Lower is better. NaN policy: a zero map R(x) = 0 is
+    NaN (the ratio is undefined); flipped predictions are kept by default (Yeh et al. do not condition on the
+    prediction; Quantus's ``return_nan_when_prediction_changes=False``), with ``nan_on_flip`` they are left out
+    (module docstring). Invariant to a positive rescaling of the method's maps. Cost: ``samples`` explains per
+    sample (+ ``samples`` + 1 forwards with ``nan_on_flip``)."""
+
+
+@register_metric("max_sensitivity", radius=0.02, samples=10, seed=0, nan_on_flip=False, method=None,
+                 method_params=None, batch_size=None, low=None, high=None)
+def max_sensitivity(model, x, target, attributions, radius=0.02, samples=10, seed=0, nan_on_flip=False, method=None,
+                    method_params=None, batch_size=None, low=None, high=None):
+    """Max-sensitivity (Yeh et al. 2019): max_s ||R(x + d_s) - R(x)||_2 / ||R(x)||_2, and the mean over the same
+    draws (``avg_sensitivity``).
+
+    """
+    ratio, flipped = sensitivity_ratios(model, x, target, attributions, radius, samples, seed, method, method_params,
+                                        batch_size, low, high, nan_on_flip, "max_sensitivity")
+    frames = [scalar_rows(reduce_draws(ratio, flipped, "max"), "max_sensitivity", "lower"),
+              scalar_rows(reduce_draws(ratio, flipped, "mean"), "avg_sensitivity", "lower")]
+    if flipped is not None:
+        frames.append(flip_rows(flipped))
+    return pd.concat(frames, ignore_index=True)
+
+
+@register_metric("avg_sensitivity", radius=0.02, samples=10, seed=0, nan_on_flip=False, method=None,
+                 method_params=None, batch_size=None, low=None, high=None)
+def avg_sensitivity(model, x, target, attributions, radius=0.02, samples=10, seed=0, nan_on_flip=False, method=None,
+                    method_params=None, batch_size=None, low=None, high=None):
+    """Avg-sensitivity (Yeh et al. 2019): mean_s ||R(x + d_s) - R(x)||_2 / ||R(x)||_2, the same draws and code as
+    ``max_sensitivity`` (whose rows also carry this mean).
+
+    """
+    ratio, flipped = sensitivity_ratios(model, x, target, attributions, radius, samples, seed, method, method_params,
+                                        batch_size, low, high, nan_on_flip, "avg_sensitivity")
+    frames = [scalar_rows(reduce_draws(ratio, flipped, "mean"), "avg_sensitivity", "lower")]
+    if flipped is not None:
+        frames.append(flip_rows(flipped))
+    return pd.concat(frames, ignore_index=True)
+
+
+for _f in (max_sensitivity, avg_sensitivity):
+    _f.__doc__ = _f.__doc__.rstrip() + "\n    " + _SENSITIVITY_DOC + "\n    "
+
+
+@register_metric("local_lipschitz_estimate", samples=10, noise=0.1, seed=0, nan_on_flip=False, method=None,
+                 method_params=None, batch_size=None, low=None, high=None)
+def local_lipschitz_estimate(model, x, target, attributions, samples=10, noise=0.1, seed=0, nan_on_flip=False,
+                             method=None, method_params=None, batch_size=None, low=None, high=None):
+    """Local Lipschitz estimate (Alvarez-Melis & Jaakkola 2018): max_s ||R(x) - R(x_s)||_2 / ||x - x_s||_2.
+
+    x_s = x + N(0, noise^2) element-wise (Gaussian neighbours as in Quantus 0.6, ``perturb_std=0.1``), ``samples``
+    draws per sample from ``seed`` (Quantus: 200), clipped into [``low``, ``high``] when given. Lower is better.
+    Raw maps as in the paper: the value scales with the map (Quantus 0.6 max-normalises both maps by default,
+    ``normalise=True``, and adds 1e-10 to the denominator). NaN policy: a draw with x_s = x (clipping removed the
+    noise) is left out; flipped predictions are kept by default (the paper's neighbourhood is not conditioned on the
+    prediction), ``nan_on_flip`` leaves them out (module docstring). Cost: ``samples`` explains per sample
+    (+ ``samples`` forwards with ``nan_on_flip``).
+    """
+    check_positive("noise", noise, "local_lipschitz_estimate", "the Gaussian noise sigma in input units")
+    check_samples(samples, "local_lipschitz_estimate")
+    fn = explainer(method, method_params, "local_lipschitz_estimate")
+    xs = gaussian_neighbours(x, seed, samples, noise, low, high)
+    rs = explain_stack(fn, model, xs, target, batch_size)
+    num = (rs - attributions.unsqueeze(0)).reshape(samples, len(x), -1).double().norm(dim=-1)
+    den = (xs - x.unsqueeze(0)).reshape(samples, len(x), -1).double().norm(dim=-1)
+    ratio = torch.where(den > 0, num / den.clamp(min=1e-300), torch.full_like(num, float("nan")))
+    flipped = flips(model, x, xs, batch_size) if nan_on_flip else None
+    frames = [scalar_rows(reduce_draws(ratio, flipped, "max"), "local_lipschitz_estimate", "lower")]
+    if flipped is not None:
+        frames.append(flip_rows(flipped))
+    return pd.concat(frames, ignore_index=True)
+
+
+def top_k_sign(r: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Discretised explanation (Dasgupta et al. 2022's ``top_n_sign``, as the paper means it): the k features of
+    largest |R| (ties: the lower index first) as a sorted index set, and the signs of R there. r: (..., D)."""
+    order = torch.sort(-r.abs(), dim=-1, stable=True).indices[..., :k]
+    idx = order.sort(dim=-1).values
+    return idx, torch.sign(r.gather(-1, idx))
+
+
+@register_metric("consistency", samples=10, noise=0.1, top_k=5, seed=0, method=None, method_params=None,
+                 batch_size=None, low=None, high=None)
+def consistency(model, x, target, attributions, samples=10, noise=0.1, top_k=5, seed=0, method=None,
+                method_params=None, batch_size=None, low=None, high=None):
+    """Local consistency (Dasgupta et al. 2022): P[f(x') = f(x) | d(R(x')) = d(R(x))] over Gaussian neighbours x'.
+
+    d = top-k-sign discretisation: the set of the ``top_k`` features of largest |R| with their signs. The paper's
+    estimate (and Quantus 0.6's) takes x' from the other samples of the batch, so a sample's value depends on its
+    batch. Here x' are ``samples`` noisy neighbours x + N(0, noise^2) per sample (seeded per sample, clipped into
+    [``low``, ``high``]), re-explained with the method: consistency = #{s: d_s = d(x), argmax f(x_s) = argmax f(x)}
+    / #{s: d_s = d(x)}. Higher is better (explanations that stay the same while the prediction changes are
+    inconsistent; Quantus 0.6 declares "lower"). Also ``match_rate`` = #{s: d_s = d(x)} / samples (direction
+    "none"). NaN policy: NaN when no neighbour shares the discretised explanation; flips are what it measures, so
+    there is no ``nan_on_flip``. Quantus 0.6's ``top_n_sign`` takes the signs of the first n features in memory
+    order, not the n largest: here the largest, as the paper means. Invariant to positive rescaling of the maps.
+    Cost: ``samples`` explains and ``samples`` + 1 forwards per sample.
+    """
+    check_positive("noise", noise, "consistency", "the Gaussian noise sigma in input units")
+    check_samples(samples, "consistency")
+    d = attributions[0].numel()
+    if not 1 <= top_k <= d:
+        raise ValueError(f"top_k={top_k} must be between 1 and the number of features {d} (metric 'consistency')")
+    fn = explainer(method, method_params, "consistency")
+    xs = gaussian_neighbours(x, seed, samples, noise, low, high)
+    rs = explain_stack(fn, model, xs, target, batch_size)
+    idx0, sign0 = top_k_sign(attributions.reshape(len(x), -1), top_k)
+    idx, sign = top_k_sign(rs.reshape(samples, len(x), -1), top_k)
+    same_map = ((idx == idx0.unsqueeze(0)) & (sign == sign0.unsqueeze(0))).all(-1)  # (S, N)
+    same_pred = ~flips(model, x, xs, batch_size)
+    matches = same_map.double().sum(0)
+    value = torch.where(matches > 0, (same_map & same_pred).double().sum(0) / matches.clamp(min=1),
+                        torch.full_like(matches, float("nan")))
+    return pd.concat([scalar_rows(value, "consistency", "higher"),
+                      scalar_rows(matches / samples, "match_rate", "none")], ignore_index=True)
