@@ -1,9 +1,11 @@
 """Public API: ``explain`` (attributions by method name) and ``score`` (tidy metric rows by metric name)."""
 from __future__ import annotations
 
+import inspect
 import weakref
 from collections.abc import Callable
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -128,9 +130,58 @@ def explain(model: nn.Module, x: torch.Tensor, target, method: str | Callable | 
     return attributions.detach()
 
 
+GROUND_TRUTH = ("masks", "pool")  # what a metric asks for by naming it in its signature; data, not config
+
+
+def takes(spec, name: str) -> bool:
+    """Whether a metric's function has a parameter ``name`` (``masks``, ``pool``): the data it needs besides x."""
+    return name in inspect.signature(spec.fn).parameters
+
+
+def check_masks(masks, x: torch.Tensor, metric: str) -> torch.Tensor:
+    """Ground-truth masks as a bool tensor (N, H, W) on x's device, or an error saying how to fix them."""
+    want = (len(x), *x.shape[2:])
+    if x.dim() != 4:
+        raise ValueError(f"metric '{metric}': masks need images (N, C, H, W), but x is {tuple(x.shape)}")
+    if not isinstance(masks, torch.Tensor):
+        try:
+            masks = torch.from_numpy(np.asarray(masks))
+        except (TypeError, ValueError):
+            raise TypeError(f"metric '{metric}': masks must be a bool tensor of shape {want}, got "
+                            f"{type(masks).__name__}") from None
+    if masks.dim() == 4 and masks.shape[1] == 1:
+        masks = masks[:, 0]
+    if masks.dtype != torch.bool:
+        raise ValueError(f"metric '{metric}': masks are {masks.dtype}; they must be bool (True = relevant pixel): "
+                         "pass masks != 0 (or masks > threshold)")
+    if tuple(masks.shape) != want:
+        raise ValueError(f"metric '{metric}': masks have shape {tuple(masks.shape)}; expected (N, H, W) = {want}, one "
+                         "mask per sample of x with the image's height and width")
+    return masks.to(x.device)
+
+
+def check_pool(pool, x: torch.Tensor, metric: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A pool of images ``(images (M, *x.shape[1:]), labels (M,) int)`` in model space, or an error."""
+    ok = isinstance(pool, (tuple, list)) and len(pool) == 2 and all(isinstance(t, torch.Tensor) for t in pool)
+    if ok:
+        images, labels = pool
+        ok = (images.shape[1:] == x.shape[1:] and labels.shape == (len(images),) and len(images) > 0
+              and not labels.is_floating_point())
+    if not ok:
+        raise ValueError(f"metric '{metric}': pool must be a pair (images (M, {', '.join(map(str, x.shape[1:]))}), "
+                         "labels (M,) int) of images in the model's input space, e.g. a sample of the train split")
+    return images.to(device=x.device, dtype=x.dtype), labels.long().to(x.device)
+
+
 def score(model: nn.Module, x: torch.Tensor, target, attributions: torch.Tensor, metric: str = "pixel_flipping",
-          **overrides) -> pd.DataFrame:
-    """Tidy rows (sample, metric, measure, step, value, direction, ...) of ``metric`` for the attributions."""
+          masks=None, pool=None, **overrides) -> pd.DataFrame:
+    """Tidy rows (sample, metric, measure, step, value, direction, ...) of ``metric`` for the attributions.
+
+    ``masks`` (N, H, W) bool, True = relevant pixel: the ground truth of localisation metrics (those whose function
+    takes ``masks``), chunked with the samples. ``pool`` = (images, labels): images the metric may compose with
+    (``focus`` builds mosaics of them), the same for every chunk. Giving either to a metric that does not take it
+    is an error, as is leaving out one a metric needs.
+    """
     from evalxai.metrics import get_metric
 
     x, target = check_inputs(model, x, target)
@@ -139,14 +190,34 @@ def score(model: nn.Module, x: torch.Tensor, target, attributions: torch.Tensor,
                          f"{tuple(getattr(attributions, 'shape', ()))}")
     check_finite(attributions, "attributions")
     spec = get_metric(metric)
-    params = _params(spec.defaults, overrides, f"metric '{metric}'")
+    defaults = {k: v for k, v in spec.defaults.items() if k not in GROUND_TRUTH}
+    params = _params(defaults, overrides, f"metric '{metric}'")
+    extra = {}
+    if takes(spec, "masks"):
+        if masks is None:
+            raise ValueError(f"metric '{metric}' needs masks: use a dataset with masks (xai_tris, decoy_mnist, "
+                             "image_folder with masks=DIR) or pass masks= to evalxai.score")
+        masks = check_masks(masks, x, metric)
+    elif masks is not None:
+        raise ValueError(f"metric '{metric}' takes no masks (it does not use ground truth): drop masks=, or choose a "
+                         "localisation metric")
+    if takes(spec, "pool"):
+        if pool is None:
+            raise ValueError(f"metric '{metric}' needs a pool of images: pass pool=(images, labels) to "
+                             "evalxai.score (the pipeline draws it from the dataset's train split)")
+        extra["pool"] = check_pool(pool, x, metric)
+    elif pool is not None:
+        raise ValueError(f"metric '{metric}' takes no pool of images: drop pool=")
     check_logits(model, x)
     attributions = attributions.to(x.dtype)
     with frozen(model):
         step = _chunk(model, x)
         frames = []
         for i in range(0, len(x), step):
-            part = pd.DataFrame(spec.fn(model, x[i:i + step], target[i:i + step], attributions[i:i + step], **params))
+            if masks is not None:
+                extra["masks"] = masks[i:i + step]
+            part = pd.DataFrame(spec.fn(model, x[i:i + step], target[i:i + step], attributions[i:i + step],
+                                        **params, **extra))
             part["sample"] = part["sample"] + i
             part["_row"] = part.groupby("sample").cumcount()  # the k-th row of each sample
             frames.append(part)

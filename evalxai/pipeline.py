@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 import evalxai
 from evalxai._io import atomic_path, code_fingerprint, content_key, write_json
-from evalxai.data import load_dataset
+from evalxai.data import load_dataset, provides_masks
 from evalxai.explain import get_method
 from evalxai.explain.cache import EXPLAIN_CODE, attribution_key, cached
 from evalxai.explain.cache import STATS as ATTR_STATS
@@ -61,13 +61,28 @@ def method_list(cfg: dict) -> list[tuple[str, dict]]:
     return out
 
 
+POOL_SIZE = 256  # train images (stratified, seed 0) given to metrics that take a pool (focus's mosaics)
+
+
 def check_run(cfg: dict) -> tuple[list, list]:
-    """(methods, metrics) of the run, every name known and every parameter accepted (else an error naming it)."""
-    from evalxai.api import _params
+    """(methods, metrics) of the run, every name known and every parameter accepted (else an error naming it); a
+    metric that needs ground-truth masks on a dataset without them fails here, before any data are read."""
+    from evalxai.api import GROUND_TRUTH, _params, takes
 
     methods, metrics = method_list(cfg), metric_list(cfg)
+    dcfg = dict(cfg.get("dataset") or {})
     for name, params in metrics:
-        _params(get_metric(name).defaults, params, f"metric '{name}'")
+        spec = get_metric(name)
+        given = sorted(k for k in GROUND_TRUTH if params.get(k) is not None)
+        if given:
+            raise ValueError(f"metric '{name}': {given} come from the dataset, not the config: drop them from "
+                             f"metrics.{name}")
+        _params({k: v for k, v in spec.defaults.items() if k not in GROUND_TRUTH},
+                {k: v for k, v in params.items() if k not in GROUND_TRUTH}, f"metric '{name}'")
+        if takes(spec, "masks") and not provides_masks(dcfg.get("name", ""), dcfg):
+            raise ValueError(f"metric '{name}' needs masks, and dataset={dcfg.get('name')} has none: use a dataset "
+                             "with masks (dataset=xai_tris, dataset=decoy_mnist, or dataset=image_folder with "
+                             "dataset.masks=DIR), or drop the metric")
     for name, params in methods:
         if "_target_" not in params:
             _params(get_method(name).defaults, params, f"method '{name}'")
@@ -160,6 +175,17 @@ def is_complete(out: Path, key: str) -> bool:
         return False
 
 
+def ground_truth_record(ground: dict, dataset, metrics) -> dict:
+    """run.json's account of the ground truth a run used: masks (what they mark, mean relevant pixels), pool size."""
+    from evalxai.api import takes
+
+    masks = ground.get("masks")
+    return {"masks": masks is not None, "mask_meta": dict(dataset.mask_meta) if masks is not None else None,
+            "relevant_pixels_mean": None if masks is None else float(masks.sum((1, 2)).double().mean()),
+            "pool": len(ground["pool"][1]) if "pool" in ground else None,
+            "metrics": sorted({m for m, _ in metrics if any(takes(get_metric(m), k) for k in ground)})}
+
+
 def run_experiment(cfg: dict, out_dir: str | Path, progress: bool = True) -> Path:
     """Run one experiment config into ``out_dir``; returns the folder. ``memory_budget`` (e.g. "4GB") bounds
     what methods and metrics hold at once; the numbers do not depend on it."""
@@ -213,6 +239,16 @@ def _run_experiment(cfg: dict, out_dir: str | Path, progress: bool = True) -> Pa
     mean = dataset.mean_image() if _asks_for_mean(methods, metrics) else None
     box = {"low": dataset.low, "high": dataset.high}
     from_data = {**box, "mean": mean}  # what the dataset defines for methods and metrics that take it
+    from evalxai.api import takes
+
+    ground = {}  # masks of the explained images and a pool of train images, for the metrics that take them
+    if any(takes(get_metric(m), "masks") for m, _ in metrics):
+        if not dataset.has_masks:
+            raise ValueError(f"dataset {dataset.name} carries no masks, but metrics {[m for m, _ in metrics]} include "
+                             "one that needs them")
+        ground["masks"] = dataset.test_masks(idx).to(device)
+    if any(takes(get_metric(m), "pool") for m, _ in metrics):
+        ground["pool"] = tuple(t.to(device) for t in dataset.pool(POOL_SIZE, seed=0))
 
     frames, maps = [], {}
     hits0, use_cache = ATTR_STATS["hits"], bool(cfg.get("attribution_cache", True))
@@ -237,8 +273,9 @@ def _run_experiment(cfg: dict, out_dir: str | Path, progress: bool = True) -> Pa
         timings[f"explain:{name}_s"] = time.perf_counter() - t0
         maps[name] = attributions.cpu().numpy()
         for metric, mparams in metrics:
-            mp = dict(mparams)
             mspec = get_metric(metric)
+            mp = {k: v for k, v in mparams.items() if k not in ground}
+            mp.update({k: v for k, v in ground.items() if takes(mspec, k)})
             if "mean" in mspec.defaults and mp.get("mean") is None:
                 mp["mean"] = mean
             if "method" in mspec.defaults:
@@ -299,6 +336,7 @@ def _run_experiment(cfg: dict, out_dir: str | Path, progress: bool = True) -> Pa
                     "normalization": {"mean": dataset.mean, "std": dataset.std},
                     "black_pixel": np.asarray(dataset.low).reshape(-1).tolist()},
         "n_samples": len(idx),
+        "ground_truth": ground_truth_record(ground, dataset, metrics),
         "versions": {"evalxai": evalxai.__version__, "torch": torch.__version__, "numpy": np.__version__,
                      "pandas": pd.__version__, "python": platform.python_version()},
         "timings": {k: round(v, 4) for k, v in timings.items()},

@@ -21,6 +21,11 @@ class Dataset:
     ``mean``, ``std``. Everything with a meaning in pixel space is mapped into model space here, in one place:
     ``normalize`` / ``denormalize``, the input bounds ``low`` / ``high`` (pixel 0 and 1: the box rule's bounds,
     a black pixel), ``mean_image``.
+
+    Ground truth: a dataset with masks sets ``masks_test`` ((N, H, W) bool, True = class-relevant pixel) or
+    overrides ``has_masks`` / ``test_masks(indices)`` to read masks lazily; ``pool(n, seed)`` is a fixed stratified
+    sample of the train split in model space (what the ``focus`` metric builds its mosaics from). ``mask_meta``
+    says what the masks mark; it is kept out of ``meta`` because the masks do not change the images.
     """
 
     name: str = "dataset"
@@ -29,6 +34,8 @@ class Dataset:
     meta: dict = {}
     mean: tuple | None = None
     std: tuple | None = None
+    masks_test: torch.Tensor | None = None
+    mask_meta: dict = {}  # what the masks mean (run.json records it; not part of a trained model's identity)
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -80,6 +87,42 @@ class Dataset:
         for i in range(0, len(self), batch_size):
             yield self.test_items(np.arange(i, min(i + batch_size, len(self))))
 
+    @property
+    def has_masks(self) -> bool:
+        """Whether the test split carries ground-truth masks."""
+        return self.masks_test is not None
+
+    def test_masks(self, indices) -> torch.Tensor | None:
+        """Ground-truth masks (n, H, W) bool of the given test indices (True = relevant pixel), None without masks.
+        Only these masks are read."""
+        if not self.has_masks:
+            return None
+        return self.masks_test[torch.as_tensor(np.asarray(indices, dtype=np.int64))]
+
+    def train_labels(self) -> np.ndarray:
+        """Labels of the train split (int64); loaders that can read labels without images override this."""
+        return self.train_pixels()[1].numpy()
+
+    def train_items(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        """(model-space images, labels) of the given train indices; loaders that read lazily override this."""
+        x, y = self.train_pixels()
+        idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
+        return self.normalize(x[idx]), y[idx]
+
+    def pool(self, n: int = 256, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """A fixed sample of the train split in model space, ``n`` images stratified by class (all of them when the
+        split is smaller), chosen by ``seed``: the images the ``focus`` metric builds its mosaics from."""
+        key = (int(n), int(seed))
+        cache = self.__dict__.setdefault("_pools", {})
+        if key not in cache:
+            y = np.asarray(self.train_labels(), dtype=np.int64)
+            if len(y) == 0:
+                raise ValueError(f"dataset '{self.name}' has no train split to draw a pool of images from: pass "
+                                 "pool=(images, labels) to evalxai.score")
+            idx = np.sort(stratified_split(y, int(n), seed)[1]) if 0 < n < len(y) else np.arange(len(y))
+            cache[key] = self.train_items(idx)
+        return cache[key]
+
     def train_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = self.train_pixels()
         return self.normalize(x), y
@@ -96,8 +139,15 @@ class ArrayDataset(Dataset):
     """A dataset held in memory: train/test tensors in pixel space ([0, 1])."""
 
     def __init__(self, name: str, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor,
-                 y_test: torch.Tensor, classes=None, meta: dict | None = None, mean=None, std=None):
+                 y_test: torch.Tensor, classes=None, meta: dict | None = None, mean=None, std=None, masks_test=None):
         self.name, self.x_train, self.y_train, self.x_test, self.y_test = name, x_train, y_train, x_test, y_test
+        if masks_test is not None:
+            masks_test = torch.as_tensor(masks_test)
+            want = (len(x_test), *x_test.shape[2:])
+            if masks_test.dtype != torch.bool or tuple(masks_test.shape) != want:
+                raise ValueError(f"dataset '{name}': masks_test is {masks_test.dtype} {tuple(masks_test.shape)}; "
+                                 f"expected bool {want} (one (H, W) mask per test image)")
+        self.masks_test = masks_test
         n = int(max(y_train.max(), y_test.max())) + 1 if len(y_train) else int(y_test.max()) + 1
         self.classes = [str(c) for c in range(n)] if classes is None else list(classes)
         self.input_shape = tuple(x_test.shape[1:])
@@ -114,6 +164,13 @@ class ArrayDataset(Dataset):
 
     def train_pixels(self):
         return self.x_train, self.y_train
+
+    def train_labels(self):
+        return self.y_train.numpy()
+
+    def train_items(self, indices):
+        idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
+        return self.normalize(self.x_train[idx]), self.y_train[idx]
 
 
 def stratified_split(y: np.ndarray, n_test: int | float, seed: int) -> tuple[np.ndarray, np.ndarray]:

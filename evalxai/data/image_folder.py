@@ -9,6 +9,11 @@ Transform (Pillow): convert to ``L`` (channels=1) or ``RGB`` (channels=3), then 
 and centre ``crop`` as torchvision's Resize(resize) + CenterCrop(crop), or ``image_size`` (bilinear square
 resize), or nothing when every image has one size; then x / 255. Building the dataset only lists files (with
 stat); an image is decoded when its index is asked for, the train split only by ``train_pixels``.
+
+Ground-truth masks (``masks=DIR``): a folder parallel to ``root`` holding one mask per test image at the same
+relative path (``DIR/<class>/<name>.png``, or the image's own file name), any mode; nonzero = relevant. A mask goes
+through the image's geometry (same resize / crop / square resize, nearest-neighbour so that it stays binary) and
+must end up the image's size. Only the masks of the explained images are decoded.
 """
 from __future__ import annotations
 
@@ -72,7 +77,7 @@ class ImageFolderDataset(Dataset):
     name = "image_folder"
 
     def __init__(self, root, n_test=None, split_seed: int = 0, resize=None, crop=None, image_size=None,
-                 channels: int = 3, mean=None, std=None):
+                 channels: int = 3, mean=None, std=None, masks=None):
         if not root:
             raise ValueError("dataset=image_folder needs dataset.root=DIR, laid out DIR/<class>/*.png "
                              "(or DIR/train/<class>/..., DIR/test/<class>/...)")
@@ -103,6 +108,11 @@ class ImageFolderDataset(Dataset):
                 raise ValueError(f"cannot decode image '{path}': {err}") from err
         self.input_shape = (channels, h, w)
         self.mean, self.std = parse_mean_std(mean, std, channels)
+        self.mask_files = self._mask_files(masks) if masks else None
+        if self.mask_files is not None:
+            self.mask_meta = {"root": str(Path(masks).expanduser().resolve()),
+                              "files": file_signature(self.mask_files, Path(masks).expanduser()),
+                              "marks": "nonzero pixels of the mask files"}
         self.meta.update({
             "transform": {"channels": channels, "resize": self.resize, "crop": self.crop,
                           "image_size": self.image_size, "interpolation": "bilinear"},
@@ -149,6 +159,37 @@ class ImageFolderDataset(Dataset):
                      "n_test": len(self.test_files),
                      "files": file_signature(sorted(self.train_files + self.test_files), self.root)}
 
+    def _mask_files(self, masks) -> list[Path]:
+        """The mask file of every test image: DIR/<relative path with .png>, else DIR/<relative path>."""
+        folder = Path(masks).expanduser()
+        if not folder.is_dir():
+            raise FileNotFoundError(f"dataset.masks={masks} is not a folder: give the folder of PNG masks laid out "
+                                    "like dataset.root (same relative paths)")
+        out, missing = [], []
+        for f in self.test_files:
+            rel = f.relative_to(self.root)
+            found = next((c for c in (folder / rel.with_suffix(".png"), folder / rel) if c.is_file()), None)
+            out.append(found)
+            if found is None:
+                missing.append(str(folder / rel.with_suffix(".png")))
+        if missing:
+            raise FileNotFoundError(f"dataset.masks={masks}: no mask for {len(missing)} test image(s), e.g. "
+                                    f"{missing[:3]}: put one PNG per test image at the image's relative path")
+        return out
+
+    def _geometry(self, img: Image.Image, path: Path, resample) -> Image.Image:
+        """The configured resize / crop (or the size check) applied to one decoded image or mask."""
+        if self.image_size:
+            img = img.resize((self.image_size, self.image_size), resample)
+        elif self.resize:
+            img = img.resize(shorter_side_size(*img.size, self.resize), resample)
+            img = img.crop(center_crop_box(*img.size, self.crop))
+        elif img.size != (self.input_shape[2], self.input_shape[1]):
+            raise ValueError(f"image '{path}' is {img.size[0]}x{img.size[1]} but '{self.test_files[0]}' is "
+                             f"{self.input_shape[2]}x{self.input_shape[1]}: set dataset.image_size=N, or "
+                             "dataset.resize and dataset.crop")
+        return img
+
     def _decode(self, path: Path) -> np.ndarray:
         """One image, transformed, as uint8 (C, H, W)."""
         try:
@@ -156,17 +197,41 @@ class ImageFolderDataset(Dataset):
                 img = img.convert("RGB" if self.channels == 3 else "L")
         except Exception as err:  # noqa: BLE001 - any decoding failure names the file
             raise ValueError(f"cannot decode image '{path}': {err}") from err
-        if self.image_size:
-            img = img.resize((self.image_size, self.image_size), Image.Resampling.BILINEAR)
-        elif self.resize:
-            img = img.resize(shorter_side_size(*img.size, self.resize), Image.Resampling.BILINEAR)
-            img = img.crop(center_crop_box(*img.size, self.crop))
-        elif img.size != (self.input_shape[2], self.input_shape[1]):
-            raise ValueError(f"image '{path}' is {img.size[0]}x{img.size[1]} but '{self.test_files[0]}' is "
-                             f"{self.input_shape[2]}x{self.input_shape[1]}: set dataset.image_size=N, or "
-                             "dataset.resize and dataset.crop")
-        a = np.asarray(img, dtype=np.uint8)
+        a = np.asarray(self._geometry(img, path, Image.Resampling.BILINEAR), dtype=np.uint8)
         return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+
+    def _decode_mask(self, path: Path) -> np.ndarray:
+        """One mask as bool (H, W): nonzero in any band is relevant; geometry as the images, nearest-neighbour."""
+        try:
+            with Image.open(path) as img:
+                a = np.asarray(img)
+                img = Image.fromarray((a.reshape(a.shape[0], a.shape[1], -1) != 0).any(-1).astype(np.uint8) * 255)
+        except Exception as err:  # noqa: BLE001 - any decoding failure names the file
+            raise ValueError(f"cannot decode mask '{path}': {err}") from err
+        return np.asarray(self._geometry(img, path, Image.Resampling.NEAREST)) != 0
+
+    @property
+    def has_masks(self) -> bool:
+        return self.mask_files is not None
+
+    @property
+    def masks_test(self):
+        """Every test mask (N, H, W) bool (decoded on first use), or None without ``masks=DIR``."""
+        if self.mask_files is None:
+            return None
+        if "_masks_test" not in self.__dict__:
+            self._masks_test = self.test_masks(np.arange(len(self)))
+        return self._masks_test
+
+    def test_masks(self, indices):
+        if self.mask_files is None:
+            return None
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if idx.size and (idx.min() < -len(self) or idx.max() >= len(self)):
+            raise IndexError(f"test index out of range for {len(self)} images")
+        if not idx.size:
+            return torch.zeros((0, *self.input_shape[1:]), dtype=torch.bool)
+        return torch.from_numpy(np.stack([self._decode_mask(self.mask_files[i]) for i in idx]))
 
     def _read(self, files: list[Path]) -> torch.Tensor:
         if not files:
@@ -193,10 +258,19 @@ class ImageFolderDataset(Dataset):
                              "trained model with model.checkpoint=PATH")
         return self._read(self.train_files), torch.from_numpy(self.y_train)
 
+    def train_labels(self):
+        return self.y_train
+
+    def train_items(self, indices):
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        x = self._read([self.train_files[i] for i in idx])
+        return self.normalize(x), torch.from_numpy(self.y_train[idx])
+
 
 def load_image_folder(root: str | None = None, n_test=None, split_seed: int = 0, resize=None, crop=None,
-                      image_size=None, channels: int = 3, mean=None, std=None, cache_dir=None) -> Dataset:
+                      image_size=None, channels: int = 3, mean=None, std=None, masks=None,
+                      cache_dir=None) -> Dataset:
     """Images from ``root/<class>/...`` (see ``ImageFolderDataset``), decoded only when read."""
     del cache_dir  # decoded images are not cached
     return ImageFolderDataset(root, n_test=n_test, split_seed=split_seed, resize=resize, crop=crop,
-                              image_size=image_size, channels=channels, mean=mean, std=std)
+                              image_size=image_size, channels=channels, mean=mean, std=std, masks=masks)
