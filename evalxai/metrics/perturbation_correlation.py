@@ -324,7 +324,7 @@ def default_sizes(n_feat: int, count: int = 8, top: float = 0.8) -> list[int]:
                  batch_size=None, mean=None, low=None, high=None)
 def sensitivity_n(model, x, target, attributions, sizes=None, runs=100, patch_size=1, baseline="zero",
                   score_space="logit", seed=0, batch_size=None, mean=None, low=None, high=None):
-    """Sensitivity-n: per subset size n, Pearson over random n-subsets S of sum_{i in S} R_i and f(x) - f(x[S = 0]).
+    """Sensitivity-n: per subset size n, Pearson over random n-subsets S of sum_S R and f(x) - f(x[S = baseline]).
 
     Ancona et al. 2018 ("Towards better understanding of gradient-based attribution methods", ICLR): a map satisfies
     sensitivity-n when the relevance of any n features sums to the output change when they are removed; measured as
