@@ -91,7 +91,7 @@ def quadrant_masks(shape: tuple[int, int], is_target: torch.Tensor, full_size: b
     return is_target[:, quad]
 
 
-@register_metric("focus", pool=None, method=None, method_params=None, batch_size=None, seed=0, full_size=False)
+@register_metric("focus", method=None, method_params=None, batch_size=None, seed=0, full_size=False)
 def focus(model, x, target, attributions, pool=None, method=None, method_params=None, batch_size=None, seed=0,
           full_size=False):
     """Focus (Arias-Duart et al. 2022): share of the mosaic's positive relevance that falls on the target-class tiles.

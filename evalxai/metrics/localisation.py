@@ -115,7 +115,7 @@ def bounding_box(m: torch.Tensor) -> torch.Tensor:
     return span(rows, ar_h, h)[:, :, None] & span(cols, ar_w, w)[:, None, :]
 
 
-@register_metric("pointing_game", masks=None, tolerance=0)
+@register_metric("pointing_game", tolerance=0)
 def pointing_game(model, x, target, attributions, masks=None, tolerance=0):
     """Pointing game (Zhang et al. 2018, IJCV): 1 if the max of sum_c R lies in the mask (within ``tolerance`` px).
 
@@ -135,7 +135,7 @@ def pointing_game(model, x, target, attributions, masks=None, tolerance=0):
     return scalar_rows(_nan_where(hit, ~m.flatten(1).any(1)), "hit", "higher")
 
 
-@register_metric("attribution_localisation", masks=None, max_size=1.0)
+@register_metric("attribution_localisation", max_size=1.0)
 def attribution_localisation(model, x, target, attributions, masks=None, max_size=1.0):
     """Attribution localisation (Kohlbrenner et al. 2020): positive relevance inside the mask / all positive relevance.
 
@@ -160,7 +160,7 @@ def _rows(parts):
     return pd.concat([scalar_rows(v, name, "higher") for v, name in parts], ignore_index=True)
 
 
-@register_metric("top_k_intersection", masks=None, k=0.02, concept_influence=False)
+@register_metric("top_k_intersection", k=0.02, concept_influence=False)
 def top_k_intersection(model, x, target, attributions, masks=None, k=0.02, concept_influence=False):
     """Top-k intersection (Theiner et al. 2021): the share of the k most relevant pixels of sum_c R in the mask.
 
@@ -188,7 +188,7 @@ def _k_pixels(k, hw: int) -> int:
     return max(1, round(k * hw)) if k < 1 else min(int(k), hw)
 
 
-@register_metric("relevance_mass_accuracy", masks=None)
+@register_metric("relevance_mass_accuracy")
 def relevance_mass_accuracy(model, x, target, attributions, masks=None):
     """Relevance mass accuracy (Arras, Osman & Samek 2022, CLEVR-XAI): positive relevance in the mask / in total.
 
@@ -200,7 +200,7 @@ def relevance_mass_accuracy(model, x, target, attributions, masks=None):
     return scalar_rows(_nan_where(rma, ~m.flatten(1).any(1)), "ratio", "higher")
 
 
-@register_metric("relevance_rank_accuracy", masks=None)
+@register_metric("relevance_rank_accuracy")
 def relevance_rank_accuracy(model, x, target, attributions, masks=None):
     """Relevance rank accuracy (Arras, Osman & Samek 2022, CLEVR-XAI): share of the top-K pixels in the mask, K = |M|.
 
@@ -235,7 +235,7 @@ def roc_auc(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return _nan_where(u / (n_pos * n_neg).clamp(min=1), (n_pos == 0) | (n_neg == 0))
 
 
-@register_metric("localisation_auc", masks=None)
+@register_metric("localisation_auc")
 def localisation_auc(model, x, target, attributions, masks=None):
     """ROC-AUC of the pixel scores sum_c R_c against the mask (Fawcett 2006; Quantus's ``AUC``).
 
@@ -246,7 +246,7 @@ def localisation_auc(model, x, target, attributions, masks=None):
     return scalar_rows(roc_auc(channel_sum(attributions).flatten(1), m.flatten(1)), "auc", "higher")
 
 
-@register_metric("energy_pointing_game", masks=None, bbox=True)
+@register_metric("energy_pointing_game", bbox=True)
 def energy_pointing_game(model, x, target, attributions, masks=None, bbox=True):
     """Energy-based pointing game (Wang et al. 2020, Score-CAM): positive energy inside the mask's bounding box.
 
@@ -260,7 +260,7 @@ def energy_pointing_game(model, x, target, attributions, masks=None, bbox=True):
     return scalar_rows(_nan_where(e, ~m.flatten(1).any(1)), "energy", "higher")
 
 
-@register_metric("xai_tris_precision", masks=None)
+@register_metric("xai_tris_precision")
 def xai_tris_precision(model, x, target, attributions, masks=None):
     """XAI-TRIS precision (Clark, Wilming & Haufe 2024): share of the |M| largest pixels of sum_c |R_c| in the mask.
 
@@ -326,7 +326,7 @@ def emd_grid(a: np.ndarray, b: np.ndarray, grid: int = 16) -> float:
     return float(res.fun)
 
 
-@register_metric("xai_tris_emd", masks=None, grid=16)
+@register_metric("xai_tris_emd", grid=16)
 def xai_tris_emd(model, x, target, attributions, masks=None, grid=16):
     """XAI-TRIS EMD score (Clark, Wilming & Haufe 2024): 1 - EMD(|map|, mask) / D_max, higher = closer to the mask.
 
