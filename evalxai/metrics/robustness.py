@@ -141,7 +141,7 @@ def flips(model, x: torch.Tensor, xs: torch.Tensor, batch_size: int | None = Non
 def reduce_draws(ratio: torch.Tensor, flipped: torch.Tensor | None, how: str) -> np.ndarray:
     """max or mean over the draws (dim 0) of a (S, N) ratio, NaN draws left out (flipped draws are made NaN);
     NaN for a sample with no draw left."""
-    r = ratio.double().cpu()
+    r = ratio.detach().double().cpu()
     if flipped is not None:
         r = torch.where(flipped.cpu(), torch.full_like(r, float("nan")), r)
     r = r.numpy()
