@@ -41,10 +41,11 @@ def mosaic_plan(x: torch.Tensor, target: torch.Tensor, labels: torch.Tensor, see
     tiles = torch.empty(n, 4, dtype=torch.long)
     is_target = torch.empty(n, 4, dtype=torch.bool)
     lab = labels.cpu()
+    split = {c: (torch.nonzero(lab == c).flatten(), torch.nonzero(lab != c).flatten())
+             for c in target.cpu().unique().tolist()}
     for i, g in enumerate(sample_generators(x, seed)):
         c = int(target[i])
-        same = torch.nonzero(lab == c).flatten()
-        other = torch.nonzero(lab != c).flatten()
+        same, other = split[c]
         if len(same) < 1 or len(other) < 2:
             raise ValueError(f"the pool of metric 'focus' has {len(same)} image(s) of class {c} and {len(other)} of "
                              "other classes: it needs at least 1 and 2 (give a larger pool)")
