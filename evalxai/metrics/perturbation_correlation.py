@@ -260,6 +260,14 @@ def monotonicity(model, x, target, attributions, patch_size=None, per_step=None,
 STATISTICS = ("mse", "variance", "mean")
 
 
+def uniform_draws(x: torch.Tensor, seed: int, samples: int, low=None, high=None) -> torch.Tensor:
+    """(samples, N, ...) i.i.d. U[low, high] values (0 and 1 when not given), draw s of sample n from its own
+    generator: the values a feature takes when it is drawn at random."""
+    lo = torch.as_tensor(0.0 if low is None else low, dtype=x.dtype, device=x.device)
+    hi = torch.as_tensor(1.0 if high is None else high, dtype=x.dtype, device=x.device)
+    return lo + (hi - lo) * noise_draws(x, seed + 31, range(samples), "uniform").to(x.dtype)
+
+
 @register_metric("monotonicity_correlation", patch_size=None, samples=10, statistic="mse", score_space="softmax",
                  seed=0, batch_size=None, low=None, high=None)
 def monotonicity_correlation(model, x, target, attributions, patch_size=None, samples=10, statistic="mse",
@@ -285,9 +293,7 @@ def monotonicity_correlation(model, x, target, attributions, patch_size=None, sa
     check_patch(x, p)
     rel_abs, grid = patch_relevance(attributions.double().abs(), p)
     n_feat, n = rel_abs.shape[1], len(x)
-    lo = torch.as_tensor(0.0 if low is None else low, dtype=x.dtype, device=x.device)
-    hi = torch.as_tensor(1.0 if high is None else high, dtype=x.dtype, device=x.device)
-    noise = lo + (hi - lo) * noise_draws(x, seed + 31, range(samples), "uniform").to(x.dtype)  # (S, N, ...)
+    noise = uniform_draws(x, seed, samples, low, high)  # (S, N, ...)
     # copy (i, s) = feature i replaced by draw s: features outer, draws inner
     sel = torch.eye(n_feat, dtype=torch.bool, device=x.device).repeat_interleave(samples, 0)
     sel = sel.unsqueeze(1).expand(n_feat * samples, n, n_feat)
@@ -312,6 +318,11 @@ def monotonicity_correlation(model, x, target, attributions, patch_size=None, sa
 
 
 # -- sensitivity-n (Ancona et al. 2018) -----------------------------------------------------------------------------
+
+
+def subset_seed(seed: int, j: int) -> int:
+    """The seed of the subsets of the j-th subset size (each size draws its own subsets)."""
+    return seed + 7919 * (j + 1)
 
 
 def default_sizes(n_feat: int, count: int = 8, top: float = 0.8) -> list[int]:
@@ -348,7 +359,7 @@ def sensitivity_n(model, x, target, attributions, sizes=None, runs=100, patch_si
     y0 = batched_scores(model, x.unsqueeze(0), target, score_space, batch_size)[0]
     curve = np.empty((n, len(ns)))
     for j, size in enumerate(ns):  # one subset size at a time: at most runs x N copies in memory
-        sel = random_subsets(x, seed + 7919 * (j + 1), runs, n_feat, size)
+        sel = random_subsets(x, subset_seed(seed, j), runs, n_feat, size)
         y = masked_scores(model, x, target, base, sel, grid, p, score_space, batch_size, f"sensitivity-n, n={size}")
         curve[:, j] = pearson(subset_sums(sel, rel), (y0.unsqueeze(0) - y).double().cpu().numpy().T)
     valid = ~np.isnan(curve)

@@ -33,6 +33,16 @@ def cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(both_zero, 0.0, torch.where(one_zero, 1.0, 1.0 - cos))
 
 
+def neighbours(x: torch.Tensor, seed: int, samples: int, noise: float, low=None, high=None) -> torch.Tensor:
+    """(samples, N, ...) noisy copies x + N(0, (noise * (high - low))^2), drawn per sample, clipped into [low, high]
+    when the bounds are given (range 1 when they are not)."""
+    lo = None if low is None else torch.as_tensor(low, dtype=x.dtype, device=x.device)
+    hi = None if high is None else torch.as_tensor(high, dtype=x.dtype, device=x.device)
+    span = (1.0 if hi is None else hi) - (0.0 if lo is None else lo)
+    xs = x.unsqueeze(0) + noise * span * per_sample_noise(x, seed + 5, samples, "normal").to(x.dtype)
+    return torch.clamp(xs, lo, hi) if lo is not None or hi is not None else xs
+
+
 @torch.no_grad()
 def predicted_labels(model, xs: torch.Tensor, batch_size=None) -> torch.Tensor:
     """argmax of the logits for a stack (S, N, ...) -> (S, N), in chunks of the memory budget."""
@@ -64,12 +74,7 @@ def sufficiency(model, x, target, attributions, samples=20, noise=0.1, threshold
     if not 0 <= threshold <= 2:
         raise ValueError(f"sufficiency: threshold={threshold} must be a cosine distance in [0, 2]")
     fn = explainer(method, method_params, "sufficiency")
-    lo = None if low is None else torch.as_tensor(low, dtype=x.dtype, device=x.device)
-    hi = None if high is None else torch.as_tensor(high, dtype=x.dtype, device=x.device)
-    span = (1.0 if hi is None else hi) - (0.0 if lo is None else lo)
-    xs = x.unsqueeze(0) + noise * span * per_sample_noise(x, seed + 5, samples, "normal").to(x.dtype)
-    if lo is not None or hi is not None:
-        xs = torch.clamp(xs, lo, hi)
+    xs = neighbours(x, seed, samples, noise, low, high)
     rs = explain_stack(fn, model, xs, target, batch_size)
     close = (cosine_distance(rs, attributions) <= threshold).cpu().numpy()  # (S, N)
     labels = predicted_labels(model, torch.cat([x.unsqueeze(0), xs]), batch_size).cpu().numpy()
