@@ -314,6 +314,48 @@ def test_consistency_known_answer_fixed_maps():
     np.testing.assert_array_equal(scalar(df, "consistency"), 1.0)
 
 
+def test_consistency_against_a_fixed_pool_is_the_papers_batch_estimate():
+    # the pool = the whole batch: the paper's (and Quantus's) batch formula, with self-matches skipped; scoring the
+    # batch in chunks against the same pool gives the same values
+    model, (x, t) = small_cnn(), data(12)
+    r = torch.zeros_like(x)
+    r[:, 0, 0, :3] = torch.tensor([[1.0, 0.5, 0.0], [0.5, 1.0, 0.0], [0.0, 0.5, 1.0]]).repeat(4, 1)  # 3 map kinds
+    r[5, 0, 0, 0] = -1.0  # a sign flip: no other sample shares it
+    df = evalxai.score(model, x, t, r, metric="consistency", top_k=1, reference=(x, r))
+    pred = model(x).argmax(1).numpy()
+    label = [(int(r[i].flatten().abs().argmax()), float(torch.sign(r[i].flatten()[r[i].flatten().abs().argmax()])))
+             for i in range(12)]
+    for i in range(12):
+        same = [j for j in range(12) if j != i and label[j] == label[i]]
+        want = np.mean([pred[j] == pred[i] for j in same]) if same else np.nan
+        np.testing.assert_allclose(scalar(df, "consistency")[i], want)
+        np.testing.assert_allclose(scalar(df, "match_rate")[i], len(same) / 12)
+    assert np.isnan(scalar(df, "consistency")[5])
+    parts = [evalxai.score(model, x[i:i + 5], t[i:i + 5], r[i:i + 5], metric="consistency", top_k=1,
+                           reference=(x, r)) for i in range(0, 12, 5)]
+    got = np.concatenate([scalar(p, "consistency") for p in parts])
+    np.testing.assert_array_equal(got, scalar(df, "consistency"))
+    with pytest.raises(ValueError, match="reference must be a pair"):
+        evalxai.score(model, x, t, r, metric="consistency", reference=(x, r[:, :, :2]))
+
+
+def test_zero_reference_skip_leaves_zero_elements_out():
+    model, (x, t) = small_cnn(), data(2)
+    x[:, 0, :3] = 0.0
+    r = gxi(model, x, t)  # zero where x is zero
+    df = evalxai.score(model, x, t, r, metric="relative_input_stability", method="gradient_x_input", samples=3,
+                       zero_reference="skip", nan_on_flip=False, low=0.0, high=1.0)
+    for i in range(2):
+        xi, ri = x[i:i + 1].numpy(), r[i:i + 1].numpy()
+        vals = []
+        for xs in neighbours(x[i:i + 1], 0, 3, 0.05, 0.0, 1.0):
+            rs = gxi(model, xs, t[i:i + 1]).numpy()
+            num = np.linalg.norm(np.where(ri == 0, 0.0, (ri - rs) / np.where(ri == 0, 1, ri)))
+            den = np.linalg.norm(np.where(xi == 0, 0.0, (xi - xs.numpy()) / np.where(xi == 0, 1, xi)))
+            vals.append(num / max(den, 1e-6))
+        np.testing.assert_allclose(scalar(df, "relative_input_stability")[i], max(vals), rtol=1e-10)
+
+
 # --- every metric -------------------------------------------------------------------------------------------------
 
 METRICS = [
@@ -358,6 +400,7 @@ def test_float32_known_answers():
     ("avg_sensitivity", {"samples": 0}, "samples=0"),
     ("relative_input_stability", {"eps_min": 0}, "eps_min=0"),
     ("relative_output_stability", {"p": 0.5}, "p=0.5"),
+    ("relative_input_stability", {"zero_reference": "drop"}, "zero_reference='drop'"),
     ("consistency", {"top_k": 0}, "top_k=0"),
 ])
 def test_bad_parameters_are_named(metric, params, match):

@@ -265,37 +265,65 @@ def top_k_sign(r: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return idx, torch.sign(r.gather(-1, idx))
 
 
-@register_metric("consistency", samples=10, noise=0.1, top_k=5, seed=0, method=None, method_params=None,
-                 batch_size=None, low=None, high=None)
-def consistency(model, x, target, attributions, samples=10, noise=0.1, top_k=5, seed=0, method=None,
-                method_params=None, batch_size=None, low=None, high=None):
-    """Local consistency (Dasgupta et al. 2022): P[f(x') = f(x) | d(R(x')) = d(R(x))] over Gaussian neighbours x'.
+def _consistency_pool(model, x, attributions, reference, top_k, batch_size):
+    """Against a fixed pool (x_ref, R_ref): per sample, the pool entries (other than x itself) with the same
+    discretised map, and whether they share x's prediction; (P, N) bool each."""
+    x_ref, r_ref = reference
+    if not (isinstance(x_ref, torch.Tensor) and isinstance(r_ref, torch.Tensor) and x_ref.shape[1:] == x.shape[1:]
+            and r_ref.shape == x_ref.shape):
+        raise ValueError("consistency reference must be a pair (x_ref, R_ref) of tensors shaped (P, *x.shape[1:]): "
+                         "the pool's inputs and their maps by the same method")
+    x_ref, r_ref = x_ref.to(x), r_ref.to(attributions)
+    logits = stack_logits(model, torch.cat([x, x_ref]).unsqueeze(0), batch_size)[0]
+    pred, pred_ref = logits[:len(x)].argmax(-1), logits[len(x):].argmax(-1)
+    idx0, sign0 = top_k_sign(attributions.reshape(len(x), -1), top_k)
+    idx, sign = top_k_sign(r_ref.reshape(len(x_ref), -1), top_k)
+    same_map = ((idx[:, None] == idx0[None]) & (sign[:, None] == sign0[None])).all(-1)
+    itself = torch.stack([(x_ref.reshape(len(x_ref), -1) == xi.reshape(1, -1)).all(-1) for xi in x], 1)
+    return same_map & ~itself, pred_ref[:, None] == pred[None]
 
-    d = top-k-sign discretisation: the set of the ``top_k`` features of largest |R| with their signs. The paper's
-    estimate (and Quantus 0.6's) takes x' from the other samples of the batch, so a sample's value depends on its
-    batch. Here x' are ``samples`` noisy neighbours x + N(0, noise^2) per sample (seeded per sample, clipped into
-    [``low``, ``high``]), re-explained with the method: consistency = #{s: d_s = d(x), argmax f(x_s) = argmax f(x)}
-    / #{s: d_s = d(x)}. Higher is better (explanations that stay the same while the prediction changes are
-    inconsistent; Quantus 0.6 declares "lower"). Also ``match_rate`` = #{s: d_s = d(x)} / samples (direction
-    "none"). NaN policy: NaN when no neighbour shares the discretised explanation; flips are what it measures, so
-    there is no ``nan_on_flip``. Quantus 0.6's ``top_n_sign`` takes the signs of the first n features in memory
-    order, not the n largest: here the largest, as the paper means. Invariant to positive rescaling of the maps.
-    Cost: ``samples`` explains and ``samples`` + 1 forwards per sample.
+
+@register_metric("consistency", samples=10, noise=0.1, top_k=1, seed=0, reference=None, method=None,
+                 method_params=None, batch_size=None, low=None, high=None)
+def consistency(model, x, target, attributions, samples=10, noise=0.1, top_k=1, seed=0, reference=None, method=None,
+                method_params=None, batch_size=None, low=None, high=None):
+    """Local consistency (Dasgupta et al. 2022): P[f(x') = f(x) | d(R(x')) = d(R(x))].
+
+    d = top-k-sign discretisation: the set of the ``top_k`` features of largest |R| (ties: lower index first) with
+    their signs. The paper (and Quantus 0.6) takes x' from the other samples of the batch, so a sample's value
+    depends on its batch. Two batch-independent estimates:
+
+    - default: x' are ``samples`` noisy neighbours x + N(0, noise^2) per sample (seeded per sample, clipped into
+      [``low``, ``high``]), re-explained with the method;
+    - ``reference=(x_ref, R_ref)`` (API only): x' are the entries of a fixed pool with their maps (an entry equal to
+      x is skipped, so passing the whole batch as the pool gives the paper's batch estimate).
+
+    consistency = #{x': d(R(x')) = d(R(x)), argmax f(x') = argmax f(x)} / #{x': d(R(x')) = d(R(x))}. Higher is
+    better (Quantus 0.6 declares "lower"). Also ``match_rate`` = the fraction of x' sharing d(R(x)) (direction
+    "none"). NaN policy: NaN when no x' shares the discretised map (Quantus returns 0); prediction flips are what
+    it measures, so there is no ``nan_on_flip``. Quantus 0.6's ``top_n_sign`` keeps the signs of the first n
+    features in memory order, not of the n largest: here the largest, as the paper means. Invariant to positive
+    rescaling. Cost: ``samples`` explains and ``samples`` + 1 forwards per sample (pool: P + N forwards).
     """
-    check_positive("noise", noise, "consistency", "the Gaussian noise sigma in input units")
-    check_samples(samples, "consistency")
     d = attributions[0].numel()
     if not 1 <= top_k <= d:
         raise ValueError(f"top_k={top_k} must be between 1 and the number of features {d} (metric 'consistency')")
-    fn = explainer(method, method_params, "consistency")
-    xs = gaussian_neighbours(x, seed, samples, noise, low, high)
-    rs = explain_stack(fn, model, xs, target, batch_size)
-    idx0, sign0 = top_k_sign(attributions.reshape(len(x), -1), top_k)
-    idx, sign = top_k_sign(rs.reshape(samples, len(x), -1), top_k)
-    same_map = ((idx == idx0.unsqueeze(0)) & (sign == sign0.unsqueeze(0))).all(-1)  # (S, N)
-    same_pred = ~flips(model, x, xs, batch_size)
+    if reference is not None:
+        same_map, same_pred = _consistency_pool(model, x, attributions, reference, top_k, batch_size)
+        total = len(reference[0])
+    else:
+        check_positive("noise", noise, "consistency", "the Gaussian noise sigma in input units")
+        check_samples(samples, "consistency")
+        fn = explainer(method, method_params, "consistency")
+        xs = gaussian_neighbours(x, seed, samples, noise, low, high)
+        rs = explain_stack(fn, model, xs, target, batch_size)
+        idx0, sign0 = top_k_sign(attributions.reshape(len(x), -1), top_k)
+        idx, sign = top_k_sign(rs.reshape(samples, len(x), -1), top_k)
+        same_map = ((idx == idx0.unsqueeze(0)) & (sign == sign0.unsqueeze(0))).all(-1)  # (S, N)
+        same_pred = ~flips(model, x, xs, batch_size)
+        total = samples
     matches = same_map.double().sum(0)
     value = torch.where(matches > 0, (same_map & same_pred).double().sum(0) / matches.clamp(min=1),
                         torch.full_like(matches, float("nan")))
     return pd.concat([scalar_rows(value, "consistency", "higher"),
-                      scalar_rows(matches / samples, "match_rate", "none")], ignore_index=True)
+                      scalar_rows(matches / total, "match_rate", "none")], ignore_index=True)

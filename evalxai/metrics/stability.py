@@ -13,8 +13,10 @@ seeded per sample (``evalxai.seeding``), clipped into [low, high] when given. Lo
 Division by zero. The paper bounds the denominator's norm below by ``eps_min`` (the max above): done as written
 (Quantus 0.6 instead adds eps_min only where the norm is exactly 0). Inside the norms an element with a zero
 reference (R_i = 0, x_i = 0 or L_i = 0) would divide by zero, which the paper does not address: such an element is
-divided by ``eps_min`` instead, as in Quantus 0.6 (its percent change counts as huge). A map that is zero
-everywhere has no relative change at all: NaN.
+divided by ``eps_min`` instead, as in Quantus 0.6 (its percent change counts as huge): ``zero_reference="eps_min"``,
+the default. On images with many zero pixels (MNIST) or ReLU representations these elements dominate the norms
+(ROS / RRS reach 1e4-1e6 on LeNet): ``zero_reference="skip"`` leaves elements with a zero reference out of the
+norms instead (an evalxai option, not in the paper). A map that is zero everywhere: NaN.
 
 Prediction flips. The paper takes the max over neighbours with the same predicted class (argmax of the logits) as
 x, so ``nan_on_flip=True`` (default) leaves flipped draws out and a sample with no draw left is NaN. Quantus 0.6
@@ -104,13 +106,23 @@ def logits_and_representation(model: nn.Module, xs: torch.Tensor, layer: str, us
     return torch.cat(logits).view(s, n, -1), torch.cat(captured).view(s, n, -1)
 
 
-def _relative(ref: torch.Tensor, other: torch.Tensor, eps_min: float) -> torch.Tensor:
-    """(ref - other) / ref element-wise, a zero reference element divided by eps_min; float64, (S, N, D)."""
+ZERO_REFERENCE = ("eps_min", "skip")
+
+
+def _relative(ref: torch.Tensor, other: torch.Tensor, eps_min: float, zero_reference: str = "eps_min"
+              ) -> torch.Tensor:
+    """(ref - other) / ref element-wise, float64 (S, N, D). An element with ref = 0 is divided by eps_min
+    (``eps_min``) or contributes 0, i.e. is left out of the norm (``skip``)."""
     ref = ref.double()
-    return (ref - other.double()) / torch.where(ref == 0, torch.full_like(ref, eps_min), ref)
+    zero = ref == 0
+    out = (ref - other.double()) / torch.where(zero, torch.full_like(ref, eps_min), ref)
+    return torch.where(zero, torch.zeros_like(out), out) if zero_reference == "skip" else out
 
 
-def _check(p, eps_min, noise, samples, metric):
+def _check(p, eps_min, noise, samples, zero_reference, metric):
+    if zero_reference not in ZERO_REFERENCE:
+        raise ValueError(f"zero_reference='{zero_reference}' must be one of {list(ZERO_REFERENCE)} (metric "
+                         f"'{metric}': how an element with a zero reference enters a percent change)")
     check_positive("noise", noise, metric, "the Gaussian noise sigma in input units")
     check_samples(samples, metric)
     if not eps_min > 0:
@@ -120,17 +132,18 @@ def _check(p, eps_min, noise, samples, metric):
 
 
 def relative_stability(kind: str, model, x, target, attributions, samples, noise, p, eps_min, seed, nan_on_flip,
-                       layer, method, method_params, batch_size, low, high) -> pd.DataFrame:
+                       zero_reference, layer, method, method_params, batch_size, low, high) -> pd.DataFrame:
     """The three relative stabilities share everything but the denominator (``kind``: input, output,
     representation)."""
     metric = f"relative_{kind}_stability"
-    _check(p, eps_min, noise, samples, metric)
+    _check(p, eps_min, noise, samples, zero_reference, metric)
     fn = explainer(method, method_params, metric)
     n = len(x)
     xs = gaussian_neighbours(x, seed, samples, noise, low, high)
     rs = explain_stack(fn, model, xs, target, batch_size)
     flat_r = attributions.reshape(1, n, -1)
-    num = torch.linalg.vector_norm(_relative(flat_r, rs.reshape(samples, n, -1), eps_min), ord=p, dim=-1)
+    num = torch.linalg.vector_norm(_relative(flat_r, rs.reshape(samples, n, -1), eps_min, zero_reference), ord=p,
+                                   dim=-1)
     stack = torch.cat([x.unsqueeze(0), xs])
     if kind == "representation":
         use_input = layer is None
@@ -139,11 +152,12 @@ def relative_stability(kind: str, model, x, target, attributions, samples, noise
             raise ValueError(f"layer='{layer}' is not a module of {type(model).__name__} (metric '{metric}'): "
                              f"choose one of {_names(model)}")
         logits, rep = logits_and_representation(model, stack, name, use_input, batch_size)
-        den = torch.linalg.vector_norm(_relative(rep[:1], rep[1:], eps_min), ord=p, dim=-1)
+        den = torch.linalg.vector_norm(_relative(rep[:1], rep[1:], eps_min, zero_reference), ord=p, dim=-1)
     else:
         logits = stack_logits(model, stack, batch_size)
         if kind == "input":
-            den = torch.linalg.vector_norm(_relative(x.reshape(1, n, -1), xs.reshape(samples, n, -1), eps_min),
+            den = torch.linalg.vector_norm(_relative(x.reshape(1, n, -1), xs.reshape(samples, n, -1), eps_min,
+                                                     zero_reference),
                                            ord=p, dim=-1)
         else:
             den = torch.linalg.vector_norm((logits[:1] - logits[1:]).double(), ord=p, dim=-1)
@@ -158,37 +172,38 @@ def relative_stability(kind: str, model, x, target, attributions, samples, noise
     return out
 
 
-_COMMON = dict(samples=10, noise=0.05, p=2, eps_min=1e-6, seed=0, nan_on_flip=True, method=None, method_params=None,
-               batch_size=None, low=None, high=None)
+_COMMON = dict(samples=10, noise=0.05, p=2, eps_min=1e-6, seed=0, nan_on_flip=True, zero_reference="eps_min",
+               method=None, method_params=None, batch_size=None, low=None, high=None)
 
 
 @register_metric("relative_input_stability", **_COMMON)
 def relative_input_stability(model, x, target, attributions, samples=10, noise=0.05, p=2, eps_min=1e-6, seed=0,
-                             nan_on_flip=True, method=None, method_params=None, batch_size=None, low=None, high=None):
+                             nan_on_flip=True, zero_reference="eps_min", method=None, method_params=None,
+                             batch_size=None, low=None, high=None):
     """Relative input stability (Agarwal et al. 2022): max_s ||(R - R_s)/R||_p / max(||(x - x_s)/x||_p, eps_min).
 
     Lower is better; not invariant to rescaling the input. Definitions, division by zero, flips: module docstring.
     """
     return relative_stability("input", model, x, target, attributions, samples, noise, p, eps_min, seed, nan_on_flip,
-                              None, method, method_params, batch_size, low, high)
+                              zero_reference, None, method, method_params, batch_size, low, high)
 
 
 @register_metric("relative_output_stability", **_COMMON)
 def relative_output_stability(model, x, target, attributions, samples=10, noise=0.05, p=2, eps_min=1e-6, seed=0,
-                              nan_on_flip=True, method=None, method_params=None, batch_size=None, low=None,
-                              high=None):
+                              nan_on_flip=True, zero_reference="eps_min", method=None, method_params=None,
+                              batch_size=None, low=None, high=None):
     """Relative output stability (Agarwal et al. 2022): max_s ||(R - R_s)/R||_p / max(||h(x) - h(x_s)||_p, eps_min).
 
     h = the logits (all classes). Lower is better. Definitions, division by zero, flips: module docstring.
     """
     return relative_stability("output", model, x, target, attributions, samples, noise, p, eps_min, seed,
-                              nan_on_flip, None, method, method_params, batch_size, low, high)
+                              nan_on_flip, zero_reference, None, method, method_params, batch_size, low, high)
 
 
 @register_metric("relative_representation_stability", **_COMMON, layer=None)
 def relative_representation_stability(model, x, target, attributions, samples=10, noise=0.05, p=2, eps_min=1e-6,
-                                      seed=0, nan_on_flip=True, method=None, method_params=None, batch_size=None,
-                                      low=None, high=None, layer=None):
+                                      seed=0, nan_on_flip=True, zero_reference="eps_min", method=None,
+                                      method_params=None, batch_size=None, low=None, high=None, layer=None):
     """Relative representation stability (Agarwal et al. 2022): max_s ||(R - R_s)/R||_p / max(||(L - L_s)/L||_p,
     eps_min).
 
@@ -199,4 +214,4 @@ def relative_representation_stability(model, x, target, attributions, samples=10
     which. The rows carry the layer's name. Lower is better.
     """
     return relative_stability("representation", model, x, target, attributions, samples, noise, p, eps_min, seed,
-                              nan_on_flip, layer, method, method_params, batch_size, low, high)
+                              nan_on_flip, zero_reference, layer, method, method_params, batch_size, low, high)
