@@ -1,0 +1,218 @@
+"""A config becomes a meta-evaluation: ``run_meta(cfg, out_dir)`` loads the experiment's data, model, methods and
+metrics as ``evalxai.pipeline`` does, runs ``meta_evaluate`` with the config's ``meta`` block and writes into
+``out_dir``: ``meta.csv`` (MC per metric and measure, model and input), ``meta_detail.csv`` (every IAC / IEC),
+``meta_scores.parquet`` (per-sample scores, unperturbed and perturbed), ``agreement.csv`` (Kendall tau between the
+metrics' rankings of the methods), ``meta.md`` (also as ``report.md`` / ``report.html``), ``plots/meta_mc.png``,
+``plots/agreement.png`` and ``meta.json`` (config, timings, counts; written last).
+
+The folder holds no ``scores.parquet``, so a leaderboard over a sweep folder does not count these runs twice; it
+reads their ``meta.csv`` to annotate each metric with its MC.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from evalxai._io import atomic_path, write_json
+from evalxai.meta.evaluate import CRITERIA, meta_evaluate
+from evalxai.meta.perturbation import default_tests
+from evalxai.report.agreement import agreement, disagreements, heatmap, label
+
+log = logging.getLogger("evalxai")
+
+META_DEFAULTS = {"iterations": 5, "perturbations": 10, "model_resilience": 0.001, "model_adversary": 2.0,
+                 "input_resilience": 0.001, "input_adversary": 5.0, "iec_ranking": "position", "n_boot": 1000}
+
+
+def meta_settings(cfg: dict) -> dict:
+    """The ``meta`` block of a config over MetaQuantus's defaults; unknown keys are an error."""
+    given = dict(cfg.get("meta") or {})
+    unknown = set(given) - set(META_DEFAULTS)
+    if unknown:
+        raise ValueError(f"meta has no setting {sorted(unknown)}: it takes {sorted(META_DEFAULTS)} (evalxai.meta)")
+    return {**META_DEFAULTS, **given}
+
+
+def _write_csv(df: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+
+
+def mc_plot(summary: pd.DataFrame, path: Path) -> Path | None:
+    """Horizontal bars: MC (with its spread) per estimator, model and input perturbation side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if summary.empty:
+        return None
+    summary = summary.assign(label=[label(a, b) for a, b in zip(summary["metric"], summary["measure"])])
+    names = sorted(summary["label"].unique())
+    fig, ax = plt.subplots(figsize=(6.5, 0.32 * len(names) + 1.2))
+    y = np.arange(len(names))
+    for off, (space, color) in zip((-0.2, 0.2), (("model", "tab:blue"), ("input", "tab:orange"))):
+        sub = summary[summary["space"] == space].set_index("label").reindex(names)
+        ax.barh(y + off, sub["MC"], height=0.38, xerr=sub["MC_std"], color=color, label=f"{space} perturbation",
+                error_kw={"lw": 0.8})
+    ax.set_yticks(y, names, fontsize=7)
+    ax.set_xlim(0, 1)
+    ax.axvline(0.5, color="gray", lw=0.6, ls=":")
+    ax.set_xlabel("MC = mean(IAC_NR, IAC_AR, IEC_NR, IEC_AR); 1 = ideal")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title("Meta-consistency of each metric (MetaQuantus)", fontsize=9)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, bbox_inches="tight", format="png")
+    plt.close(fig)
+    return path
+
+
+def mc_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """One row per estimator: MC ± spread for model and input perturbations and the four criteria of each."""
+    rows = []
+    for (metric, measure), g in summary.groupby(["metric", "measure"], sort=True):
+        row = {"metric": label(metric, measure), "direction": g["direction"].iloc[0]}
+        for space in ("model", "input"):
+            s = g[g["space"] == space]
+            if s.empty:
+                continue
+            s = s.iloc[0]
+            row[f"MC {space}"] = f"{s['MC']:.3f} ± {s['MC_std']:.3f}"
+            row.update({f"{c} {space}": round(float(s[c]), 3) for c in CRITERIA})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def run_meta(cfg: dict, out_dir: str | Path, progress: bool = True) -> Path:
+    """Run the meta-evaluation of the experiment ``cfg`` into ``out_dir``; returns the folder."""
+    from evalxai.memory import memory_budget, show_progress
+
+    show_progress(progress)
+    try:
+        with memory_budget(cfg.get("memory_budget")):
+            return _run_meta(cfg, out_dir, progress)
+    finally:
+        show_progress(False)
+
+
+def _run_meta(cfg: dict, out_dir: str | Path, progress: bool) -> Path:
+    import evalxai
+    from evalxai.data import load_dataset
+    from evalxai.explain.cache import attribution_key, cached
+    from evalxai.meta.evaluate import call_methods
+    from evalxai.models import get_model
+    from evalxai.pipeline import _asks_for_mean, check_run, sample_indices, writable_dir
+    from evalxai.report.document import write_report
+
+    t_start = time.perf_counter()
+    out = writable_dir(out_dir)
+    settings = meta_settings(cfg)
+    methods, metrics = check_run(cfg)
+    (out / "meta.json").unlink(missing_ok=True)
+    seed = int(cfg.get("seed", 0))
+    torch.manual_seed(seed)
+    cache_dir = cfg.get("cache_dir")
+    dcfg = dict(cfg["dataset"])
+    dataset = load_dataset(dcfg.pop("name"), cache_dir=cache_dir, **dcfg)
+    mcfg = dict(cfg["model"])
+    train_cfg = dict(mcfg.pop("train", {}) or {})
+    model, model_info = get_model(dataset, mcfg, train_cfg, seed=seed, cache_dir=cache_dir, progress=progress)
+    device = torch.device(cfg.get("device") or "cpu")
+    model = model.to(device)
+    idx = sample_indices(len(dataset), int(cfg.get("n_samples", 128)), int(cfg.get("sample_seed", 0)))
+    x, labels = dataset.test_items(idx)
+    x = x.to(device)
+    if cfg.get("target", "predicted") == "predicted":
+        with torch.no_grad():
+            target = model(x).argmax(1)
+    else:
+        target = labels.to(device)
+    mean = dataset.mean_image() if _asks_for_mean(methods, metrics) else None
+    std = None if dataset.std is None else torch.tensor(dataset.std, dtype=x.dtype).view(-1, *[1] * (x.dim() - 2))
+    from_data = {"low": dataset.low, "high": dataset.high, "mean": mean}
+
+    maps = {}  # the unperturbed maps: from the attribution cache the pipeline fills, when enabled
+    if cfg.get("attribution_cache", True):
+        for name, method, params in call_methods(methods, from_data):
+            if isinstance(method, str):
+                key_params = {k: "dataset mean image" if k == "mean" and v is mean and v is not None else v
+                              for k, v in params.items()}
+                key = attribution_key(model_info["key"], method, key_params, idx, target, x.dtype)
+                maps[name], _ = cached(key, lambda method=method, params=params: evalxai.explain(
+                    model, x, target, method=method, **params), cache_dir)
+                maps[name] = maps[name].to(device)
+    t_setup = time.perf_counter() - t_start
+
+    tests = default_tests(settings["model_resilience"], settings["model_adversary"], settings["input_resilience"],
+                          settings["input_adversary"])
+    res = meta_evaluate(model, x, target, methods, metrics, tests=tests, iterations=int(settings["iterations"]),
+                        perturbations=int(settings["perturbations"]), seed=seed, low=dataset.low,
+                        high=dataset.high, std=std, mean=mean, iec_per=settings["iec_ranking"], maps=maps,
+                        progress=progress)
+    model_name = model_info.get("label") or cfg["model"]["name"]
+    context = {"experiment": cfg.get("name", "adhoc"), "dataset": dataset.name, "model": model_name, "seed": seed,
+               "iterations": int(settings["iterations"]), "perturbations": int(settings["perturbations"]),
+               "n_samples": len(idx)}
+    summary = res.summary.assign(**context)
+    _write_csv(summary, out / "meta.csv")
+    _write_csv(res.detail, out / "meta_detail.csv")
+    with atomic_path(out / "meta_scores.parquet") as tmp:
+        res.scores.assign(dataset_index=idx[res.scores["sample"].to_numpy()]).to_parquet(tmp, index=False)
+
+    t0 = time.perf_counter()
+    rows0 = res.unperturbed.assign(dataset=dataset.name, model=model_name, seed=seed,
+                                   dataset_index=idx[res.unperturbed["sample"].to_numpy()])
+    agree = agreement(rows0, n_boot=int(settings["n_boot"]), seed=seed)
+    _write_csv(agree, out / "agreement.csv")
+    plots = out / "plots"
+    plots.mkdir(exist_ok=True)
+    mc_plot(res.summary, plots / "meta_mc.png")
+    heatmap(agree, plots / "agreement.png")
+    t_report = time.perf_counter() - t0
+
+    timings = {"setup_s": t_setup, **res.timings, "agreement_and_plots_s": t_report,
+               "wall_s": time.perf_counter() - t_start}
+    table = mc_table(res.summary)
+    dis = disagreements(agree)
+    n_pairs = int((agree["a"] < agree["b"]).sum())
+    intro = (f"Experiment {context['experiment']}: {model_name} on {dataset.name} (test accuracy "
+             f"{model_info['test_accuracy']:.4f}), {len(idx)} samples, {len(methods)} methods, seed {seed}; "
+             f"{settings['iterations']} iterations x {settings['perturbations']} perturbations per test. Model "
+             f"tests: weights x N(1, {settings['model_resilience']}) (resilience, unchanged predictions kept) and "
+             f"N(1, {settings['model_adversary']}) (adversary, changed predictions kept); input tests: "
+             f"x + U(-{settings['input_resilience']}, {settings['input_resilience']}) and U(-"
+             f"{settings['input_adversary']}, {settings['input_adversary']}) in pixel units, clipped to the data "
+             f"range. IAC: Wilcoxon p (resilience) or 1 - p (adversary) per method; IEC: same ranking of methods "
+             f"({settings['iec_ranking']}) / share of scores that got worse; MC: mean of the four (1 = ideal), "
+             f"± spread over iterations.")
+    kept = res.summary.groupby("space")[["kept_resilience", "kept_adversary"]].mean().round(3).reset_index()
+    cost = (f"{timings['wall_s']:.1f} s in all; the meta-evaluation {res.timings['total_s']:.1f} s against "
+            f"{res.timings['bare_s']:.1f} s of explain ({res.timings['explain_s']:.1f} s, "
+            f"{res.timings['explain_calls']} calls) and score calls ({res.timings['score_s']:.1f} s, "
+            f"{res.timings['score_calls']} calls): ratio {res.timings['ratio']:.3f}. Explained samples: "
+            f"{res.timings['explained_samples']} (MetaQuantus's loop would explain "
+            f"{res.timings['metaquantus_explained_samples']}).")
+    dis_text = (f"{len(dis)} of {n_pairs} metric pairs rank the methods in opposite ways (tau < 0)."
+                if n_pairs else "Fewer than two metrics: no agreement to report.")
+    md = [("p", intro), ("h2", "Meta-consistency per metric"), ("table", table),
+          ("h2", "Share of samples kept per test"), ("table", kept),
+          ("img", plots / "meta_mc.png", "MC per metric (model and input perturbation)"),
+          ("h2", "Agreement between metrics (Kendall tau of method rankings)"), ("p", dis_text),
+          ("table", dis.drop(columns=[c for c in ("dataset", "model") if c in dis]).round(3)),
+          ("img", plots / "agreement.png", "tau between the metrics' rankings of the methods"),
+          ("h2", "Cost"), ("p", cost)]
+    md_path, _ = write_report(out, f"evalxai meta-evaluation {context['experiment']}", md)
+    with atomic_path(out / "meta.md") as tmp:  # the same text under the name the leaderboard looks for
+        tmp.write_text(md_path.read_text())
+    write_json(out / "meta.json", {"config": cfg, "settings": settings, "context": context,
+                                   "model": {**model_info, "test_accuracy": model_info["test_accuracy"]},
+                                   "timings": {k: (round(v, 4) if isinstance(v, float) else v)
+                                               for k, v in timings.items()}})
+    log.info("meta-evaluation: %d estimators, ratio %.3f, %.1fs -> %s", res.summary[["metric", "measure"]]
+             .drop_duplicates().shape[0], res.timings["ratio"], timings["wall_s"], out)
+    return out
