@@ -205,8 +205,8 @@ def test_shape_arithmetic_is_not_a_relevance_path():
 
 
 class Mystery(nn.Module):
-    def forward(self, x):
-        return x * torch.sigmoid(x)
+    def forward(self, x):  # (x * sigmoid(x) is a product of two tensors: LRP's uniform rule covers it)
+        return x / torch.sigmoid(x)
 
 
 class Gated(nn.Module):
@@ -229,7 +229,8 @@ class Outer(nn.Module):
 
 @pytest.mark.parametrize("method", ["lrp_0", "deeplift"])
 def test_unsupported_operation_names_its_module(method):
-    with pytest.raises(LRPError, match=r"operation 'mul' \(graph node 'mul'\) in module 'block.gate' \(Mystery\)"):
+    with pytest.raises(LRPError,
+                       match=r"operation 'truediv' \(graph node 'truediv'\) in module 'block.gate' \(Mystery\)"):
         evalxai.explain(Outer().eval(), torch.rand(2, 4), torch.tensor([0, 1]), method=method)
 
 

@@ -38,3 +38,29 @@ for _name, (_layers, _first, _params) in COMPOSITES.items():
     _used = make_composite(_name).used_params()
     METHODS[_name] = MethodSpec(_name, _make(_name), {**{k: v for k, v in {**DEFAULT_PARAMS, **_params}.items()
                                                           if k in _used}, "composite": None}, "lrp")
+
+
+def _transformer_method(name: str, softmax: str):
+    def method(model, x, target, epsilon=1e-6, composite=None, recorder: Recorder | None = None):
+        overrides = dict(composite or {})
+        maps = {k: overrides.pop(k) for k in _MAPS if k in overrides}
+        comp = make_composite(None, layers={"linear": "epsilon", "conv": "epsilon", **(maps.pop("layers", None) or {})},
+                              **maps, softmax=softmax, **{"epsilon": epsilon, "stabilizer": epsilon, **overrides})
+        relevance, _ = run_lrp(model, x, target, comp, recorder)
+        return relevance
+
+    title = ("AttnLRP (Achtibat et al. 2024): softmax by R_in = x (R - s sum R), uniform rule on q k^T and A v."
+             if softmax == "attnlrp" else
+             "CP-LRP (Ali et al. 2022): attention weights held constant, relevance through the values only.")
+    method.__name__ = name
+    method.__doc__ = (f"{title}\n\nLRP for transformers: the epsilon rule on Linear/Conv layers and on "
+                      "LayerNorm/RMSNorm (normaliser held constant), the identity rule on element-wise activations, "
+                      "the uniform rule on products of two tensors. One ``epsilon`` stabilises every division "
+                      "(linear layers, normalisation, products, residual additions); epsilon = 0 is LXT's gradient "
+                      "x input form.")
+    return method
+
+
+for _name, _softmax in (("attnlrp", "attnlrp"), ("cp_lrp", "constant")):
+    METHODS[_name] = MethodSpec(_name, _transformer_method(_name, _softmax), {"epsilon": 1e-6, "composite": None},
+                                "lrp")

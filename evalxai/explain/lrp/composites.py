@@ -4,7 +4,9 @@ A composite maps (module name) -> rule, (first parametrised layer, its type) -> 
 in that priority. Types are ``linear`` (nn.Linear) and ``conv`` (nn.Conv1d/2d/3d). Rules are names or
 ``{rule: name, **params}``; missing parameters come from the composite's shared ``params`` (``epsilon``,
 ``gamma``, ``alpha``, ``beta``, ``low``, ``high``, ``stabilizer``). The named composites follow zennit's
-composites of the same names and defaults (epsilon = 1e-6, gamma = 0.25).
+composites of the same names and defaults (epsilon = 1e-6, gamma = 0.25). ``softmax`` says how an attention's
+softmax propagates: "attnlrp" (AttnLRP's rule, Achtibat et al. 2024; every composite's default) or "constant"
+(CP-LRP, Ali et al. 2022: the attention weights are constants, relevance flows through the values only).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from torch import nn
 
 from evalxai.explain.lrp.rules import RULE_PARAMS, Rule, make_rule
 
+SOFTMAX_RULES = ("attnlrp", "constant")
 DEFAULT_PARAMS = {"epsilon": 1e-6, "gamma": 0.25, "alpha": 2.0, "beta": 1.0, "low": None, "high": None,
                   "stabilizer": 1e-6}
 
@@ -29,14 +32,17 @@ def layer_type(module: nn.Module) -> str | None:
 
 @dataclass
 class Composite:
-    """Rule mapping: ``names`` beats ``first`` beats ``layers``."""
+    """Rule mapping: ``names`` beats ``first`` beats ``layers``; ``softmax``: the attention softmax's rule."""
 
     layers: dict = field(default_factory=dict)
     first: dict = field(default_factory=dict)
     names: dict = field(default_factory=dict)
     params: dict = field(default_factory=dict)
+    softmax: str = "attnlrp"
 
     def __post_init__(self):
+        if self.softmax not in SOFTMAX_RULES:
+            raise ValueError(f"composite softmax='{self.softmax}' is unknown: use one of {list(SOFTMAX_RULES)}")
         self.params = {**DEFAULT_PARAMS, **(self.params or {})}
         bad = set(self.layers) | set(self.first)
         bad -= {"linear", "conv"}
@@ -93,7 +99,8 @@ COMPOSITES: dict[str, tuple[dict, dict, dict]] = {
 }
 
 
-def make_composite(name: str | None = None, *, layers=None, first=None, names=None, **params) -> Composite:
+def make_composite(name: str | None = None, *, layers=None, first=None, names=None, softmax="attnlrp",
+                   **params) -> Composite:
     """A named composite with overrides: ``params`` (epsilon, gamma, ...) and ``layers``/``first``/``names`` maps."""
     base_layers, base_first, base_params = ({}, {}, {})
     if name is not None:
@@ -101,4 +108,4 @@ def make_composite(name: str | None = None, *, layers=None, first=None, names=No
             raise KeyError(f"unknown LRP composite '{name}': choose one of {sorted(COMPOSITES)}")
         base_layers, base_first, base_params = COMPOSITES[name]
     return Composite(layers={**base_layers, **(layers or {})}, first={**base_first, **(first or {})},
-                     names=dict(names or {}), params={**base_params, **params})
+                     names=dict(names or {}), params={**base_params, **params}, softmax=softmax)

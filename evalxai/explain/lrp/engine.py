@@ -4,11 +4,20 @@ The model is traced once (cached per model object). Each node is classified: lin
 from the composite (BatchNorm right after a linear/conv layer is merged into it — canonization — for the
 propagation only), average pooling and residual additions (also a plain ``+`` inside ``forward``) use the
 proportional Norm rule, LocalResponseNorm is linearised by a first-order Taylor expansion (Binder et al.
-2016), element-wise activations pass relevance unchanged, max-pooling and shape operations keep their
-gradient (winner-takes-all routing). Anything else raises an error that names the node: never a silent
-pass-through. The relevance flows as the "gradient" of a single ``torch.autograd.grad`` call, seeded with
-the target logit, so sum R = f_c(x) wherever the rules conserve. The model itself is never modified: no
-hooks, no parameter swaps.
+2016), element-wise activations pass relevance unchanged (the identity rule), max-pooling and shape operations
+keep their gradient (winner-takes-all routing). Anything else raises an error that names the node: never a silent
+pass-through.
+
+Transformers (AttnLRP, Achtibat et al. 2024; CP-LRP, Ali et al. 2022; see ``_TransformerOps``): LayerNorm and
+RMSNorm with the normaliser as a constant (epsilon rule on what remains linear), products of two relevance-carrying
+tensors (``matmul``, ``bmm``, ``einsum``, ``*``) by the uniform rule, products with a constant by the epsilon
+rule, the softmax of an attention (its weights multiply a relevance-carrying tensor) by AttnLRP's rule
+R_in = x (R - s sum R) or, with ``Composite.softmax="constant"`` (CP-LRP), as a constant; ``nn.MultiheadAttention``
+and ``F.scaled_dot_product_attention`` are decomposed into those operations. A softmax at the model's output
+passes relevance unchanged (with a warning, as before); any other softmax is an error.
+
+The relevance flows as the "gradient" of a single ``torch.autograd.grad`` call, seeded with the target logit, so
+sum R = f_c(x) wherever the rules conserve. The model itself is never modified: no hooks, no parameter swaps.
 """
 from __future__ import annotations
 
@@ -35,6 +44,8 @@ _PASS_MODULES = (nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn
 _NORM_MODULES = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
                  nn.AdaptiveAvgPool3d)
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_SOFTMAX_MODULES = (nn.Softmax, nn.LogSoftmax)
+_LINEAR_PROTO = nn.Linear(1, 1, bias=False)  # the layer type of ``F.linear`` nodes for a composite
 
 _RELU_FUNCS = {torch.relu, F.relu, torch.relu_}
 _GRAD_FUNCS = {*_RELU_FUNCS, torch.flatten, torch.reshape, operator.getitem, getattr, torch.cat, F.max_pool1d,
@@ -47,9 +58,20 @@ _PASS_FUNCS = {torch.tanh, torch.tanh_, torch.sigmoid, torch.sigmoid_, F.gelu, F
 _NORM_FUNCS = {F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
                F.adaptive_avg_pool3d, torch.mean}
 _ADD_FUNCS = {operator.add, torch.add, operator.iadd}
+_GRAD_FUNCS |= {torch.unbind, torch.chunk, torch.split, torch.stack, torch.movedim, torch.narrow, torch.flip}
 _GRAD_METHODS = {"view", "reshape", "flatten", "size", "contiguous", "permute", "transpose", "squeeze",
-                 "unsqueeze", "relu", "relu_", "dim", "float", "double", "to", "clone"}
+                 "unsqueeze", "relu", "relu_", "dim", "float", "double", "to", "clone", "expand", "expand_as",
+                 "repeat", "chunk", "split", "unbind", "movedim", "narrow", "masked_fill", "type_as", "flip"}
 _ADD_METHODS = {"add", "add_"}
+_SUB_FUNCS = {operator.sub, torch.sub}
+# transformer operations (LRP only; DeepLIFT and the others see them as unsupported)
+_PRODUCT_FUNCS = {torch.matmul, operator.matmul, torch.bmm, torch.einsum, operator.mul, torch.mul,
+                  operator.truediv, torch.div}
+_PRODUCT_METHODS = {"matmul", "bmm", "mul", "div"}
+_SOFTMAX_METHODS = {"softmax", "log_softmax"}
+_NORM_LAYERS = (nn.LayerNorm, nn.RMSNorm)
+_NORM_LAYER_FUNCS = {F.layer_norm, F.rms_norm}
+_NEG = {operator.neg, torch.neg}
 
 
 class LRPError(TypeError):
@@ -71,12 +93,15 @@ def _trace(model: nn.Module) -> fx.Graph:
 
 @dataclass
 class Step:
-    """How one graph node runs: kind in {linear, skip, grad, pass, norm, sum, lrn, unsupported} (``node_kind``)."""
+    """How one graph node runs: kind in {linear, skip, grad, pass, norm, sum, lrn, unsupported} (``node_kind``)
+    and, for transformers, {softmax, product, layernorm, flinear, mha, sdpa, sub, neg}; ``carries`` says which
+    operands of a product carry relevance (depend on the input, and not only through a CP-LRP constant)."""
 
     kind: str
     module: nn.Module | None = None
     bn: nn.Module | None = None
     rule: Rule | None = None
+    carries: tuple = ()
 
 
 def _merge_target(node: fx.Node, model: nn.Module, module: nn.Module) -> tuple[fx.Node, nn.Module] | None:
@@ -99,6 +124,12 @@ def node_kind(model: nn.Module, node: fx.Node, what: str = "LRP") -> str:
     Raises LRPError naming the module for a module without a rule."""
     if node.op in ("placeholder", "get_attr", "output"):
         return node.op
+    if is_softmax(model, node):
+        return "softmax"
+    if what == "LRP":
+        kind = _transformer_kind(model, node)
+        if kind is not None:
+            return kind
     if node.op == "call_module":
         m = model.get_submodule(node.target)
         if layer_type(m) is not None:
@@ -109,7 +140,8 @@ def node_kind(model: nn.Module, node: fx.Node, what: str = "LRP") -> str:
                 return kind
         raise LRPError(f"module '{node.target}' of type {type(m).__name__} has no {what} rule: supported are "
                        "Linear, Conv1d/2d/3d, BatchNorm, pooling, LocalResponseNorm, element-wise "
-                       "activations and shape layers; replace it or explain with a gradient method")
+                       "activations, shape layers" + (", LayerNorm, RMSNorm and MultiheadAttention" if what == "LRP"
+                                                       else "") + "; replace it or explain with a gradient method")
     if node.op == "call_function":
         fn = node.target
         if fn in _ADD_FUNCS:
@@ -125,6 +157,48 @@ def node_kind(model: nn.Module, node: fx.Node, what: str = "LRP") -> str:
     if node.target == "mean":
         return "norm"
     return "unsupported"
+
+
+def is_softmax(model: nn.Module, node: fx.Node) -> bool:
+    """Whether a traced node is a softmax or log-softmax (module, function or tensor method)."""
+    if node.op == "call_module":
+        return isinstance(model.get_submodule(node.target), _SOFTMAX_MODULES)
+    if node.op == "call_function":
+        return node.target in _SOFTMAX_FUNCS
+    return node.op == "call_method" and node.target in _SOFTMAX_METHODS
+
+
+def _transformer_kind(model: nn.Module, node: fx.Node) -> str | None:
+    """LRP's kinds for transformer parts: layernorm, mha, sdpa, product, flinear (``F.linear``), sub, neg."""
+    if node.op == "call_module":
+        m = model.get_submodule(node.target)
+        if isinstance(m, _NORM_LAYERS):
+            return "layernorm"
+        if isinstance(m, nn.MultiheadAttention):
+            return "mha"
+        return None
+    if node.op == "call_function":
+        fn = node.target
+        if fn in _NORM_LAYER_FUNCS:
+            return "layernorm"
+        if fn is F.scaled_dot_product_attention:
+            return "sdpa"
+        if fn is F.linear:
+            return "flinear"
+        if fn in _PRODUCT_FUNCS:
+            return "product"
+        if fn in _SUB_FUNCS:
+            return "sub"
+        if fn in _NEG:
+            return "neg"
+        return None
+    if node.target in _PRODUCT_METHODS:
+        return "product"
+    if node.target == "sub":
+        return "sub"
+    if node.target == "neg":
+        return "neg"
+    return None
 
 
 def _owner(model: nn.Module, node: fx.Node) -> str:
@@ -163,7 +237,6 @@ def is_inplace(model: nn.Module, node: fx.Node) -> bool:
     return node.op == "call_method" and node.target.endswith("_") and not node.target.startswith("_")
 
 
-_SOFTMAX_MODULES = (nn.Softmax, nn.LogSoftmax)
 _WARNED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -179,16 +252,100 @@ def _warn_pass_through(model: nn.Module, names: list[str]) -> None:
                   "avoid this", UserWarning, stacklevel=4)
 
 
+def _carries(graph: fx.Graph, cut=frozenset()) -> dict:
+    """Which nodes carry relevance: those that depend on the explained input (the first placeholder), except
+    through the nodes in ``cut`` (CP-LRP's attention weights, constants of the propagation)."""
+    out, first = {}, True
+    for node in graph.nodes:
+        if node.op == "placeholder":
+            out[node], first = first, False
+        elif node.op == "get_attr":
+            out[node] = False
+        else:
+            out[node] = node not in cut and any(out[n] for n in node.all_input_nodes)
+    return out
+
+
+def _operands(node: fx.Node) -> list:
+    """The tensor operands of a product node (two for ``a @ b``, ``a * b``; those after the equation for einsum)."""
+    if node.op == "call_function" and node.target is torch.einsum:
+        ops = list(node.args[1:])
+        if len(ops) == 1 and isinstance(ops[0], (list, tuple)):
+            ops = list(ops[0])
+        return ops
+    other = node.args[1] if len(node.args) > 1 else next(iter(node.kwargs.values()), None)
+    return [node.args[0], other]
+
+
+_SHAPE_USES = {"size", "dim"}
+
+
+def _softmax_role(node: fx.Node, kinds: dict, carries: dict) -> str:
+    """'attention' when every use of the softmax (through shape ops and dropout) is a product with a
+    relevance-carrying tensor (attention weights times values), 'output' when it only reaches the model's output,
+    else 'other'."""
+    attention = output = other = False
+    frontier, seen = [node], {node}
+    while frontier:
+        n = frontier.pop()
+        for u in n.users:
+            if u in seen:
+                continue
+            seen.add(u)
+            kind = kinds[u]
+            if u.op == "call_method" and u.target in _SHAPE_USES or u.op == "call_function" and u.target is getattr:
+                continue  # shape arithmetic
+            if kind == "output":
+                output = True
+            elif kind == "grad":
+                frontier.append(u)
+            elif kind == "product" and len(_operands(u)) == 2:
+                others = [a for a in _operands(u) if a is not n]
+                if others and all(isinstance(a, fx.Node) and carries[a] for a in others):
+                    attention = True
+                else:
+                    other = True
+            else:
+                other = True
+    if other:
+        return "other"
+    return "attention" if attention and not output else "output" if output and not attention else "other"
+
+
 def build_plan(model: nn.Module, composite: Composite) -> tuple[fx.Graph, dict]:
-    """Classify every node of the traced model (``node_kind``) and give linear layers their rule."""
+    """Classify every node of the traced model (``node_kind``) and give linear layers their rule.
+
+    A softmax is an attention's (its weights multiply relevance-carrying values: the composite's softmax rule), the
+    model's output (relevance passes unchanged, with a warning, as zennit does), or an error."""
     graph = _trace(model)
     plan: dict[fx.Node, Step] = {}
     seen_first = False
     passed = []  # softmax and BatchNorm layers that relevance passes unchanged (warned about once)
+    kinds = {node: node_kind(model, node) for node in graph.nodes}
+    carries = _carries(graph)
+    attention, outputs = set(), set()
+    for node, kind in kinds.items():
+        if kind != "softmax":
+            continue
+        role = _softmax_role(node, kinds, carries)
+        is_log = node.target in (F.log_softmax, torch.log_softmax, "log_softmax") or node.op == "call_module" and \
+            isinstance(model.get_submodule(node.target), nn.LogSoftmax)
+        if role == "attention" and not is_log:
+            attention.add(node)
+        elif role == "output":
+            kinds[node] = "pass"
+            outputs.add(node)
+        else:
+            raise LRPError(f"softmax (graph node '{node.name}') in {_owner(model, node)} is neither the model's output "
+                           "nor attention weights that multiply values (softmax(q k^T) @ v): LRP has no rule for it; "
+                           "explain the logits before it, write the attention as matmul + softmax + matmul, or use a "
+                           "gradient method")
+    if composite.softmax == "constant":
+        carries = _carries(graph, frozenset(attention))
     for node in graph.nodes:
         if node in plan:
             continue
-        kind = node_kind(model, node)
+        kind = kinds[node]
         if kind == "linear":
             m = model.get_submodule(node.target)
             merged = _merge_target(node, model, m)
@@ -198,12 +355,24 @@ def build_plan(model: nn.Module, composite: Composite) -> tuple[fx.Graph, dict]:
                 bn = merged[1]
             plan[node] = Step("linear", m, bn, composite.rule_for(node.target, m, not seen_first))
             seen_first = True
+        elif kind == "flinear":
+            if carries[node.args[1]] if isinstance(node.args[1], fx.Node) else False:
+                raise LRPError(f"F.linear (graph node '{node.name}') in {_owner(model, node)} multiplies by a weight "
+                               "that depends on the input: write it as a product (torch.matmul) instead")
+            plan[node] = Step("flinear", rule=composite.rule_for(node.name, _LINEAR_PROTO, not seen_first))
+            seen_first = True
+        elif kind == "mha":
+            plan[node] = Step("mha", model.get_submodule(node.target))
+        elif kind == "product":
+            ops = _operands(node)
+            plan[node] = Step("product", carries=tuple(isinstance(a, fx.Node) and carries[a] for a in ops))
         elif kind == "lrn":
             plan[node] = Step("lrn", model.get_submodule(node.target))
         else:
-            plan[node] = Step(kind)
-            if kind == "pass" and (node.target in _SOFTMAX_FUNCS or node.op == "call_module" and isinstance(
-                    model.get_submodule(node.target), (*_SOFTMAX_MODULES, *_BN))):
+            plan[node] = Step(kind, model.get_submodule(node.target) if kind == "layernorm" and
+                              node.op == "call_module" else None)
+            if node in outputs or kind == "pass" and node.op == "call_module" and isinstance(
+                    model.get_submodule(node.target), _BN):
                 passed.append(f"'{node.target}'" if node.op == "call_module" else
                               f"{node.name} in {_owner(model, node)}")
     _warn_pass_through(model, passed)
@@ -335,6 +504,188 @@ class _SumFn(torch.autograd.Function):
         return ra, rb, None, None, None
 
 
+class _ProductFn(torch.autograd.Function):
+    """y = f(a, b), bilinear (``matmul``, ``bmm``, ``einsum``, ``*``) or linear in ``a`` (division by a constant):
+    R_a = w_a a (J_a^T s), R_b = w_b b (J_b^T s), s = R / stab(y). Two relevance-carrying factors get the uniform
+    rule (w_a = w_b = 1/2, AttnLRP Prop. 3.3: the epsilon rule over the sum, each product split equally); a
+    constant factor (w = 0) makes f linear in the other, which then gets the epsilon rule (w = 1)."""
+
+    @staticmethod
+    def forward(ctx, a, b, fn, wa, wb, eps, hook):
+        ctx.fn, ctx.w, ctx.eps, ctx.hook = fn, (wa, wb), eps, hook
+        with torch.enable_grad():  # keep f's graph: the vector-Jacobian products in backward need no re-run of f
+            ctx.a = a.detach().requires_grad_(wa != 0)
+            ctx.b = b.detach().requires_grad_(wb != 0)
+            ctx.y = fn(ctx.a, ctx.b)
+        return ctx.y.detach()
+
+    @staticmethod
+    def backward(ctx, r):
+        a, b, y = ctx.a, ctx.b, ctx.y
+        ctx.a = ctx.b = ctx.y = None
+        inputs = [t for t, w in zip((a, b), ctx.w) if w]
+        grads = iter(torch.autograd.grad(y, inputs, divide(r, y.detach(), ctx.eps)))
+        out = [None if not w else next(grads).mul_(t.detach()).mul_(w) for t, w in zip((a, b), ctx.w)]
+        if ctx.hook is not None:
+            ctx.hook(r, tuple(o for o in out if o is not None))
+        return out[0], out[1], None, None, None, None, None
+
+
+class _SoftmaxFn(torch.autograd.Function):
+    """AttnLRP's softmax rule (Achtibat et al. 2024, Prop. 3.1): the first-order Taylor expansion at x with the
+    bias absorbing relevance, R_in = x * (R - s * sum_dim R), s = softmax(x). Inputs of -inf (masked) get 0."""
+
+    @staticmethod
+    def forward(ctx, x, s, dim, hook):
+        ctx.dim, ctx.hook = dim, hook
+        ctx.save_for_backward(x, s)
+        return s.clone()
+
+    @staticmethod
+    def backward(ctx, r):
+        x, s = ctx.saved_tensors
+        r_in = x * (r - s * r.sum(ctx.dim, keepdim=True))
+        if not bool(torch.isfinite(x).all()):
+            r_in = torch.where(torch.isfinite(x), r_in, 0.0)
+        if ctx.hook is not None:
+            ctx.hook(r, r_in)
+        return r_in, None, None, None
+
+
+def _norm_linear(t: torch.Tensor, shape, weight, bias, eps, rms: bool) -> torch.Tensor:
+    """LayerNorm (or RMSNorm) with its normaliser (standard deviation, root mean square) held constant: what
+    remains, centring and the affine part, is linear in ``t`` (AttnLRP, Achtibat et al. 2024)."""
+    dims = tuple(range(-len(shape), 0))
+    if rms:
+        eps = torch.finfo(t.dtype).eps if eps is None else eps
+        y = t * torch.rsqrt(t.detach().pow(2).mean(dims, keepdim=True) + eps)
+    else:
+        c = t - t.mean(dims, keepdim=True)
+        y = c * torch.rsqrt(c.detach().pow(2).mean(dims, keepdim=True) + eps)
+    if weight is not None:
+        y = y * weight.detach()
+    return y if bias is None else y + bias.detach()
+
+
+class _TransformerOps:
+    """Relevance-propagating building blocks of attention, shared by the traced graph and the decompositions of
+    ``nn.MultiheadAttention`` and ``F.scaled_dot_product_attention``."""
+
+    def __init__(self, composite: Composite, eps: float, hook_for):
+        self.composite, self.eps, self.hook_for = composite, eps, hook_for
+        self.constant_softmax = composite.softmax == "constant"
+
+    def linear(self, name: str, x, w, b, module: nn.Module = _LINEAR_PROTO, rule: Rule | None = None):
+        rule = rule or self.composite.rule_for(name, module, False)
+        w = w.detach()
+        layer = {"op": LinearOp(module, w, None if b is None else b.detach()), "rule": rule,
+                 "hook": self.hook_for(name, rule.name)}
+        return _LayerFn.apply(x, layer)
+
+    def product(self, name: str, fn, a, b, carries=(True, True)):
+        ca, cb = carries
+        if not (ca or cb):
+            return fn(a, b)
+        w = (0.5, 0.5) if ca and cb else (1.0, 0.0) if ca else (0.0, 1.0)
+        return _ProductFn.apply(a, b, fn, *w, self.eps, self.hook_for(name, "uniform" if ca and cb else "epsilon"))
+
+    def scale(self, x, c):
+        """x * c for a number c: linear in x, relevance unchanged."""
+        return _PassFn.apply(x, (x * c).detach())
+
+    def add(self, name: str, a, b):
+        return _SumFn.apply(a, b, 1, self.eps, self.hook_for(name, "sum"))
+
+    def softmax(self, name: str, x, dim: int, s=None):
+        s = torch.softmax(x, dim) if s is None else s
+        if self.constant_softmax:
+            return s.detach()
+        return _SoftmaxFn.apply(x, s.detach(), dim, self.hook_for(name, "softmax"))
+
+    def attention(self, name: str, q, k, v, mask=None, scale=None):
+        """softmax(q k^T * scale + mask) v over the last two dimensions; a boolean ``mask`` is True where
+        attention is allowed. Returns (output, attention weights)."""
+        scale = q.shape[-1] ** -0.5 if scale is None else scale
+        scores = self.scale(self.product(f"{name}.qk", torch.matmul, q, k.transpose(-2, -1)), scale)
+        if mask is not None:
+            if mask.dtype == torch.bool:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            else:
+                scores = self.add(f"{name}.mask", scores, mask.to(scores.dtype).expand_as(scores))
+        a = self.softmax(f"{name}.softmax", scores, -1)
+        out = self.product(f"{name}.av", torch.matmul, a, v, (not self.constant_softmax, True))
+        return out, a
+
+    def sdpa(self, name: str, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+             enable_gqa=False):
+        """``F.scaled_dot_product_attention`` decomposed (no dropout: an explanation needs a fixed forward)."""
+        if dropout_p:
+            raise LRPError(f"scaled_dot_product_attention '{name}' has dropout_p={dropout_p}: LRP needs a fixed "
+                           "forward; pass dropout_p=0.0 in eval mode (e.g. dropout_p=p if self.training else 0.0)")
+        if enable_gqa and key.shape[-3] != query.shape[-3]:
+            rep = query.shape[-3] // key.shape[-3]
+            key, value = key.repeat_interleave(rep, -3), value.repeat_interleave(rep, -3)
+        mask = attn_mask
+        if is_causal:
+            ql, kl = query.shape[-2], key.shape[-2]
+            mask = torch.ones(ql, kl, dtype=torch.bool, device=query.device).tril()
+        return self.attention(name, query, key, value, mask, scale)[0]
+
+    def mha(self, name: str, m: nn.MultiheadAttention, query, key, value, key_padding_mask=None, need_weights=True,
+            attn_mask=None, average_attn_weights=True, is_causal=False):
+        """``nn.MultiheadAttention`` decomposed: packed (or separate) in-projections and the out-projection by the
+        composite's linear rule, then ``attention``; ``batch_first`` either way, unbatched inputs too."""
+        if m.bias_k is not None or m.add_zero_attn:
+            raise LRPError(f"nn.MultiheadAttention '{name}' with add_bias_kv or add_zero_attn has no LRP rule: "
+                           "build it without them")
+        unbatched = query.dim() == 2
+        if unbatched:
+            query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
+        if not m.batch_first or unbatched:
+            query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
+        e, h = m.embed_dim, m.num_heads
+        if m._qkv_same_embed_dim:
+            wq, wk, wv = m.in_proj_weight.chunk(3)
+        else:
+            wq, wk, wv = m.q_proj_weight, m.k_proj_weight, m.v_proj_weight
+        bq, bk, bv = (None,) * 3 if m.in_proj_bias is None else m.in_proj_bias.chunk(3)
+        n, lq, lk = query.shape[0], query.shape[1], key.shape[1]
+        q = self.linear(f"{name}.in_proj_q", query, wq, bq, m.out_proj)
+        k = self.linear(f"{name}.in_proj_k", key, wk, bk, m.out_proj)
+        v = self.linear(f"{name}.in_proj_v", value, wv, bv, m.out_proj)
+        q, k, v = (t.reshape(n, t.shape[1], h, e // h).transpose(1, 2) for t in (q, k, v))
+        mask = _mha_mask(attn_mask, key_padding_mask, n, h, lq, lk, q.dtype)
+        o, a = self.attention(name, q, k, v, mask)
+        o = o.transpose(1, 2).reshape(n, lq, e)
+        out = self.linear(f"{name}.out_proj", o, m.out_proj.weight, m.out_proj.bias, m.out_proj)
+        if not m.batch_first or unbatched:
+            out = out.transpose(0, 1)
+        if unbatched:
+            out = out.squeeze(1)
+        weights = None
+        if need_weights:
+            weights = a.detach().mean(1) if average_attn_weights else a.detach()
+            weights = weights.squeeze(0) if unbatched else weights
+        return out, weights
+
+
+def _mha_mask(attn_mask, key_padding_mask, n, h, lq, lk, dtype):
+    """nn.MultiheadAttention's masks (boolean: True = not allowed; float: added) as one additive (n, h, lq, lk)
+    mask, or None."""
+    total = None
+    for mask in (attn_mask, key_padding_mask):
+        if mask is None:
+            continue
+        if mask is key_padding_mask:
+            mask = mask.view(n, 1, 1, lk)
+        elif mask.dim() == 3:
+            mask = mask.view(n, h, lq, lk)
+        mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(mask, float("-inf")) \
+            if mask.dtype == torch.bool else mask.to(dtype)
+        total = mask if total is None else total + mask
+    return None if total is None else total.expand(n, h, lq, lk)
+
+
 def lrn_denominator(a: torch.Tensor, m: nn.LocalResponseNorm) -> torch.Tensor:
     """D = k + alpha * mean over the channel window of a^2, so that LRN(a) = a / D^beta (as torch computes it)."""
     sq = a.pow(2).unsqueeze(1)
@@ -394,6 +745,100 @@ def execute(model: nn.Module, graph: fx.Graph, x: torch.Tensor, handle) -> torch
     raise LRPError("the traced graph has no output")
 
 
+_TRANSFORMER_KINDS = {"softmax", "product", "layernorm", "flinear", "mha", "sdpa", "sub", "neg"}
+
+
+def _transformer_step(model, node, step, name, call, args, kwargs, ops: _TransformerOps, eps, hook_for):
+    """Run one transformer node with its relevance rule (see ``_TransformerOps``)."""
+    kind = step.kind
+    if kind == "softmax":
+        return ops.softmax(name, args[0], _softmax_dim(model, node, args, kwargs), call(*args, **kwargs))
+    if kind == "layernorm":
+        if node.op == "call_module":
+            m = step.module
+            rms = isinstance(m, nn.RMSNorm)
+            shape, w, b, e = m.normalized_shape, m.weight, getattr(m, "bias", None), m.eps
+        else:
+            rms = node.target is F.rms_norm
+            bound = _bind(F.rms_norm if rms else F.layer_norm, args, kwargs)
+            shape, w, b = bound["normalized_shape"], bound.get("weight"), bound.get("bias")
+            e = bound.get("eps", None if rms else 1e-5)
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        return _LinearizedFn.apply(args[0], lambda t: _norm_linear(t, shape, w, b, e, rms), lambda a, y: y, eps,
+                                   hook_for(name, "layernorm"))
+    if kind == "flinear":
+        bound = _bind(F.linear, args, kwargs)
+        return ops.linear(name, bound["input"], bound["weight"], bound.get("bias"), rule=step.rule)
+    if kind == "mha":
+        return ops.mha(name, step.module, *args, **kwargs)
+    if kind == "sdpa":
+        return ops.sdpa(name, *args, **kwargs)
+    if kind == "neg":
+        return _PassFn.apply(args[0], call(*args, **kwargs).detach())
+    if kind == "sub":
+        if not all(isinstance(a, torch.Tensor) for a in args[:2]):
+            return NotImplemented  # a number: a constant shift, relevance passes unchanged
+        return _SumFn.apply(args[0], args[1], -kwargs.get("alpha", 1), eps, hook_for(name, "sum"))
+    # product
+    if node.op == "call_function" and node.target is torch.einsum:
+        eq, vals = args[0], list(args[1:])
+        if len(vals) == 1 and isinstance(vals[0], (list, tuple)):
+            vals = list(vals[0])
+        if len(vals) == 1:  # one operand: a linear map (permutation, sum), the proportional rule
+            return _LinearizedFn.apply(vals[0], lambda t: torch.einsum(eq, t), lambda a, y: y, eps,
+                                       hook_for(name, "norm"))
+        if len(vals) != 2:
+            raise LRPError(f"einsum of {len(vals)} tensors (graph node '{node.name}') in {_owner(model, node)} has no "
+                           "LRP rule: split it into products of two")
+        fn = lambda a, b: torch.einsum(eq, a, b)  # noqa: E731
+    elif len(args) > 1:
+        vals, rest = [args[0], args[1]], args[2:]
+        fn = lambda a, b: call(a, b, *rest, **kwargs)  # noqa: E731
+    else:
+        key = next(iter(kwargs))
+        vals, kw = [args[0], kwargs[key]], {k: v for k, v in kwargs.items() if k != key}
+        fn = lambda a, b: call(a, **{key: b}, **kw)  # noqa: E731
+    carries = [c and isinstance(v, torch.Tensor) for c, v in zip(step.carries, vals)]
+    if not any(carries):
+        return NotImplemented
+    if all(carries) and vals[0] is vals[1]:  # x * x is a power (a non-linearity), not a product of two signals
+        op = getattr(node.target, "__name__", node.target)
+        raise LRPError(f"operation '{op}' (graph node '{node.name}') in {_owner(model, node)} multiplies a tensor by "
+                       "itself (a power): LRP's uniform rule is for products of two different tensors; replace it "
+                       "or explain with a gradient method")
+    if node.target in (operator.truediv, torch.div, "div") and carries[1]:  # division by the input: no rule
+        refuse_tensors(model, node, args, kwargs)
+    if not all(isinstance(v, torch.Tensor) for v in vals):  # times a number: linear, relevance unchanged
+        carrier = vals[0] if carries[0] else vals[1]
+        out = call(*args, **kwargs)
+        if out.shape != carrier.shape:
+            return NotImplemented
+        return _PassFn.apply(carrier, out.detach())
+    return ops.product(name, fn, vals[0], vals[1], tuple(carries))
+
+
+def _softmax_dim(model, node, args, kwargs) -> int:
+    if node.op == "call_module":
+        dim = model.get_submodule(node.target).dim
+    else:
+        dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
+    if dim is None:
+        raise LRPError(f"softmax (graph node '{node.name}') without dim: give dim=-1")
+    return dim
+
+
+def _bind(fn, args, kwargs) -> dict:
+    import inspect
+
+    try:
+        return dict(inspect.signature(fn).bind(*args, **kwargs).arguments)
+    except (TypeError, ValueError):  # builtins without a signature: positional order of the documentation
+        names = {F.layer_norm: ("input", "normalized_shape", "weight", "bias", "eps"),
+                 F.rms_norm: ("input", "normalized_shape", "weight", "eps"),
+                 F.linear: ("input", "weight", "bias")}[fn]
+        return {**dict(zip(names, args)), **kwargs}
+
+
 def run_lrp(model: nn.Module, x: torch.Tensor, target: torch.Tensor, composite: Composite,
             recorder: Recorder | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Relevance of ``x`` for the ``target`` logits: (R shaped like x, logits). The model must be frozen."""
@@ -403,9 +848,13 @@ def run_lrp(model: nn.Module, x: torch.Tensor, target: torch.Tensor, composite: 
     def hook_for(name, kind):
         return None if recorder is None else (lambda r, r_in: recorder(name, kind, r, r_in))
 
+    ops = _TransformerOps(composite, eps, hook_for)
+
     def handle(node, call, args, kwargs):
         step = plan[node]
         name = str(node.target) if node.op == "call_module" else node.name
+        if step.kind in _TRANSFORMER_KINDS:
+            return _transformer_step(model, node, step, name, call, args, kwargs, ops, eps, hook_for)
         if step.kind == "skip":
             return args[0]
         if step.kind == "linear":
