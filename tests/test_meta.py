@@ -301,3 +301,31 @@ def test_agreement_heatmap(tmp_path):
     assert table["tau"].tolist() == [-1.0, -1.0]
     path = heatmap(table, tmp_path / "agreement.png")
     assert path.exists() and path.stat().st_size > 1000
+
+
+# ---------------------------------------------------------------- the leaderboard's MC annotation
+
+
+def test_leaderboard_annotates_mc_and_lists_disagreeing_metrics(tmp_path):
+    from evalxai.leaderboard import build
+
+    methods = ["lrp", "gradient", "random"]
+    v = np.array([[3.0, 2.0, 1.0]] * 6) + np.random.default_rng(0).normal(0, 0.1, (6, 3))
+    scores = _table({("pixel_flipping", "aopc_morf", "higher"): v, ("sparseness", "gini", "lower"): v,
+                     ("selectivity", "auc", "lower"): -v}, methods).assign(run_id="r0", model_accuracy=0.9)
+    (tmp_path / "run").mkdir()
+    scores.to_parquet(tmp_path / "run" / "scores.parquet")
+    (tmp_path / "meta").mkdir()
+    pd.DataFrame([{"dataset": "d", "model": "m", "metric": "pixel_flipping", "measure": "aopc_morf", "space": space,
+                   "MC": mc, "MC_std": 0.01} for space, mc in (("model", 0.7), ("input", 0.6))]
+                 ).to_csv(tmp_path / "meta" / "meta.csv", index=False)
+    board = build(tmp_path).set_index(["metric", "measure"])
+    assert (board.loc[("pixel_flipping", "aopc_morf"), "mc_model"] == 0.7).all()
+    assert (board.loc[("pixel_flipping", "aopc_morf"), "mc_input"] == 0.6).all()
+    assert board.loc[("sparseness", "gini"), "mc_model"].isna().all()  # no meta run for it
+    md = (tmp_path / "leaderboard.md").read_text()
+    assert "mc_model" in md and "| 0.7 |" in md
+    # sparseness (lower is better) ranks the methods against pixel flipping and selectivity: tau = -1 twice
+    assert "2 of 3 pairs disagree" in md and "sparseness:gini" in md
+    agree = pd.read_csv(tmp_path / "agreement.csv")
+    assert len(agree) == 6 and (tmp_path / "agreement.png").exists()
