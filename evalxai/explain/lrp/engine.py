@@ -312,6 +312,19 @@ def _softmax_role(node: fx.Node, kinds: dict, carries: dict) -> str:
     return "attention" if attention and not output else "output" if output and not attention else "other"
 
 
+def attention_nodes(model: nn.Module) -> tuple[fx.Graph, set]:
+    """The traced graph and its attention nodes: ``nn.MultiheadAttention`` modules, ``F.scaled_dot_product_attention``
+    calls and softmaxes whose weights multiply relevance-carrying values (hand-written attention)."""
+    graph = _trace(model)
+    kinds = {node: node_kind(model, node) for node in graph.nodes}
+    carries = _carries(graph)
+    found = set()
+    for node, kind in kinds.items():
+        if kind in ("mha", "sdpa") or kind == "softmax" and _softmax_role(node, kinds, carries) == "attention":
+            found.add(node)
+    return graph, found
+
+
 def build_plan(model: nn.Module, composite: Composite) -> tuple[fx.Graph, dict]:
     """Classify every node of the traced model (``node_kind``) and give linear layers their rule.
 

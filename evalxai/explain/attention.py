@@ -1,0 +1,113 @@
+"""Attention-based maps of vision transformers: attention rollout (Abnar & Zuidema 2020).
+
+The attention weights are read from the traced model (``nn.MultiheadAttention`` modules, ``F.scaled_dot_product_
+attention`` calls and hand-written ``softmax(q k^T) v``, as the LRP engine recognises them), never by hooks.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from evalxai.explain.lrp.engine import LRPError, attention_nodes, execute
+from evalxai.explain.registry import register_method
+
+HEAD_FUSIONS = ("mean", "max", "min")
+
+
+def attention_weights(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """The attention weights of every attention layer, in forward order, each (N, heads, queries, keys)."""
+    graph, nodes = attention_nodes(model)
+    if not nodes:
+        raise LRPError(f"{type(model).__name__} has no attention layer that evalxai recognises "
+                       "(nn.MultiheadAttention, F.scaled_dot_product_attention, softmax(q k^T) @ v): attention "
+                       "rollout needs a transformer")
+    maps: list[torch.Tensor] = []
+
+    def handle(node, call, args, kwargs):
+        if node not in nodes:
+            return NotImplemented
+        if node.op == "call_module":
+            kw = {**kwargs, "need_weights": True, "average_attn_weights": False}
+            out, w = call(*args, **kw)
+            maps.append(w if w.dim() == 4 else w.unsqueeze(0))
+            return out, (w.mean(-3) if kwargs.get("average_attn_weights", True) else w) \
+                if kwargs.get("need_weights", True) else None
+        if node.target is torch.nn.functional.scaled_dot_product_attention:
+            maps.append(_sdpa_weights(*args, **kwargs))
+            return call(*args, **kwargs)
+        out = call(*args, **kwargs)
+        maps.append(out if out.dim() == 4 else out.unsqueeze(1))
+        return out
+
+    with torch.no_grad():
+        execute(model, graph, x, handle)
+    return maps
+
+
+def _sdpa_weights(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    """softmax(q k^T * scale + mask) as ``F.scaled_dot_product_attention`` computes it (without dropout)."""
+    scale = query.shape[-1] ** -0.5 if scale is None else scale
+    if enable_gqa and key.shape[-3] != query.shape[-3]:
+        key = key.repeat_interleave(query.shape[-3] // key.shape[-3], -3)
+    scores = torch.matmul(query, key.transpose(-2, -1)) * scale
+    if is_causal:
+        attn_mask = torch.ones(scores.shape[-2:], dtype=torch.bool, device=scores.device).tril()
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else scores + attn_mask
+    return torch.softmax(scores, -1)
+
+
+def _patch_grid(model: nn.Module, x: torch.Tensor, patch_size: int | None) -> int:
+    if patch_size is None:
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d) and tuple(m.kernel_size) == tuple(m.stride):
+                return int(m.kernel_size[0])
+        raise ValueError("attention_rollout: no patch embedding (a Conv2d with stride = kernel) found; "
+                         "pass patch_size=")
+    return int(patch_size)
+
+
+@register_method("attention_rollout", family="attention", residual=0.5, head_fusion="mean", discard_ratio=0.0,
+                 patch_size=None)
+def attention_rollout(model, x, target, residual=0.5, head_fusion="mean", discard_ratio=0.0, patch_size=None):
+    """Attention rollout (Abnar & Zuidema 2020): R = prod_l (r I + (1 - r) A_l), rows renormalised, heads fused.
+
+    A_l are layer l's attention weights fused over heads (``head_fusion`` mean / max / min), the smallest
+    ``discard_ratio`` of each row set to 0 first (Gildenblat's variant; 0 keeps all), ``residual`` r = 0.5
+    accounts for the skip connection. The map is the class token's row (or, without a class token, the mean
+    row) over the patch tokens, spread evenly over each patch's pixels and channels. Class-agnostic: ``target``
+    does not change it.
+    """
+    if head_fusion not in HEAD_FUSIONS:
+        raise ValueError(f"attention_rollout: head_fusion='{head_fusion}' is unknown; use one of {list(HEAD_FUSIONS)}")
+    if not 0 <= residual <= 1 or not 0 <= discard_ratio < 1:
+        raise ValueError(f"attention_rollout: residual={residual} must lie in [0, 1] and discard_ratio={discard_ratio} "
+                         "in [0, 1)")
+    n, c, h, w = x.shape
+    p = _patch_grid(model, x, patch_size)
+    hp, wp = h // p, w // p
+    joint = None
+    for a in attention_weights(model, x):
+        a = a.double()
+        a = a.mean(1) if head_fusion == "mean" else a.amax(1) if head_fusion == "max" else a.amin(1)
+        if discard_ratio > 0:
+            k = int(a.shape[-1] * discard_ratio)
+            if k:
+                low = a.topk(k, dim=-1, largest=False).indices
+                a = a.scatter(-1, low, 0.0)
+        t = a.shape[-1]
+        a = residual * torch.eye(t, dtype=a.dtype, device=a.device) + (1 - residual) * a
+        a = a / a.sum(-1, keepdim=True)
+        joint = a if joint is None else a @ joint
+    t = joint.shape[-1]
+    if t == hp * wp + 1:
+        scores = joint[:, 0, 1:]
+    elif t == hp * wp:
+        scores = joint.mean(1)
+    else:
+        raise ValueError(f"attention_rollout: {t} tokens do not match a {hp}x{wp} patch grid (patch_size={p}) with "
+                         "or without a class token; pass patch_size=")
+    grid = scores.view(n, 1, hp, wp).repeat_interleave(p, 2).repeat_interleave(p, 3) / (p * p * c)
+    out = torch.zeros(n, c, h, w, dtype=torch.float64, device=x.device)
+    out[:, :, :hp * p, :wp * p] = grid
+    return out.to(x.dtype)
