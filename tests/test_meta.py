@@ -329,3 +329,40 @@ def test_leaderboard_annotates_mc_and_lists_disagreeing_metrics(tmp_path):
     assert "2 of 3 pairs disagree" in md and "sparseness:gini" in md
     agree = pd.read_csv(tmp_path / "agreement.csv")
     assert len(agree) == 6 and (tmp_path / "agreement.png").exists()
+
+
+def test_cli_run_writes_every_file_and_feeds_the_leaderboard(tmp_path, cache_dir):
+    """The config path (Hydra compose of conf/meta.yaml -> run_meta) on a tiny model, then a pipeline run and the
+    leaderboard over both folders: the metric's MC is the meta run's."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from evalxai.leaderboard import build
+    from evalxai.meta.run import run_meta
+    from evalxai.pipeline import run_experiment
+
+    from .test_configs import CONF
+
+    overrides = ["dataset=digits", "model=mlp", "model.arch.hidden=[16]", "model.train.epochs=1", "n_samples=6",
+                 "methods=[gradient,random]", "~metrics", "+metrics={sparseness:{},pixel_flipping:{patch_size:2}}",
+                 "name=meta_cli", f"cache_dir={cache_dir}"]
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        cfg = compose("meta", overrides=[*overrides, "meta.iterations=1", "meta.perturbations=2", "meta.n_boot=50"])
+        plain = compose("config", overrides=overrides)
+    cfg = OmegaConf.to_container(cfg, resolve=True)
+    assert cfg["meta"]["iterations"] == 1 and cfg["meta"]["input_adversary"] == 5.0
+    out = run_meta(cfg, tmp_path / "sweep" / "meta", progress=False)
+    for name in ("meta.csv", "meta_detail.csv", "meta_scores.parquet", "agreement.csv", "meta.md", "report.html",
+                 "plots/meta_mc.png", "plots/agreement.png", "meta.json"):
+        assert (out / name).stat().st_size > 0, name
+    assert not (out / "scores.parquet").exists()  # a leaderboard must not count meta runs as runs
+    meta = pd.read_csv(out / "meta.csv")
+    assert set(meta["space"]) == {"model", "input"} and meta["MC"].between(0, 1).all()
+    assert "sparseness:gini" in (out / "meta.md").read_text()
+    run_experiment(OmegaConf.to_container(plain, resolve=True), tmp_path / "sweep" / "run", progress=False)
+    board = build(tmp_path / "sweep")
+    row = board[(board["metric"] == "sparseness")].iloc[0]
+    expect = meta[(meta["metric"] == "sparseness") & (meta["space"] == "model")]["MC"].iloc[0]
+    assert row["mc_model"] == pytest.approx(expect)
+    with pytest.raises(ValueError, match="meta has no setting"):
+        run_meta({**cfg, "meta": {"iteration": 2}}, tmp_path / "bad", progress=False)
