@@ -90,7 +90,7 @@ def logits_and_representation(model: nn.Module, xs: torch.Tensor, layer: str, us
         if not isinstance(t, torch.Tensor):
             raise ValueError(f"layer '{layer}' {'takes' if use_input else 'returns'} {type(t).__name__}, not a "
                              "tensor: choose another layer for relative_representation_stability")
-        captured.append(t.reshape(len(t), -1))
+        captured.append(t.detach().reshape(len(t), -1).clone())  # an in-place op later must not change it
 
     handle = module.register_forward_hook(hook)
     try:
