@@ -246,6 +246,10 @@ def test_reduced_run(constant_metric):
     # cost: explained samples far fewer than MetaQuantus's loop; timings recorded
     t = res.timings
     assert t["explained_samples"] < t["metaquantus_explained_samples"] and t["ratio"] >= 1.0
+    # one explain per method unperturbed, then per draw that kept a sample: the control (random) is re-explained
+    # only on perturbed inputs; its map stays valid on a perturbed model
+    draws = sc[sc["test"] != "none"][["test", "iteration", "perturbation"]].drop_duplicates()
+    assert t["explain_calls"] == 3 + sum(2 if test.startswith("model") else 3 for test in draws["test"])
     # seeded: the same run twice gives the same table
     again = meta_evaluate(model, x, target, methods, metrics[:1], tests=tests, iterations=2, perturbations=2,
                           seed=0, low=0.0, high=1.0)

@@ -6,7 +6,8 @@ unperturbed scores Q), then for each test, iteration and perturbation re-explain
 test keeps on the perturbed model (a perturbed copy) or input (the original model). Every scalar row with a
 direction (``higher`` / ``lower``) of every metric is one estimator; curve rows (direction ``none``) are left out.
 The explanations of one perturbed model or input serve every metric; unkept samples are neither explained nor
-scored (their scores would be discarded).
+scored (their scores would be discarded); the unperturbed scores are computed once for all four tests; maps that do
+not depend on the model (the ``control`` family: random, edge) are reused under model perturbations.
 """
 from __future__ import annotations
 
@@ -144,8 +145,10 @@ class _Clock:
         self.explain_calls = self.score_calls = self.explained = 0
 
 
-def _explain_and_score(model, x, target, calls, metrics, from_data, clock: _Clock, maps=None) -> list[pd.DataFrame]:
-    """Every method's maps of (model, x) (``maps``: given ones to reuse) and every metric's rows for them."""
+def _explain_and_score(model, x, target, calls, metrics, from_data, clock: _Clock, maps=None,
+                       keep_maps: dict | None = None) -> list[pd.DataFrame]:
+    """Every method's maps of (model, x) (``maps``: given ones to reuse; ``keep_maps``: a dict that receives them)
+    and every metric's rows for them."""
     frames = []
     for name, method, params in calls:
         if maps is not None and name in maps:
@@ -156,6 +159,8 @@ def _explain_and_score(model, x, target, calls, metrics, from_data, clock: _Cloc
             clock.explain += time.perf_counter() - t0
             clock.explain_calls += 1
             clock.explained += len(x)
+        if keep_maps is not None:
+            keep_maps[name] = attributions
         for metric, mparams in metrics:
             mp = call_metric(metric, mparams, method, params, from_data)
             t0 = time.perf_counter()
@@ -193,7 +198,11 @@ def meta_evaluate(model, x: torch.Tensor, target: torch.Tensor, methods: list[tu
     clock = _Clock()
     pred0 = predict(model, x)
 
-    frames = _explain_and_score(model, x, target, calls, metrics, from_data, clock, maps)
+    maps0: dict = {}
+    frames = _explain_and_score(model, x, target, calls, metrics, from_data, clock, maps, keep_maps=maps0)
+    # maps that do not depend on the model (the controls: random, edge) stay valid on a perturbed model
+    model_free = [name for name, method, _ in calls
+                  if isinstance(method, str) and get_method(method).family == "control"]
     rows0 = pd.concat(frames, ignore_index=True)
     Q0, directions = {}, {}
     for m, name in enumerate(names):
@@ -219,7 +228,8 @@ def meta_evaluate(model, x: torch.Tensor, target: torch.Tensor, methods: list[tu
         idx = torch.nonzero(keep).flatten()
         if len(idx) == 0:
             continue
-        frames = _explain_and_score(m_, x_[idx], target[idx], calls, metrics, from_data, clock)
+        reuse = {name: maps0[name][idx] for name in model_free} if t.space == "model" else None
+        frames = _explain_and_score(m_, x_[idx], target[idx], calls, metrics, from_data, clock, reuse)
         rows = pd.concat(frames, ignore_index=True)
         where = idx.cpu().numpy()
         for m, name in enumerate(names):
