@@ -407,3 +407,19 @@ def test_bad_parameters_are_named(metric, params, match):
     model, (x, t) = small_cnn(), data(2)
     with pytest.raises(ValueError, match=match):
         evalxai.score(model, x, t, torch.rand_like(x), metric=metric, method="gradient", **params)
+
+
+def test_tabular_inputs():
+    # (N, D) inputs: every noise-based metric runs; random_logit needs similarity='spearman' there
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).double().eval()
+    x, t = torch.rand(4, 6, dtype=torch.float64) + 0.1, torch.tensor([0, 1, 2, 0])
+    r = gxi(model, x, t)
+    for metric in ("local_lipschitz_estimate", "avg_sensitivity", "relative_input_stability",
+                   "relative_representation_stability", "consistency"):
+        df = evalxai.score(model, x, t, r, metric=metric, method="gradient_x_input", samples=2)
+        assert len(scalar(df, metric)) == 4
+    df = evalxai.score(model, x, t, r, metric="random_logit", method="gradient_x_input", similarity="spearman")
+    assert np.isfinite(scalar(df, "random_logit")).all()
+    with pytest.raises(ValueError, match="similarity='spearman'"):
+        evalxai.score(model, x, t, r, metric="random_logit", method="gradient_x_input")
