@@ -1,7 +1,8 @@
 """evalxai: explanation-quality evaluation for PyTorch models.
 
 Public API: ``explain`` (attributions by method name), ``score`` (tidy metric rows by metric name) and
-``memory_budget`` (how much memory they may use: a setter and a context manager).
+``memory_budget`` (how much memory they may use: a setter and a context manager),
+``maximize`` (activation-maximization prototypes of classes, in input or code space).
 ``tune_allocator()`` (opt-in, once per process): let glibc keep freed tensor memory for reuse, as the command line
 does: on the CPU, LRP and gradients then run 1.1-1.35x faster (``evalxai.allocator``).
 """
@@ -9,6 +10,7 @@ __version__ = "0.1.0"
 
 from evalxai.allocator import tune as tune_allocator  # noqa: E402
 from evalxai.api import explain, score  # noqa: E402
+from evalxai.maximize import maximize  # noqa: E402
 from evalxai.memory import memory_budget  # noqa: E402
 
-__all__ = ["explain", "score", "memory_budget", "tune_allocator", "__version__"]
+__all__ = ["explain", "score", "maximize", "memory_budget", "tune_allocator", "__version__"]
