@@ -2,7 +2,9 @@
 answers (perfect, inverted, constant map), the NaN policy, invariance to positive rescaling, batch independence,
 and Focus's mosaics."""
 import itertools
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -401,3 +403,27 @@ def test_focus_needs_a_pool_and_a_method():
         evalxai.score(model, x, t, x, metric="focus", pool=(images, labels))
     with pytest.raises(ValueError, match=r"2 image\(s\) of class 0 and 1 of other classes: it needs at least 1 and 2"):
         evalxai.score(model, x, t, x, metric="focus", pool=(images[[0, 3, 1]], labels[[0, 3, 1]]), method="gradient")
+
+
+# --- agreement with Quantus 0.6 --------------------------------------------------------------------------------------
+
+QUANTUS = {"PointingGame": ("pointing_game", {}, "hit"),
+           "AttributionLocalisation": ("attribution_localisation", {}, "ratio"),
+           "TopKIntersection": ("top_k_intersection", {"k": 20}, "ratio"),
+           "RelevanceMassAccuracy": ("relevance_mass_accuracy", {}, "ratio"),
+           "RelevanceRankAccuracy": ("relevance_rank_accuracy", {}, "ratio"), "AUC": ("localisation_auc", {}, "auc")}
+
+
+@pytest.mark.parametrize("quantus_name", sorted(QUANTUS))
+def test_agrees_with_quantus_0_6_on_its_reference_batch(quantus_name):
+    """Reference values computed once with Quantus 0.6.0 (abs=False, normalise=False; RelevanceMassAccuracy on the
+    positive part, AttributionLocalisation with positive_attributions=True, TopKIntersection k=20) on 8 fixed
+    16 x 16 gradient x input maps without ties: tests/fixtures/quantus/reference.json (made by
+    experiments/quantus_reference/make_reference.py). Quantus computes the two mass ratios in float32."""
+    here = Path(__file__).parent / "fixtures" / "quantus"
+    ref = json.loads((here / "reference.json").read_text())["metrics"][quantus_name]
+    inp = torch.load(here / "inputs.pt", weights_only=False)
+    name, params, measure = QUANTUS[quantus_name]
+    df = get_metric(name).fn(None, inp["x"], inp["target"], inp["attributions"], masks=inp["masks"], **params)
+    got = df[df["measure"] == measure]["value"].to_numpy()
+    np.testing.assert_allclose(got, ref["values"], rtol=0, atol=1e-6)
