@@ -155,9 +155,13 @@ def attribution_localisation(model, x, target, attributions, masks=None, max_siz
 
 
 def _rows(parts):
+    """Scalar rows of several measures (higher is better) in one table: measure by measure, samples in order."""
     import pandas as pd
 
-    return pd.concat([scalar_rows(v, name, "higher") for v, name in parts], ignore_index=True)
+    v = torch.cat([p.detach().double().cpu() for p, _ in parts]).numpy()
+    n = len(parts[0][0])
+    return pd.DataFrame({"sample": np.tile(np.arange(n), len(parts)), "measure": np.repeat([m for _, m in parts], n),
+                         "value": v, "direction": "higher"})
 
 
 @register_metric("top_k_intersection", k=0.02, concept_influence=False)
