@@ -80,6 +80,8 @@ def test_random_subsets_have_the_size_and_belong_to_the_sample():
     alone = pc.random_subsets(x[2:3], 0, 7, 64, 9)
     assert torch.equal(alone[:, 0], sel[:, 2])
     assert not torch.equal(sel[:, 0], sel[:, 1])
+    ranks = pc.random_orders(x, 0, 7, 64)
+    assert (ranks.sort(-1).values == torch.arange(64)).all()  # each run is a permutation
 
 
 def test_faithfulness_estimate_equals_loop():
@@ -177,7 +179,7 @@ def test_sensitivity_n_equals_loop():
     curve = df[df["measure"] == "curve"].pivot(index="sample", columns="step", values="value").to_numpy()
     assert df[df["measure"] == "curve"]["n"].unique().tolist() == [2, 16, 40]
     for j, n in enumerate([2, 16, 40]):
-        sel = pc.random_subsets(x, pc.subset_seed(1, j), 9, 64, n)
+        sel = pc.random_orders(x, 1, 9, 64) < n
         for i in range(3):
             rel = r[i].sum(0).flatten()
             sums, drops = [], []

@@ -62,7 +62,8 @@ def masked_scores(model, x, target, fill, select, grid, patch, score_space, batc
     per = max(1, images_per_chunk(model, x, "forward", batch_size, what) // n)
     out = []
     for i in chunked(s, per, what):
-        mask = patch_mask(select[i:i + per], grid, patch, size)  # (s', N, 1, H, W)
+        sel = select[i:i + per]
+        mask = sel.view(*sel.shape[:2], 1, *size) if patch == 1 else patch_mask(sel, grid, patch, size)
         f = fill(i, min(i + per, s)) if callable(fill) else fill.unsqueeze(0)
         out.append(batched_scores(model, torch.where(mask, f, x.unsqueeze(0)), target, score_space, batch_size))
     return torch.cat(out)
@@ -80,14 +81,21 @@ def feature_count(size, n_features: int, name: str = "subset_size") -> int:
     return int(size)
 
 
+def random_orders(x: torch.Tensor, seed: int, runs: int, n_features: int) -> torch.Tensor:
+    """(runs, N, P) int64: ``runs`` random orders of the P features per sample (rank of each feature), drawn from the
+    sample's own generator (the same whatever the batch). ``rank < n`` is a uniformly random n-subset."""
+    ranks = torch.empty(len(x), runs, n_features, dtype=torch.long)
+    pos = torch.arange(n_features).expand(runs, n_features)
+    for n, g in enumerate(sample_generators(x, seed)):
+        idx = torch.rand(runs, n_features, generator=g, dtype=torch.float64).argsort(1)
+        ranks[n].scatter_(1, idx, pos)
+    return ranks.transpose(0, 1).to(x.device)
+
+
 def random_subsets(x: torch.Tensor, seed: int, runs: int, n_features: int, size: int) -> torch.Tensor:
     """(runs, N, P) bool: ``runs`` subsets of ``size`` of the P features per sample, uniformly at random without
-    replacement, drawn from the sample's own generator (the same subsets whatever the batch)."""
-    sel = torch.zeros(len(x), runs, n_features, dtype=torch.bool)
-    for n, g in enumerate(sample_generators(x, seed)):
-        idx = torch.rand(runs, n_features, generator=g, dtype=torch.float64).argsort(1)[:, :size]
-        sel[n].scatter_(1, idx, True)
-    return sel.transpose(0, 1).to(x.device)
+    replacement: the first ``size`` features of each of ``random_orders``."""
+    return random_orders(x, seed, runs, n_features) < size
 
 
 def subset_sums(select: torch.Tensor, rel: torch.Tensor) -> np.ndarray:
@@ -320,11 +328,6 @@ def monotonicity_correlation(model, x, target, attributions, patch_size=None, sa
 # -- sensitivity-n (Ancona et al. 2018) -----------------------------------------------------------------------------
 
 
-def subset_seed(seed: int, j: int) -> int:
-    """The seed of the subsets of the j-th subset size (each size draws its own subsets)."""
-    return seed + 7919 * (j + 1)
-
-
 def default_sizes(n_feat: int, count: int = 8, top: float = 0.8) -> list[int]:
     """``count`` subset sizes, log-spaced from 1 feature to ``top`` of them (distinct, increasing)."""
     hi = max(1, int(top * n_feat))
@@ -339,8 +342,10 @@ def sensitivity_n(model, x, target, attributions, sizes=None, runs=100, patch_si
 
     Ancona et al. 2018 ("Towards better understanding of gradient-based attribution methods", ICLR): a map satisfies
     sensitivity-n when the relevance of any n features sums to the output change when they are removed; measured as
-    the correlation over ``runs`` random subsets per n (the paper: 100), per sample. ``sizes``: counts or fractions
-    of the features (default: 8 sizes log-spaced from 1 feature to 80 %, as the paper's log-scale n axis).
+    the correlation over ``runs`` random subsets per n (the paper: 100), per sample; the subsets of run s are the
+    first n features of one random order per run, so they are uniform for every n and nested across n. ``sizes``:
+    counts or fractions of the features (default: 8 sizes log-spaced from 1 feature to 80 %, as the paper's
+    log-scale n axis).
     Rows: ``curve`` (step j = the j-th size, columns ``n`` and ``fraction``) and the scalar ``sensitivity_n`` = mean
     over the sizes where the correlation is defined. Higher is better; forwards per sample: len(sizes) x ``runs``.
     NaN: a size whose subset sums or drops are constant is NaN on the curve and left out of the mean; the scalar is
@@ -358,8 +363,9 @@ def sensitivity_n(model, x, target, attributions, sizes=None, runs=100, patch_si
     base = reference(x, baseline, mean=mean, low=low, high=high, seed=seed)
     y0 = batched_scores(model, x.unsqueeze(0), target, score_space, batch_size)[0]
     curve = np.empty((n, len(ns)))
+    ranks = random_orders(x, seed, runs, n_feat)  # run s of size n: the first n features of order s
     for j, size in enumerate(ns):  # one subset size at a time: at most runs x N copies in memory
-        sel = random_subsets(x, subset_seed(seed, j), runs, n_feat, size)
+        sel = ranks < size
         y = masked_scores(model, x, target, base, sel, grid, p, score_space, batch_size, f"sensitivity-n, n={size}")
         curve[:, j] = pearson(subset_sums(sel, rel), (y0.unsqueeze(0) - y).double().cpu().numpy().T)
     valid = ~np.isnan(curve)
