@@ -123,8 +123,8 @@ def pointing_game(model, x, target, attributions, masks=None, tolerance=0):
     within ``tolerance`` pixels (Euclidean) of it. The paper allows 15 px at ImageNet size; the default 0 asks for
     the pixel itself (8 x 8 or 28 x 28 images have no room for a 15 px margin). Tied maxima share the hit (their
     expected value under random tie-breaking), so a constant or all-zero map scores |dilate(M)| / (H W), chance
-    level. NaN: empty mask. Higher is better. Quantus 0.6 counts a hit if any tied maximum is in the mask and has
-    no tolerance."""
+    level. NaN: empty mask. Higher is better. Quantus 0.6 counts a hit if any tied maximum is in the mask, has no
+    tolerance, and scores an empty mask 1 (its NaN is written into a bool array)."""
     m = check_masks(masks, x, "pointing_game")
     if tolerance < 0:
         raise ValueError(f"tolerance={tolerance} of metric 'pointing_game' must be >= 0 (pixels)")
@@ -141,8 +141,9 @@ def attribution_localisation(model, x, target, attributions, masks=None, max_siz
 
     mu = sum_{M} r+ / sum r+ with r = sum_c R_c (measure ``ratio``), and the size-weighted mu_w = mu * (H W) / |M|
     (measure ``weighted``; 1 = as good as a uniform map, larger = better than chance), as in the paper. Quantus 0.6
-    multiplies by |M| / (H W) instead (and takes |R| by default). NaN: empty mask, no positive relevance, or a mask
-    larger than ``max_size`` of the image (the paper's filter of large boxes; 1.0 keeps all). Higher is better."""
+    multiplies by |M| / x_batch[2:].size instead (a size that depends on the batch) and takes |R| by default.
+    NaN: empty mask, no positive relevance, or a mask larger than ``max_size`` of the image (Quantus's parameter;
+    1.0 keeps all). Higher is better."""
     m = check_masks(masks, x, "attribution_localisation")
     if not 0 < max_size <= 1:
         raise ValueError(f"max_size={max_size} of metric 'attribution_localisation' must be in (0, 1]")
