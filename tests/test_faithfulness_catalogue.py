@@ -350,10 +350,11 @@ def test_sufficiency_equals_loop():
                        threshold=0.3, seed=1, low=0.0, high=1.0)
     xs = neighbours(x, 1, 8, 0.3, 0.0, 1.0)
     assert xs.min() >= 0 and xs.max() <= 1
-    want, count = [], []
+    want, count, agree = [], [], []
     for i in range(4):
         label = int(model(x[i:i + 1]).argmax())
         close = same = 0
+        agree.append(np.mean([int(model(xs[s, i:i + 1]).argmax()) == label for s in range(8)]))
         for s in range(8):
             rs = evalxai.explain(model, xs[s, i:i + 1], t[i:i + 1], method="gradient_x_input")[0]
             d = 1 - float((rs * r[i]).sum() / (rs.norm() * r[i].norm()))
@@ -363,6 +364,7 @@ def test_sufficiency_equals_loop():
         count.append(close)
         want.append(same / close if close else np.nan)
     np.testing.assert_allclose(scalar(df, "neighbours"), count)
+    np.testing.assert_allclose(scalar(df, "agreement"), agree)
     np.testing.assert_allclose(scalar(df, "sufficiency"), want, rtol=1e-12)
     assert 0 < sum(count) < 32  # the threshold separates neighbours in this setting
 

@@ -60,8 +60,9 @@ def sufficiency(model, x, target, attributions, samples=20, noise=0.1, threshold
 
     Dasgupta et al. 2022, per sample against ``samples`` perturbed neighbours (see the module docstring): among the
     neighbours x' whose map R(x') (re-explained for the same target) is within ``threshold`` cosine distance of R(x),
-    the share with argmax f(x') = argmax f(x). Higher is better. Rows: ``sufficiency`` and ``neighbours`` (how many
-    neighbours the map applied to; direction none). Forwards per sample: ``samples`` + 1, plus ``samples``
+    the share with argmax f(x') = argmax f(x). Higher is better. Rows: ``sufficiency``, ``neighbours`` (how many
+    neighbours the map applied to) and ``agreement`` (the share of all neighbours that keep the label: the base rate
+    sufficiency should be read against; both direction none). Forwards per sample: ``samples`` + 1, plus ``samples``
     explanations. NaN: no neighbour within the threshold (Quantus 0.6 returns 0 there, which reads as "never
     sufficient" when the estimate is undefined). Flipped predictions are what the metric counts, not a reason to drop.
     Deviation from Quantus 0.6: a per-sample neighbourhood instead of the batch (batch-size independent), cosine
@@ -82,6 +83,7 @@ def sufficiency(model, x, target, attributions, samples=20, noise=0.1, threshold
     count = close.sum(0)
     score = np.where(count > 0, (close & same).sum(0) / np.maximum(count, 1), np.nan)
     out = pd.concat([scalar_rows(score, "sufficiency", "higher"),
-                     scalar_rows(count.astype(np.float64), "neighbours", "none")], ignore_index=True)
+                     scalar_rows(count.astype(np.float64), "neighbours", "none"),
+                     scalar_rows(same.mean(0), "agreement", "none")], ignore_index=True)
     out["threshold"] = float(threshold)
     return out
