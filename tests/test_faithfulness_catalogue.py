@@ -465,6 +465,7 @@ def test_float32_agrees_with_float64():
     ("monotonicity", {"tolerance": -1}, "tolerance=-1"),
     ("monotonicity_correlation", {"statistic": "max"}, "statistic 'max'"),
     ("irof", {"segmentation": "quickshift"}, "segmentation 'quickshift'"),
+    ("irof", {"n_segments": 1}, "n_segments=1"),
     ("infidelity", {"perturbation": "blur"}, "perturbation 'blur'"),
     ("infidelity", {"square_size": 9}, "square_size=9"),
     ("sufficiency", {"method": "gradient", "threshold": 3}, "threshold=3"),

@@ -51,6 +51,8 @@ def superpixels(x: torch.Tensor, segmentation: str = "slic", n_segments: int = 1
     channels); without scikit-image it falls back to ``grid_segments`` with a warning."""
     if segmentation not in SEGMENTATIONS:
         raise ValueError(f"irof: unknown segmentation {segmentation!r}: use one of {list(SEGMENTATIONS)}")
+    if isinstance(n_segments, bool) or not isinstance(n_segments, int) or n_segments < 2:
+        raise ValueError(f"irof: n_segments={n_segments!r} must be an int >= 2 (about how many superpixels)")
     if segmentation == "slic" and not slic_available():
         warnings.warn("irof: scikit-image is not installed; superpixels fall back to a grid (segmentation='grid'). "
                       "pip install scikit-image for SLIC", stacklevel=3)
