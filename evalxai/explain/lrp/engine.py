@@ -521,11 +521,20 @@ class _ProductFn(torch.autograd.Function):
     """y = f(a, b), bilinear (``matmul``, ``bmm``, ``einsum``, ``*``) or linear in ``a`` (division by a constant):
     R_a = w_a a (J_a^T s), R_b = w_b b (J_b^T s), s = R / stab(y). Two relevance-carrying factors get the uniform
     rule (w_a = w_b = 1/2, AttnLRP Prop. 3.3: the epsilon rule over the sum, each product split equally); a
-    constant factor (w = 0) makes f linear in the other, which then gets the epsilon rule (w = 1)."""
+    constant factor (w = 0) makes f linear in the other, which then gets the epsilon rule (w = 1). ``fn`` None is
+    ``a @ b * scale`` (attention scores and outputs), whose products are written out, with no autograd graph; a
+    number ``scale`` cancels in s and leaves the rule unchanged."""
 
     @staticmethod
-    def forward(ctx, a, b, fn, wa, wb, eps, hook):
+    def forward(ctx, a, b, fn, wa, wb, eps, hook, scale=None):
         ctx.fn, ctx.w, ctx.eps, ctx.hook = fn, (wa, wb), eps, hook
+        if fn is None:
+            y = torch.matmul(a, b)
+            if scale is not None:
+                y.mul_(scale)
+            ctx.save_for_backward(a, b, y)
+            ctx.scale = 1.0 if scale is None else scale
+            return y
         with torch.enable_grad():  # keep f's graph: the vector-Jacobian products in backward need no re-run of f
             ctx.a = a.detach().requires_grad_(wa != 0)
             ctx.b = b.detach().requires_grad_(wb != 0)
@@ -534,14 +543,28 @@ class _ProductFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, r):
-        a, b, y = ctx.a, ctx.b, ctx.y
-        ctx.a = ctx.b = ctx.y = None
-        inputs = [t for t, w in zip((a, b), ctx.w) if w]
-        grads = iter(torch.autograd.grad(y, inputs, divide(r, y.detach(), ctx.eps)))
-        out = [None if not w else next(grads).mul_(t.detach()).mul_(w) for t, w in zip((a, b), ctx.w)]
+        wa, wb = ctx.w
+        if ctx.fn is None:
+            a, b, y = ctx.saved_tensors
+            s = divide(r, y, ctx.eps * abs(ctx.scale))  # = R / stab(a @ b) * scale: epsilon on the unscaled product
+            if ctx.scale != 1.0:
+                s.mul_(ctx.scale)
+            ra = None if not wa else torch.matmul(s, b.mT).sum_to_size(a.shape).mul_(a)
+            rb = None if not wb else torch.matmul(a.mT, s).sum_to_size(b.shape).mul_(b)
+            if ra is not None and wa != 1:
+                ra.mul_(wa)
+            if rb is not None and wb != 1:
+                rb.mul_(wb)
+            out = [ra, rb]
+        else:
+            a, b, y = ctx.a, ctx.b, ctx.y
+            ctx.a = ctx.b = ctx.y = None
+            inputs = [t for t, w in zip((a, b), ctx.w) if w]
+            grads = iter(torch.autograd.grad(y, inputs, divide(r, y.detach(), ctx.eps)))
+            out = [None if not w else next(grads).mul_(t.detach()).mul_(w) for t, w in zip((a, b), ctx.w)]
         if ctx.hook is not None:
             ctx.hook(r, tuple(o for o in out if o is not None))
-        return out[0], out[1], None, None, None, None, None
+        return out[0], out[1], None, None, None, None, None, None
 
 
 class _SoftmaxFn(torch.autograd.Function):
@@ -549,35 +572,50 @@ class _SoftmaxFn(torch.autograd.Function):
     bias absorbing relevance, R_in = x * (R - s * sum_dim R), s = softmax(x). Inputs of -inf (masked) get 0."""
 
     @staticmethod
-    def forward(ctx, x, s, dim, hook):
+    def forward(ctx, x, dim, hook, fn=None):
+        s = torch.softmax(x, dim) if fn is None else fn(x)
         ctx.dim, ctx.hook = dim, hook
         ctx.save_for_backward(x, s)
-        return s.clone()
+        return s
 
     @staticmethod
     def backward(ctx, r):
         x, s = ctx.saved_tensors
-        r_in = x * (r - s * r.sum(ctx.dim, keepdim=True))
-        if not bool(torch.isfinite(x).all()):
-            r_in = torch.where(torch.isfinite(x), r_in, 0.0)
+        r_in = (s * r.sum(ctx.dim, keepdim=True)).neg_().add_(r).mul_(x).nan_to_num_(0.0, 0.0, 0.0)  # x = -inf
         if ctx.hook is not None:
             ctx.hook(r, r_in)
         return r_in, None, None, None
 
 
-def _norm_linear(t: torch.Tensor, shape, weight, bias, eps, rms: bool) -> torch.Tensor:
-    """LayerNorm (or RMSNorm) with its normaliser (standard deviation, root mean square) held constant: what
-    remains, centring and the affine part, is linear in ``t`` (AttnLRP, Achtibat et al. 2024)."""
-    dims = tuple(range(-len(shape), 0))
-    if rms:
-        eps = torch.finfo(t.dtype).eps if eps is None else eps
-        y = t * torch.rsqrt(t.detach().pow(2).mean(dims, keepdim=True) + eps)
-    else:
-        c = t - t.mean(dims, keepdim=True)
-        y = c * torch.rsqrt(c.detach().pow(2).mean(dims, keepdim=True) + eps)
-    if weight is not None:
-        y = y * weight.detach()
-    return y if bias is None else y + bias.detach()
+class _NormLayerFn(torch.autograd.Function):
+    """LayerNorm / RMSNorm with the normaliser sigma held constant: y = C a / sigma * w + b (C centres, or is the
+    identity for RMSNorm), linear in a; the epsilon rule R_a = a * C^T (w / sigma * R / stab(y))."""
+
+    @staticmethod
+    def forward(ctx, a, shape, weight, bias, norm_eps, rms, eps, hook):
+        dims = tuple(range(-len(shape), 0))
+        if rms:
+            norm_eps = torch.finfo(a.dtype).eps if norm_eps is None else norm_eps
+            inv = torch.rsqrt(a.pow(2).mean(dims, keepdim=True).add_(norm_eps))
+            y = F.rms_norm(a, shape, weight, norm_eps)
+        else:
+            y, _, inv = torch.native_layer_norm(a, shape, weight, bias, norm_eps)  # inv: 1 / sigma
+        ctx.dims, ctx.rms, ctx.eps, ctx.hook = dims, rms, eps, hook
+        ctx.save_for_backward(a, y, inv, weight)
+        return y
+
+    @staticmethod
+    def backward(ctx, r):
+        a, y, inv, weight = ctx.saved_tensors
+        g = divide(r, y, ctx.eps).mul_(inv)
+        if weight is not None:
+            g.mul_(weight)
+        if not ctx.rms:
+            g = g - g.mean(ctx.dims, keepdim=True)
+        r_in = g.mul_(a)
+        if ctx.hook is not None:
+            ctx.hook(r, r_in)
+        return r_in, None, None, None, None, None, None, None
 
 
 class _TransformerOps:
@@ -595,38 +633,38 @@ class _TransformerOps:
                  "hook": self.hook_for(name, rule.name)}
         return _LayerFn.apply(x, layer)
 
-    def product(self, name: str, fn, a, b, carries=(True, True)):
+    def product(self, name: str, fn, a, b, carries=(True, True), scale=None):
+        """fn(a, b) by the uniform / epsilon rule (``_ProductFn``); ``fn`` None: ``a @ b * scale``."""
         ca, cb = carries
         if not (ca or cb):
-            return fn(a, b)
+            y = torch.matmul(a, b) if fn is None else fn(a, b)
+            return y if scale is None else y * scale
         w = (0.5, 0.5) if ca and cb else (1.0, 0.0) if ca else (0.0, 1.0)
-        return _ProductFn.apply(a, b, fn, *w, self.eps, self.hook_for(name, "uniform" if ca and cb else "epsilon"))
-
-    def scale(self, x, c):
-        """x * c for a number c: linear in x, relevance unchanged."""
-        return _PassFn.apply(x, (x * c).detach())
+        return _ProductFn.apply(a, b, fn, *w, self.eps, self.hook_for(name, "uniform" if ca and cb else "epsilon"),
+                                scale)
 
     def add(self, name: str, a, b):
         return _SumFn.apply(a, b, 1, self.eps, self.hook_for(name, "sum"))
 
-    def softmax(self, name: str, x, dim: int, s=None):
-        s = torch.softmax(x, dim) if s is None else s
+    def softmax(self, name: str, x, dim: int, fn=None):
+        """softmax(x) over ``dim`` (``fn(x)`` if given): AttnLRP's rule, or a constant for CP-LRP."""
         if self.constant_softmax:
-            return s.detach()
-        return _SoftmaxFn.apply(x, s.detach(), dim, self.hook_for(name, "softmax"))
+            with torch.no_grad():
+                return torch.softmax(x, dim) if fn is None else fn(x)
+        return _SoftmaxFn.apply(x, dim, self.hook_for(name, "softmax"), fn)
 
     def attention(self, name: str, q, k, v, mask=None, scale=None):
         """softmax(q k^T * scale + mask) v over the last two dimensions; a boolean ``mask`` is True where
         attention is allowed. Returns (output, attention weights)."""
         scale = q.shape[-1] ** -0.5 if scale is None else scale
-        scores = self.scale(self.product(f"{name}.qk", torch.matmul, q, k.transpose(-2, -1)), scale)
+        scores = self.product(f"{name}.qk", None, q, k.transpose(-2, -1), scale=scale)
         if mask is not None:
             if mask.dtype == torch.bool:
                 scores = scores.masked_fill(~mask, float("-inf"))
             else:
                 scores = self.add(f"{name}.mask", scores, mask.to(scores.dtype).expand_as(scores))
         a = self.softmax(f"{name}.softmax", scores, -1)
-        out = self.product(f"{name}.av", torch.matmul, a, v, (not self.constant_softmax, True))
+        out = self.product(f"{name}.av", None, a, v, (not self.constant_softmax, True))
         return out, a
 
     def sdpa(self, name: str, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
@@ -657,15 +695,18 @@ class _TransformerOps:
         if not m.batch_first or unbatched:
             query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
         e, h = m.embed_dim, m.num_heads
-        if m._qkv_same_embed_dim:
-            wq, wk, wv = m.in_proj_weight.chunk(3)
-        else:
-            wq, wk, wv = m.q_proj_weight, m.k_proj_weight, m.v_proj_weight
-        bq, bk, bv = (None,) * 3 if m.in_proj_bias is None else m.in_proj_bias.chunk(3)
         n, lq, lk = query.shape[0], query.shape[1], key.shape[1]
-        q = self.linear(f"{name}.in_proj_q", query, wq, bq, m.out_proj)
-        k = self.linear(f"{name}.in_proj_k", key, wk, bk, m.out_proj)
-        v = self.linear(f"{name}.in_proj_v", value, wv, bv, m.out_proj)
+        if m._qkv_same_embed_dim and query is key and key is value:  # self-attention: one packed projection
+            q, k, v = self.linear(f"{name}.in_proj", query, m.in_proj_weight, m.in_proj_bias, m.out_proj).chunk(3, -1)
+        else:
+            if m._qkv_same_embed_dim:
+                wq, wk, wv = m.in_proj_weight.chunk(3)
+            else:
+                wq, wk, wv = m.q_proj_weight, m.k_proj_weight, m.v_proj_weight
+            bq, bk, bv = (None,) * 3 if m.in_proj_bias is None else m.in_proj_bias.chunk(3)
+            q = self.linear(f"{name}.in_proj_q", query, wq, bq, m.out_proj)
+            k = self.linear(f"{name}.in_proj_k", key, wk, bk, m.out_proj)
+            v = self.linear(f"{name}.in_proj_v", value, wv, bv, m.out_proj)
         q, k, v = (t.reshape(n, t.shape[1], h, e // h).transpose(1, 2) for t in (q, k, v))
         mask = _mha_mask(attn_mask, key_padding_mask, n, h, lq, lk, q.dtype)
         o, a = self.attention(name, q, k, v, mask)
@@ -765,7 +806,8 @@ def _transformer_step(model, node, step, name, call, args, kwargs, ops: _Transfo
     """Run one transformer node with its relevance rule (see ``_TransformerOps``)."""
     kind = step.kind
     if kind == "softmax":
-        return ops.softmax(name, args[0], _softmax_dim(model, node, args, kwargs), call(*args, **kwargs))
+        return ops.softmax(name, args[0], _softmax_dim(model, node, args, kwargs),
+                           lambda t: call(t, *args[1:], **kwargs))
     if kind == "layernorm":
         if node.op == "call_module":
             m = step.module
@@ -777,8 +819,8 @@ def _transformer_step(model, node, step, name, call, args, kwargs, ops: _Transfo
             shape, w, b = bound["normalized_shape"], bound.get("weight"), bound.get("bias")
             e = bound.get("eps", None if rms else 1e-5)
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
-        return _LinearizedFn.apply(args[0], lambda t: _norm_linear(t, shape, w, b, e, rms), lambda a, y: y, eps,
-                                   hook_for(name, "layernorm"))
+        return _NormLayerFn.apply(args[0], shape, None if w is None else w.detach(), None if b is None else b.detach(),
+                                  e, rms, eps, hook_for(name, "layernorm"))
     if kind == "flinear":
         bound = _bind(F.linear, args, kwargs)
         return ops.linear(name, bound["input"], bound["weight"], bound.get("bias"), rule=step.rule)
