@@ -4,10 +4,12 @@ same batch, k = 1 except for integrated_gradients (steps) and smoothgrad (sample
     python -m evalxai.bench [--models lenet vgg_bn] [--batch 128] [--repeats 15] [--methods ...] [--out DIR]
     python -m evalxai.bench --imagenet [--models vgg16 resnet50] [--device cuda] [--memory-budget 1.5GB]   # 224^2
     python -m evalxai.bench --api        # LRP / gradient from evalxai.explain, with and without tune_allocator()
+    python -m evalxai.bench --vit        # attnlrp / cp_lrp on vit_tiny, time / one gradient pass (target 1.5x)
 
 Timings are interleaved (every method once per round, rounds repeated) and medians are taken, so drift on a
 shared machine hits all methods alike. Method timings use random inputs and randomly initialised models (their
-cost does not depend on either); metric timings use real MNIST images and the trained model (``bench_metrics``).
+cost does not depend on either); metric timings use real MNIST images and the trained model, each metric against
+the forwards and explains it makes (``evalxai.metric_bench``).
 
 The 224x224 case (``bench_imagenet``) uses a VGG-16 (with BatchNorm, torchvision's ``vgg16_bn`` layout) and a
 ResNet-50 defined here (no torchvision), at batch 8, on the GPU when one is present; it also records each method's
@@ -39,6 +41,7 @@ from evalxai.explain.guard import frozen
 from evalxai.explain.lrp import COMPOSITES
 from evalxai.memory import budget as memory_budget_bytes
 from evalxai.memory import images_per_chunk
+from evalxai.metric_bench import bench_all_metrics
 from evalxai.models.zoo import build_model
 
 TARGETS = {"lrp_0": 1.3, "lrp_epsilon": 1.3, "lrp_epsilon_plus": 2.0, "lrp_epsilon_plus_flat": 2.0,
@@ -85,58 +88,6 @@ def bench_methods(model_name: str, methods: list[str], batch: int, repeats: int)
     return pd.DataFrame(rows)
 
 
-# Metric parameters benchmarked (those of experiment=mnist_lrp where it uses the metric) and the bare cost:
-# the number of batch forwards ("fwd") and batch explains ("exp") the metric cannot avoid, one batch per step.
-METRIC_CASES = {
-    "pixel_flipping": ({"patch_size": 4, "per_step": 3, "order": ["morf", "lerf"]}, {"fwd": 2 * 18}),
-    "selectivity": ({"patch_size": 4, "steps": 10}, {"fwd": 11, "exp": 9}),
-    "insertion_deletion": ({}, {"fwd": 2 * 29}),
-    "road": ({}, {"fwd": 1 + 2 * 9}),
-    "continuity": ({"shift": 3}, {"fwd": 7, "exp": 7}),
-    "max_sensitivity": ({"samples": 10}, {"exp": 10}),
-    "randomization": ({}, {"exp": 4}),
-    "conservation": ({}, {"fwd": 1, "exp": 1}),
-}
-METRIC_TARGETS = {"pixel_flipping": 1.0}
-BARE_CALLS = 3
-
-
-def bench_metrics(model_name: str, batch: int, repeats: int, method: str = "lrp_epsilon_plus") -> pd.DataFrame:
-    """Each metric's median time / its bare cost (n_fwd x one batch forward + n_exp x one batch explain).
-
-    Metrics are timed on real data, since some costs depend on it (ROAD's solver iterations, ties in ranks): the
-    first ``batch`` MNIST test images, their predicted classes, and the trained model of ``experiment=mnist_lrp``
-    (from the model cache; trained there on first use)."""
-    model, x, t = _mnist_case(model_name, batch)
-    r = evalxai.explain(model, x, t, method=method)
-
-    def forward():
-        with torch.no_grad():
-            return model(x)
-
-    def explain():
-        return evalxai.explain(model, x, t, method=method)
-
-    # The bare costs run BARE_CALLS times back to back per round (time per call): one lone forward of ~20 ms after
-    # a metric that churned through memory reads as up to 1.7x slower, which made every metric ratio jump.
-    calls = {"<forward>": lambda: [forward() for _ in range(BARE_CALLS)],
-             "<explain>": lambda: [explain() for _ in range(BARE_CALLS)]}
-    for name, (params, _) in METRIC_CASES.items():
-        extra = {"method": method} if "method" in evalxai.metrics.get_metric(name).defaults else {}
-        calls[name] = lambda name=name, params=params, extra=extra: evalxai.score(model, x, t, r, metric=name,
-                                                                                  **params, **extra)
-    times = _interleaved(calls, repeats)
-    fwd, exp = (statistics.median(times[k]) / BARE_CALLS for k in ("<forward>", "<explain>"))
-    rows = []
-    for name, (_, bare) in METRIC_CASES.items():
-        med = statistics.median(times[name])
-        cost = bare.get("fwd", 0) * fwd + bare.get("exp", 0) * exp
-        rows.append({"model": model_name, "batch": batch, "metric": name, "median_ms": 1e3 * med,
-                     "bare_ms": 1e3 * cost, "bare": ", ".join(f"{v} {k}" for k, v in bare.items()),
-                     "ratio": med / cost, "target": METRIC_TARGETS.get(name, 1.2)})
-    return pd.DataFrame(rows)
-
-
 def _mnist_case(model_name: str, batch: int):
     from evalxai.reproduce import dataset_and_model
 
@@ -144,7 +95,7 @@ def _mnist_case(model_name: str, batch: int):
     x = dataset.x_test[:batch]
     with torch.no_grad():
         t = model(x).argmax(1)
-    return model, x, t
+    return model, x, t, dataset.pool()
 
 
 def _interleaved(calls: dict, repeats: int, warmup: bool = True) -> dict[str, list[float]]:
@@ -489,6 +440,34 @@ def bench_api(models=("lenet", "vgg_bn"), batch: int = 128, repeats: int = 15) -
     return pd.DataFrame(rows)
 
 
+VIT_METHODS = ("attnlrp", "cp_lrp", "lrp_epsilon", "gradient_x_input", "attention_rollout")
+VIT_TARGET = 1.5  # attnlrp / cp_lrp time over one gradient pass (LXT's AttnLRP costs about one gradient x input)
+
+
+def bench_vit(methods=VIT_METHODS, batch: int = 128, repeats: int = 7) -> pd.DataFrame:
+    """vit_tiny (random weights, 1x28x28, batch ``batch``): each method's time per batch / one plain gradient pass
+    (interleaved medians, as ``bench_methods``); attnlrp and cp_lrp are held to ``VIT_TARGET``."""
+    df = bench_methods("vit_tiny", list(methods), batch, repeats)
+    df.loc[df["method"].isin(["attnlrp", "cp_lrp"]), "target"] = VIT_TARGET
+    df["meets_target"] = [None if pd.isna(tg) else bool(r <= tg) for r, tg in zip(df["ratio"], df["target"])]
+    return df
+
+
+def _main_vit(args, out: Path) -> pd.DataFrame:
+    methods = args.methods or list(VIT_METHODS)
+    batch, repeats = args.batch or 128, args.repeats or 7
+    df = bench_vit(methods, batch, repeats)
+    out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out / "bench_vit.csv", index=False)
+    text = (f"vit_tiny (patch 7, width 64, 3 blocks; random weights), batch {batch}: time per batch / one plain "
+            f"gradient pass, median of {repeats} interleaved rounds, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads\n\n"
+            + markdown(df[["method", "median_ms", "ratio", "target", "meets_target"]].round(2)) + "\n")
+    (out / "bench_vit.md").write_text(text)
+    print(text)
+    return df
+
+
 def _plain(model, x, t):
     with frozen(model, warn_train=False):
         return target_grad(model, x, t)
@@ -511,7 +490,8 @@ def main(argv=None) -> pd.DataFrame:
     p.add_argument("--methods", nargs="+", default=None,
                    help="default: every method but occlusion (one forward per window: ~100 gradient passes); with "
                         "--imagenet: gradient, integrated_gradients, smoothgrad and every LRP composite")
-    p.add_argument("--metrics", nargs="*", default=list(METRIC_CASES), help="metrics to time on lenet (none: skip)")
+    p.add_argument("--metrics", nargs="*", default=["all"],
+                   help="metrics to time on lenet against the passes they make (default: all; none: skip)")
     p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end mnist_lrp runs (cold and warm)")
     p.add_argument("--imagenet", action="store_true",
                    help="run the 224x224 case instead (VGG-16 and ResNet-50, random weights; ~10 min on 2 CPU cores)")
@@ -520,6 +500,8 @@ def main(argv=None) -> pd.DataFrame:
     p.add_argument("--api", action="store_true",
                    help="instead: LRP / gradient ratios from evalxai.explain in fresh processes, with and without "
                         "evalxai.tune_allocator()")
+    p.add_argument("--vit", action="store_true",
+                   help="instead: attnlrp / cp_lrp (and --methods) on vit_tiny, time / one gradient pass (target 1.5x)")
     p.add_argument("--size", type=int, default=224, help=argparse.SUPPRESS)  # tests: smaller 224-case models
     p.add_argument("--width", type=float, default=1.0, help=argparse.SUPPRESS)
     p.add_argument("--out", default="results/bench")
@@ -528,15 +510,19 @@ def main(argv=None) -> pd.DataFrame:
     if args.api:
         return _main_api(args, out)
     tuned = allocator.tune()  # as the CLI does: baseline and methods run under the same allocator
+    if args.vit:
+        return _main_vit(args, out)
     if args.imagenet:
         return _main_imagenet(args, p, out)
     models = args.models or ["lenet", "vgg_bn"]
     batch = args.batch or 128
     repeats = args.repeats or 7
     methods = args.methods or sorted(m for m in METHODS if m != "occlusion")
-    unknown = [m for m in methods if m not in METHODS] + [m for m in args.metrics if m not in METRIC_CASES]
+    metrics = sorted(evalxai.metrics.METRICS) if args.metrics == ["all"] else args.metrics
+    unknown = [m for m in methods if m not in METHODS] + [m for m in metrics if m not in evalxai.metrics.METRICS]
     if unknown:
-        p.error(f"unknown methods/metrics {unknown}: choose from {sorted(METHODS)} / {sorted(METRIC_CASES)}")
+        p.error(f"unknown methods/metrics {unknown}: choose from {sorted(METHODS)} / "
+                f"{sorted(evalxai.metrics.METRICS)}")
     # End to end first: the child processes then share the machine with a small parent, not with one that holds
     # the memory of vgg_bn's batched Integrated Gradients (with it, a warm run read 55 s instead of 25 s here).
     e2e = None if args.no_e2e else bench_end_to_end()
@@ -551,13 +537,12 @@ def main(argv=None) -> pd.DataFrame:
             f"median of {repeats} interleaved rounds, "
             f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
             f"allocator {'tuned' if tuned else 'default'})\n\n" + markdown(table.reset_index()) + "\n")
-    if args.metrics:
-        mdf = bench_metrics("lenet", batch, repeats)
-        mdf = mdf[mdf["metric"].isin(args.metrics)]
+    if metrics:
+        mdf = bench_all_metrics(*_mnist_case("lenet", batch), metrics, repeats)
         mdf.to_csv(out / "bench_metrics.csv", index=False)
-        shown = mdf[["metric", "median_ms", "bare", "bare_ms", "ratio", "target"]].round(2)
-        text += (f"\nMetrics (lenet, lrp_epsilon_plus maps, batch {batch}): time / bare cost (fwd: one batch "
-                 "forward, exp: one batch explain)\n\n" + markdown(shown) + "\n")
+        text += (f"\nMetrics (lenet, lrp_epsilon_plus maps, batch {batch}): time / bare cost, the forwards and "
+                 "explains each metric makes (counted, per image) at the time of one batch forward / explain\n\n"
+                 + markdown(mdf.round(2)) + "\n")
     if e2e is not None:
         e2e.to_csv(out / "bench_e2e.csv", index=False)
         text += ("\nEnd to end (`python -m evalxai experiment=mnist_lrp`, wall time; peak resident memory of the "

@@ -6,6 +6,8 @@ import pandas as pd
 import pytest
 import torch
 
+import evalxai
+
 CODE = "from evalxai import allocator; print(allocator.tune(), allocator.tune())"
 
 
@@ -146,3 +148,35 @@ def test_bench_imagenet_under_a_budget_too_small_for_one_image():
                               memory_budget=1024).set_index("method")
     assert df.loc["<gradient pass>", "ratio"] == 1.0 and df.loc["<gradient pass>", "budget_mb"] == 0
     assert "memory budget" in df.loc["lrp_epsilon", "error"] and pd.isna(df.loc["lrp_epsilon", "ratio"])
+
+
+def test_metric_bench_counts_the_passes_each_metric_makes():
+    """The metric bench's bare cost counts what a metric runs: pixel flipping forwards one batch per curve point and
+    order and explains nothing; selectivity re-explains each perturbed input; a mask metric runs no pass; copies of
+    the model (randomisation) are counted too; ratio = time / bare cost from the same table."""
+    from evalxai import metric_bench
+    from evalxai.models.zoo import build_model
+
+    torch.manual_seed(0)
+    model = build_model("lenet", (1, 28, 28)).eval()
+    x = torch.rand(6, 1, 28, 28)
+    t = torch.randint(0, 10, (6,))
+    pool = (torch.rand(40, 1, 28, 28), torch.arange(40) % 10)
+    hooks = sum(len(m._forward_hooks) for m in model.modules())
+    df = metric_bench.bench_all_metrics(model, x, t, pool, ["pixel_flipping", "selectivity", "pointing_game",
+                                                            "randomization", "focus"], repeats=1, method="gradient")
+    assert sum(len(m._forward_hooks) for m in model.modules()) == hooks
+    rows = df.set_index("metric")
+    curve = evalxai.score(model, x, t, evalxai.explain(model, x, t, method="gradient"), metric="pixel_flipping",
+                          **metric_bench.METRIC_PARAMS["pixel_flipping"])
+    points = curve[curve["step"].notna()].groupby("sample").size().iloc[0]
+    assert rows.loc["pixel_flipping", "forwards_per_image"] == points
+    assert rows.loc["pixel_flipping", "explains_per_image"] == 0
+    assert rows.loc["selectivity", "explains_per_image"] > 0 and rows.loc["selectivity", "forwards_per_image"] > 0
+    assert rows.loc["pointing_game", ["forwards_per_image", "explains_per_image"]].tolist() == [0, 0]
+    assert pd.isna(rows.loc["pointing_game", "ratio"])
+    assert rows.loc["randomization", "explains_per_image"] >= 1
+    assert rows.loc["focus", "explains_per_image"] == 1
+    for name in ("pixel_flipping", "selectivity", "randomization"):
+        r = rows.loc[name]
+        assert r["ratio"] == pytest.approx(r["median_ms"] / r["bare_ms"], rel=1e-9)
