@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from evalxai.models.vit import ViT
+
 
 class MLP(nn.Sequential):
     def __init__(self, input_shape, num_classes=10, hidden=(256, 128), bias=True):
@@ -95,6 +97,7 @@ class ResNetSmall(nn.Module):
 
 
 MODELS = {"mlp": MLP, "lenet": LeNet, "vgg_bn": VGGBN, "resnet_small": ResNetSmall}
+MODELS["vit_tiny"] = ViT  # evalxai/models/vit.py
 
 
 def build_model(name: str, input_shape, num_classes: int = 10, **arch) -> nn.Module:
