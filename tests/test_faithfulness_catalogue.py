@@ -341,43 +341,49 @@ def test_infidelity_known_answers_and_scale():
 # -- sufficiency -------------------------------------------------------------------------------------------------
 
 
-def test_sufficiency_equals_loop():
+@pytest.mark.parametrize("applies", ["threshold", "nearest"])
+def test_sufficiency_equals_loop(applies):
     from evalxai.metrics.sufficiency import neighbours
 
     model, (x, t) = small_cnn(), data(4)
     r = evalxai.explain(model, x, t, method="gradient_x_input")
     df = evalxai.score(model, x, t, r, metric="sufficiency", method="gradient_x_input", samples=8, noise=0.3,
-                       threshold=0.3, seed=1, low=0.0, high=1.0)
+                       applies=applies, threshold=0.3, nearest=0.25, seed=1, low=0.0, high=1.0)
     xs = neighbours(x, 1, 8, 0.3, 0.0, 1.0)
     assert xs.min() >= 0 and xs.max() <= 1
     want, count, agree = [], [], []
     for i in range(4):
         label = int(model(x[i:i + 1]).argmax())
-        close = same = 0
-        agree.append(np.mean([int(model(xs[s, i:i + 1]).argmax()) == label for s in range(8)]))
+        kept = np.array([int(model(xs[s, i:i + 1]).argmax()) == label for s in range(8)])
+        dist = []
         for s in range(8):
             rs = evalxai.explain(model, xs[s, i:i + 1], t[i:i + 1], method="gradient_x_input")[0]
-            d = 1 - float((rs * r[i]).sum() / (rs.norm() * r[i].norm()))
-            if d <= 0.3:
-                close += 1
-                same += int(model(xs[s, i:i + 1]).argmax()) == label
-        count.append(close)
-        want.append(same / close if close else np.nan)
+            dist.append(1 - float((rs * r[i]).sum() / (rs.norm() * r[i].norm())))
+        dist = np.array(dist)
+        close = dist <= 0.3 if applies == "threshold" else np.isin(np.arange(8), np.argsort(dist, kind="stable")[:2])
+        count.append(close.sum())
+        agree.append(kept.mean())
+        want.append(kept[close].mean() if close.any() else np.nan)
     np.testing.assert_allclose(scalar(df, "neighbours"), count)
     np.testing.assert_allclose(scalar(df, "agreement"), agree)
     np.testing.assert_allclose(scalar(df, "sufficiency"), want, rtol=1e-12)
-    assert 0 < sum(count) < 32  # the threshold separates neighbours in this setting
+    np.testing.assert_allclose(scalar(df, "sufficiency_gain"), np.array(want) - agree, rtol=1e-12)
+    if applies == "threshold":
+        assert 0 < sum(count) < 32  # the threshold separates neighbours in this setting
 
 
 def test_sufficiency_known_answers():
     model, (x, t) = linear(), data(5)
     grad = evalxai.explain(model, x, t, method="gradient")  # the same map for every input
-    df = evalxai.score(model, x, t, grad, metric="sufficiency", method="gradient", samples=10, threshold=1e-9,
-                       noise=1e-6)
+    df = evalxai.score(model, x, t, grad, metric="sufficiency", method="gradient", samples=10, applies="threshold",
+                       threshold=1e-9, noise=1e-6)
     np.testing.assert_array_equal(scalar(df, "neighbours"), 10)
     np.testing.assert_array_equal(scalar(df, "sufficiency"), 1.0)  # tiny noise keeps every label
-    far = evalxai.score(model, x, t, -grad, metric="sufficiency", method="gradient", samples=4, threshold=0.5)
+    far = evalxai.score(model, x, t, -grad, metric="sufficiency", method="gradient", samples=4, applies="threshold",
+                        threshold=0.5)
     assert np.isnan(scalar(far, "sufficiency")).all() and (scalar(far, "neighbours") == 0).all()  # no neighbour
+    near = evalxai.score(model, x, t, -grad, metric="sufficiency", method="gradient", samples=4)
+    assert (scalar(near, "neighbours") == 1).all() and np.isfinite(scalar(near, "sufficiency")).all()
 
 
 # -- region perturbation -----------------------------------------------------------------------------------------
@@ -411,7 +417,7 @@ CATALOGUE = [
     ("irof", {"segmentation": "grid", "n_segments": 16}),
     ("infidelity", {"samples": 5}),
     ("infidelity", {"samples": 5, "perturbation": "gaussian", "multiply_by_inputs": False}),
-    ("sufficiency", {"samples": 4, "method": "gradient_x_input", "threshold": 0.3}),
+    ("sufficiency", {"samples": 4, "method": "gradient_x_input"}),
     ("region_perturbation", {"steps": 10}),
 ]
 
@@ -469,6 +475,8 @@ def test_float32_agrees_with_float64():
     ("infidelity", {"perturbation": "blur"}, "perturbation 'blur'"),
     ("infidelity", {"square_size": 9}, "square_size=9"),
     ("sufficiency", {"method": "gradient", "threshold": 3}, "threshold=3"),
+    ("sufficiency", {"method": "gradient", "nearest": 0}, "nearest=0"),
+    ("sufficiency", {"method": "gradient", "applies": "all"}, "applies 'all'"),
     ("sufficiency", {}, "re-explains"),
 ])
 def test_bad_parameters_are_named(metric, params, match):

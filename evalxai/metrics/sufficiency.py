@@ -7,7 +7,15 @@ whose maps lie within a threshold distance), so a sample's score depends on whic
 batch-wide normalisation of the distances. evalxai keeps the definition and changes the sample of mu, so that the
 score belongs to the sample alone: mu is the neighbourhood of x, ``samples`` noisy copies
 x'_s = x + N(0, (noise * (high - low))^2) (clipped into [low, high] when the bounds are given), each re-explained
-with the run's method; "e(x) applies to x'" means the maps are close, cosine distance d(R(x), R(x')) <= ``threshold``.
+with the run's method.
+
+"e(x) applies to x'" needs a notion of close maps. The paper's (and Quantus's) fixed distance threshold does not
+carry across methods: on LeNet / MNIST with noise 0.3 the median cosine distance between R(x) and R(x') is 0.13 for
+LRP-epsilon-plus, 0.29 for gradient x input and 0.34 for the gradient, so one threshold takes every neighbour for one
+method (sufficiency = the base rate of kept labels) and none for another (NaN). The default rule is therefore
+``applies="nearest"``: the map applies to the ``nearest`` share of the neighbours whose maps are closest to R(x)
+(cosine distance; ties by draw order), a per-sample, scale-free neighbourhood that is never empty.
+``applies="threshold"`` keeps the paper's rule, cosine distance d(R(x), R(x')) <= ``threshold``.
 """
 from __future__ import annotations
 
@@ -52,38 +60,55 @@ def predicted_labels(model, xs: torch.Tensor, batch_size=None) -> torch.Tensor:
     return torch.cat([model(flat[i:i + step]).argmax(1) for i in chunked(len(flat), step, "labels")]).view(s, n)
 
 
-@register_metric("sufficiency", samples=20, noise=0.1, threshold=0.5, seed=0, method=None, method_params=None,
-                 batch_size=None, low=None, high=None)
-def sufficiency(model, x, target, attributions, samples=20, noise=0.1, threshold=0.5, seed=0, method=None,
-                method_params=None, batch_size=None, low=None, high=None):
-    """Sufficiency: share of noisy neighbours with a similar map (cosine distance <= threshold) that keep the label.
+APPLIES = ("nearest", "threshold")
+
+
+@register_metric("sufficiency", samples=20, noise=0.3, applies="nearest", nearest=0.25, threshold=0.2, seed=0,
+                 method=None, method_params=None, batch_size=None, low=None, high=None)
+def sufficiency(model, x, target, attributions, samples=20, noise=0.3, applies="nearest", nearest=0.25,
+                threshold=0.2, seed=0, method=None, method_params=None, batch_size=None, low=None, high=None):
+    """Sufficiency: share of the noisy neighbours whose maps are closest to R(x) that keep the predicted label.
 
     Dasgupta et al. 2022, per sample against ``samples`` perturbed neighbours (see the module docstring): among the
-    neighbours x' whose map R(x') (re-explained for the same target) is within ``threshold`` cosine distance of R(x),
-    the share with argmax f(x') = argmax f(x). Higher is better. Rows: ``sufficiency``, ``neighbours`` (how many
-    neighbours the map applied to) and ``agreement`` (the share of all neighbours that keep the label: the base rate
-    sufficiency should be read against; both direction none). Forwards per sample: ``samples`` + 1, plus ``samples``
-    explanations. NaN: no neighbour within the threshold (Quantus 0.6 returns 0 there, which reads as "never
-    sufficient" when the estimate is undefined). Flipped predictions are what the metric counts, not a reason to drop.
-    Deviation from Quantus 0.6: a per-sample neighbourhood instead of the batch (batch-size independent), cosine
-    distance instead of the batch-standardised Euclidean distance of max-normalised maps.
+    neighbours x' the map applies to (``applies``: the ``nearest`` share with the closest maps, or those within
+    ``threshold`` cosine distance), R(x') re-explained for the same target, the share with argmax f(x') = argmax f(x).
+    Higher is better. Rows: ``sufficiency``; ``agreement`` (the share of *all* neighbours that keep the label: the
+    base rate, what a map unrelated to the model scores in expectation); ``sufficiency_gain`` = sufficiency -
+    agreement (higher is better: how much knowing the map tells about the label); ``neighbours`` (how many the map
+    applied to). Forwards per sample: ``samples`` + 1, plus ``samples`` explanations.
+    NaN: only with ``applies="threshold"``, when no neighbour is within it (Quantus 0.6 returns 0 there, which reads
+    as "never sufficient" where the estimate is undefined). Neighbours whose prediction flips are what the metric
+    counts, not a reason to drop them. Deviation from Quantus 0.6: a per-sample neighbourhood instead of the batch
+    (batch-size independent), nearest neighbours or a cosine threshold instead of a threshold on the
+    batch-standardised Euclidean distance of batch-max-normalised maps.
     """
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise ValueError(f"sufficiency: samples={samples!r} must be an int >= 1")
     if noise <= 0:
         raise ValueError(f"sufficiency: noise={noise} must be > 0 (sigma as a share of the input range)")
+    if applies not in APPLIES:
+        raise ValueError(f"sufficiency: unknown applies {applies!r}: use one of {list(APPLIES)}")
+    if not 0 < nearest <= 1:
+        raise ValueError(f"sufficiency: nearest={nearest} must be a share of the neighbours in (0, 1]")
     if not 0 <= threshold <= 2:
         raise ValueError(f"sufficiency: threshold={threshold} must be a cosine distance in [0, 2]")
     fn = explainer(method, method_params, "sufficiency")
     xs = neighbours(x, seed, samples, noise, low, high)
     rs = explain_stack(fn, model, xs, target, batch_size)
-    close = (cosine_distance(rs, attributions) <= threshold).cpu().numpy()  # (S, N)
+    dist = cosine_distance(rs, attributions).cpu()  # (S, N)
+    if applies == "threshold":
+        close = (dist <= threshold).numpy()
+    else:
+        k = max(1, round(nearest * samples))
+        order = torch.sort(dist, dim=0, stable=True).indices[:k]
+        close = torch.zeros_like(dist, dtype=torch.bool).scatter_(0, order, True).numpy()
     labels = predicted_labels(model, torch.cat([x.unsqueeze(0), xs]), batch_size).cpu().numpy()
     same = labels[1:] == labels[:1]
     count = close.sum(0)
     score = np.where(count > 0, (close & same).sum(0) / np.maximum(count, 1), np.nan)
-    out = pd.concat([scalar_rows(score, "sufficiency", "higher"),
-                     scalar_rows(count.astype(np.float64), "neighbours", "none"),
-                     scalar_rows(same.mean(0), "agreement", "none")], ignore_index=True)
-    out["threshold"] = float(threshold)
+    agreement = same.mean(0)
+    out = pd.concat([scalar_rows(score, "sufficiency", "higher"), scalar_rows(agreement, "agreement", "none"),
+                     scalar_rows(score - agreement, "sufficiency_gain", "higher"),
+                     scalar_rows(count.astype(np.float64), "neighbours", "none")], ignore_index=True)
+    out["applies"] = applies
     return out
