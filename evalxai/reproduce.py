@@ -151,7 +151,14 @@ def road_mask_leakage(claim: dict, scores: pd.DataFrame) -> dict:
             "verdict": "holds" if lo > chance else ("does not hold" if acc.mean() <= chance else "inconclusive")}
 
 
-CHECKS = {"max_toy": max_toy, "road_mask_leakage": road_mask_leakage}
+def prototypes(claim: dict, scores: pd.DataFrame) -> dict:
+    """Montavon 2018 §3: code-space against input-space activation-maximization prototypes (evalxai.maximize)."""
+    from evalxai.maximize.claims import check
+
+    return check(claim, scores)
+
+
+CHECKS = {"max_toy": max_toy, "road_mask_leakage": road_mask_leakage, "prototypes": prototypes}
 
 
 def reproduce(name: str, out_root: Path, overrides: list[str] | None = None, progress: bool = False) -> pd.DataFrame:

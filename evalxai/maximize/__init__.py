@@ -24,9 +24,9 @@ SPACES = ("input", "code")
 STARTS = ("mean", "noise")
 # Per space: the weight lam of the regulariser, Adam's steps and initial step size, the start.
 DEFAULTS = {
-    "input": {"lam": 1e-4, "steps": 600, "lr": 0.1, "start": "mean", "low": None, "high": None,
+    "input": {"lam": 1e-4, "steps": 600, "lr": 0.1, "start": "mean", "restarts": 1, "low": None, "high": None,
               "input_shape": None, "seed": 0},
-    "code": {"lam": 1e-4, "steps": 600, "lr": 0.3, "start": "mean", "seed": 0},
+    "code": {"lam": 1e-4, "steps": 600, "lr": 0.3, "start": "mean", "restarts": 1, "seed": 0},
 }
 NO_GENERATOR = ("maximize(space='code') needs a generator: pass generator='vae_mnist' (a config of conf/generator/, "
                 "trained on first use and cached), generator=evalxai.generators.get_generator('vae_mnist'), or a "
@@ -57,17 +57,17 @@ def _params(space: str, params: dict) -> dict:
     p = {**DEFAULTS[space], **params}
     if p["start"] not in STARTS:
         raise ValueError(f"maximize: start='{p['start']}' is unknown: choose one of {list(STARTS)}")
-    if float(p["lam"]) < 0 or int(p["steps"]) < 0 or float(p["lr"]) <= 0:
-        raise ValueError(f"maximize: lam={p['lam']}, steps={p['steps']}, lr={p['lr']} must be lam >= 0, steps >= 0, "
-                         "lr > 0")
+    if float(p["lam"]) < 0 or int(p["steps"]) < 0 or float(p["lr"]) <= 0 or int(p["restarts"]) < 1:
+        raise ValueError(f"maximize: lam={p['lam']}, steps={p['steps']}, lr={p['lr']}, restarts={p['restarts']} must "
+                         "be lam >= 0, steps >= 0, lr > 0, restarts >= 1")
     return p
 
 
-def _draw(shape, seed: int, target: torch.Tensor, kind: str) -> torch.Tensor:
-    """One draw per target, from a generator seeded by (seed, class): the same start whatever the batch."""
+def _draw(shape, seed: int, target: torch.Tensor, kind: str, restart: int = 0) -> torch.Tensor:
+    """One draw per target, from a generator seeded by (seed, class, restart): the same start whatever the batch."""
     out = torch.empty(len(target), *shape, dtype=torch.float64)
     for i, c in enumerate(target.tolist()):
-        g = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(c) * 7919 + 17) % 2**63)
+        g = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(c) * 7919 + int(restart) * 104_729 + 17) % 2**63)
         out[i].normal_(generator=g) if kind == "normal" else out[i].uniform_(generator=g)
     return out
 
@@ -111,8 +111,10 @@ def maximize(model: nn.Module, target, space: str = "input", generator=None, mea
     ``latent_dim`` attribute (``evalxai.generators.Generator``), or the name of a config in ``conf/generator/``.
     Parameters: ``lam`` (weight of the squared-norm regulariser), ``steps``, ``lr`` (Adam's initial step size),
     ``start`` ("mean": xbar, or z = 0; "noise": uniform in [low, high] (with both bounds, else xbar + N(0, 1)),
-    or z ~ N(0, I)), ``seed`` (noise starts, drawn per class); input space also ``low`` / ``high`` (the data range,
-    floats or tensors broadcastable to one input; None: unbounded) and ``input_shape`` (when no mean is given).
+    or z ~ N(0, I)), ``restarts`` (R: the chosen start and R - 1 noise starts per target, optimised together; the
+    one with the highest objective is kept), ``seed`` (noise starts, drawn per class and restart); input space also
+    ``low`` / ``high`` (the data range, floats or tensors broadcastable to one input; None: unbounded) and
+    ``input_shape`` (when no mean is given).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"maximize: model must be a torch.nn.Module, got {type(model).__name__}")
@@ -134,6 +136,25 @@ def maximize(model: nn.Module, target, space: str = "input", generator=None, mea
     return _input_space(model, target, mean, p)
 
 
+def _starts(p: dict, t: torch.Tensor, shape, first: torch.Tensor, noise) -> torch.Tensor:
+    """Starts (N * restarts, *shape), restarts of one target adjacent: restart 0 from ``first`` (the chosen start),
+    the others from ``noise(restart)``."""
+    r = int(p["restarts"])
+    if r == 1:
+        return first
+    stack = [first] + [noise(k) for k in range(1, r)]
+    return torch.stack(stack, 1).reshape(len(t) * r, *shape)
+
+
+def _best(v: torch.Tensor, objective, r: int) -> torch.Tensor:
+    """Per target, the restart with the highest objective."""
+    if r == 1:
+        return v
+    with torch.no_grad():
+        pick = objective(v).view(-1, r).argmax(1)
+    return v.view(-1, r, *v.shape[1:])[torch.arange(len(pick)), pick]
+
+
 def _input_space(model: nn.Module, target, mean, p: dict) -> torch.Tensor:
     dtype, device = _model_dtype(model, mean if isinstance(mean, torch.Tensor) else None)
     if mean is not None:
@@ -150,13 +171,15 @@ def _input_space(model: nn.Module, target, mean, p: dict) -> torch.Tensor:
         mean.reshape(1, *shape).to(dtype=dtype, device=device)
     t = _targets(target, device)
     low, high = _bound(p["low"], center), _bound(p["high"], center)
-    if p["start"] == "noise" and low is not None and high is not None:
-        u = _draw(shape, p["seed"], t, "uniform").to(center)
-        x0 = low + (high - low) * u
-    elif p["start"] == "noise":
-        x0 = center + _draw(shape, p["seed"], t, "normal").to(center)
-    else:
-        x0 = center.expand(len(t), *shape)
+
+    def noise(k):
+        if low is not None and high is not None:
+            return low + (high - low) * _draw(shape, p["seed"], t, "uniform", k).to(center)
+        return center + _draw(shape, p["seed"], t, "normal", k).to(center)
+
+    first = noise(0) if p["start"] == "noise" else center.expand(len(t), *shape)
+    x0 = _starts(p, t, shape, first, noise).clone()
+    tr = t.repeat_interleave(int(p["restarts"]))
 
     def project(x):
         if low is not None:
@@ -164,28 +187,36 @@ def _input_space(model: nn.Module, target, mean, p: dict) -> torch.Tensor:
         if high is not None:
             torch.minimum(x, high.expand_as(x), out=x)
 
-    x0 = x0.clone()
     project(x0)
     lam = float(p["lam"])
+
+    def objective(x):
+        return target_log_prob(model, x, tr) - lam * (x - center).pow(2).flatten(1).sum(1)
+
     with frozen(model):
         _check_targets(model, x0[:1], t)
-        return ascend(lambda x: target_log_prob(model, x, t) - lam * (x - center).pow(2).flatten(1).sum(1),
-                      x0, int(p["steps"]), float(p["lr"]), project)
+        return _best(ascend(objective, x0, int(p["steps"]), float(p["lr"]), project), objective, int(p["restarts"]))
 
 
 def _code_space(model: nn.Module, target, generator: nn.Module, latent: int, p: dict) -> torch.Tensor:
     dtype, device = _model_dtype(model, None)
     t = _targets(target, device)
     gdtype = next(generator.parameters(), torch.empty(0, dtype=dtype)).dtype
-    z0 = torch.zeros(len(t), latent, dtype=torch.float64)
-    if p["start"] == "noise":
-        z0 = _draw((latent,), p["seed"], t, "normal")
-    z0 = z0.to(dtype=gdtype, device=device)
+
+    def noise(k):
+        return _draw((latent,), p["seed"], t, "normal", k).to(dtype=gdtype, device=device)
+
+    first = noise(0) if p["start"] == "noise" else torch.zeros(len(t), latent, dtype=gdtype, device=device)
+    z0 = _starts(p, t, (latent,), first, noise)
+    tr = t.repeat_interleave(int(p["restarts"]))
     lam = float(p["lam"])
+
+    def objective(z):
+        return target_log_prob(model, generator(z).to(dtype), tr) - lam * z.pow(2).sum(1)
+
     with frozen(model), frozen(generator):
         _check_targets(model, generator(z0[:1]).to(dtype), t)
-        z = ascend(lambda z: target_log_prob(model, generator(z).to(dtype), t) - lam * z.pow(2).sum(1),
-                   z0, int(p["steps"]), float(p["lr"]))
+        z = _best(ascend(objective, z0, int(p["steps"]), float(p["lr"])), objective, int(p["restarts"]))
         with torch.no_grad():
             return generator(z).to(dtype)
 

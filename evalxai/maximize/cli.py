@@ -96,6 +96,7 @@ def make_prototypes(cfg: dict, progress: bool = False) -> dict:
             x = maximize(model, classes, space, generator=generator, mean=mean, **{**params, "seed": int(seed)})
             images[(space, int(seed))] = x
             df = naturalness(model, x, classes, classifier, generator, dataset, train_pixels)
+            df[["model_correct", "independent_correct"]] = df[["model_correct", "independent_correct"]].astype(float)
             df.insert(1, "space", space)
             df.insert(2, "seed", int(seed))
             frames.append(df)
@@ -105,6 +106,7 @@ def make_prototypes(cfg: dict, progress: bool = False) -> dict:
         t0 = time.perf_counter()
         xt, yt = dataset.test_items(np.arange(len(dataset)))
         ref = naturalness(model, xt, yt, classifier, generator, dataset, train_pixels)
+        ref[["model_correct", "independent_correct"]] = ref[["model_correct", "independent_correct"]].astype(float)
         keep = ref["class"].isin(classes.tolist())
         med = ref[keep].groupby("class", as_index=False).median(numeric_only=True)
         med.insert(1, "space", "test_median")
