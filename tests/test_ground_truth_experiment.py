@@ -73,7 +73,8 @@ def test_reduced_sweep_end_to_end(tmp_path, cache_dir):
                         "pixel_flipping": {"order": ["morf"], "steps": 8}}}
     cfg = {**base, "dataset": {"name": "xai_tris", "scenario": "linear", "n": 800, "n_test": 80}}
     run_experiment(cfg, tmp_path / "sweep" / "linear", progress=False)
-    assert gt.main([str(tmp_path / "sweep")]) == 0
+    assert gt.main([str(tmp_path / "sweep"), "--min-accuracy", "1.01"]) == 1  # a near-chance model is left out
+    assert gt.main([str(tmp_path / "sweep"), "--min-accuracy", "0"]) == 0
     out = tmp_path / "sweep"
     for name in ("ground_truth.md", "ground_truth.png", "ground_truth_methods.csv", "ground_truth_agreement.csv"):
         assert (out / name).exists()

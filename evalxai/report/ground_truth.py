@@ -13,6 +13,9 @@ model per run, every method scored by localisation metrics against the dataset's
    95 % percentile-bootstrap interval over runs, the share of runs with rho > 0, and rho pooled over every
    (run, method) point after removing each run's mean (``rho_pooled``).
 
+Runs whose model is near chance (test accuracy below ``--min-accuracy``, default 0.6) are listed but left out of
+both analyses: a model that learnt nothing has no class-relevant pixels for a map to find.
+
 Writes ``ground_truth_methods.csv``, ``ground_truth_agreement.csv``, ``ground_truth_per_run.csv``,
 ``ground_truth.md`` and ``ground_truth.png`` into DIR.
 """
@@ -28,6 +31,7 @@ import pandas as pd
 from evalxai._io import atomic_path, write_text
 
 REFERENCE = "relevance_mass_accuracy:ratio"
+MIN_ACCURACY = 0.6
 CONTROLS = ("random", "edge")
 FAMILIES = {
     "localisation": ("pointing_game", "attribution_localisation", "top_k_intersection", "relevance_mass_accuracy",
@@ -180,7 +184,7 @@ def method_ranking(means: pd.DataFrame, sc: pd.DataFrame, reference: str = REFER
     table = table.join(runs)
     if not tests.empty:
         for c in CONTROLS:
-            table[f"beats_{c}"] = tests.groupby("method")[f"beats_{c}"].sum(min_count=1)
+            table[f"beats_{c}"] = tests.groupby("method")[f"beats_{c}"].sum(min_count=1).round().astype("Int64")
     ref_cols = [reference] + [c for c in table.columns if c != reference]
     table = table[ref_cols].sort_values(reference, ascending=False)
     table.insert(0, "rank", np.arange(1, len(table) + 1))
@@ -231,20 +235,26 @@ def _md(df: pd.DataFrame, digits: int = 3) -> str:
     return "\n".join(lines)
 
 
-def build(root: str | Path, reference: str = REFERENCE, seed: int = 0) -> dict[str, pd.DataFrame]:
+def build(root: str | Path, reference: str = REFERENCE, seed: int = 0,
+          min_accuracy: float = MIN_ACCURACY) -> dict[str, pd.DataFrame]:
     """Write the ground-truth report files into ``root``; returns the tables."""
     from evalxai.leaderboard import gather
 
     root = Path(root)
     scores, runs = gather(root)
+    accuracy = pd.DataFrame([{"setting": setting_of(r), "model": (r.get("model") or {}).get("label")
+                              or ((r.get("config") or {}).get("model") or {}).get("name"),
+                              "test_accuracy": (r.get("model") or {}).get("test_accuracy"), "run_id": r.get("run_id")}
+                             for r in runs])
+    accuracy["used"] = accuracy["test_accuracy"].fillna(1.0) >= min_accuracy
+    scores = scores[scores["run_id"].isin(set(accuracy.loc[accuracy["used"], "run_id"]))]
+    if scores.empty:
+        raise ValueError(f"every run below '{root}' has a model below --min-accuracy={min_accuracy}")
     sc = scalar_table(scores, runs)
     means = method_means(sc)
     agree = agreement(means, reference, seed=seed)
     ranking = method_ranking(means, sc, reference)
     per_run = per_run_correlations(means, reference)
-    accuracy = pd.DataFrame([{"setting": setting_of(r), "model": (r.get("model") or {}).get("label")
-                              or ((r.get("config") or {}).get("model") or {}).get("name"),
-                              "test_accuracy": (r.get("model") or {}).get("test_accuracy")} for r in runs])
     for name, df in (("ground_truth_methods.csv", ranking), ("ground_truth_agreement.csv", agree),
                      ("ground_truth_per_run.csv", per_run)):
         with atomic_path(root / name) as tmp:
@@ -256,7 +266,8 @@ def build(root: str | Path, reference: str = REFERENCE, seed: int = 0) -> dict[s
             f"`{reference}`; rho = Spearman correlation across a run's methods between a measure (oriented: higher "
             "= better) and the reference; mean over runs [95 % bootstrap interval over runs], share of runs with "
             "rho > 0, and rho pooled over (run, method) points after centring each run.\n",
-            "## Models\n", _md(accuracy.sort_values(["setting", "model"])), "",
+            f"## Models (runs with test accuracy < {min_accuracy} are not used)\n",
+            _md(accuracy.drop(columns="run_id").sort_values(["setting", "model"])), "",
             "## Methods ranked by localisation (mean over runs)\n",
             f"`beats_random` / `beats_edge`: runs (of `runs`) in which the method's `{reference}` is better than the "
             "control's (paired Wilcoxon over the run's images, p < 0.05).\n", _md(ranking), "",
@@ -272,9 +283,11 @@ def main(argv=None) -> int:
     parser.add_argument("root", help="folder holding the runs (e.g. results/ground_truth/multirun)")
     parser.add_argument("--reference", default=REFERENCE, help=f"metric:measure of localisation (default {REFERENCE})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap intervals")
+    parser.add_argument("--min-accuracy", type=float, default=MIN_ACCURACY,
+                        help=f"leave out runs whose model's test accuracy is below this (default {MIN_ACCURACY})")
     args = parser.parse_args(argv)
     try:
-        tables = build(args.root, args.reference, args.seed)
+        tables = build(args.root, args.reference, args.seed, args.min_accuracy)
     except (FileNotFoundError, ValueError) as err:
         print(f"evalxai.report.ground_truth: error: {err}", file=sys.stderr)
         return 1
