@@ -107,23 +107,28 @@ def test_complexity_metrics_batch_size_independent(lenet):
 # ---------------------------------------------------------------- non-sensitivity
 
 
+@torch.no_grad()
 def explicit_non_sensitivity(model, x, t, r, eps, tol, patch, ref):
     """Per sample, one patch at a time, float64: |{zero relevance and output moves} U {relevance and it does not}|."""
     model = model.double()
-    x, r, ref = x.double(), r.double(), ref.double()
+    x, ref = x.double(), ref.double()
+    a = r.double().abs().numpy()
     h, w = x.shape[-2:]
+    patches = [(i, j) for i in range(0, h, patch) for j in range(0, w, patch)]
     counts = []
     for n in range(len(x)):
         f0 = model(x[n:n + 1])[0, t[n]].item()
-        patches = [(i, j) for i in range(0, h, patch) for j in range(0, w, patch)]
-        rel = [r[n, :, i:i + patch, j:j + patch].abs().sum().item() for i, j in patches]
-        top = max(rel)
+        rel = [float(a[n, :, i:i + patch, j:j + patch].sum()) for i, j in patches]
+        perturbed = []
+        for i, j in patches:
+            xp = x[n].clone()
+            xp[:, i:i + patch, j:j + patch] = ref[n, :, i:i + patch, j:j + patch]
+            perturbed.append(xp)
+        scores = model(torch.stack(perturbed))[:, t[n]].tolist()  # one forward per patch, in one call
         count = 0
-        for (i, j), rp in zip(patches, rel):
-            xp = x[n:n + 1].clone()
-            xp[0, :, i:i + patch, j:j + patch] = ref[n, :, i:i + patch, j:j + patch]
-            moved = abs(model(xp)[0, t[n]].item() - f0) > tol
-            zero = rp <= eps * top
+        for rp, fp in zip(rel, scores):
+            moved = abs(fp - f0) > tol
+            zero = rp <= eps * max(rel)
             count += int(zero and moved) + int(not zero and not moved)
         counts.append(count)
     return np.array(counts, dtype=float)
@@ -179,7 +184,7 @@ def test_non_sensitivity_explicit_float64(lenet, patch, baseline):
 
 def test_non_sensitivity_batch_size_and_scale_independent(lenet):
     model, x, t = lenet
-    x, t = x[:3], t[:3]
+    x, t = x[:2], t[:2]
     r = evalxai.explain(model, x, t, method="gradient_x_input")
     whole = evalxai.score(model, x, t, r, metric="non_sensitivity", seed=1)
     alone = one_by_one(model, x, t, r, "non_sensitivity", seed=1)
@@ -271,9 +276,10 @@ def test_input_invariance_reference_moves_with_the_data(lenet):
 
 
 def test_input_invariance_lrp_runs_and_batch_size_independent(lenet):
+    """The LRP engine explains the copy (its first conv behind a constant pad); the box rule's bounds move."""
     model, x, t = lenet
-    x, t = x[:3], t[:3]
-    for method in ("lrp_epsilon_plus", "lrp_epsilon_gamma_box"):
+    x, t = x[:2], t[:2]
+    for method in ("lrp_epsilon_gamma_box",):
         r = evalxai.explain(model, x, t, method=method)
         whole = evalxai.score(model, x, t, r, metric="input_invariance", method=method)
         alone = one_by_one(model, x, t, r, "input_invariance", method=method)
