@@ -284,7 +284,9 @@ def input_invariance(model, x, target, attributions, shift=-1.0, tolerance=1e-4,
     ``tolerance`` * max(max|R|, max|R'|) (higher is better, 1 = invariant). Gradients are invariant; gradient x input
     and methods with a fixed reference point are not. ``shift_bounds``: the method's input-space parameters (box
     bounds ``low`` / ``high``, ``mean``, a numeric ``baseline``) move with the data; without it they stay put. The
-    re-explanation uses ``method`` with ``method_params`` (the pipeline passes the run's)."""
+    re-explanation uses ``method`` with ``method_params`` (the pipeline passes the run's). Methods whose random
+    draws are seeded by the sample's content (SmoothGrad's noise, uniform baselines, the ``random`` control) draw
+    other numbers at x + c, so their difference includes the change of draws."""
     if shift == 0:
         raise ValueError("input_invariance: shift=0 tests nothing; use a nonzero constant, e.g. shift=-1.0")
     if tolerance < 0:
