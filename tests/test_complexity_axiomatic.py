@@ -243,8 +243,9 @@ def test_shift_absorbing_model_refuses_preprocessing():
 def test_input_invariance_gradient_yes_gradient_x_input_no(lenet):
     model, x, t = lenet
     model.train()  # score explains in eval mode and gives the mode back
-    grad = evalxai.explain(model, x, t, method="gradient")
-    df = evalxai.score(model, x, t, grad, metric="input_invariance", method="gradient")
+    with pytest.warns(UserWarning, match="training mode"):
+        grad = evalxai.explain(model, x, t, method="gradient")
+        df = evalxai.score(model, x, t, grad, metric="input_invariance", method="gradient")
     assert model.training and no_hooks(model)
     model.eval()
     np.testing.assert_allclose(values(df, "max_relative_difference"), 0.0, atol=1e-5)
