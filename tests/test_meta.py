@@ -50,8 +50,8 @@ def test_iac_is_the_wilcoxon_p_value_or_its_complement():
 
 def test_iac_of_all_methods_at_once_equals_one_by_one():
     rng = np.random.default_rng(0)
-    for trial in range(8):
-        k, n = 5, int(rng.integers(1, 25))
+    for trial in range(6):
+        k, n = 5, (6 if trial == 0 else int(rng.integers(20, 30)))  # ties at n <= 13: scipy's permutation test
         Q = rng.normal(size=(k, n))
         Qh = Q + rng.normal(size=(k, n)) * rng.choice([0, 1e-3, 1], size=(k, 1))
         Qh[1, : n // 2] = Q[1, : n // 2]  # zero differences
@@ -208,19 +208,20 @@ def constant_metric():
 def test_reduced_run(constant_metric):
     torch.manual_seed(0)
     model = TinyNet().double().eval()
-    x = torch.rand(10, 1, 8, 8, dtype=torch.float64)
+    x = torch.rand(8, 1, 8, 8, dtype=torch.float64)
     target = model(x).argmax(1)
     before = [p.detach().clone() for p in model.parameters()]
     methods = [("gradient", {}), ("gradient_x_input", {}), ("random", {})]
-    metrics = [("sparseness", {}), ("pixel_flipping", {"patch_size": 2, "per_step": 4}), (constant_metric, {})]
+    metrics = [("sparseness", {}), ("pixel_flipping", {"patch_size": 2, "per_step": 4, "order": ["morf"]}),
+               (constant_metric, {})]
     tests = default_tests(model_adversary=2.0, input_adversary=5.0)
-    res = meta_evaluate(model, x, target, methods, metrics, tests=tests, iterations=2, perturbations=2, seed=0,
+    res = meta_evaluate(model, x, target, methods, metrics, tests=tests, iterations=2, perturbations=1, seed=0,
                         low=0.0, high=1.0)
     for p, p0 in zip(model.parameters(), before):
         assert torch.equal(p, p0)
     table = res.summary.set_index(["metric", "measure", "space"])
     estimators = set(zip(res.summary["metric"], res.summary["measure"]))
-    assert {("sparseness", "gini"), ("pixel_flipping", "aopc_morf"), ("pixel_flipping", "abpc"),
+    assert {("sparseness", "gini"), ("pixel_flipping", "aopc_morf"), ("pixel_flipping", "auc_morf"),
             (constant_metric, "constant")} <= estimators
     assert not any(m.startswith("curve") for _, m in estimators)  # curves have no direction
     for space in ("model", "input"):
@@ -231,7 +232,7 @@ def test_reduced_run(constant_metric):
     # the random map does not depend on the model: its sparseness is unchanged under model noise (p = 1)
     d = res.detail
     rand = d[(d["metric"] == "sparseness") & (d["method"] == "random") & (d["test"] == "model_resilience")]
-    assert len(rand) == 4 and (rand["value"] == 1.0).all()
+    assert len(rand) == 2 and (rand["value"] == 1.0).all()
     # kept samples: every test kept some; the perturbed rows are exactly the kept ones
     assert (table["kept_resilience"] > 0).all() and (table["kept_adversary"] > 0).all()
     sc = res.scores
@@ -251,7 +252,7 @@ def test_reduced_run(constant_metric):
     draws = sc[sc["test"] != "none"][["test", "iteration", "perturbation"]].drop_duplicates()
     assert t["explain_calls"] == 3 + sum(2 if test.startswith("model") else 3 for test in draws["test"])
     # seeded: the same run twice gives the same table
-    again = meta_evaluate(model, x, target, methods, metrics[:1], tests=tests, iterations=2, perturbations=2,
+    again = meta_evaluate(model, x, target, methods, metrics[:1], tests=tests, iterations=2, perturbations=1,
                           seed=0, low=0.0, high=1.0)
     pd.testing.assert_frame_equal(again.summary.reset_index(drop=True),
                                   res.summary[res.summary["metric"] == "sparseness"].reset_index(drop=True))
@@ -351,7 +352,7 @@ def test_cli_run_writes_every_file_and_feeds_the_leaderboard(tmp_path, cache_dir
                  "methods=[gradient,random]", "~metrics", "+metrics={sparseness:{},pixel_flipping:{patch_size:2}}",
                  "name=meta_cli", f"cache_dir={cache_dir}"]
     with initialize_config_dir(config_dir=str(CONF), version_base=None):
-        cfg = compose("meta", overrides=[*overrides, "meta.iterations=1", "meta.perturbations=2", "meta.n_boot=50"])
+        cfg = compose("meta", overrides=[*overrides, "meta.iterations=1", "meta.perturbations=1", "meta.n_boot=50"])
         plain = compose("config", overrides=overrides)
     cfg = OmegaConf.to_container(cfg, resolve=True)
     assert cfg["meta"]["iterations"] == 1 and cfg["meta"]["input_adversary"] == 5.0
