@@ -502,6 +502,11 @@ def main(argv=None) -> pd.DataFrame:
                         "evalxai.tune_allocator()")
     p.add_argument("--vit", action="store_true",
                    help="instead: attnlrp / cp_lrp (and --methods) on vit_tiny, time / one gradient pass (target 1.5x)")
+    p.add_argument("--quantus", action="store_true",
+                   help="instead: evalxai vs Quantus 0.6 on the batch of tests/fixtures/quantus (matched parameters)")
+    p.add_argument("--quantus-python", default=None,
+                   help="with --quantus: a Python with quantus 0.6 installed, to re-time Quantus now (default: the "
+                        "times recorded in reference.json)")
     p.add_argument("--size", type=int, default=224, help=argparse.SUPPRESS)  # tests: smaller 224-case models
     p.add_argument("--width", type=float, default=1.0, help=argparse.SUPPRESS)
     p.add_argument("--out", default="results/bench")
@@ -509,6 +514,8 @@ def main(argv=None) -> pd.DataFrame:
     out = Path(args.out)
     if args.api:
         return _main_api(args, out)
+    if args.quantus:  # before tune(): both processes on glibc's default allocator
+        return _main_quantus(args, out)
     tuned = allocator.tune()  # as the CLI does: baseline and methods run under the same allocator
     if args.vit:
         return _main_vit(args, out)
@@ -571,6 +578,19 @@ def _main_imagenet(args, p, out: Path) -> pd.DataFrame:
     df.to_csv(out / "bench_imagenet.csv", index=False)
     text = imagenet_report(df, seconds, repeats)
     (out / "bench_imagenet.md").write_text(text)
+    print(text)
+    return df
+
+
+def _main_quantus(args, out: Path) -> pd.DataFrame:
+    from evalxai.metric_bench import bench_quantus, quantus_report
+
+    repeats = args.repeats or 3
+    df = bench_quantus(args.quantus_python, repeats, log=lambda line: print(line, file=sys.stderr, flush=True))
+    out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out / "bench_quantus.csv", index=False)
+    text = quantus_report(df, args.quantus_python, repeats)
+    (out / "bench_quantus.md").write_text(text)
     print(text)
     return df
 

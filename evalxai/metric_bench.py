@@ -9,6 +9,9 @@ same interleaved rounds; ratio = metric time / bare cost. A ratio near 1 means t
 model, as it must; above 1 is its own overhead (sorting, perturbing, statistics). The counts say what each metric
 costs in passes per image, so two metrics of one family can be compared.
 
+``python -m evalxai.bench --quantus [--quantus-python PY]``: ``bench_quantus`` times evalxai against Quantus 0.6
+on the batch of tests/fixtures/quantus (same parameters as the agreement test), see its docstring.
+
 Localisation metrics need masks: the bench uses the digit's own pixels (x > 0.5 in pixel space), a known answer
 for a LeNet on MNIST. ``focus`` gets a pool of 256 training images, as the pipeline passes it.
 """
@@ -16,7 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import json
 import statistics
+import time
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -119,3 +125,158 @@ def bench_all_metrics(model, x, t, pool, metrics: list[str], repeats: int,
                      "explains_per_image": e / n, "bare_ms": 1e3 * cost,
                      "ratio": med / cost if cost > 0 else float("nan"), "target": TARGET})
     return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Quantus on the same batch
+
+QUANTUS_FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "quantus"
+QUANTUS_SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "quantus_reference" / "make_reference.py"
+QUANTUS_TARGET = 2.0  # evalxai at least this many times faster than Quantus 0.6 on the same call
+QUANTUS_COLUMNS = ["metric", "quantus_class", "evalxai_ms", "quantus_ms", "speedup", "quantus_source",
+                   "evalxai_cpu_ms", "quantus_cpu_ms", "calls", "note"]
+
+
+def quantus_fixture(fixtures: Path = QUANTUS_FIXTURES):
+    """The Quantus reference case: (model, x, target, attributions, masks) from ``inputs.pt`` (a seeded bias-free
+    CNN, 8 inputs 1 x 16 x 16, gradient x input maps, disk masks) and the parsed ``reference.json``."""
+    from torch import nn
+
+    data = torch.load(fixtures / "inputs.pt", weights_only=True)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, bias=False), nn.ReLU(), nn.AvgPool2d(2),
+                          nn.Conv2d(4, 8, 3, padding=1, bias=False), nn.ReLU(), nn.AvgPool2d(2),
+                          nn.Flatten(), nn.Linear(8 * 4 * 4, 3, bias=False))
+    model.load_state_dict({k[len("model."):]: v for k, v in data.items() if k.startswith("model.")})
+    reference = json.loads((fixtures / "reference.json").read_text())
+    return (model.eval(), data["x"], data["target"], data["attributions"], data["masks"]), reference
+
+
+def evalxai_call(case, entry: dict):
+    """``evalxai.score`` of a reference.json entry with its matched parameters (``evalxai_params``); the fixture's
+    masks go to metrics that take ``masks``."""
+    model, x, t, a, masks = case
+    name = entry["evalxai_metric"]
+    params = dict(entry["evalxai_params"])
+    if "masks" in inspect.signature(METRICS[name].fn).parameters:
+        params["masks"] = masks
+    return lambda: evalxai.score(model, x, t, a, metric=name, **params)
+
+
+def _timed(f, repeats: int, budget: float) -> tuple[list[float], list[float]]:
+    """Wall and process CPU seconds of up to ``repeats`` calls, fewer once ``budget`` seconds are spent, after one
+    untimed call (first-call costs: imports, caches)."""
+    f()
+    wall, cpu = [], []
+    while len(wall) < repeats and (not wall or sum(wall) < budget):
+        t0, c0 = time.perf_counter(), time.process_time()
+        f()
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return wall, cpu
+
+
+class QuantusTimer:
+    """One Quantus process (``make_reference.py --time -``, the scratch environment's Python) that times the entries
+    it is sent, with this process's thread count: Quantus is not a dependency of evalxai."""
+
+    def __init__(self, python: str, repeats: int, budget: float):
+        import subprocess
+
+        self._proc = subprocess.Popen(
+            [python, str(QUANTUS_SCRIPT), "--time", "-", "--repeats", str(repeats), "--budget", str(budget),
+             "--threads", str(torch.get_num_threads())],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        if not json.loads(self._proc.stdout.readline() or "{}").get("ready"):  # wait out its imports
+            raise RuntimeError(f"bench --quantus: {python} {QUANTUS_SCRIPT.name} --time - did not start (exit "
+                               f"{self._proc.poll()}); is quantus 0.6 installed in that Python?")
+
+    def time(self, name: str) -> dict:
+        self._proc.stdin.write(name + "\n")
+        self._proc.stdin.flush()
+        line = self._proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"bench --quantus: the Quantus process ended (exit {self._proc.poll()}) before timing "
+                               f"{name}; run {QUANTUS_SCRIPT.name} --time {name} with that Python to see why")
+        return json.loads(line)
+
+    def close(self):
+        self._proc.stdin.close()
+        self._proc.wait()
+
+
+def bench_quantus(quantus_python: str | None = None, repeats: int = 3, budget: float = 20.0,
+                  entries: list[str] | None = None, fixtures: Path = QUANTUS_FIXTURES,
+                  log=None, timer=_timed) -> pd.DataFrame:
+    """evalxai against Quantus 0.6 on the reference batch (8 x 1 x 16 x 16), one row per reference.json entry.
+
+    evalxai: ``evalxai.score`` with the entry's matched parameters, median wall time of up to ``repeats`` calls after
+    one untimed call (fewer calls once ``budget`` seconds are spent). Quantus: with ``quantus_python`` (a Python with
+    quantus 0.6 installed), re-timed right after evalxai on the same entry, in one child process with the same torch
+    thread count, median of the same number of calls ("measured"); without it, the one call recorded in
+    reference.json ("recorded": measured once, on a loaded machine). speedup = quantus_ms / evalxai_ms; entries whose
+    Quantus call fails or does different work get no speedup and say why (``note``). ``timer(f, repeats, budget)``
+    -> (wall seconds, CPU seconds) times the evalxai calls (tests pass a stub)."""
+    case, reference = quantus_fixture(fixtures)
+    from evalxai.api import check_logits
+
+    check_logits(case[0], case[1])  # remembered for this x, as in bench_all_metrics
+    quantus_timer = QuantusTimer(quantus_python, repeats, budget) if quantus_python else None
+    rows = []
+    try:
+        for name, entry in reference["metrics"].items():
+            if entries and name not in entries:
+                continue
+            row = dict.fromkeys(QUANTUS_COLUMNS)
+            row.update(metric=name, quantus_class=entry["quantus_class"], calls=0)
+            notes = []
+            if entry["timing"]:
+                notes.append("not comparable: " + entry["timing"])
+            elif entry["evalxai_metric"] not in METRICS:
+                notes.append(f"evalxai metric '{entry['evalxai_metric']}' is not registered")
+            else:
+                wall, cpu = timer(evalxai_call(case, entry), repeats, budget)
+                row.update(evalxai_ms=1e3 * statistics.median(wall), evalxai_cpu_ms=1e3 * statistics.median(cpu),
+                           calls=len(wall))
+            if quantus_timer is not None:
+                q = quantus_timer.time(name)
+                error, wall, cpu = q["error"], q["seconds"], q["cpu_seconds"]
+                row["quantus_source"] = "measured"
+            else:
+                error, wall, cpu = entry["error"], [entry["seconds"]], [entry["cpu_seconds"]]
+                row["quantus_source"] = "recorded"
+            if error:
+                notes.append("Quantus fails: " + error.splitlines()[0][:160])
+            elif wall and wall[0] is not None:
+                row.update(quantus_ms=1e3 * statistics.median(wall), quantus_cpu_ms=1e3 * statistics.median(cpu))
+            if row["evalxai_ms"] is not None and row["quantus_ms"] is not None and not notes:
+                row["speedup"] = row["quantus_ms"] / row["evalxai_ms"]
+            row["note"] = "; ".join(notes) or None
+            rows.append(row)
+            if log:
+                log(f"{name:34s} evalxai {row['evalxai_ms']} ms  quantus {row['quantus_ms']} ms  {row['note'] or ''}")
+    finally:
+        if quantus_timer is not None:
+            quantus_timer.close()
+    return pd.DataFrame(rows, columns=QUANTUS_COLUMNS)
+
+
+def quantus_report(df: pd.DataFrame, quantus_python: str | None, repeats: int) -> str:
+    """The Markdown text of ``bench_quantus``'s table, with how the Quantus times were taken."""
+    from evalxai.bench import markdown
+
+    source = (f"re-timed now with {quantus_python}, right after evalxai on each entry, same thread count, median of "
+              f"the same number of calls" if quantus_python else
+              "RECORDED in tests/fixtures/quantus/reference.json (one call each, on a loaded machine); pass "
+              "--quantus-python to re-time Quantus now")
+    ok = df["speedup"].notna()
+    summary = (f"{int((df.loc[ok, 'speedup'] >= QUANTUS_TARGET).sum())} of {int(ok.sum())} comparable entries are "
+               f">= {QUANTUS_TARGET:g}x faster than Quantus")
+    shown = df.copy()
+    for c in ("evalxai_ms", "quantus_ms", "evalxai_cpu_ms", "quantus_cpu_ms"):
+        shown[c] = shown[c].map(lambda v: None if v is None or pd.isna(v) else float(f"{v:.3g}"))
+    shown["speedup"] = shown["speedup"].map(lambda v: None if v is None or pd.isna(v) else round(v, 2))
+    return (f"evalxai vs Quantus 0.6 on the same batch (tests/fixtures/quantus: 8 x 1 x 16 x 16, bias-free CNN, "
+            f"gradient x input maps), matched parameters from reference.json; evalxai: median of up to {repeats} "
+            f"calls, torch {torch.__version__}, {torch.get_num_threads()} threads. Quantus times: {source}. "
+            f"ms = wall milliseconds per call on the batch; cpu_ms = process CPU. {summary}.\n\n"
+            + markdown(shown) + "\n")

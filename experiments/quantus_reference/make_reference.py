@@ -37,7 +37,6 @@ import numpy as np
 np.trapz = np.trapezoid  # noqa: NPY201 (restored alias:) Quantus 0.6 on NumPy >= 2.4 (removed name)
 np.NaN = np.nan  # noqa: NPY201 (restored alias:) Quantus 0.6 on NumPy >= 2.0 (removed name)
 
-import quantus  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
@@ -97,24 +96,78 @@ def gradient_x_input(model, inputs, targets, **kwargs) -> np.ndarray:
     return (x.grad * x).detach().numpy()
 
 
-# Quantus class -> the evalxai metric that computes the same or the nearest quantity (the bench's "Quantus time")
-EVALXAI_NAME = {
-    "PointingGame": "pointing_game", "AttributionLocalisation": "attribution_localisation",
-    "TopKIntersection": "top_k_intersection", "RelevanceMassAccuracy": "relevance_mass_accuracy",
-    "RelevanceRankAccuracy": "relevance_rank_accuracy", "AUC": "localisation_auc", "Sparseness": "sparseness",
-    "Complexity": "complexity", "EffectiveComplexity": "effective_complexity",
-    "FaithfulnessEstimate": "faithfulness_estimate", "Monotonicity": "monotonicity", "PixelFlipping": "pixel_flipping",
-    "RegionPerturbation": "region_perturbation", "Selectivity": "selectivity", "IROF": "irof",
-    "NonSensitivity": "non_sensitivity", "Completeness": "conservation", "InputInvariance": "input_invariance",
-    "Continuity": "continuity", "FaithfulnessCorrelation": "faithfulness_correlation",
-    "MonotonicityCorrelation": "monotonicity_correlation", "SensitivityN": "sensitivity_n",
-    "Infidelity": "infidelity", "ROAD": "road", "Sufficiency": "sufficiency",
-    "LocalLipschitzEstimate": "local_lipschitz_estimate", "MaxSensitivity": "max_sensitivity",
-    "AvgSensitivity": "avg_sensitivity", "Consistency": "consistency",
-    "RelativeInputStability": "relative_input_stability", "RelativeOutputStability": "relative_output_stability",
-    "RelativeRepresentationStability": "relative_representation_stability", "MPRT": "randomization",
-    "SmoothMPRT": "smooth_mprt", "EfficientMPRT": "efficient_mprt", "RandomLogit": "random_logit",
+# Reference entry -> the evalxai metric, the measure compared, and the evalxai parameters that compute the same
+# quantity as the Quantus call (or, for entries with random draws, the same work: the same number of draws / steps).
+# Written into reference.json (``evalxai_metric``, ``evalxai_measure``, ``evalxai_params``, ``timing``) and read
+# from there by tests/test_quantus_agreement.py and ``python -m evalxai.bench --quantus``: the one place of the
+# mapping. Masks are not parameters here: the readers pass the fixture's masks to metrics that take ``masks``.
+# ``timing``: null when the two calls do comparable work, else why the times are not comparable.
+FLIP = {"patch_size": 1, "per_step": 1, "baseline": "zero", "score_space": "logit"}
+REGION = {"patch_size": 2, "per_step": 1, "steps": 64, "baseline": "zero", "score_space": "logit"}
+GXI = {"method": "gradient_x_input"}
+EVALXAI = {
+    "PointingGame": ("pointing_game", "hit", {"tolerance": 0}),
+    "AttributionLocalisation": ("attribution_localisation", "ratio", {}),
+    "TopKIntersection": ("top_k_intersection", "ratio", {"k": 20}),
+    "RelevanceMassAccuracy": ("relevance_mass_accuracy", "ratio", {}),
+    "RelevanceMassAccuracy_signed": ("relevance_mass_accuracy", "ratio", {}),
+    "RelevanceRankAccuracy": ("relevance_rank_accuracy", "ratio", {}),
+    "AUC": ("localisation_auc", "auc", {}),
+    "Sparseness": ("sparseness", "gini", {}),
+    "Complexity": ("complexity", "entropy", {}),
+    "EffectiveComplexity": ("effective_complexity", "effective_complexity", {"eps": 1e-2}),
+    "FaithfulnessEstimate": ("faithfulness_estimate", "faithfulness_estimate",
+                             {"patch_size": 1, "baseline": "zero", "score_space": "softmax"}),
+    "Monotonicity": ("monotonicity", "monotonicity", {"patch_size": 1, "per_step": 1, "baseline": "zero",
+                                                      "score_space": "softmax", "tolerance": 0.0}),
+    "PixelFlipping": ("pixel_flipping", "curve_morf", {**FLIP, "order": "morf"}),
+    "PixelFlipping_auc": ("pixel_flipping", "auc_morf", {**FLIP, "order": "morf"}),
+    "RegionPerturbation": ("region_perturbation", "curve_morf", {**REGION, "order": "morf"}),
+    "RegionPerturbation_lerf": ("region_perturbation", "curve_lerf", {**REGION, "order": "lerf"}),
+    "Selectivity": ("selectivity", "curve", {"patch_size": 4, "steps": 16, "recompute": False, "baseline": "zero",
+                                             "score_space": "logit"}),
+    "IROF": ("irof", "irof", {}),
+    "NonSensitivity": ("non_sensitivity", "non_sensitivity", {"eps": 1e-3, "tolerance": 1e-3, "patch_size": 1,
+                                                              "baseline": "zero", "score_space": "logit"}),
+    "Completeness": ("conservation", "abs_relative_residual", {"reference": "zero"}),
+    "InputInvariance": ("input_invariance", "unchanged_share", GXI),
+    "Continuity": ("continuity", "continuity_ref", {"shift": 15, "stride": 1, "align": False, **GXI}),
+    "FaithfulnessCorrelation": ("faithfulness_correlation", "faithfulness_correlation",
+                                {"runs": 100, "subset_size": 64, "patch_size": 1, "baseline": "zero",
+                                 "score_space": "logit"}),
+    "MonotonicityCorrelation": ("monotonicity_correlation", "monotonicity_correlation",
+                                {"samples": 10, "patch_size": 1, "score_space": "softmax"}),
+    "SensitivityN": ("sensitivity_n", "sensitivity_n", {}, "Quantus 0.6 removes the features cumulatively in "
+                     "attribution order (one 32-step curve per sample, no random subsets); evalxai draws 100 random "
+                     "subsets per size (Ancona et al. 2018): different estimators and work"),
+    "Infidelity": ("infidelity", "infidelity", {"perturbation": "square", "samples": 50, "square_size": 4},
+                   "Quantus 0.6 sets every 4 x 4 block to the baseline in turn for each of its 50 draws (800 forwards "
+                   "per image); evalxai makes one forward per draw (50)"),
+    "ROAD": ("road", "auc_morf", {"order": "morf", "noise": 0.01, "score_space": "softmax"}),
+    "Sufficiency": ("sufficiency", "sufficiency", GXI, "Quantus 0.6 compares the given maps across the batch (one "
+                    "forward); evalxai re-explains noisy copies (Dasgupta et al. 2022 as evalxai reads it)"),
+    "LocalLipschitzEstimate": ("local_lipschitz_estimate", "local_lipschitz_estimate",
+                               {"samples": 10, "noise": 0.1, **GXI}),
+    "MaxSensitivity": ("max_sensitivity", "max_sensitivity", {"samples": 10, "radius": 0.02, **GXI}),
+    "AvgSensitivity": ("avg_sensitivity", "avg_sensitivity", {"samples": 10, "radius": 0.02, **GXI}),
+    "Consistency": ("consistency", "consistency", GXI, "Quantus 0.6 compares the given maps across the batch (one "
+                    "forward); evalxai re-explains noisy copies"),
+    "RelativeInputStability": ("relative_input_stability", "relative_input_stability", {"samples": 10, **GXI}),
+    "RelativeOutputStability": ("relative_output_stability", "relative_output_stability", {"samples": 10, **GXI}),
+    "RelativeRepresentationStability": ("relative_representation_stability", "relative_representation_stability",
+                                        {"samples": 10, **GXI}),
+    "MPRT": ("randomization", "spearman", GXI),
+    "SmoothMPRT": ("smooth_mprt", "smooth_mprt", {"samples": 10, **GXI}),
+    "EfficientMPRT": ("efficient_mprt", "efficient_mprt", GXI),
+    "RandomLogit": ("random_logit", "random_logit", GXI),
 }
+
+
+def evalxai_fields(name: str) -> dict:
+    """The reference.json fields that say how evalxai computes entry ``name``."""
+    metric, measure, params, *why = EVALXAI[name]
+    return {"evalxai_metric": metric, "evalxai_measure": measure, "evalxai_params": params,
+            "timing": why[0] if why else None}
 
 
 def abs_gradient_x_input(model, inputs, targets, **kwargs) -> np.ndarray:
@@ -141,27 +194,18 @@ def clean(v):
     return fix(out)
 
 
-def main(only: list[str] | None = None) -> None:
-    """Run every metric (``only``: just these entries, merged into the existing reference.json)."""
-    torch.set_num_threads(2)
-    OUT.mkdir(parents=True, exist_ok=True)
-    data = make_inputs()
-    torch.save(data, OUT / "inputs.pt")
-    data = torch.load(OUT / "inputs.pt", weights_only=True)  # what the test will see
-    model = load_model(data)
-    x = data["x"].numpy()
-    y = data["target"].numpy()
-    a = data["attributions"].numpy()
-    s = data["masks"].unsqueeze(1).numpy()
-    a_pos = np.clip(a, 0, None)
-    a_unit = per_sample_unit(a)
+LOCALISATION = ("PointingGame", "AttributionLocalisation", "TopKIntersection", "RelevanceMassAccuracy",
+                "RelevanceRankAccuracy", "AUC")
+
+
+def quantus_specs() -> dict:
+    """Entry name -> (Quantus class, init kwargs, call kwargs, a_batch label, reference?)."""
     raw = dict(abs=False, normalise=False, disable_warnings=True)
     black = dict(perturb_baseline=0.0)
     gxi = dict(explain_func=gradient_x_input)
-    n_el = x[0].size
 
     # name: (class, init kwargs, call kwargs, a_batch label, reference?)
-    specs = {
+    return {
         # localisation
         "PointingGame": ("PointingGame", raw, {}, "attributions", True),
         "AttributionLocalisation": ("AttributionLocalisation", {**raw, "positive_attributions": True}, {},
@@ -237,29 +281,90 @@ def main(only: list[str] | None = None) -> None:
         "RandomLogit": ("RandomLogit", {**raw, "num_classes": CLASSES}, {**gxi, "softmax": False}, "attributions",
                         False),
     }
-    batches = {"attributions": a, "positive_part": a_pos, "per_sample_unit": a_unit}
+
+
+def quantus_call(quantus, name: str, data: dict):
+    """The Quantus metric object of entry ``name`` and a function that makes its call on the fixture batch."""
+    cls, init, call, a_label, _ = quantus_specs()[name]
+    model = load_model(data)
+    x, y, a = data["x"].numpy(), data["target"].numpy(), data["attributions"].numpy()
+    batches = {"attributions": a, "positive_part": np.clip(a, 0, None), "per_sample_unit": per_sample_unit(a)}
+    kwargs = dict(model=model, x_batch=x, y_batch=y, a_batch=batches[a_label], device="cpu", batch_size=N, **call)
+    if cls in LOCALISATION:
+        kwargs["s_batch"] = data["masks"].unsqueeze(1).numpy()
+    metric = getattr(quantus, cls)(**init)
+
+    def run():
+        np.random.seed(0)  # noqa: NPY002 (Quantus draws from NumPy's global generator)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return metric(**kwargs)
+    return run
+
+
+def time_entries(names: list[str], repeats: int, budget: float, threads: int) -> None:
+    """Timing only (for ``python -m evalxai.bench --quantus``): per entry, one JSON line {name, seconds (list of wall
+    seconds, up to ``repeats`` calls, fewer once ``budget`` seconds are spent), cpu_seconds, error}. ``names`` ["-"]:
+    read one name per line from stdin (one process serves the whole bench)."""
+    import quantus
+
+    torch.set_num_threads(threads)
+    data = torch.load(OUT / "inputs.pt", weights_only=True)
+    if names == ["-"]:
+        print(json.dumps({"ready": True}), flush=True)  # imports done: the caller's timings no longer compete with them
+    for name in (line.strip() for line in sys.stdin) if names == ["-"] else names:
+        if not name:
+            continue
+        row = {"name": name, "seconds": [], "cpu_seconds": [], "error": None, "threads": torch.get_num_threads()}
+        try:
+            run = quantus_call(quantus, name, data)
+            spent = 0.0
+            while len(row["seconds"]) < repeats and (not row["seconds"] or spent < budget):
+                t0, c0 = time.perf_counter(), time.process_time()
+                run()
+                row["seconds"].append(time.perf_counter() - t0)
+                row["cpu_seconds"].append(time.process_time() - c0)
+                spent += row["seconds"][-1]
+        except Exception as err:
+            row["error"] = f"{type(err).__name__}: {err}"[:400]
+        print(json.dumps(row), flush=True)
+
+
+def refresh_evalxai_fields() -> None:
+    """Rewrite only the evalxai fields of reference.json from ``EVALXAI`` (no Quantus needed)."""
+    path = OUT / "reference.json"
+    ref = json.loads(path.read_text())
+    for name, entry in ref["metrics"].items():
+        entry.update(evalxai_fields(name))
+    path.write_text(json.dumps(ref, indent=1) + "\n")
+    print("updated the evalxai fields of", path)
+
+
+def main(only: list[str] | None = None) -> None:
+    """Run every metric (``only``: just these entries, merged into the existing reference.json)."""
+    import quantus
+
+    torch.set_num_threads(2)
+    OUT.mkdir(parents=True, exist_ok=True)
+    data = make_inputs()
+    torch.save(data, OUT / "inputs.pt")
+    data = torch.load(OUT / "inputs.pt", weights_only=True)  # what the test will see
+    x = data["x"].numpy()
+    n_el = x[0].size
     results = {}
-    for name, (cls, init, call, a_label, reference) in specs.items():
+    for name, (cls, init, call, a_label, reference) in quantus_specs().items():
         if only and name not in only:
             continue
-        np.random.seed(0)  # noqa: NPY002 (Quantus draws from NumPy's global generator)
-        entry = {"quantus_class": cls, "evalxai_metric": EVALXAI_NAME[cls],
+        entry = {"quantus_class": cls, **evalxai_fields(name),
                  "init": {k: v for k, v in init.items() if k != "disable_warnings"},
                  "call": {k: (v.__name__ if callable(v) else v) for k, v in call.items()}, "a_batch": a_label,
                  "reference": reference, "values": None, "seconds": None, "cpu_seconds": None, "error": None}
         try:
-            metric = getattr(quantus, cls)(**init)
-            kwargs = dict(model=model, x_batch=x, y_batch=y, a_batch=batches[a_label], device="cpu",
-                          batch_size=N, **call)
-            if cls in ("PointingGame", "AttributionLocalisation", "TopKIntersection", "RelevanceMassAccuracy",
-                       "RelevanceRankAccuracy", "AUC"):
-                kwargs["s_batch"] = s
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                t0, c0 = time.perf_counter(), time.process_time()
-                values = metric(**kwargs)
-                entry["seconds"] = time.perf_counter() - t0
-                entry["cpu_seconds"] = time.process_time() - c0
+            run = quantus_call(quantus, name, data)
+            t0, c0 = time.perf_counter(), time.process_time()
+            values = run()
+            entry["seconds"] = time.perf_counter() - t0
+            entry["cpu_seconds"] = time.process_time() - c0
             if isinstance(values, dict):  # ROAD: {percentage: accuracy over the batch}
                 entry["values"] = {str(k): clean(v) for k, v in values.items()}
             else:
@@ -297,4 +402,18 @@ if __name__ == "__main__":
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", help="rerun just these entries (names as in reference.json)")
-    main(parser.parse_args().only)
+    parser.add_argument("--evalxai-only", action="store_true",
+                        help="rewrite only the evalxai fields of reference.json (metric, measure, parameters)")
+    parser.add_argument("--time", nargs="+", metavar="NAME",
+                        help="timing only: time these entries (- : names from stdin), one JSON line each")
+    parser.add_argument("--repeats", type=int, default=3, help="with --time: calls per entry (default 3)")
+    parser.add_argument("--budget", type=float, default=20.0,
+                        help="with --time: no further call of an entry once this many seconds are spent on it")
+    parser.add_argument("--threads", type=int, default=2, help="with --time: torch threads (default 2)")
+    args = parser.parse_args()
+    if args.time:
+        time_entries(args.time, args.repeats, args.budget, args.threads)
+    elif args.evalxai_only:
+        refresh_evalxai_fields()
+    else:
+        main(args.only)
