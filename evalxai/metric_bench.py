@@ -134,7 +134,7 @@ QUANTUS_FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / 
 QUANTUS_SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "quantus_reference" / "make_reference.py"
 QUANTUS_TARGET = 2.0  # evalxai at least this many times faster than Quantus 0.6 on the same call
 QUANTUS_COLUMNS = ["metric", "quantus_class", "evalxai_ms", "quantus_ms", "speedup", "quantus_source",
-                   "evalxai_cpu_ms", "quantus_cpu_ms", "calls", "note"]
+                   "evalxai_cpu_ms", "quantus_cpu_ms", "calls", "quantus_calls", "note"]
 
 
 def quantus_fixture(fixtures: Path = QUANTUS_FIXTURES):
@@ -186,7 +186,10 @@ class QuantusTimer:
             [python, str(QUANTUS_SCRIPT), "--time", "-", "--repeats", str(repeats), "--budget", str(budget),
              "--threads", str(torch.get_num_threads())],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        if not json.loads(self._proc.stdout.readline() or "{}").get("ready"):  # wait out its imports
+        line = self._proc.stdout.readline()
+        while line and not line.startswith('{"ready"'):  # wait out its imports (skipping anything else printed)
+            line = self._proc.stdout.readline()
+        if not line:
             raise RuntimeError(f"bench --quantus: {python} {QUANTUS_SCRIPT.name} --time - did not start (exit "
                                f"{self._proc.poll()}); is quantus 0.6 installed in that Python?")
 
@@ -194,6 +197,8 @@ class QuantusTimer:
         self._proc.stdin.write(name + "\n")
         self._proc.stdin.flush()
         line = self._proc.stdout.readline()
+        while line and not line.startswith('{"name"'):  # anything else Quantus printed
+            line = self._proc.stdout.readline()
         if not line:
             raise RuntimeError(f"bench --quantus: the Quantus process ended (exit {self._proc.poll()}) before timing "
                                f"{name}; run {QUANTUS_SCRIPT.name} --time {name} with that Python to see why")
@@ -227,7 +232,7 @@ def bench_quantus(quantus_python: str | None = None, repeats: int = 3, budget: f
             if entries and name not in entries:
                 continue
             row = dict.fromkeys(QUANTUS_COLUMNS)
-            row.update(metric=name, quantus_class=entry["quantus_class"], calls=0)
+            row.update(metric=name, quantus_class=entry["quantus_class"], calls=0, quantus_calls=0)
             notes = []
             if entry["timing"]:
                 notes.append("not comparable: " + entry["timing"])
@@ -247,7 +252,8 @@ def bench_quantus(quantus_python: str | None = None, repeats: int = 3, budget: f
             if error:
                 notes.append("Quantus fails: " + error.splitlines()[0][:160])
             elif wall and wall[0] is not None:
-                row.update(quantus_ms=1e3 * statistics.median(wall), quantus_cpu_ms=1e3 * statistics.median(cpu))
+                row.update(quantus_ms=1e3 * statistics.median(wall), quantus_cpu_ms=1e3 * statistics.median(cpu),
+                           quantus_calls=len(wall))
             if row["evalxai_ms"] is not None and row["quantus_ms"] is not None and not notes:
                 row["speedup"] = row["quantus_ms"] / row["evalxai_ms"]
             row["note"] = "; ".join(notes) or None
@@ -265,7 +271,7 @@ def quantus_report(df: pd.DataFrame, quantus_python: str | None, repeats: int) -
     from evalxai.bench import markdown
 
     source = (f"re-timed now with {quantus_python}, right after evalxai on each entry, same thread count, median of "
-              f"the same number of calls" if quantus_python else
+              f"of up to the same number of calls" if quantus_python else
               "RECORDED in tests/fixtures/quantus/reference.json (one call each, on a loaded machine); pass "
               "--quantus-python to re-time Quantus now")
     ok = df["speedup"].notna()
@@ -276,7 +282,8 @@ def quantus_report(df: pd.DataFrame, quantus_python: str | None, repeats: int) -
         shown[c] = shown[c].map(lambda v: None if v is None or pd.isna(v) else float(f"{v:.3g}"))
     shown["speedup"] = shown["speedup"].map(lambda v: None if v is None or pd.isna(v) else round(v, 2))
     return (f"evalxai vs Quantus 0.6 on the same batch (tests/fixtures/quantus: 8 x 1 x 16 x 16, bias-free CNN, "
-            f"gradient x input maps), matched parameters from reference.json; evalxai: median of up to {repeats} "
-            f"calls, torch {torch.__version__}, {torch.get_num_threads()} threads. Quantus times: {source}. "
+            f"gradient x input maps), matched parameters from reference.json; median of up to {repeats} calls each "
+            f"(fewer once the budget is spent: see calls), torch {torch.__version__}, {torch.get_num_threads()} "
+            f"threads. Quantus times: {source}. "
             f"ms = wall milliseconds per call on the batch; cpu_ms = process CPU. {summary}.\n\n"
             + markdown(shown) + "\n")

@@ -180,3 +180,43 @@ def test_metric_bench_counts_the_passes_each_metric_makes():
     for name in ("pixel_flipping", "selectivity", "randomization"):
         r = rows.loc[name]
         assert r["ratio"] == pytest.approx(r["median_ms"] / r["bare_ms"], rel=1e-9)
+
+
+def test_quantus_table_from_recorded_times():
+    """``bench_quantus`` without a Quantus Python: one row per reference.json entry with the columns the issue names;
+    Quantus times are the recorded ones (ms); speedup = quantus_ms / evalxai_ms for every comparable entry, none
+    where Quantus failed or does different work (and the note says which). evalxai's time comes from the timer it is
+    given (a stub here, except one real metric, so the test needs no Quantus and stays short)."""
+    import json
+
+    from evalxai import metric_bench
+
+    reference = json.loads((metric_bench.QUANTUS_FIXTURES / "reference.json").read_text())["metrics"]
+    called = []
+
+    def stub(f, repeats, budget):
+        called.append(f)
+        return [0.004, 0.002, 0.003], [0.001, 0.001, 0.001]
+
+    df = metric_bench.bench_quantus(repeats=3, timer=stub)
+    assert list(df.columns[:6]) == ["metric", "quantus_class", "evalxai_ms", "quantus_ms", "speedup",
+                                    "quantus_source"]
+    assert list(df["metric"]) == list(reference) and (df["quantus_source"] == "recorded").all()
+    rows = df.set_index("metric")
+    comparable = [n for n, e in reference.items() if e["timing"] is None and e["error"] is None]
+    assert len(comparable) >= 25 and len(called) == sum(e["timing"] is None for e in reference.values())
+    for name in comparable:
+        r = rows.loc[name]
+        assert r["evalxai_ms"] == pytest.approx(3.0) and r["quantus_ms"] == pytest.approx(
+            1e3 * reference[name]["seconds"])
+        assert r["speedup"] == pytest.approx(r["quantus_ms"] / r["evalxai_ms"]) and pd.isna(r["note"])
+    for name in set(reference) - set(comparable):
+        assert pd.isna(rows.loc[name, "speedup"]) and rows.loc[name, "note"]
+    assert rows.loc["InputInvariance", "note"].startswith("Quantus fails: TypeError")
+    assert rows.loc["Infidelity", "note"].startswith("not comparable")
+    text = metric_bench.quantus_report(df, None, 3)
+    assert "RECORDED" in text and "| PixelFlipping | PixelFlipping |" in text
+    # a real evalxai timing of one entry: the matched call runs and is timed
+    real = metric_bench.bench_quantus(repeats=1, entries=["Selectivity"]).set_index("metric").loc["Selectivity"]
+    assert real["calls"] == 1 and real["evalxai_ms"] > 0
+    assert real["speedup"] == pytest.approx(real["quantus_ms"] / real["evalxai_ms"])

@@ -9,34 +9,32 @@ Where evalxai computes the same quantity, the per-sample values must agree withi
 forwards on both sides). Where evalxai deliberately differs (a Quantus fault or a different definition), the test
 asserts the documented difference with the numbers. A metric that is not registered is skipped.
 """
+import inspect
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 import evalxai
+from evalxai.metric_bench import QUANTUS_FIXTURES as FIXTURES
+from evalxai.metric_bench import quantus_fixture
 from evalxai.metrics import METRICS
 
-FIXTURES = Path(__file__).parent / "fixtures" / "quantus"
 REFERENCE = json.loads((FIXTURES / "reference.json").read_text())
-
-
-def build_model() -> nn.Sequential:
-    """The architecture of make_reference.py's build_model (weights from inputs.pt)."""
-    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, bias=False), nn.ReLU(), nn.AvgPool2d(2),
-                         nn.Conv2d(4, 8, 3, padding=1, bias=False), nn.ReLU(), nn.AvgPool2d(2),
-                         nn.Flatten(), nn.Linear(8 * 4 * 4, 3, bias=False))
 
 
 @pytest.fixture(scope="module")
 def case():
-    data = torch.load(FIXTURES / "inputs.pt", weights_only=True)
-    model = build_model()
-    model.load_state_dict({k[len("model."):]: v for k, v in data.items() if k.startswith("model.")})
-    return model.eval(), data["x"], data["target"], data["attributions"], data["masks"]
+    """(model, x, target, attributions, masks) of inputs.pt: the bias-free CNN of make_reference.py."""
+    return quantus_fixture()[0]
+
+
+def matched(name: str) -> tuple[str, str, dict]:
+    """(evalxai metric, measure, parameters) that match Quantus entry ``name``: data in reference.json (written by
+    make_reference.py, read by the bench too), not repeated here."""
+    entry = REFERENCE["metrics"][name]
+    return entry["evalxai_metric"], entry["evalxai_measure"], dict(entry["evalxai_params"])
 
 
 def quantus(name: str) -> np.ndarray:
@@ -54,6 +52,8 @@ def score(case, metric: str, measure: str, **params) -> np.ndarray:
     if metric not in METRICS:
         pytest.skip(f"metric '{metric}' is not registered yet")
     model, x, t, a, masks = case
+    if "masks" in inspect.signature(METRICS[metric].fn).parameters:
+        params = {**params, "masks": masks}
     key = (metric, repr(sorted((k, "masks" if k == "masks" else v) for k, v in params.items())))
     if key not in _SCORED:
         _SCORED[key] = evalxai.score(model, x, t, a, metric=metric, **params)
@@ -62,6 +62,12 @@ def score(case, metric: str, measure: str, **params) -> np.ndarray:
     if df["step"].notna().any():
         return df.pivot(index="sample", columns="step", values="value").sort_index().to_numpy(dtype=np.float64)
     return df.sort_values("sample").value.to_numpy(dtype=np.float64)
+
+
+def score_matched(case, name: str) -> np.ndarray:
+    """evalxai's values of the measure that matches Quantus entry ``name``, with the matched parameters."""
+    metric, measure, params = matched(name)
+    return score(case, metric, measure, **params)
 
 
 def test_reference_records_versions_and_inputs():
@@ -74,30 +80,30 @@ def test_reference_records_versions_and_inputs():
         assert entry["error"] is not None or entry["seconds"] > 0, name
 
 
-# (Quantus entry, evalxai metric, measure, evalxai parameters, absolute tolerance). Maps as given unless noted.
-AGREE = [
-    ("PointingGame", "pointing_game", "hit", {"tolerance": 0}, 0.0),
-    ("AttributionLocalisation", "attribution_localisation", "ratio", {}, 1e-6),  # Quantus: positive_attributions
-    ("TopKIntersection", "top_k_intersection", "ratio", {"k": 20}, 0.0),
-    ("RelevanceMassAccuracy", "relevance_mass_accuracy", "ratio", {}, 1e-6),  # Quantus fed max(R, 0)
-    ("RelevanceRankAccuracy", "relevance_rank_accuracy", "ratio", {}, 0.0),
-    ("AUC", "localisation_auc", "auc", {}, 1e-12),
-    ("Complexity", "complexity", "entropy", {}, 2e-6),  # Quantus: float32, log(p + 1e-12)
-    ("EffectiveComplexity", "effective_complexity", "effective_complexity", {"eps": 1e-2}, 0.0),
-    ("FaithfulnessEstimate", "faithfulness_estimate", "faithfulness_estimate",
-     {"patch_size": 1, "baseline": "zero", "score_space": "softmax"}, 1e-5),
-    ("NonSensitivity", "non_sensitivity", "non_sensitivity",
-     {"eps": 1e-3, "tolerance": 1e-3, "patch_size": 1, "baseline": "zero", "score_space": "logit"}, 0.0),
-]
+# (Quantus entry, absolute tolerance): the evalxai metric, measure and parameters are the entry's in reference.json.
+# Maps as given; Quantus was fed max(R, 0) for RelevanceMassAccuracy and |R| / max |R| for EffectiveComplexity and
+# NonSensitivity (eps on that scale); Complexity: Quantus is float32 with log(p + 1e-12).
+AGREE = [("PointingGame", 0.0), ("AttributionLocalisation", 1e-6), ("TopKIntersection", 0.0),
+         ("RelevanceMassAccuracy", 1e-6), ("RelevanceRankAccuracy", 0.0), ("AUC", 1e-12), ("Complexity", 2e-6),
+         ("EffectiveComplexity", 0.0), ("FaithfulnessEstimate", 1e-5), ("NonSensitivity", 0.0)]
 
 
-@pytest.mark.parametrize("name,metric,measure,params,atol", AGREE, ids=[a[0] for a in AGREE])
-def test_scalar_agrees_with_quantus(case, name, metric, measure, params, atol):
+def test_every_entry_names_its_evalxai_match():
+    """The mapping is complete data: a registered metric, a measure, YAML/JSON-able parameters, and either
+    comparable timing (null) or the reason it is not."""
+    for name, entry in REFERENCE["metrics"].items():
+        assert isinstance(entry["evalxai_params"], dict) and isinstance(entry["evalxai_measure"], str), name
+        assert entry["timing"] is None or len(entry["timing"]) > 20, name
+        assert entry["evalxai_metric"] in METRICS, name
+        spec = METRICS[entry["evalxai_metric"]]
+        unknown = set(entry["evalxai_params"]) - set(inspect.signature(spec.fn).parameters) - set(spec.defaults)
+        assert not unknown, (name, unknown)
+
+
+@pytest.mark.parametrize("name,atol", AGREE, ids=[a[0] for a in AGREE])
+def test_scalar_agrees_with_quantus(case, name, atol):
     ref = quantus(name)
-    params = {**params, "masks": case[4]} if REFERENCE["metrics"][name]["quantus_class"] in (
-        "PointingGame", "AttributionLocalisation", "TopKIntersection", "RelevanceMassAccuracy",
-        "RelevanceRankAccuracy", "AUC") else params
-    got = score(case, metric, measure, **params)
+    got = score_matched(case, name)
     np.testing.assert_allclose(got, ref, rtol=0, atol=atol)
 
 
@@ -107,19 +113,16 @@ def test_sparseness_agrees_up_to_quantus_offset(case):
     from evalxai.metrics.complexity import gini
 
     ref = quantus("Sparseness")
-    got = score(case, "sparseness", "gini")
+    got = score_matched(case, "Sparseness")
     a = case[3].reshape(len(ref), -1).abs().double()
     np.testing.assert_allclose(gini(a + 1e-7).numpy(), ref, rtol=0, atol=1e-6)
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-3)
 
 
-FLIP = dict(patch_size=1, per_step=1, baseline="zero", score_space="logit")
-
-
 def test_pixel_flipping_curve_agrees(case):
     """Quantus's PixelFlipping curve is y_1..y_K (no unperturbed point); evalxai's is y_0..y_K."""
     ref = quantus("PixelFlipping")
-    got = score(case, "pixel_flipping", "curve_morf", order="morf", **FLIP)
+    got = score_matched(case, "PixelFlipping")
     assert got.shape == (8, ref.shape[1] + 1)
     np.testing.assert_allclose(got[:, 1:], ref, rtol=0, atol=1e-6)
 
@@ -129,18 +132,21 @@ def test_pixel_flipping_auc_is_a_different_aggregate(case):
     dx = 1: unnormalised, without y_0. evalxai reports AOPC and a normalised AUC instead; the same curve gives
     Quantus's number."""
     ref = quantus("PixelFlipping_auc")
-    curve = score(case, "pixel_flipping", "curve_morf", order="morf", **FLIP)
+    metric, measure, params = matched("PixelFlipping_auc")
+    curve = score(case, metric, "curve_morf", **params)
     np.testing.assert_allclose(np.trapezoid(curve[:, 1:], dx=1.0, axis=1), ref, rtol=1e-5, atol=1e-4)
-    auc = score(case, "pixel_flipping", "auc_morf", order="morf", **FLIP)
+    auc = score(case, metric, measure, **params)
     assert np.abs(auc - ref).max() > 1.0  # a different scale: not comparable across step counts
 
 
 @pytest.mark.parametrize("order", ["morf", "lerf"])
 def test_region_perturbation_drop_curve_agrees(case, order):
     """Quantus returns the drop y_0 - y_k for k = 1..L; evalxai returns y_0..y_L (and AOPC over k = 0..L)."""
-    ref = quantus("RegionPerturbation" if order == "morf" else "RegionPerturbation_lerf")
-    got = score(case, "region_perturbation", f"curve_{order}", order=order, patch_size=2, per_step=1, steps=64,
-                baseline="zero", score_space="logit")
+    name = "RegionPerturbation" if order == "morf" else "RegionPerturbation_lerf"
+    ref = quantus(name)
+    metric, measure, params = matched(name)
+    assert params["order"] == order and measure == f"curve_{order}"
+    got = score(case, metric, measure, **params)
     np.testing.assert_allclose(got[:, :1] - got[:, 1:], ref, rtol=0, atol=1e-6)
 
 
@@ -148,8 +154,9 @@ def test_selectivity_without_recomputation_agrees(case):
     """Quantus's Selectivity never recomputes the map; evalxai's recompute=False is that variant (the default,
     recompute=True, follows Montavon et al. 2018)."""
     ref = quantus("Selectivity")
-    got = score(case, "selectivity", "curve", patch_size=4, steps=16, recompute=False, baseline="zero",
-                score_space="logit")
+    metric, measure, params = matched("Selectivity")
+    assert params["recompute"] is False
+    got = score(case, metric, measure, **params)
     np.testing.assert_allclose(got[:, 1:], ref, rtol=0, atol=1e-6)
 
 
@@ -157,7 +164,9 @@ def test_continuity_agrees_with_unaligned_reference_estimator(case):
     """Quantus's Continuity (normalise=False, so per sample) is evalxai's continuity_ref without alignment: the
     max over translations t = -15..15 of ||R(x_t) - R(x)||_1 / ||x_t - x||_2, zero fill."""
     ref = quantus("Continuity")
-    got = score(case, "continuity", "continuity_ref", shift=15, stride=1, align=False, method="gradient_x_input")
+    metric, measure, params = matched("Continuity")
+    assert (params["shift"], params["stride"], params["align"]) == (15, 1, False)
+    got = score(case, metric, measure, **params)
     np.testing.assert_allclose(got, ref, rtol=1e-6, atol=0)
 
 
@@ -167,15 +176,14 @@ def test_monotonicity_quantus_never_inserts_the_input(case):
     f(x), and its verdicts depend on the map."""
     ref = quantus("Monotonicity")
     assert (ref == 1).all()
-    curve = score(case, "monotonicity", "curve_insertion", patch_size=1, per_step=1, baseline="zero",
-                  score_space="softmax", tolerance=0.0)
+    metric, measure, params = matched("Monotonicity")
+    curve = score(case, metric, "curve_insertion", **params)
     model, x, t = case[:3]
     with torch.no_grad():
         fx = model(x).softmax(1).gather(1, t.view(-1, 1)).squeeze(1).double().numpy()
     np.testing.assert_allclose(curve[:, -1], fx, rtol=1e-5)
     assert (np.ptp(curve, axis=1) > 1e-3).all()  # the curve moves
-    got = score(case, "monotonicity", "monotonicity", patch_size=1, per_step=1, baseline="zero",
-                score_space="softmax", tolerance=0.0)
+    got = score(case, metric, measure, **params)
     assert (got < 1).any()
 
 
@@ -184,7 +192,7 @@ def test_completeness_quantus_needs_exact_float_equality(case):
     conservation residual is at float32 rounding for every sample; Quantus's Completeness compares with ==, so it
     passes only some of them."""
     ref = quantus("Completeness")
-    rel = score(case, "conservation", "abs_relative_residual", reference="zero")
+    rel = score_matched(case, "Completeness")
     assert (rel < 1e-5).all()
     assert 0 < ref.sum() < len(ref)
 
@@ -195,7 +203,7 @@ def test_irof_quantus_scale_grows_with_the_segment_count(case):
     with the clean image's mean (Rieger & Hansen 2020). Quantus's numbers (2.8 .. 13.5 here, K about 64) are on a
     scale that grows with the segment count; evalxai's stay within [-1, 1]."""
     ref = quantus("IROF")
-    got = score(case, "irof", "irof")
+    got = score_matched(case, "IROF")
     assert np.all((got > -1) & (got < 1))
     assert (ref > 1).all()
 
@@ -205,7 +213,7 @@ def test_input_invariance_quantus_fails_without_first_layer_bias(case):
     first layer (and reads the shift's effect from the smallest output value, which zero padding makes wrong at
     the border). evalxai creates the bias and pads with the shift: gradient x input is, correctly, not invariant."""
     assert REFERENCE["metrics"]["InputInvariance"]["error"].startswith("TypeError")
-    share = score(case, "input_invariance", "unchanged_share", method="gradient_x_input")
+    share = score_matched(case, "InputInvariance")
     assert (share < 0.5).all()
     grad = evalxai.explain(*case[:3], method="gradient")
     model, x, t = case[:3]

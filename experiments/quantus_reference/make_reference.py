@@ -25,6 +25,7 @@ Continuity's NaN option): this script restores both names as aliases (``np.trapz
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import sys
@@ -157,7 +158,7 @@ EVALXAI = {
     "RelativeRepresentationStability": ("relative_representation_stability", "relative_representation_stability",
                                         {"samples": 10, **GXI}),
     "MPRT": ("randomization", "spearman", GXI),
-    "SmoothMPRT": ("smooth_mprt", "smooth_mprt", {"samples": 10, **GXI}),
+    "SmoothMPRT": ("smooth_mprt", "spearman", {"samples": 10, **GXI}),
     "EfficientMPRT": ("efficient_mprt", "efficient_mprt", GXI),
     "RandomLogit": ("random_logit", "random_logit", GXI),
 }
@@ -321,7 +322,8 @@ def time_entries(names: list[str], repeats: int, budget: float, threads: int) ->
             spent = 0.0
             while len(row["seconds"]) < repeats and (not row["seconds"] or spent < budget):
                 t0, c0 = time.perf_counter(), time.process_time()
-                run()
+                with contextlib.redirect_stdout(sys.stderr):  # Quantus prints notes: stdout carries only the JSON
+                    run()
                 row["seconds"].append(time.perf_counter() - t0)
                 row["cpu_seconds"].append(time.process_time() - c0)
                 spent += row["seconds"][-1]
