@@ -306,3 +306,33 @@ def test_vit_tiny_in_the_zoo_traces_and_explains():
     for method in ("attnlrp", "cp_lrp", "attention_rollout", "lrp_epsilon"):
         r = explain(model, x, torch.tensor([3, 4]), method)
         assert r.shape == x.shape and torch.isfinite(r).all() and r.abs().sum() > 0
+
+
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_transformer_encoder_layer_equals_the_block_written_out(norm_first):
+    """nn.TransformerEncoder(Layer) (GELU, no dropout) against the same block written with the ViT's parts."""
+    ref = vit(depth=2)
+    model = vit(depth=2)
+    model.load_state_dict(ref.state_dict())
+    layers = []
+    for blk in ref.blocks:
+        layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, activation="gelu", batch_first=True,
+                                           norm_first=True, dtype=torch.float64).eval()
+        for mine, theirs in (("norm1", blk.norm1), ("self_attn", blk.attn), ("norm2", blk.norm2),
+                             ("linear1", blk.mlp[0]), ("linear2", blk.mlp[3])):
+            getattr(layer, mine).load_state_dict(theirs.state_dict())
+        layers.append(layer)
+    model.blocks = nn.TransformerEncoder(layers[0], 2, enable_nested_tensor=False).eval()
+    for i, layer in enumerate(layers):
+        model.blocks.layers[i] = layer
+    x, t = images(), torch.tensor([1, 0, 2, 1])
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref(x), rtol=1e-12, atol=1e-12)
+    for method in ("attnlrp", "cp_lrp"):
+        torch.testing.assert_close(explain(model, x, t, method, epsilon=0.0), explain(ref, x, t, method, epsilon=0.0),
+                                   rtol=1e-9, atol=1e-12)
+    if not norm_first:  # post-norm layers (norm after the residual add) explain too
+        for layer in model.blocks.layers:
+            layer.norm_first = False
+        r = explain(model, x, t, "cp_lrp", epsilon=0.0)
+        assert r.shape == x.shape and torch.isfinite(r).all()

@@ -176,6 +176,8 @@ def _transformer_kind(model: nn.Module, node: fx.Node) -> str | None:
             return "layernorm"
         if isinstance(m, nn.MultiheadAttention):
             return "mha"
+        if isinstance(m, (nn.TransformerEncoderLayer, nn.TransformerEncoder)):
+            return "encoder"
         return None
     if node.op == "call_function":
         fn = node.target
@@ -374,8 +376,8 @@ def build_plan(model: nn.Module, composite: Composite) -> tuple[fx.Graph, dict]:
                                "that depends on the input: write it as a product (torch.matmul) instead")
             plan[node] = Step("flinear", rule=composite.rule_for(node.name, _LINEAR_PROTO, not seen_first))
             seen_first = True
-        elif kind == "mha":
-            plan[node] = Step("mha", model.get_submodule(node.target))
+        elif kind in ("mha", "encoder"):
+            plan[node] = Step(kind, model.get_submodule(node.target))
         elif kind == "product":
             ops = _operands(node)
             plan[node] = Step("product", carries=tuple(isinstance(a, fx.Node) and carries[a] for a in ops))
@@ -722,6 +724,44 @@ class _TransformerOps:
             weights = weights.squeeze(0) if unbatched else weights
         return out, weights
 
+    def layer_norm(self, name: str, m: nn.LayerNorm, x):
+        return _NormLayerFn.apply(x, tuple(m.normalized_shape), None if m.weight is None else m.weight.detach(),
+                                  None if m.bias is None else m.bias.detach(), m.eps, False, self.eps,
+                                  self.hook_for(name, "layernorm"))
+
+    def encoder(self, name: str, m: nn.Module, src, mask=None, src_key_padding_mask=None, is_causal=None, **kw):
+        """``nn.TransformerEncoderLayer`` (pre- or post-norm) and ``nn.TransformerEncoder`` written out: attention
+        as ``mha``, LayerNorms, linear layers, the activation (ReLU keeps its gradient, others pass relevance
+        unchanged), residual additions; dropout is off in eval mode."""
+        if isinstance(m, nn.TransformerEncoder):
+            x = src
+            for i, layer in enumerate(m.layers):
+                x = self.encoder(f"{name}.layers.{i}", layer, x, mask, src_key_padding_mask)
+            return x if m.norm is None else self.layer_norm(f"{name}.norm", m.norm, x)
+        if kw or not isinstance(m.norm1, nn.LayerNorm):
+            raise LRPError(f"TransformerEncoderLayer '{name}': arguments {sorted(kw)} or norm "
+                           f"{type(m.norm1).__name__} have no LRP rule")
+
+        def sa(h):
+            return self.mha(f"{name}.self_attn", m.self_attn, h, h, h, key_padding_mask=src_key_padding_mask,
+                            need_weights=False, attn_mask=mask)[0]
+
+        def ff(h):
+            h = self.linear(f"{name}.linear1", h, m.linear1.weight, m.linear1.bias, m.linear1)
+            act = m.activation
+            if act in (F.relu, torch.relu) or isinstance(act, nn.ReLU):
+                h = torch.relu(h)
+            else:
+                h = _PassFn.apply(h, act(h).detach())
+            return self.linear(f"{name}.linear2", h, m.linear2.weight, m.linear2.bias, m.linear2)
+
+        x = src
+        if m.norm_first:
+            x = self.add(f"{name}.add1", x, sa(self.layer_norm(f"{name}.norm1", m.norm1, x)))
+            return self.add(f"{name}.add2", x, ff(self.layer_norm(f"{name}.norm2", m.norm2, x)))
+        x = self.layer_norm(f"{name}.norm1", m.norm1, self.add(f"{name}.add1", x, sa(x)))
+        return self.layer_norm(f"{name}.norm2", m.norm2, self.add(f"{name}.add2", x, ff(x)))
+
 
 def _mha_mask(attn_mask, key_padding_mask, n, h, lq, lk, dtype):
     """nn.MultiheadAttention's masks (boolean: True = not allowed; float: added) as one additive (n, h, lq, lk)
@@ -799,7 +839,7 @@ def execute(model: nn.Module, graph: fx.Graph, x: torch.Tensor, handle) -> torch
     raise LRPError("the traced graph has no output")
 
 
-_TRANSFORMER_KINDS = {"softmax", "product", "layernorm", "flinear", "mha", "sdpa", "sub", "neg"}
+_TRANSFORMER_KINDS = {"softmax", "product", "layernorm", "flinear", "mha", "sdpa", "sub", "neg", "encoder"}
 
 
 def _transformer_step(model, node, step, name, call, args, kwargs, ops: _TransformerOps, eps, hook_for):
@@ -826,6 +866,8 @@ def _transformer_step(model, node, step, name, call, args, kwargs, ops: _Transfo
         return ops.linear(name, bound["input"], bound["weight"], bound.get("bias"), rule=step.rule)
     if kind == "mha":
         return ops.mha(name, step.module, *args, **kwargs)
+    if kind == "encoder":
+        return ops.encoder(name, step.module, *args, **kwargs)
     if kind == "sdpa":
         return ops.sdpa(name, *args, **kwargs)
     if kind == "neg":
