@@ -134,7 +134,7 @@ QUANTUS_FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / 
 QUANTUS_SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "quantus_reference" / "make_reference.py"
 QUANTUS_TARGET = 2.0  # evalxai at least this many times faster than Quantus 0.6 on the same call
 QUANTUS_COLUMNS = ["metric", "quantus_class", "evalxai_ms", "quantus_ms", "speedup", "quantus_source",
-                   "evalxai_cpu_ms", "quantus_cpu_ms", "calls", "quantus_calls", "note"]
+                   "evalxai_cpu_ms", "quantus_cpu_ms", "cpu_speedup", "calls", "quantus_calls", "note"]
 
 
 def quantus_fixture(fixtures: Path = QUANTUS_FIXTURES):
@@ -215,17 +215,19 @@ def bench_quantus(quantus_python: str | None = None, repeats: int = 3, budget: f
     """evalxai against Quantus 0.6 on the reference batch (8 x 1 x 16 x 16), one row per reference.json entry.
 
     evalxai: ``evalxai.score`` with the entry's matched parameters, median wall time of up to ``repeats`` calls after
-    one untimed call (fewer calls once ``budget`` seconds are spent). Quantus: with ``quantus_python`` (a Python with
-    quantus 0.6 installed), re-timed right after evalxai on the same entry, in one child process with the same torch
-    thread count, median of the same number of calls ("measured"); without it, the one call recorded in
-    reference.json ("recorded": measured once, on a loaded machine). speedup = quantus_ms / evalxai_ms; entries whose
-    Quantus call fails or does different work get no speedup and say why (``note``). ``timer(f, repeats, budget)``
-    -> (wall seconds, CPU seconds) times the evalxai calls (tests pass a stub)."""
+    one untimed call (fewer once ``budget`` seconds are spent). Quantus: with ``quantus_python`` (a Python with
+    quantus 0.6 installed), re-timed now in one child process with the same torch thread count, its calls
+    interleaved with evalxai's (evalxai, Quantus, evalxai, ...: both under the same load), after an untimed call
+    where cheap ("measured"); without it, the one call recorded in reference.json ("recorded": measured once, on a
+    loaded machine). speedup = quantus_ms / evalxai_ms (cpu_speedup: the same with process CPU time, less sensitive
+    to other jobs); entries whose Quantus call fails or does different work get no speedup and say why (``note``).
+    ``timer(f, repeats, budget)`` -> (wall seconds, CPU seconds) times the evalxai calls of the recorded case (tests
+    pass a stub)."""
     case, reference = quantus_fixture(fixtures)
     from evalxai.api import check_logits
 
     check_logits(case[0], case[1])  # remembered for this x, as in bench_all_metrics
-    quantus_timer = QuantusTimer(quantus_python, repeats, budget) if quantus_python else None
+    quantus_timer = QuantusTimer(quantus_python, 1, 0.0) if quantus_python else None  # one call per request
     rows = []
     try:
         for name, entry in reference["metrics"].items():
@@ -234,21 +236,39 @@ def bench_quantus(quantus_python: str | None = None, repeats: int = 3, budget: f
             row = dict.fromkeys(QUANTUS_COLUMNS)
             row.update(metric=name, quantus_class=entry["quantus_class"], calls=0, quantus_calls=0)
             notes = []
+            f = None
             if entry["timing"]:
                 notes.append("not comparable: " + entry["timing"])
             elif entry["evalxai_metric"] not in METRICS:
                 notes.append(f"evalxai metric '{entry['evalxai_metric']}' is not registered")
             else:
-                wall, cpu = timer(evalxai_call(case, entry), repeats, budget)
-                row.update(evalxai_ms=1e3 * statistics.median(wall), evalxai_cpu_ms=1e3 * statistics.median(cpu),
-                           calls=len(wall))
-            if quantus_timer is not None:
-                q = quantus_timer.time(name)
-                error, wall, cpu = q["error"], q["seconds"], q["cpu_seconds"]
-                row["quantus_source"] = "measured"
-            else:
-                error, wall, cpu = entry["error"], [entry["seconds"]], [entry["cpu_seconds"]]
+                f = evalxai_call(case, entry)
+            if quantus_timer is None:
+                if f is not None:
+                    ew, ec = timer(f, repeats, budget)
+                error, qw, qc = entry["error"], [entry["seconds"]], [entry["cpu_seconds"]]
                 row["quantus_source"] = "recorded"
+            else:  # interleaved: evalxai call, Quantus call, evalxai call, ... (the same moment, the same load)
+                ew, ec, qw, qc, error = [], [], [], [], None
+                if f is not None:
+                    f()  # untimed: first-call costs
+                if (entry["seconds"] or 0) < budget / 4:  # untimed, where cheap: Quantus's first-call costs too
+                    quantus_timer.time(name)
+                while len(qw) < repeats and not error and (not qw or sum(ew) + sum(qw) < budget):
+                    if f is not None:
+                        t0, c0 = time.perf_counter(), time.process_time()
+                        f()
+                        ew.append(time.perf_counter() - t0)
+                        ec.append(time.process_time() - c0)
+                    q = quantus_timer.time(name)
+                    error = q["error"]
+                    qw += q["seconds"]
+                    qc += q["cpu_seconds"]
+                row["quantus_source"] = "measured"
+            if f is not None and ew:
+                row.update(evalxai_ms=1e3 * statistics.median(ew), evalxai_cpu_ms=1e3 * statistics.median(ec),
+                           calls=len(ew))
+            wall, cpu = qw, qc
             if error:
                 notes.append("Quantus fails: " + error.splitlines()[0][:160])
             elif wall and wall[0] is not None:
@@ -256,6 +276,7 @@ def bench_quantus(quantus_python: str | None = None, repeats: int = 3, budget: f
                            quantus_calls=len(wall))
             if row["evalxai_ms"] is not None and row["quantus_ms"] is not None and not notes:
                 row["speedup"] = row["quantus_ms"] / row["evalxai_ms"]
+                row["cpu_speedup"] = row["quantus_cpu_ms"] / row["evalxai_cpu_ms"]
             row["note"] = "; ".join(notes) or None
             rows.append(row)
             if log:
@@ -270,8 +291,8 @@ def quantus_report(df: pd.DataFrame, quantus_python: str | None, repeats: int) -
     """The Markdown text of ``bench_quantus``'s table, with how the Quantus times were taken."""
     from evalxai.bench import markdown
 
-    source = (f"re-timed now with {quantus_python}, right after evalxai on each entry, same thread count, median of "
-              f"of up to the same number of calls" if quantus_python else
+    source = (f"re-timed now with {quantus_python} (one child process, same thread count), its calls interleaved "
+              f"with evalxai's on each entry" if quantus_python else
               "RECORDED in tests/fixtures/quantus/reference.json (one call each, on a loaded machine); pass "
               "--quantus-python to re-time Quantus now")
     ok = df["speedup"].notna()
@@ -280,7 +301,8 @@ def quantus_report(df: pd.DataFrame, quantus_python: str | None, repeats: int) -
     shown = df.copy()
     for c in ("evalxai_ms", "quantus_ms", "evalxai_cpu_ms", "quantus_cpu_ms"):
         shown[c] = shown[c].map(lambda v: None if v is None or pd.isna(v) else float(f"{v:.3g}"))
-    shown["speedup"] = shown["speedup"].map(lambda v: None if v is None or pd.isna(v) else round(v, 2))
+    for c in ("speedup", "cpu_speedup"):
+        shown[c] = shown[c].map(lambda v: None if v is None or pd.isna(v) else round(v, 2))
     return (f"evalxai vs Quantus 0.6 on the same batch (tests/fixtures/quantus: 8 x 1 x 16 x 16, bias-free CNN, "
             f"gradient x input maps), matched parameters from reference.json; median of up to {repeats} calls each "
             f"(fewer once the budget is spent: see calls), torch {torch.__version__}, {torch.get_num_threads()} "
