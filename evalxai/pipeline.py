@@ -10,6 +10,7 @@ import json
 import logging
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +102,43 @@ def _asks_for_mean(methods, metrics) -> bool:
                                                     for _, p in metrics)
 
 
+def method_calls(methods: list[tuple[str, dict]], from_data: dict) -> list[tuple[str, object, dict]]:
+    """(name, method, params) to call ``evalxai.explain`` with: a registered method gets the dataset's values
+    (``low``, ``high``, ``mean``) for the parameters it takes and the config leaves unset; a foreign one
+    (``_target_``) is passed as its mapping."""
+    out = []
+    for name, overrides in methods:
+        if "_target_" in overrides:
+            out.append((name, overrides, {}))
+            continue
+        spec = get_method(name)
+        params = {k: v for k, v in overrides.items() if v is not None or k not in from_data}
+        out.append((name, name, {**{k: v for k, v in from_data.items() if k in spec.defaults}, **params}))
+    return out
+
+
+def metric_call(metric: str, mparams: dict, method, method_params: dict, from_data: dict,
+                ground: dict | None = None) -> dict:
+    """Parameters of one metric call: the dataset's ``mean`` / ``low`` / ``high`` where the metric takes them and
+    the config leaves them unset, the masks / pool of ``ground`` where it takes them, and the method being scored
+    for re-explaining metrics."""
+    from evalxai.api import takes
+
+    spec = get_metric(metric)
+    ground = ground or {}
+    mp = {k: v for k, v in mparams.items() if k not in ground}
+    mp.update({k: v for k, v in ground.items() if takes(spec, k)})
+    if "mean" in spec.defaults and mp.get("mean") is None:
+        mp["mean"] = from_data.get("mean")
+    if "method" in spec.defaults:
+        mp.setdefault("method", method)
+        mp.setdefault("method_params", method_params)
+    for k in ("low", "high"):
+        if k in spec.defaults:
+            mp.setdefault(k, from_data.get(k))
+    return mp
+
+
 def metric_list(cfg: dict) -> list[tuple[str, dict]]:
     if cfg.get("metric"):
         m = dict(cfg["metric"])
@@ -186,6 +224,78 @@ def ground_truth_record(ground: dict, dataset, metrics) -> dict:
             "metrics": sorted({m for m, _ in metrics if any(takes(get_metric(m), k) for k in ground)})}
 
 
+@dataclass
+class Setup:
+    """What a run explains and scores: the dataset, the model (on its device), the sample's indices, inputs,
+    labels and targets, and what the dataset defines for methods and metrics (``from_data``: low, high, mean;
+    ``ground``: masks of the explained images and a pool of train images, for the metrics that take them)."""
+    dataset: object
+    model: torch.nn.Module
+    model_info: dict
+    idx: np.ndarray
+    x: torch.Tensor
+    labels: torch.Tensor
+    target: torch.Tensor
+    mean: torch.Tensor | None
+    from_data: dict
+    ground: dict
+    device: torch.device
+
+
+def prepare(cfg: dict, methods, metrics, seed: int, progress: bool = True, timings: dict | None = None) -> Setup:
+    """Load the dataset and the model (trained once, cached), draw the fixed test sample and its targets
+    (``target=predicted`` or the labels), and read what the run's methods and metrics take from the data."""
+    from evalxai.api import takes
+
+    timings = {} if timings is None else timings
+    cache_dir = cfg.get("cache_dir")
+    t0 = time.perf_counter()
+    dcfg = dict(cfg["dataset"])
+    dataset = load_dataset(dcfg.pop("name"), cache_dir=cache_dir, **dcfg)
+    timings["data_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    mcfg = dict(cfg["model"])
+    train_cfg = dict(mcfg.pop("train", {}) or {})
+    model, model_info = get_model(dataset, mcfg, train_cfg, seed=seed, cache_dir=cache_dir, progress=progress)
+    device = torch.device(cfg.get("device") or "cpu")
+    model = model.to(device)
+    timings["model_s"] = time.perf_counter() - t0
+
+    idx = sample_indices(len(dataset), int(cfg.get("n_samples", 128)), int(cfg.get("sample_seed", 0)))
+    x, labels = dataset.test_items(idx)
+    x = x.to(device)
+    if cfg.get("target", "predicted") == "predicted":
+        with torch.no_grad():
+            target = model(x).argmax(1)
+    else:
+        target = labels.to(device)
+    # the training-set mean image is read (the whole train split) only when a baseline or reference asks for it
+    mean = dataset.mean_image() if _asks_for_mean(methods, metrics) else None
+    from_data = {"low": dataset.low, "high": dataset.high, "mean": mean}
+    ground = {}
+    if any(takes(get_metric(m), "masks") for m, _ in metrics):
+        if not dataset.has_masks:
+            raise ValueError(f"dataset {dataset.name} carries no masks, but metrics {[m for m, _ in metrics]} include "
+                             "one that needs them")
+        ground["masks"] = dataset.test_masks(idx).to(device)
+    if any(takes(get_metric(m), "pool") for m, _ in metrics):
+        ground["pool"] = tuple(t.to(device) for t in dataset.pool(POOL_SIZE, seed=0))
+    return Setup(dataset, model, model_info, idx, x, labels, target, mean, from_data, ground, device)
+
+
+def explain_cached(setup: Setup, method, params: dict, cache_dir=None, enabled: bool = True) -> torch.Tensor:
+    """The method's maps of the run's sample, from the attribution cache (keyed by model, method, parameters,
+    sample and targets) or computed and stored there; on the run's device."""
+    # the dataset's mean image is a tensor: the key names it (the model key already holds the dataset)
+    key_params = {k: "dataset mean image" if k == "mean" and v is setup.mean and v is not None else v
+                  for k, v in params.items()}
+    key = attribution_key(setup.model_info["key"], method, key_params, setup.idx, setup.target, setup.x.dtype)
+    maps, _ = cached(key, lambda: evalxai.explain(setup.model, setup.x, setup.target, method=method, **params),
+                     cache_dir, enabled=enabled)
+    return maps.to(setup.device)
+
+
 def run_experiment(cfg: dict, out_dir: str | Path, progress: bool = True) -> Path:
     """Run one experiment config into ``out_dir``; returns the folder. ``memory_budget`` (e.g. "4GB") bounds
     what methods and metrics hold at once; the numbers do not depend on it."""
@@ -213,77 +323,23 @@ def _run_experiment(cfg: dict, out_dir: str | Path, progress: bool = True) -> Pa
     torch.manual_seed(seed)
     cache_dir = cfg.get("cache_dir")
 
-    t0 = time.perf_counter()
-    dcfg = dict(cfg["dataset"])
-    dataset = load_dataset(dcfg.pop("name"), cache_dir=cache_dir, **dcfg)
-    timings["data_s"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    mcfg = dict(cfg["model"])
-    train_cfg = dict(mcfg.pop("train", {}) or {})
-    model, model_info = get_model(dataset, mcfg, train_cfg, seed=seed, cache_dir=cache_dir, progress=progress)
-    device = torch.device(cfg.get("device") or "cpu")
-    model = model.to(device)
-    timings["model_s"] = time.perf_counter() - t0
+    setup = prepare(cfg, methods, metrics, seed, progress, timings)
+    dataset, model, model_info, idx, x, target = (setup.dataset, setup.model, setup.model_info, setup.idx, setup.x,
+                                                   setup.target)
     accuracy = model_info["test_accuracy"]
-
-    idx = sample_indices(len(dataset), int(cfg.get("n_samples", 128)), int(cfg.get("sample_seed", 0)))
-    x, labels = dataset.test_items(idx)
-    x = x.to(device)
-    if cfg.get("target", "predicted") == "predicted":
-        with torch.no_grad():
-            target = model(x).argmax(1)
-    else:
-        target = labels.to(device)
-    # the training-set mean image is read (the whole train split) only when a baseline or reference asks for it
-    mean = dataset.mean_image() if _asks_for_mean(methods, metrics) else None
-    box = {"low": dataset.low, "high": dataset.high}
-    from_data = {**box, "mean": mean}  # what the dataset defines for methods and metrics that take it
-    from evalxai.api import takes
-
-    ground = {}  # masks of the explained images and a pool of train images, for the metrics that take them
-    if any(takes(get_metric(m), "masks") for m, _ in metrics):
-        if not dataset.has_masks:
-            raise ValueError(f"dataset {dataset.name} carries no masks, but metrics {[m for m, _ in metrics]} include "
-                             "one that needs them")
-        ground["masks"] = dataset.test_masks(idx).to(device)
-    if any(takes(get_metric(m), "pool") for m, _ in metrics):
-        ground["pool"] = tuple(t.to(device) for t in dataset.pool(POOL_SIZE, seed=0))
 
     frames, maps = [], {}
     hits0, use_cache = ATTR_STATS["hits"], bool(cfg.get("attribution_cache", True))
-    bar = tqdm(methods, desc="methods", disable=not progress)
-    for name, overrides in bar:
+    calls = method_calls(methods, setup.from_data)
+    bar = tqdm(calls, desc="methods", disable=not progress)
+    for name, method, params in bar:
         bar.set_postfix_str(name)
-        foreign = "_target_" in overrides
-        if foreign:
-            method, params = overrides, {}
-        else:
-            spec = get_method(name)
-            params = {k: v for k, v in overrides.items() if v is not None or k not in from_data}
-            method, params = name, {**{k: v for k, v in from_data.items() if k in spec.defaults}, **params}
         t0 = time.perf_counter()
-        # the dataset's mean image is a tensor: the key names it (the model key already holds the dataset)
-        key_params = {k: "dataset mean image" if k == "mean" and v is mean and v is not None else v
-                      for k, v in params.items()}
-        key = attribution_key(model_info["key"], method, key_params, idx, target, x.dtype)
-        attributions, _ = cached(key, lambda method=method, params=params: evalxai.explain(
-            model, x, target, method=method, **params), cache_dir, enabled=use_cache)
-        attributions = attributions.to(device)
+        attributions = explain_cached(setup, method, params, cache_dir, use_cache)
         timings[f"explain:{name}_s"] = time.perf_counter() - t0
         maps[name] = attributions.cpu().numpy()
         for metric, mparams in metrics:
-            mspec = get_metric(metric)
-            mp = {k: v for k, v in mparams.items() if k not in ground}
-            mp.update({k: v for k, v in ground.items() if takes(mspec, k)})
-            if "mean" in mspec.defaults and mp.get("mean") is None:
-                mp["mean"] = mean
-            if "method" in mspec.defaults:
-                mp.setdefault("method", method)
-                mp.setdefault("method_params", params)
-            for k in ("low", "high"):
-                if k in mspec.defaults:
-                    mp.setdefault(k, box[k])
+            mp = metric_call(metric, mparams, method, params, setup.from_data, setup.ground)
             t0 = time.perf_counter()
             df = evalxai.score(model, x, target, attributions, metric=metric, **mp)
             timings[f"score:{metric}:{name}_s"] = time.perf_counter() - t0
@@ -336,7 +392,7 @@ def _run_experiment(cfg: dict, out_dir: str | Path, progress: bool = True) -> Pa
                     "normalization": {"mean": dataset.mean, "std": dataset.std},
                     "black_pixel": np.asarray(dataset.low).reshape(-1).tolist()},
         "n_samples": len(idx),
-        "ground_truth": ground_truth_record(ground, dataset, metrics),
+        "ground_truth": ground_truth_record(setup.ground, dataset, metrics),
         "versions": {"evalxai": evalxai.__version__, "torch": torch.__version__, "numpy": np.__version__,
                      "pandas": pd.__version__, "python": platform.python_version()},
         "timings": {k: round(v, 4) for k, v in timings.items()},

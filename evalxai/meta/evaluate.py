@@ -31,7 +31,7 @@ from evalxai.meta.perturbation import (
     perturb_input,
     predict,
 )
-from evalxai.metrics import get_metric
+from evalxai.pipeline import method_calls, metric_call
 
 CRITERIA = ("IAC_NR", "IAC_AR", "IEC_NR", "IEC_AR")
 
@@ -48,37 +48,6 @@ class MetaResult:
     scores: pd.DataFrame
     unperturbed: pd.DataFrame
     timings: dict = field(default_factory=dict)
-
-
-def call_methods(methods: list[tuple[str, dict]], from_data: dict) -> list[tuple[str, object, dict]]:
-    """(name, method, params) to call ``evalxai.explain`` with: a registered method gets the dataset's values
-    (``low``, ``high``, ``mean``) for the parameters it takes and does not set; a foreign one (``_target_``) is
-    passed as its mapping. (The same rule as ``evalxai.pipeline``, which inlines it.)"""
-    out = []
-    for name, overrides in methods:
-        if "_target_" in overrides:
-            out.append((name, overrides, {}))
-            continue
-        spec = get_method(name)
-        params = {k: v for k, v in overrides.items() if v is not None or k not in from_data}
-        out.append((name, name, {**{k: v for k, v in from_data.items() if k in spec.defaults}, **params}))
-    return out
-
-
-def call_metric(metric: str, mparams: dict, method, method_params: dict, from_data: dict) -> dict:
-    """Parameters of one metric call: the dataset's ``mean`` / ``low`` / ``high`` where the metric takes them and
-    the config leaves them unset, and the method being scored for re-explaining metrics (as the pipeline does)."""
-    mp = dict(mparams)
-    spec = get_metric(metric)
-    if "mean" in spec.defaults and mp.get("mean") is None:
-        mp["mean"] = from_data.get("mean")
-    if "method" in spec.defaults:
-        mp.setdefault("method", method)
-        mp.setdefault("method_params", method_params)
-    for k in ("low", "high"):
-        if k in spec.defaults:
-            mp.setdefault(k, from_data.get(k))
-    return mp
 
 
 def estimates(df: pd.DataFrame, n: int) -> dict[tuple[str, str], tuple[str, np.ndarray]]:
@@ -162,7 +131,7 @@ def _explain_and_score(model, x, target, calls, metrics, from_data, clock: _Cloc
         if keep_maps is not None:
             keep_maps[name] = attributions
         for metric, mparams in metrics:
-            mp = call_metric(metric, mparams, method, params, from_data)
+            mp = metric_call(metric, mparams, method, params, from_data)
             t0 = time.perf_counter()
             df = evalxai.score(model, x, target, attributions, metric=metric, **mp)
             clock.score += time.perf_counter() - t0
@@ -190,7 +159,7 @@ def meta_evaluate(model, x: torch.Tensor, target: torch.Tensor, methods: list[tu
     tests = default_tests() if tests is None else list(tests)
     t_start = time.perf_counter()
     from_data = {"low": low, "high": high, "mean": mean}
-    calls = call_methods(methods, from_data)
+    calls = method_calls(methods, from_data)
     names = [name for name, _, _ in calls]
     if len(set(names)) != len(names):
         raise ValueError(f"methods {names} name one method twice: give each a distinct name (evalxai.meta)")

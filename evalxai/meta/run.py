@@ -101,51 +101,32 @@ def run_meta(cfg: dict, out_dir: str | Path, progress: bool = True) -> Path:
 
 
 def _run_meta(cfg: dict, out_dir: str | Path, progress: bool) -> Path:
-    import evalxai
-    from evalxai.data import load_dataset
-    from evalxai.explain.cache import attribution_key, cached
-    from evalxai.meta.evaluate import call_methods
-    from evalxai.models import get_model
-    from evalxai.pipeline import _asks_for_mean, check_run, sample_indices, writable_dir
+    from evalxai.api import GROUND_TRUTH, takes
+    from evalxai.metrics import get_metric
+    from evalxai.pipeline import check_run, explain_cached, method_calls, prepare, writable_dir
     from evalxai.report.document import write_report
 
     t_start = time.perf_counter()
     out = writable_dir(out_dir)
     settings = meta_settings(cfg)
     methods, metrics = check_run(cfg)
+    with_data = sorted(m for m, _ in metrics if any(takes(get_metric(m), k) for k in GROUND_TRUTH))
+    if with_data:
+        raise ValueError(f"metrics {with_data} take masks or a pool of images, which the meta-evaluation does not "
+                         "carry through its perturbations yet: drop them from the meta run (metrics=...)")
     (out / "meta.json").unlink(missing_ok=True)
     seed = int(cfg.get("seed", 0))
     torch.manual_seed(seed)
-    cache_dir = cfg.get("cache_dir")
-    dcfg = dict(cfg["dataset"])
-    dataset = load_dataset(dcfg.pop("name"), cache_dir=cache_dir, **dcfg)
-    mcfg = dict(cfg["model"])
-    train_cfg = dict(mcfg.pop("train", {}) or {})
-    model, model_info = get_model(dataset, mcfg, train_cfg, seed=seed, cache_dir=cache_dir, progress=progress)
-    device = torch.device(cfg.get("device") or "cpu")
-    model = model.to(device)
-    idx = sample_indices(len(dataset), int(cfg.get("n_samples", 128)), int(cfg.get("sample_seed", 0)))
-    x, labels = dataset.test_items(idx)
-    x = x.to(device)
-    if cfg.get("target", "predicted") == "predicted":
-        with torch.no_grad():
-            target = model(x).argmax(1)
-    else:
-        target = labels.to(device)
-    mean = dataset.mean_image() if _asks_for_mean(methods, metrics) else None
+    setup = prepare(cfg, methods, metrics, seed, progress)
+    dataset, model, model_info, idx, x, target, mean = (setup.dataset, setup.model, setup.model_info, setup.idx,
+                                                        setup.x, setup.target, setup.mean)
     std = None if dataset.std is None else torch.tensor(dataset.std, dtype=x.dtype).view(-1, *[1] * (x.dim() - 2))
-    from_data = {"low": dataset.low, "high": dataset.high, "mean": mean}
 
     maps = {}  # the unperturbed maps: from the attribution cache the pipeline fills, when enabled
     if cfg.get("attribution_cache", True):
-        for name, method, params in call_methods(methods, from_data):
+        for name, method, params in method_calls(methods, setup.from_data):
             if isinstance(method, str):
-                key_params = {k: "dataset mean image" if k == "mean" and v is mean and v is not None else v
-                              for k, v in params.items()}
-                key = attribution_key(model_info["key"], method, key_params, idx, target, x.dtype)
-                maps[name], _ = cached(key, lambda method=method, params=params: evalxai.explain(
-                    model, x, target, method=method, **params), cache_dir)
-                maps[name] = maps[name].to(device)
+                maps[name] = explain_cached(setup, method, params, cfg.get("cache_dir"))
     t_setup = time.perf_counter() - t_start
 
     tests = default_tests(settings["model_resilience"], settings["model_adversary"], settings["input_resilience"],
