@@ -170,7 +170,8 @@ def dense_emd(a, b):
         eq[i, i * p:(i + 1) * p] = 1
         eq[p + i, i::p] = 1
     res = linprog(cost.ravel(), A_eq=eq, b_eq=np.concatenate([a.ravel(), b.ravel()]), bounds=(0, None),
-                  method="highs")
+                  method="highs", options={"presolve": False})
+    assert res.status == 0, res.message
     return res.fun
 
 
@@ -179,7 +180,7 @@ def test_emd_equals_the_dense_transport_program_and_known_distances():
     for _ in range(3):
         a, b = g.random((5, 6)) ** 3, (g.random((5, 6)) > 0.6).astype(float)
         a, b = a / a.sum(), b / b.sum()
-        assert emd_grid(a, b) == pytest.approx(dense_emd(a, b), abs=1e-9)
+        assert emd_grid(a, b) == pytest.approx(dense_emd(a, b), abs=1e-8)  # the solver's optimality tolerance
     one, other = np.zeros((8, 8)), np.zeros((8, 8))
     one[1, 2], other[5, 5] = 1, 1
     assert emd_grid(one, other) == pytest.approx(5.0)  # a (3, 4) move
@@ -187,6 +188,18 @@ def test_emd_equals_the_dense_transport_program_and_known_distances():
     tris[1:4, 1] = tris[2, 2] = 1
     shifted = np.roll(tris, 1, axis=1)
     assert emd_grid(tris / 4, shifted / 4) == pytest.approx(1.0)
+
+
+def test_emd_solves_maps_with_masses_far_below_the_solver_tolerance():
+    """Heavy-tailed maps (|z|^p, most pixels zero) put masses of 1e-9 and less into the transport program; HiGHS's
+    presolve once called such feasible programs infeasible (about a third of these maps, 28 x 28 on 14 x 14 blocks:
+    decoy MNIST's case). Each must solve and equal the dense program on the same blocks."""
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        a = np.abs(rng.standard_normal((12, 12))) ** rng.uniform(6, 12)
+        a[rng.random((12, 12)) < 0.6] = 0
+        b = (rng.random((12, 12)) < 0.3).astype(float)
+        assert emd_grid(a, b) == pytest.approx(dense_emd(a / a.sum(), b / b.sum()), rel=1e-6, abs=1e-9)
 
 
 def test_emd_on_blocks_stays_within_its_bound():

@@ -315,20 +315,24 @@ def emd_grid(a: np.ndarray, b: np.ndarray, grid: int = 16) -> float:
     pa, pb = pa / pa.sum(), pb / pb.sum()
     common = np.minimum(pa, pb)
     ea, eb = pa - common, pb - common
-    src, dst = np.flatnonzero(ea > 1e-15), np.flatnonzero(eb > 1e-15)
-    if len(src) == 0 or len(dst) == 0:
+    moved = ea.sum()  # = eb.sum(): the mass that must move
+    if moved <= 1e-12:
         return 0.0
-    supply, demand = ea[src], eb[dst]
-    demand = demand * (supply.sum() / demand.sum())
+    # the program is solved for unit excess (masses far below the solver's feasibility tolerance of 1e-7 made it
+    # infeasible) and its cost scaled back; excess below 1e-15 of the moved mass is dropped and the rest rebalanced
+    ea, eb = ea / moved, eb / eb.sum()
+    src, dst = np.flatnonzero(ea > 1e-15), np.flatnonzero(eb > 1e-15)
+    supply, demand = ea[src] / ea[src].sum(), eb[dst] / eb[dst].sum()
     cost = np.sqrt(((centres[src][:, None, :] - centres[dst][None, :, :]) ** 2).sum(-1))
     ns, nd = cost.shape
     var = np.arange(ns * nd)
     rows = np.concatenate([var // nd, ns + var % nd])
     eq = csr_matrix((np.ones(2 * ns * nd), (rows, np.concatenate([var, var]))), shape=(ns + nd, ns * nd))
-    res = linprog(cost.ravel(), A_eq=eq, b_eq=np.concatenate([supply, demand]), bounds=(0, None), method="highs")
+    res = linprog(cost.ravel(), A_eq=eq, b_eq=np.concatenate([supply, demand]), bounds=(0, None), method="highs",
+                  options={"presolve": False})  # HiGHS's presolve called feasible programs with tiny masses infeasible
     if res.status != 0:
         raise RuntimeError(f"the transport program of xai_tris_emd did not solve: {res.message}")
-    return float(res.fun)
+    return float(res.fun) * moved
 
 
 @register_metric("xai_tris_emd", grid=16)
