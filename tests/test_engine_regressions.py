@@ -301,3 +301,21 @@ def test_inplace_on_a_view_is_refused_when_the_viewed_tensor_is_used_later():
     model = ViewInplace(False).double().eval()  # the view itself carries on: nothing differs from eager mode
     torch.testing.assert_close(evalxai.explain(model, x, t, method="lrp_0"),
                                evalxai.explain(model, x, t, method="gradient_x_input"), rtol=1e-9, atol=1e-12)
+
+
+def test_box_bounds_per_channel_reach_a_dense_first_layer_on_flattened_images():
+    """dtd (box rule at the first layer) on an MLP over normalised 3-channel images: per-channel bounds (C, 1, 1)
+    mean, for the flattened input (N, C*H*W), each channel's bound on its H*W features (it failed to expand)."""
+    from evalxai.models.zoo import build_model
+
+    torch.manual_seed(0)
+    model = build_model("mlp", (3, 4, 4), 3).double().eval()
+    lo = torch.tensor([-1.0, -0.5, -2.0], dtype=torch.float64).view(3, 1, 1)
+    hi = torch.tensor([1.0, 1.5, 0.5], dtype=torch.float64).view(3, 1, 1)
+    x = lo + (hi - lo) * torch.rand(5, 3, 4, 4, dtype=torch.float64)
+    t = torch.tensor([0, 1, 2, 0, 1])
+    r = evalxai.explain(model, x, t, method="dtd", low=lo, high=hi)
+    flat_lo, flat_hi = lo.reshape(3).repeat_interleave(16), hi.reshape(3).repeat_interleave(16)
+    expected = evalxai.explain(model, x, t, method="dtd", low=flat_lo, high=flat_hi)
+    torch.testing.assert_close(r, expected, rtol=0, atol=1e-12)
+    assert not torch.allclose(r, evalxai.explain(model, x, t, method="dtd", low=-2.0, high=1.5))

@@ -286,7 +286,14 @@ def _where_positive(s: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 
 
 def _bound(v, like: torch.Tensor) -> torch.Tensor:
+    """Box bounds shaped like one input of the layer: a float, a tensor broadcastable to one input, or image bounds
+    ((C, 1, 1) per channel, or (C, H, W)) met by the flattened image (N, C*H*W) of a dense first layer."""
     t = torch.as_tensor(v, dtype=like.dtype, device=like.device)
+    if like.dim() == 2 and t.dim() > 2:  # nn.Flatten of an (N, C, H, W) image: channel-major features
+        if like.shape[1] % t.numel():
+            raise ValueError(f"box bounds shaped {tuple(t.shape)} do not match the flattened input of {like.shape[1]} "
+                             "features of the first dense layer: pass low/high per channel (C, 1, 1) or per pixel")
+        t = t.reshape(-1).repeat_interleave(like.shape[1] // t.numel()).unsqueeze(0)
     if t.dim() == like.dim() - 1:  # one input without its batch dimension
         t = t.unsqueeze(0)
     return t.expand(1, *like.shape[1:])
