@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import platform
 import sys
 import time
@@ -347,6 +348,7 @@ def main(only: list[str] | None = None) -> None:
     import quantus
 
     torch.set_num_threads(2)
+    load_start = [round(v, 2) for v in os.getloadavg()]
     OUT.mkdir(parents=True, exist_ok=True)
     data = make_inputs()
     torch.save(data, OUT / "inputs.pt")
@@ -382,7 +384,9 @@ def main(only: list[str] | None = None) -> None:
         "numpy_version": np.__version__, "torch_version": torch.__version__, "python": sys.version.split()[0],
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "torch_threads": 2,
         "timing": "one call per metric on the batch of 8 (batch_size=8), wall seconds and process CPU seconds; the "
-                  "machine was shared with other jobs, so wall times are upper bounds",
+                  "machine may be shared with other jobs (load_average: 1, 5, 15 min, at the start and the end), so "
+                  "wall times are upper bounds; python -m evalxai.bench --quantus --quantus-python re-times them",
+        "load_average": [load_start, [round(v, 2) for v in os.getloadavg()]],
         "batch": {"n": N, "shape": list(x.shape[1:]), "classes": CLASSES, "elements": n_el},
         "patches": ["np.trapz = np.trapezoid", "np.NaN = np.nan"],
         "a_batch": {"attributions": "gradient x input of the target logit (inputs.pt 'attributions')",
