@@ -173,6 +173,18 @@ def check_pool(pool, x: torch.Tensor, metric: str) -> tuple[torch.Tensor, torch.
     return images.to(device=x.device, dtype=x.dtype), labels.long().to(x.device)
 
 
+def row_major_order(sample: np.ndarray) -> np.ndarray | None:
+    """The permutation that puts rows in the order (k-th row of each sample, sample), k counted per sample in
+    table order; None when they already are."""
+    by_sample = np.argsort(sample, kind="stable")
+    s = sample[by_sample]
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+    k = np.empty(len(sample), dtype=np.int64)
+    k[by_sample] = np.arange(len(sample)) - np.repeat(starts, np.diff(np.r_[starts, len(sample)]))
+    order = np.lexsort((sample, k))
+    return None if np.array_equal(order, np.arange(len(sample))) else order
+
+
 def score(model: nn.Module, x: torch.Tensor, target, attributions: torch.Tensor, metric: str = "pixel_flipping",
           masks=None, pool=None, **overrides) -> pd.DataFrame:
     """Tidy rows (sample, metric, measure, step, value, direction, ...) of ``metric`` for the attributions.
@@ -218,13 +230,14 @@ def score(model: nn.Module, x: torch.Tensor, target, attributions: torch.Tensor,
                 extra["masks"] = masks[i:i + step]
             part = pd.DataFrame(spec.fn(model, x[i:i + step], target[i:i + step], attributions[i:i + step],
                                         **params, **extra))
-            part["sample"] = part["sample"] + i
-            part["_row"] = part.groupby("sample").cumcount()  # the k-th row of each sample
+            if i:
+                part["sample"] = part["sample"] + i
             frames.append(part)
     df = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
     # rows in the order the metric writes them for one batch (row k of every sample, then row k + 1), whatever
     # the chunks: the table does not depend on the memory budget
-    df = df.sort_values(["_row", "sample"], kind="stable").drop(columns="_row").reset_index(drop=True)
+    order = row_major_order(df["sample"].to_numpy())
+    df = df.reset_index(drop=True) if order is None else df.take(order).reset_index(drop=True)
     df.insert(0, "metric", metric)
     for col, default in (("step", pd.NA), ("measure", metric)):
         if col not in df:

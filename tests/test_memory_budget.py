@@ -159,3 +159,15 @@ def test_progress_bars_per_chunk_only_when_asked(capsys):
         finally:
             memory.show_progress(False)
     assert "gradient passes" in capsys.readouterr().err
+
+
+def test_rows_are_put_in_row_major_order_whatever_the_metric_wrote():
+    """score's table lists row k of every sample, then row k + 1: a metric writing sample by sample is reordered
+    (the same table as from several chunks), a table already in that order is left as it is."""
+    import numpy as np
+
+    from evalxai.api import row_major_order
+
+    assert row_major_order(np.array([0, 0, 1, 1, 2])).tolist() == [0, 2, 4, 1, 3]
+    assert row_major_order(np.array([0, 1, 2, 0, 1, 2])) is None
+    assert row_major_order(np.array([1, 0, 1, 0])).tolist() == [1, 0, 3, 2]
