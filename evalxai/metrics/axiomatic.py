@@ -26,6 +26,7 @@ from evalxai.baselines import reference as reference_input
 from evalxai.metrics.common import (
     batched_scores,
     check_score_space,
+    executed_layers,
     explain_stack,
     explainer,
     scalar_rows,
@@ -180,20 +181,12 @@ def non_sensitivity(model, x, target, attributions, eps=1e-5, tolerance=1e-5, pa
 
 
 def _first_layer(model: nn.Module, x: torch.Tensor) -> tuple[str, nn.Module]:
-    """(name, module) of the first Linear or convolution the model calls on x (forward pre-hooks, removed after)."""
-    seen: list[nn.Module] = []
-    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
-    handles = [m.register_forward_pre_hook(lambda m, args: seen.append(m) if not seen else None) for m in layers]
-    try:
-        with torch.no_grad():
-            model(x[:1])
-    finally:
-        for h in handles:
-            h.remove()
-    if not seen:
+    """(name, module) of the first Linear or convolution the model calls on x."""
+    calls = executed_layers(model, x)
+    if not calls:
         raise ValueError(f"input_invariance: {type(model).__name__} calls no Linear or Conv layer, so no first-layer "
                          "bias can absorb the input shift; use a model whose first layer is Linear or Conv")
-    return next((name, m) for name, m in model.named_modules() if m is seen[0])
+    return calls[0]
 
 
 def _absorbing_layer(layer: nn.Module, shift: float) -> nn.Module:

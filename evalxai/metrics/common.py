@@ -52,3 +52,21 @@ def normalized_auc(y: torch.Tensor, fraction) -> np.ndarray:
     frac = np.asarray(fraction, dtype=np.float64)
     span = float(frac[-1] - frac[0]) or 1.0
     return np.trapezoid(y.double().cpu().numpy(), frac, axis=0) / span
+
+
+@torch.no_grad()
+def executed_layers(model, x: torch.Tensor) -> list[tuple[str, torch.nn.Module]]:
+    """(name, module) of the Linear and convolution layers a forward pass of x[:1] calls, in the order it calls them
+    (temporary forward pre-hooks, removed after: registration order, functional code in ``forward`` and nested
+    containers do not matter); a module called twice is listed twice."""
+    from torch import nn
+
+    calls: list[tuple[str, nn.Module]] = []
+    handles = [m.register_forward_pre_hook(lambda mod, args, name=name: calls.append((name, mod)))
+               for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
+    try:
+        model(x[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    return calls

@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from evalxai.metrics.common import explain_stack, explainer, scalar_rows
+from evalxai.metrics.common import executed_layers, explain_stack, explainer, scalar_rows
 from evalxai.metrics.registry import register_metric
 from evalxai.metrics.robustness import (
     check_positive,
@@ -42,30 +42,15 @@ from evalxai.metrics.robustness import (
     stack_logits,
 )
 
-_HEADS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
-
-def _leaves(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [(name, m) for name, m in model.named_modules() if not list(m.children())]
-
-
-@torch.no_grad()
 def penultimate(model: nn.Module, x: torch.Tensor) -> str:
-    """Name of the last Linear / Conv module that a forward pass of x[:1] *executes* (found by temporary forward
-    hooks on every leaf module, so registration order, functional ops in ``forward`` and nested containers do not
-    matter). Its input is the penultimate representation."""
-    order: list[str] = []
-    handles = [m.register_forward_hook(lambda mod, inp, out, name=name: order.append(name))
-               for name, m in _leaves(model) if isinstance(m, _HEADS)]
-    try:
-        model(x[:1])
-    finally:
-        for h in handles:
-            h.remove()
-    if not order:
+    """Name of the last Linear / Conv module that a forward pass of x[:1] *executes* (``executed_layers``: the
+    order of the calls, not of registration). Its input is the penultimate representation."""
+    calls = executed_layers(model, x)
+    if not calls:
         raise ValueError(f"relative_representation_stability found no Linear or Conv layer in "
                          f"{type(model).__name__}: give layer=<module name> (one of {_names(model)})")
-    return order[-1]
+    return calls[-1][0]
 
 
 def _names(model: nn.Module) -> list[str]:
