@@ -5,7 +5,6 @@ batch-size and memory-budget independence, invariance to positive rescaling of t
 import warnings
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from scipy.stats import spearmanr
@@ -14,6 +13,7 @@ from torch import nn
 import evalxai
 from evalxai import memory
 from evalxai.metrics import perturbation_correlation as pc
+from tests.test_metrics import assert_same_rows, score_in_parts
 
 
 def small_cnn(channels=1):
@@ -427,20 +427,10 @@ def test_batch_size_and_budget_independence(metric, params):
     model, (x, t) = small_cnn(), data(7)
     r = evalxai.explain(model, x, t, method="gradient_x_input")
     full = evalxai.score(model, x, t, r, metric=metric, **params)
-    keys = ["measure", "sample", "step"]
-    parts = []
-    for i in range(0, 7, 4):
-        p = evalxai.score(model, x[i:i + 4], t[i:i + 4], r[i:i + 4], metric=metric, **params)
-        p["sample"] += i
-        parts.append(p)
-    got = pd.concat(parts).sort_values(keys).reset_index(drop=True)
-    want = full.sort_values(keys).reset_index(drop=True)
-    np.testing.assert_allclose(got["value"].to_numpy(), want["value"].to_numpy(), rtol=1e-9, atol=1e-12)
+    assert_same_rows(score_in_parts(model, x, t, r, metric, 7, 4, **params), full, 7, rtol=1e-9)
     with evalxai.memory_budget(int(3.5 * memory.image_cost(model, x))):  # a few images per chunk
         small = evalxai.score(model, x[:2], t[:2], r[:2], metric=metric, **params)
-    want = full[full["sample"] < 2].sort_values(keys).reset_index(drop=True)
-    got = small.sort_values(keys).reset_index(drop=True)
-    np.testing.assert_allclose(got["value"].to_numpy(), want["value"].to_numpy(), rtol=1e-9, atol=1e-12)
+    assert_same_rows(small, full, 2, rtol=1e-9)
 
 
 @pytest.mark.parametrize("metric,params", [c for c in CATALOGUE if c[0] != "region_perturbation"])

@@ -66,23 +66,34 @@ def test_metric_batch_size_independence(metric, params):
     assert_batch_size_independent(metric, params, rtol=1e-9)
 
 
-def assert_batch_size_independent(metric, params, rtol):
-    """Scores of 14 samples in batches of 1 and 7 equal those of one batch of 64; returns the full frame."""
+def score_in_parts(model, x, t, r, metric, n, size, **params):
+    """``evalxai.score`` of the first ``n`` samples, ``size`` at a time, numbered as in the whole batch."""
     import pandas as pd
 
+    parts = []
+    for i in range(0, n, size):
+        p = evalxai.score(model, x[i:i + size], t[i:i + size], r[i:i + size], metric=metric, **params)
+        p["sample"] += i
+        parts.append(p)
+    return pd.concat(parts)
+
+
+def assert_same_rows(got, full, n, keys=("measure", "sample", "step"), rtol=1e-10, atol=1e-12):
+    """The rows of ``got`` equal the rows of ``full`` for its first ``n`` samples (both sorted by ``keys``)."""
+    keys = list(keys)
+    got = got.sort_values(keys).reset_index(drop=True)
+    want = full[full["sample"] < n].sort_values(keys).reset_index(drop=True)
+    assert len(got) == len(want) and (got["measure"] == want["measure"]).all()
+    np.testing.assert_allclose(got["value"].to_numpy(), want["value"].to_numpy(), rtol=rtol, atol=atol)
+
+
+def assert_batch_size_independent(metric, params, rtol):
+    """Scores of 14 samples in batches of 1 and 7 equal those of one batch of 64; returns the full frame."""
     model, (x, t) = small_cnn(), data(64)
     r = evalxai.explain(model, x, t, method="lrp_epsilon_plus")
     full = evalxai.score(model, x, t, r, metric=metric, **params)
-    keys = ["measure", "sample", "step"]
     for bs in (1, 7):
-        parts = []
-        for i in range(0, 14, bs):
-            p = evalxai.score(model, x[i:i + bs], t[i:i + bs], r[i:i + bs], metric=metric, **params)
-            p["sample"] += i
-            parts.append(p)
-        got = pd.concat(parts).sort_values(keys).reset_index(drop=True)
-        want = full[full["sample"] < 14].sort_values(keys).reset_index(drop=True)
-        np.testing.assert_allclose(got["value"].to_numpy(), want["value"].to_numpy(), rtol=rtol, atol=1e-10)
+        assert_same_rows(score_in_parts(model, x, t, r, metric, 14, bs, **params), full, 14, rtol=rtol, atol=1e-10)
     return model, x, t, r, full
 
 

@@ -4,7 +4,6 @@ similarity 1, no entropy rise), batch-size independence, rescaling, and the mode
 import copy
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from scipy.stats import entropy, spearmanr
@@ -13,7 +12,7 @@ import evalxai
 from evalxai.metrics.randomization import histogram_entropy, ssim
 from evalxai.seeding import per_sample_noise, sample_generators
 from tests.conftest import no_hooks
-from tests.test_metrics import data, small_cnn
+from tests.test_metrics import assert_same_rows, data, score_in_parts, small_cnn
 
 
 def scalar(df, measure):
@@ -176,15 +175,7 @@ def test_batch_size_independence_and_model_left_alone(metric, params):
     flags = [p.requires_grad for p in model.parameters()]
     r = evalxai.explain(model, x, t, method=params["method"])
     full = evalxai.score(model, x, t, r, metric=metric, **params)
-    parts = []
-    for i in range(3):
-        p = evalxai.score(model, x[i:i + 1], t[i:i + 1], r[i:i + 1], metric=metric, **params)
-        p["sample"] += i
-        parts.append(p)
-    keys = ["measure", "sample", "step"]
-    got = pd.concat(parts).sort_values(keys).reset_index(drop=True)
-    want = full[full["sample"] < 3].sort_values(keys).reset_index(drop=True)
-    np.testing.assert_allclose(got["value"].to_numpy(), want["value"].to_numpy(), rtol=1e-10, atol=1e-12)
+    assert_same_rows(score_in_parts(model, x, t, r, metric, 3, 1, **params), full, 3)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert not model.training and no_hooks(model) and [p.requires_grad for p in model.parameters()] == flags
 

@@ -11,7 +11,7 @@ from torch import nn
 import evalxai
 from evalxai.seeding import per_sample_noise
 from tests.conftest import no_hooks
-from tests.test_metrics import data, small_cnn
+from tests.test_metrics import assert_same_rows, data, score_in_parts, small_cnn
 
 
 def scalar(df, measure):
@@ -20,21 +20,10 @@ def scalar(df, measure):
 
 def assert_batch_size_independent(metric, params, n=6):
     """Scores of the first 4 samples scored one at a time equal those of one batch of n (sorted rows)."""
-    import pandas as pd
-
     model, (x, t) = small_cnn(), data(n)
     r = evalxai.explain(model, x, t, method=params.get("method", "gradient"))
     full = evalxai.score(model, x, t, r, metric=metric, **params)
-    parts = []
-    for i in range(4):
-        p = evalxai.score(model, x[i:i + 1], t[i:i + 1], r[i:i + 1], metric=metric, **params)
-        p["sample"] += i
-        parts.append(p)
-    keys = ["measure", "sample"]
-    got = pd.concat(parts).sort_values(keys).reset_index(drop=True)
-    want = full[full["sample"] < 4].sort_values(keys).reset_index(drop=True)
-    assert len(got) == len(want) and (got["measure"] == want["measure"]).all()
-    np.testing.assert_allclose(got["value"].to_numpy(), want["value"].to_numpy(), rtol=1e-10, atol=1e-12)
+    assert_same_rows(score_in_parts(model, x, t, r, metric, 4, 1, **params), full, 4, keys=("measure", "sample"))
 
 
 def neighbours(xi, seed, samples, sigma, low=None, high=None):
