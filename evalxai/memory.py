@@ -10,6 +10,7 @@ on the batch they are computed in.
 """
 from __future__ import annotations
 
+import contextlib
 import re
 import weakref
 
@@ -120,6 +121,18 @@ def show_progress(on: bool) -> None:
     """Progress bars per chunk on long steps (IG/SmoothGrad passes, perturbation stacks); the pipeline turns them on
     with ``progress=true``."""
     _PROGRESS[0] = bool(on)
+
+
+@contextlib.contextmanager
+def run_scope(limit, progress: bool):
+    """What one run sets for everything it calls: the memory budget ``limit`` (None: the current one) and the
+    chunk progress bars; both restored on exit (progress off)."""
+    show_progress(progress)
+    try:
+        with memory_budget(limit):
+            yield
+    finally:
+        show_progress(False)
 
 
 def chunked(total: int, step: int, desc: str):

@@ -299,14 +299,10 @@ def explain_cached(setup: Setup, method, params: dict, cache_dir=None, enabled: 
 def run_experiment(cfg: dict, out_dir: str | Path, progress: bool = True) -> Path:
     """Run one experiment config into ``out_dir``; returns the folder. ``memory_budget`` (e.g. "4GB") bounds
     what methods and metrics hold at once; the numbers do not depend on it."""
-    from evalxai.memory import memory_budget, show_progress
+    from evalxai.memory import run_scope
 
-    show_progress(progress)
-    try:
-        with memory_budget(cfg.get("memory_budget")):
-            return _run_experiment(cfg, out_dir, progress)
-    finally:
-        show_progress(False)
+    with run_scope(cfg.get("memory_budget"), progress):
+        return _run_experiment(cfg, out_dir, progress)
 
 
 def _run_experiment(cfg: dict, out_dir: str | Path, progress: bool = True) -> Path:

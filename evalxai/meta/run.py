@@ -90,14 +90,10 @@ def mc_table(summary: pd.DataFrame) -> pd.DataFrame:
 
 def run_meta(cfg: dict, out_dir: str | Path, progress: bool = True) -> Path:
     """Run the meta-evaluation of the experiment ``cfg`` into ``out_dir``; returns the folder."""
-    from evalxai.memory import memory_budget, show_progress
+    from evalxai.memory import run_scope
 
-    show_progress(progress)
-    try:
-        with memory_budget(cfg.get("memory_budget")):
-            return _run_meta(cfg, out_dir, progress)
-    finally:
-        show_progress(False)
+    with run_scope(cfg.get("memory_budget"), progress):
+        return _run_meta(cfg, out_dir, progress)
 
 
 def _run_meta(cfg: dict, out_dir: str | Path, progress: bool) -> Path:
