@@ -5,15 +5,29 @@ extensions ``EXTENSIONS`` (any case), in ImageFolder's order: by class, then sor
 names. If ``root/train`` and ``root/test`` (or ``root/val``) exist they are the splits (classes: the sorted union);
 otherwise all files are split stratified by ``split_seed`` with ``n_test`` (count or fraction, default 0.2).
 
-Transform (Pillow): convert to ``L`` (channels=1) or ``RGB`` (channels=3), then ``resize`` (shorter side, bilinear)
-and centre ``crop`` as torchvision's Resize(resize) + CenterCrop(crop), or ``image_size`` (bilinear square
-resize), or nothing when every image has one size; then x / 255. Building the dataset only lists files (with
-stat); an image is decoded when its index is asked for, the train split only by ``train_pixels``.
+Pixels: every mode Pillow opens is read to [0, 1]. 8-bit modes as torchvision's ImageFolder does: Pillow's
+``convert("RGB")`` (channels=3) or ``convert("L")`` (channels=1, ITU-R 601-2 luma), so a palette is resolved, ``1``
+is 0 / 1, CMYK / YCbCr / LAB / HSV become RGB and alpha is dropped (not composited), then x / 255. High-depth
+modes: ``I;16`` / ``I;16B`` / ... x / 65535; ``I`` x / (2^bits - 1) with the bits a TIFF declares (signed:
+2^(bits-1) - 1), else x / 65535 (Pillow opens 16-bit PGMs, scaled to 65535, and in older versions 16-bit PNGs as
+``I``); ``F`` as it is. Values outside [0, 1] after that are refused, naming the file; grey high-depth images are
+repeated over 3 channels. (Pillow itself reads 16-bit RGB PNGs as 8-bit RGB.)
+
+Transform (Pillow): ``resize`` (shorter side, bilinear) and centre ``crop`` as torchvision's Resize(resize) +
+CenterCrop(crop), or ``image_size`` (bilinear square resize), or nothing when every image has one size; 8-bit
+images are resized as uint8 before x / 255 (as torchvision), high-depth ones in float. Building the dataset only
+lists files (with stat); an image is decoded when its index is asked for, the train split only by ``train_pixels``.
 
 Ground-truth masks (``masks=DIR``): a folder parallel to ``root`` holding one mask per test image at the same
-relative path (``DIR/<class>/<name>.png``, or the image's own file name), any mode; nonzero = relevant. A mask goes
-through the image's geometry (same resize / crop / square resize, nearest-neighbour so that it stays binary) and
-must end up the image's size. Only the masks of the explained images are decoded.
+relative path (``DIR/<class>/<name>.png``, or the image's own file name), in any mode above. A mask pixel is
+relevant when its colour is nonzero: the palette resolved (with its transparency), any of R, G, B (i.e. luminance)
+for colour, the value for grey, ``1``, 16-bit, ``I`` and ``F`` masks. Alpha counts only where it varies: with a
+constant alpha (an opaque RGBA / LA / PA mask) the colour alone decides; with a varying alpha the transparent
+(alpha 0) pixels are not relevant and the visible ones are relevant when their colour is nonzero, or all of them
+when the visible pixels share one colour (an alpha-coded mask, e.g. black strokes on a transparent canvas). So the
+same drawing saved as L, RGB, 1, RGBA, LA, P, I;16, I or F gives the same mask. A mask goes through the image's
+geometry (same resize / crop / square resize, nearest-neighbour so that it stays binary) and must end up the
+image's size. Only the masks of the explained images are decoded.
 """
 from __future__ import annotations
 
@@ -25,10 +39,55 @@ import numpy as np
 import torch
 from PIL import Image
 
-from evalxai.data.base import Dataset, file_signature, parse_mean_std, stratified_split, uint8_pixels
+from evalxai.data.base import Dataset, file_signature, parse_mean_std, stratified_split
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".pgm", ".tif", ".tiff")
 _THREADS = min(8, os.cpu_count() or 1)
+
+
+def _full_scale(img: Image.Image) -> int:
+    """The value that reads as 1.0 in an ``I`` / ``I;16*`` image (see the module docstring)."""
+    if img.mode == "I" and img.format == "TIFF":
+        bits, fmt = (img.tag_v2.get(258) or (32,))[0], (img.tag_v2.get(339) or (1,))[0]
+        return 2 ** (bits - 1) - 1 if fmt == 2 else 2 ** bits - 1
+    return 65535
+
+
+def _unit_image(path: Path, mode: str, what: str) -> Image.Image:
+    """The file as a Pillow image scaled to [0, 1]: 8-bit modes converted to ``mode`` ('L', 'RGB' or 'RGBA';
+    values / 255), high-depth ones (``I;16*``, ``I``, ``F``) as mode F in [0, 1] (see the module docstring)."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+    except Exception as err:  # noqa: BLE001 - any decoding failure names the file
+        raise ValueError(f"cannot decode {what} '{path}': {err}") from err
+    src = img.mode
+    if src.startswith("I") or src == "F":
+        a, top = np.asarray(img, dtype=np.float64), 1 if src == "F" else _full_scale(img)
+        if not (0 <= a.min() and a.max() <= top):  # NaN fails too
+            fix = "rescale it to [0, 1]" if src == "F" else f"keep its values in [0, {top}]"
+            raise ValueError(f"{what} '{path}' is mode {src} with values in [{a.min():g}, {a.max():g}], not "
+                             f"[0, {top}]: {fix}, or save it as an 8- or 16-bit PNG")
+        return Image.fromarray((a / top).astype(np.float32), "F")
+    try:
+        if src not in ("1", "L", "LA", "P", "PA", "RGB", "RGBA"):  # CMYK, YCbCr, LAB, HSV, RGBX, RGBa, La
+            img = img.convert("RGBA" if src.endswith(("A", "a")) else "RGB")
+        return img.convert(mode)
+    except Exception as err:  # noqa: BLE001 - a mode Pillow cannot convert names the file
+        raise ValueError(f"cannot convert {what} '{path}' of mode {src} to {mode} ({err}): save it as an RGB or "
+                         "grey PNG") from err
+
+
+def _marked(a: np.ndarray) -> np.ndarray:
+    """Relevant pixels (H, W) bool of a mask's RGBA values (H, W, 4) or value (H, W) (module docstring's rule)."""
+    if a.ndim == 2:
+        return a != 0
+    colour, alpha = a[..., :3], a[..., 3]
+    if alpha.min() == alpha.max():
+        return colour.any(-1)
+    seen = alpha > 0
+    visible = colour[seen]
+    return seen & (colour.any(-1) | (visible == visible[0]).all())
 
 
 def _class_dirs(folder: Path) -> list[str]:
@@ -112,10 +171,12 @@ class ImageFolderDataset(Dataset):
         if self.mask_files is not None:
             self.mask_meta = {"root": str(Path(masks).expanduser().resolve()),
                               "files": file_signature(self.mask_files, Path(masks).expanduser()),
-                              "marks": "nonzero pixels of the mask files"}
+                              "marks": "nonzero colour of the mask files (palette resolved; alpha where it "
+                                       "varies, see evalxai.data.image_folder)"}
         self.meta.update({
             "transform": {"channels": channels, "resize": self.resize, "crop": self.crop,
-                          "image_size": self.image_size, "interpolation": "bilinear"},
+                          "image_size": self.image_size, "interpolation": "bilinear",
+                          "scale": "8-bit / 255, 16-bit / 65535, I by its declared depth, F as is"},
             "mean": None if self.mean is None else list(self.mean), "std": None if self.std is None else list(self.std),
         })
 
@@ -191,24 +252,21 @@ class ImageFolderDataset(Dataset):
         return img
 
     def _decode(self, path: Path) -> np.ndarray:
-        """One image, transformed, as uint8 (C, H, W)."""
-        try:
-            with Image.open(path) as img:
-                img = img.convert("RGB" if self.channels == 3 else "L")
-        except Exception as err:  # noqa: BLE001 - any decoding failure names the file
-            raise ValueError(f"cannot decode image '{path}': {err}") from err
-        a = np.asarray(self._geometry(img, path, Image.Resampling.BILINEAR), dtype=np.uint8)
+        """One image, transformed, as float32 (C, H, W) in [0, 1]."""
+        img = self._geometry(_unit_image(path, "RGB" if self.channels == 3 else "L", "image"), path,
+                             Image.Resampling.BILINEAR)
+        a = np.asarray(img, dtype=np.float32)
+        if img.mode == "F":
+            return np.repeat(a[None], self.channels, 0)
+        a /= np.float32(255)  # as torchvision's ToTensor
         return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
 
     def _decode_mask(self, path: Path) -> np.ndarray:
-        """One mask as bool (H, W): nonzero in any band is relevant; geometry as the images, nearest-neighbour."""
-        try:
-            with Image.open(path) as img:
-                a = np.asarray(img)
-                img = Image.fromarray((a.reshape(a.shape[0], a.shape[1], -1) != 0).any(-1).astype(np.uint8) * 255)
-        except Exception as err:  # noqa: BLE001 - any decoding failure names the file
-            raise ValueError(f"cannot decode mask '{path}': {err}") from err
-        return np.asarray(self._geometry(img, path, Image.Resampling.NEAREST)) != 0
+        """One mask as bool (H, W) by the module docstring's rule; geometry as the images, nearest-neighbour."""
+        img = _unit_image(path, "RGBA", "mask")
+        marked = _marked(np.asarray(img))
+        return np.asarray(self._geometry(Image.fromarray(marked.astype(np.uint8) * 255), path,
+                                         Image.Resampling.NEAREST)) != 0
 
     @property
     def has_masks(self) -> bool:
@@ -241,7 +299,7 @@ class ImageFolderDataset(Dataset):
                 arrays = list(pool.map(self._decode, files))
         else:
             arrays = [self._decode(f) for f in files]
-        return uint8_pixels(np.stack(arrays))
+        return torch.from_numpy(np.stack(arrays))
 
     def __len__(self) -> int:
         return len(self.test_files)
