@@ -22,6 +22,7 @@ from evalxai.explain.lrp.engine import (
     _PASS_MODULES,
     _SOFTMAX_FUNCS,
     _trace,
+    check_function,
     execute,
     is_relu,
     node_kind,
@@ -156,5 +157,6 @@ def deeplift(model, x, target, baseline="zero", eps=1e-10, seed=0, low=None, hig
 
     xg = x.detach().requires_grad_(True)
     out = execute(model, graph, xg, rescale)
+    check_function(model, xg, out)
     (m,) = torch.autograd.grad(out.gather(1, target.view(-1, 1)).sum(), xg)
     return (x - ref) * m

@@ -123,7 +123,7 @@ class _GuidedReLU(torch.autograd.Function):
 
 
 def _relu_modified_grad(model, x, target, mode):
-    from evalxai.explain.lrp.engine import _trace, execute, is_relu
+    from evalxai.explain.lrp.engine import _trace, check_function, execute, is_relu
 
     graph = _trace(model)
 
@@ -134,6 +134,7 @@ def _relu_modified_grad(model, x, target, mode):
 
     x = x.detach().requires_grad_(True)
     out = execute(model, graph, x, handle)
+    check_function(model, x, out)
     (g,) = torch.autograd.grad(out.gather(1, target.view(-1, 1)).sum(), x)
     return g
 

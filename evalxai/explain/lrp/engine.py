@@ -24,14 +24,14 @@ from __future__ import annotations
 import operator
 import warnings
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
 from evalxai.explain.lrp.composites import Composite, layer_type
-from evalxai.explain.lrp.rules import LinearOp, Rule, divide
+from evalxai.explain.lrp.rules import LinearOp, Rule, ZBox, divide
 
 _TRACES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -124,6 +124,8 @@ def node_kind(model: nn.Module, node: fx.Node, what: str = "LRP") -> str:
     Raises LRPError naming the module for a module without a rule."""
     if node.op in ("placeholder", "get_attr", "output"):
         return node.op
+    if _is_metadata(node):
+        return "grad"  # a size or a shape-only constant: runs as it is, carries nothing
     if is_softmax(model, node):
         return "softmax"
     if what == "LRP":
@@ -254,18 +256,57 @@ def _warn_pass_through(model: nn.Module, names: list[str]) -> None:
                   "avoid this", UserWarning, stacklevel=4)
 
 
+# Nodes whose value is metadata of a tensor (a size, a dtype), or a new tensor that takes only the shape of its
+# tensor argument: they carry no relevance, whatever they were computed from.
+# Comparisons, boolean and integer results (a padding mask ``x.abs().sum(-1) == 0``) are not relevance either.
+_BOOL_NAMES = {"eq", "ne", "lt", "le", "gt", "ge", "logical_not", "logical_and", "logical_or", "logical_xor", "isnan",
+               "isinf", "isfinite", "argmax", "argmin"}
+_META_METHODS = {"size", "dim", "numel", "nelement", "stride", "element_size", "get_device", "new_zeros", "new_ones",
+                 "new_full", "new_empty", "bool", "long", "int", *_BOOL_NAMES}
+_META_ATTRS = {"shape", "ndim", "dtype", "device", "is_cuda", "layout"}
+_META_FUNCS = {torch.zeros_like, torch.ones_like, torch.full_like, torch.empty_like, torch.numel, len,
+               operator.eq, operator.ne, operator.lt, operator.le, operator.gt, operator.ge, operator.invert,
+               *(getattr(torch, name) for name in _BOOL_NAMES)}
+_AS_METHODS = {"expand_as", "view_as", "reshape_as", "type_as"}  # data from self, only the shape of the argument
+
+
 def _carries(graph: fx.Graph, cut=frozenset()) -> dict:
-    """Which nodes carry relevance: those that depend on the explained input (the first placeholder), except
-    through the nodes in ``cut`` (CP-LRP's attention weights, constants of the propagation)."""
+    """Which nodes carry relevance: those whose tensor data depends on the explained input (the first placeholder),
+    except through the nodes in ``cut`` (CP-LRP's attention weights, constants of the propagation). Shapes and sizes
+    are not data: ``w.expand(x.shape[0], -1)`` and ``torch.zeros(x.size(0), d)`` are constants."""
     out, first = {}, True
     for node in graph.nodes:
         if node.op == "placeholder":
             out[node], first = first, False
-        elif node.op == "get_attr":
+        elif node.op == "get_attr" or node in cut or _is_metadata(node):
             out[node] = False
+        elif node.op == "call_method" and node.target in _AS_METHODS:
+            out[node] = isinstance(node.args[0], fx.Node) and out[node.args[0]]
         else:
-            out[node] = node not in cut and any(out[n] for n in node.all_input_nodes)
+            out[node] = any(out[n] for n in node.all_input_nodes)
     return out
+
+
+def _needed(graph: fx.Graph, carries: dict) -> set:
+    """The nodes on a relevance path: relevance-carrying nodes from which the output is reached through carrying
+    nodes. An operation off every such path (``abs`` feeding a comparison) runs as it is, with no rule needed."""
+    out, frontier = set(), [n for n in graph.nodes if n.op == "output"]
+    while frontier:
+        node = frontier.pop()
+        for n in node.all_input_nodes:
+            if carries[n] and n not in out:
+                out.add(n)
+                frontier.append(n)
+    return out
+
+
+def _is_metadata(node: fx.Node) -> bool:
+    """Whether a node's value is tensor metadata or a shape-only constructor (see ``_META_METHODS``)."""
+    if node.op == "call_method":
+        return node.target in _META_METHODS
+    if node.op == "call_function":
+        return node.target in _META_FUNCS or node.target is getattr and node.args[1] in _META_ATTRS
+    return False
 
 
 def _operands(node: fx.Node) -> list:
@@ -357,10 +398,13 @@ def build_plan(model: nn.Module, composite: Composite) -> tuple[fx.Graph, dict]:
                            "gradient method")
     if composite.softmax == "constant":
         carries = _carries(graph, frozenset(attention))
+    needed = _needed(graph, carries)
     for node in graph.nodes:
         if node in plan:
             continue
         kind = kinds[node]
+        if kind == "unsupported" and node not in needed:
+            kind = "grad"  # off every relevance path (e.g. a padding mask computed from the input)
         if kind == "linear":
             m = model.get_submodule(node.target)
             merged = _merge_target(node, model, m)
@@ -636,8 +680,10 @@ class _TransformerOps:
         return _LayerFn.apply(x, layer)
 
     def product(self, name: str, fn, a, b, carries=(True, True), scale=None):
-        """fn(a, b) by the uniform / epsilon rule (``_ProductFn``); ``fn`` None: ``a @ b * scale``."""
-        ca, cb = carries
+        """fn(a, b) by the uniform / epsilon rule (``_ProductFn``); ``fn`` None: ``a @ b * scale``. A factor
+        carries relevance when ``carries`` says so and it depends on the input in this run (requires grad: the model
+        is frozen), so a learned attention query (``mha(q0.expand(B, -1, -1), h, h)``) is a constant."""
+        ca, cb = carries[0] and a.requires_grad, carries[1] and b.requires_grad
         if not (ca or cb):
             y = torch.matmul(a, b) if fn is None else fn(a, b)
             return y if scale is None else y * scale
@@ -734,9 +780,11 @@ class _TransformerOps:
         as ``mha``, LayerNorms, linear layers, the activation (ReLU keeps its gradient, others pass relevance
         unchanged), residual additions; dropout is off in eval mode."""
         if isinstance(m, nn.TransformerEncoder):
-            x = src
+            x, keep = src, nested_tokens(m, src, mask, src_key_padding_mask)
             for i, layer in enumerate(m.layers):
                 x = self.encoder(f"{name}.layers.{i}", layer, x, mask, src_key_padding_mask)
+            if keep is not None:  # torch's nested-tensor path: padded positions come out 0 (a constant gate)
+                x = x * keep.unsqueeze(-1).to(x.dtype)
             return x if m.norm is None else self.layer_norm(f"{name}.norm", m.norm, x)
         if kw or not isinstance(m.norm1, nn.LayerNorm):
             raise LRPError(f"TransformerEncoderLayer '{name}': arguments {sorted(kw)} or norm "
@@ -761,6 +809,42 @@ class _TransformerOps:
             return self.add(f"{name}.add2", x, ff(self.layer_norm(f"{name}.norm2", m.norm2, x)))
         x = self.layer_norm(f"{name}.norm1", m.norm1, self.add(f"{name}.add1", x, sa(x)))
         return self.layer_norm(f"{name}.norm2", m.norm2, self.add(f"{name}.add2", x, ff(x)))
+
+
+def nested_tokens(m: nn.TransformerEncoder, src, mask, src_key_padding_mask) -> torch.Tensor | None:
+    """The tokens (N, T) that ``nn.TransformerEncoder`` keeps when it takes torch's nested-tensor fast path (eval
+    mode, no gradients, a left-aligned key-padding mask and no attention mask: the conditions of its ``forward``);
+    the outputs at the other positions are 0 there. None when it takes the ordinary path."""
+    if src_key_padding_mask is None or mask is not None or src.dim() != 3 or m.layers[0].training:
+        return None
+    if not (torch.backends.mha.get_fastpath_enabled() and getattr(m, "use_nested_tensor", False)) or \
+            torch.is_autocast_enabled():
+        return None
+    pad = src_key_padding_mask
+    keep = pad.logical_not() if pad.dtype == torch.bool else pad == 0  # a float mask adds -inf where padded
+    left_aligned = bool((keep[:, 1:] <= keep[:, :-1]).all())
+    return keep if left_aligned or not getattr(m, "mask_check", True) else None
+
+
+def check_function(model: nn.Module, x: torch.Tensor, logits: torch.Tensor) -> None:
+    """Raise LRPError unless the logits computed from the traced graph equal ``model(x)`` (without gradients, as the
+    model predicts) up to float rounding: an explanation of another function (a fast path that tracing cannot see,
+    a forward that branches on the grad mode) would be wrong without a word. Costs one forward."""
+    with torch.no_grad():
+        ref = model(x.detach())
+    if not isinstance(ref, torch.Tensor) or ref.shape != logits.shape:
+        raise LRPError(f"model(x) returns {type(ref).__name__} {tuple(getattr(ref, 'shape', ()))}, the traced graph "
+                       f"logits {tuple(logits.shape)}: explain a model whose forward returns one logits tensor")
+    tol = 1e-8 if ref.dtype == torch.float64 else 1e-3 if ref.dtype == torch.float32 else 1e-2
+    scale = ref.detach().abs().flatten(1).amax(1).clamp(min=torch.finfo(ref.dtype).tiny)
+    err = ((logits.detach() - ref).abs().flatten(1).amax(1) / scale).nan_to_num(float("inf"))
+    if bool((err > tol).any()):
+        i = int(err.argmax())
+        raise LRPError(f"the traced forward of {type(model).__name__} computes other logits than model(x) (sample {i}: "
+                       f"{logits[i].detach().flatten()[:4].tolist()} vs {ref[i].flatten()[:4].tolist()}, relative "
+                       f"difference {float(err[i]):.3g} > {tol:g}): a path torch.fx cannot see (a fast path, a branch "
+                       "on the grad mode or on a Python value) would be explained instead of the model; remove the "
+                       "branch or explain with a gradient method")
 
 
 def _mha_mask(attn_mask, key_padding_mask, n, h, lq, lk, dtype):
@@ -895,7 +979,7 @@ def _transformer_step(model, node, step, name, call, args, kwargs, ops: _Transfo
         key = next(iter(kwargs))
         vals, kw = [args[0], kwargs[key]], {k: v for k, v in kwargs.items() if k != key}
         fn = lambda a, b: call(a, **{key: b}, **kw)  # noqa: E731
-    carries = [c and isinstance(v, torch.Tensor) for c, v in zip(step.carries, vals)]
+    carries = [c and isinstance(v, torch.Tensor) and v.requires_grad for c, v in zip(step.carries, vals)]
     if not any(carries):
         return NotImplemented
     if all(carries) and vals[0] is vals[1]:  # x * x is a power (a non-linearity), not a product of two signals
@@ -936,10 +1020,50 @@ def _bind(fn, args, kwargs) -> dict:
         return {**dict(zip(names, args)), **kwargs}
 
 
+class _FirstLayerInput(Exception):
+    def __init__(self, value):
+        super().__init__()
+        self.value = value
+
+
+def box_bounds_at_first_layer(model: nn.Module, graph: fx.Graph, plan: dict, x: torch.Tensor) -> None:
+    """Give a box (zB) rule at the first layer its bounds where that layer reads them: input-space ``low`` / ``high``
+    run through the operations between the input and the layer (padding, reshapes, an affine normalisation: the
+    elementwise min / max of the two images). A padded constant thus gets low = high = the constant and no
+    relevance, as in a convolution's own padding (Kindermans et al.'s input invariance holds). Bounds that do not
+    broadcast to one input (per feature of a flattened image) are left to the rule."""
+    node = next((n for n in graph.nodes if n in plan and plan[n].kind in ("linear", "flinear")), None)
+    if node is None or not isinstance(plan[node].rule, ZBox):
+        return
+    rule = plan[node].rule
+
+    def grab(n, call, args, kwargs):
+        if n is node:
+            raise _FirstLayerInput(args[0] if n.op == "call_module" else _bind(F.linear, args, kwargs)["input"])
+        return NotImplemented
+
+    images = []
+    for v in (rule.low, rule.high):
+        t = torch.as_tensor(v, dtype=x.dtype, device=x.device)
+        t = t.unsqueeze(0) if t.dim() == x.dim() - 1 else t
+        try:
+            t = t.expand(1, *x.shape[1:]).clone()
+        except RuntimeError:
+            return
+        try:
+            with torch.no_grad():
+                execute(model, graph, t, grab)
+        except _FirstLayerInput as found:
+            images.append(found.value)
+    lo, hi = torch.minimum(*images), torch.maximum(*images)
+    plan[node] = replace(plan[node], rule=replace(rule, low=lo, high=hi))
+
+
 def run_lrp(model: nn.Module, x: torch.Tensor, target: torch.Tensor, composite: Composite,
             recorder: Recorder | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Relevance of ``x`` for the ``target`` logits: (R shaped like x, logits). The model must be frozen."""
     graph, plan = build_plan(model, composite)
+    box_bounds_at_first_layer(model, graph, plan, x)
     eps = composite.params.get("stabilizer", 1e-6)
 
     def hook_for(name, kind):
@@ -988,6 +1112,7 @@ def run_lrp(model: nn.Module, x: torch.Tensor, target: torch.Tensor, composite: 
     out = execute(model, graph, x, handle)
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         raise LRPError("LRP needs a model whose forward returns one logits tensor of shape (N, classes)")
+    check_function(model, x, out)
     if recorder is not None:
         recorder.logits = out.detach()
     seed = torch.zeros_like(out)
