@@ -27,6 +27,7 @@ from evalxai.explain.cache import STATS as ATTR_STATS
 from evalxai.metrics import get_metric
 from evalxai.models import get_model
 from evalxai.models.cache import MODEL_CODE
+from evalxai.models.custom import checkpoint_sha256
 from evalxai.report import TIDY_COLUMNS, plots, summarize
 
 log = logging.getLogger("evalxai")
@@ -102,41 +103,35 @@ def _asks_for_mean(methods, metrics) -> bool:
                                                     for _, p in metrics)
 
 
+def unset_filled(params: dict, takes, values: dict) -> dict:
+    """``params`` with ``values[k]`` for every key k in ``takes`` that ``params`` leaves unset: absent or None (a
+    YAML null, an override to null); a value the config sets is kept. The one rule by which the dataset's ``low``,
+    ``high`` and ``mean`` reach every method, metric and prototype that takes them (and the scored method reaches a
+    re-explaining metric), whichever way the config was written."""
+    return {**params, **{k: v for k, v in values.items() if k in takes and params.get(k) is None}}
+
+
 def method_calls(methods: list[tuple[str, dict]], from_data: dict) -> list[tuple[str, object, dict]]:
     """(name, method, params) to call ``evalxai.explain`` with: a registered method gets the dataset's values
-    (``low``, ``high``, ``mean``) for the parameters it takes and the config leaves unset; a foreign one
-    (``_target_``) is passed as its mapping."""
-    out = []
-    for name, overrides in methods:
-        if "_target_" in overrides:
-            out.append((name, overrides, {}))
-            continue
-        spec = get_method(name)
-        params = {k: v for k, v in overrides.items() if v is not None or k not in from_data}
-        out.append((name, name, {**{k: v for k, v in from_data.items() if k in spec.defaults}, **params}))
-    return out
+    (``low``, ``high``, ``mean``) for the parameters it takes and the config leaves unset (``unset_filled``); a
+    foreign one (``_target_``) is passed as its mapping."""
+    return [(name, overrides, {}) if "_target_" in overrides else
+            (name, name, unset_filled(overrides, get_method(name).defaults, from_data)) for name, overrides in methods]
 
 
 def metric_call(metric: str, mparams: dict, method, method_params: dict, from_data: dict,
                 ground: dict | None = None) -> dict:
-    """Parameters of one metric call: the dataset's ``mean`` / ``low`` / ``high`` where the metric takes them and
-    the config leaves them unset, the masks / pool of ``ground`` where it takes them, and the method being scored
-    for re-explaining metrics."""
+    """Parameters of one metric call: the dataset's ``mean`` / ``low`` / ``high`` and, for re-explaining metrics, the
+    method being scored with its parameters (unless the config names its own method), where the metric takes them
+    and the config leaves them unset (``unset_filled``); the masks / pool of ``ground`` where it takes them."""
     from evalxai.api import takes
 
     spec = get_metric(metric)
     ground = ground or {}
     mp = {k: v for k, v in mparams.items() if k not in ground}
     mp.update({k: v for k, v in ground.items() if takes(spec, k)})
-    if "mean" in spec.defaults and mp.get("mean") is None:
-        mp["mean"] = from_data.get("mean")
-    if "method" in spec.defaults:
-        mp.setdefault("method", method)
-        mp.setdefault("method_params", method_params)
-    for k in ("low", "high"):
-        if k in spec.defaults:
-            mp.setdefault(k, from_data.get(k))
-    return mp
+    scored = {"method": method, "method_params": method_params} if mp.get("method") is None else {}
+    return unset_filled(mp, spec.defaults, {**from_data, **scored})
 
 
 def metric_list(cfg: dict) -> list[tuple[str, dict]]:
@@ -190,10 +185,18 @@ def writable_dir(path: str | Path) -> Path:
     return out
 
 
-def config_key(cfg: dict) -> str:
-    """Identity of a run: the config (less the fields that change no result) and the code of the whole package."""
+def config_key(cfg: dict, data_fingerprint: str, checkpoint_sha256: str | None) -> str:
+    """Identity of a run: the config (less the fields that change no result), what it reads (the dataset's
+    ``fingerprint()``, the SHA-256 of ``model.checkpoint``) and the code of the whole package."""
     return content_key({"config": {k: v for k, v in cfg.items() if k not in _NOT_RESULT_KEYS},
+                        "data": data_fingerprint, "checkpoint_sha256": checkpoint_sha256,
                         "code": code_fingerprint(), "format": 2})
+
+
+def load_run_dataset(cfg: dict):
+    """The run's dataset (``cfg["dataset"]``); loaders read lazily, so this lists files but decodes none."""
+    dcfg = dict(cfg["dataset"])
+    return load_dataset(dcfg.pop("name"), cache_dir=cfg.get("cache_dir"), **dcfg)
 
 
 def code_record() -> dict:
@@ -203,7 +206,7 @@ def code_record() -> dict:
 
 
 def is_complete(out: Path, key: str) -> bool:
-    """Whether ``out`` holds a finished run of this config and code (run.json is written last)."""
+    """Whether ``out`` holds a finished run of this config, data, checkpoint and code (run.json is written last)."""
     meta = out / "run.json"
     if not (meta.exists() and (out / "scores.parquet").exists() and (out / "summary.csv").exists()):
         return False
@@ -242,17 +245,18 @@ class Setup:
     device: torch.device
 
 
-def prepare(cfg: dict, methods, metrics, seed: int, progress: bool = True, timings: dict | None = None) -> Setup:
-    """Load the dataset and the model (trained once, cached), draw the fixed test sample and its targets
-    (``target=predicted`` or the labels), and read what the run's methods and metrics take from the data."""
+def prepare(cfg: dict, methods, metrics, seed: int, progress: bool = True, timings: dict | None = None,
+            dataset=None) -> Setup:
+    """Load the dataset (unless given) and the model (trained once, cached), draw the fixed test sample and its
+    targets (``target=predicted`` or the labels), and read what the run's methods and metrics take from the data."""
     from evalxai.api import takes
 
     timings = {} if timings is None else timings
     cache_dir = cfg.get("cache_dir")
-    t0 = time.perf_counter()
-    dcfg = dict(cfg["dataset"])
-    dataset = load_dataset(dcfg.pop("name"), cache_dir=cache_dir, **dcfg)
-    timings["data_s"] = time.perf_counter() - t0
+    if dataset is None:
+        t0 = time.perf_counter()
+        dataset = load_run_dataset(cfg)
+        timings["data_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     mcfg = dict(cfg["model"])
@@ -308,18 +312,22 @@ def run_experiment(cfg: dict, out_dir: str | Path, progress: bool = True) -> Pat
 def _run_experiment(cfg: dict, out_dir: str | Path, progress: bool = True) -> Path:
     out = writable_dir(out_dir)
     methods, metrics = check_run(cfg)  # a misspelled name or parameter fails now, before data are read
-    run_key = config_key(cfg)
+    t_start = time.perf_counter()
+    dataset = load_run_dataset(cfg)
+    timings: dict[str, float] = {"data_s": time.perf_counter() - t_start}
+    checkpoint_sha = checkpoint_sha256(cfg["model"])
+    data_fingerprint = dataset.fingerprint()
+    run_key = config_key(cfg, data_fingerprint, checkpoint_sha)
     if not cfg.get("force", False) and is_complete(out, run_key):
-        log.info("run in %s is complete (same config): nothing to do; force=true recomputes", out)
+        log.info("run in %s is complete (same config, data and checkpoint): nothing to do; force=true recomputes",
+                 out)
         return out
     (out / "run.json").unlink(missing_ok=True)  # until this run finishes, the folder holds no complete run
-    t_start = time.perf_counter()
-    timings: dict[str, float] = {}
     seed = int(cfg.get("seed", 0))
     torch.manual_seed(seed)
     cache_dir = cfg.get("cache_dir")
 
-    setup = prepare(cfg, methods, metrics, seed, progress, timings)
+    setup = prepare(cfg, methods, metrics, seed, progress, timings, dataset)
     dataset, model, model_info, idx, x, target = (setup.dataset, setup.model, setup.model_info, setup.idx, setup.x,
                                                    setup.target)
     accuracy = model_info["test_accuracy"]
@@ -343,7 +351,7 @@ def _run_experiment(cfg: dict, out_dir: str | Path, progress: bool = True) -> Pa
             frames.append(df)
 
     scores = pd.concat(frames, ignore_index=True)
-    run_id = run_key[:12]  # the same config and code give the same run id (and the same table)
+    run_id = run_key[:12]  # the same config, data, checkpoint and code give the same run id (and the same table)
     scores["run_id"] = run_id
     scores["experiment"] = cfg.get("name", "adhoc")
     scores["dataset"] = dataset.name
@@ -384,7 +392,8 @@ def _run_experiment(cfg: dict, out_dir: str | Path, progress: bool = True) -> Pa
         "cache": {"model_hit": bool(model_info.get("cache_hit")), "attribution_hits": ATTR_STATS["hits"] - hits0,
                   "attribution_misses": len(methods) - (ATTR_STATS["hits"] - hits0)},
         "model": {**model_info, "test_accuracy": accuracy},
-        "dataset": {"name": dataset.name, **dataset.meta, "classes": list(dataset.classes),
+        "dataset": {"name": dataset.name, **dataset.meta, "fingerprint": data_fingerprint,
+                    "classes": list(dataset.classes),
                     "normalization": {"mean": dataset.mean, "std": dataset.std},
                     "black_pixel": np.asarray(dataset.low).reshape(-1).tolist()},
         "n_samples": len(idx),

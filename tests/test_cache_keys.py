@@ -36,7 +36,7 @@ def keys(monkeypatch, root) -> dict[str, str]:
     mk = model_key(TOY, {"name": "mlp"}, {"epochs": 1}, 0)
     return {"model": mk, "attribution": attribution_key(mk, "gradient", {}, [0, 1], torch.tensor([1, 2]),
                                                          torch.float32),
-            "config": config_key({"name": "toy", "seed": 0, "progress": False})}
+            "config": config_key({"name": "toy", "seed": 0, "progress": False}, "data", None)}
 
 
 def test_keys_follow_the_code(tmp_path, monkeypatch):
@@ -123,3 +123,54 @@ def test_pipeline_files_honour_the_umask(tmp_path, umask, cache_dir):
         files = [p for p in out.rglob("*") if p.is_file()]
         assert {"scores.csv", "scores.parquet", "summary.csv", "run.json"} <= {p.name for p in files}
         assert {p.name: oct(mode(p)) for p in files} == {p.name: oct(expected) for p in files}
+
+
+def tiny_checkpoint(path, seed: int, **kwargs):
+    """Weights of ``tests.custom_models.TinyNet(**kwargs)`` drawn with ``seed``, saved at ``path``."""
+    from tests.custom_models import TinyNet
+
+    torch.manual_seed(seed)
+    torch.save(TinyNet(**kwargs).state_dict(), path)
+    return path
+
+
+def checkpoint_cfg(path, **over):
+    """The smoke config with ``tests.custom_models.TinyNet`` from the checkpoint ``path``."""
+    return _smoke_cfg(**{"model": "custom", "model._target_": "tests.custom_models.TinyNet",
+                         "model.checkpoint": str(path), **over})
+
+
+def test_new_weights_at_the_same_checkpoint_path_recompute(tmp_path, cache_dir):
+    cfg, out = checkpoint_cfg(tiny_checkpoint(tmp_path / "net.pt", 0)), tmp_path / "run"
+    run_experiment(cfg, out, progress=False)
+    first = json.loads((out / "run.json").read_text())
+    tiny_checkpoint(tmp_path / "net.pt", 1)  # new weights, same path, same config
+    run_experiment(cfg, out, progress=False)
+    second = json.loads((out / "run.json").read_text())
+    assert second["config_key"] != first["config_key"] and second["run_id"] != first["run_id"]
+    sha = io.hashlib.sha256((tmp_path / "net.pt").read_bytes()).hexdigest()
+    assert second["model"]["checkpoint_sha256"] == sha != first["model"]["checkpoint_sha256"]
+
+
+def test_changed_images_recompute(tmp_path, cache_dir):
+    import numpy as np
+    from PIL import Image
+
+    from tests.test_own_model_e2e import write_folder
+
+    write_folder(tmp_path / "images")
+    cfg = checkpoint_cfg(tiny_checkpoint(tmp_path / "net.pt", 0, num_classes=3, in_channels=3), **{
+        "dataset": "image_folder", "dataset.root": str(tmp_path / "images"), "dataset.image_size": 16,
+        "+model.kwargs.num_classes": 3, "+model.kwargs.in_channels": 3})
+    out = tmp_path / "run"
+    run_experiment(cfg, out, progress=False)
+    first = json.loads((out / "run.json").read_text())
+    stamp = (out / "run.json").stat().st_mtime_ns
+    run_experiment(cfg, out, progress=False)  # nothing changed: complete
+    assert (out / "run.json").stat().st_mtime_ns == stamp
+    for path in sorted((tmp_path / "images" / "test").rglob("*.png")):  # the same files with other pixels
+        Image.fromarray(255 - np.asarray(Image.open(path))).save(path)
+    run_experiment(cfg, out, progress=False)
+    second = json.loads((out / "run.json").read_text())
+    assert second["config_key"] != first["config_key"]
+    assert second["dataset"]["fingerprint"] != first["dataset"]["fingerprint"]

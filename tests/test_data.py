@@ -57,6 +57,8 @@ def test_idx_loading_from_local_folder(tmp_path, cache_dir):
     np.testing.assert_allclose(d.x_test[:, 0].numpy() * 255, images["t10k"], atol=1e-3)
     assert d.y_train.tolist() == labels["train"].tolist()
     assert read_idx(tmp_path / "t10k-labels-idx1-ubyte").shape == (10,)
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", 255 - images["t10k"])  # other pixels, same size: a new identity
+    assert load_dataset("mnist", cache_dir=cache_dir, root=str(tmp_path)).fingerprint() != d.fingerprint()
 
 
 def test_idx_errors(tmp_path, cache_dir):

@@ -71,7 +71,7 @@ def test_rerun_recomputes_nothing(joblib_sweep, cache_dir, tmp_path):
     res = run_cli(["-m", *SWEEP, f"hydra.sweep.dir={joblib_sweep}"], cache_dir)
     assert res.returncode == 0, res.stderr[-3000:]
     logs = "".join(p.read_text() for p in joblib_sweep.glob("*/__main__.log"))  # Hydra's per-job logs
-    assert logs.count("is complete (same config): nothing to do") == 4
+    assert logs.count("is complete (same config, data and checkpoint): nothing to do") == 4
     assert {k: (p / "run.json").stat().st_mtime_ns for k, p in runs(joblib_sweep).items()} == before
     # the same run in a new folder recomputes the metrics; the model and every map come from the caches
     res = run_cli(["experiment=mnist_smoke", "seed=1", "sample_seed=0", "n_samples=4", "progress=false",

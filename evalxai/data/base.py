@@ -26,6 +26,9 @@ class Dataset:
     overrides ``has_masks`` / ``test_masks(indices)`` to read masks lazily; ``pool(n, seed)`` is a fixed stratified
     sample of the train split in model space (what the ``focus`` metric builds its mosaics from). ``mask_meta``
     says what the masks mark; it is kept out of ``meta`` because the masks do not change the images.
+
+    Identity: ``meta`` holds what determines the images (for bundled or generated data the loader's config: source,
+    split, seed; for user files their ``file_signature``), ``mask_meta`` the masks'; ``fingerprint()`` keys both.
     """
 
     name: str = "dataset"
@@ -47,6 +50,12 @@ class Dataset:
     def train_pixels(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The whole train split in pixel space (read only when a model is trained)."""
         raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        """Content key of the data a run reads: name, ``meta``, ``mask_meta``, shape, classes and normalisation."""
+        return content_key({"name": self.name, "meta": self.meta, "masks": self.mask_meta,
+                            "shape": list(self.input_shape), "classes": list(self.classes),
+                            "normalization": [self.mean, self.std]})
 
     @property
     def num_classes(self) -> int:

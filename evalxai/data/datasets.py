@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from evalxai._io import atomic_path, cache_root, content_key
-from evalxai.data.base import ArrayDataset, Dataset, stratified_split
+from evalxai.data.base import ArrayDataset, Dataset, file_signature, stratified_split
 from evalxai.data.cifar import load_cifar10, load_cifar100
 from evalxai.data.decoy_mnist import load_decoy_mnist
 from evalxai.data.image_folder import load_image_folder
@@ -112,7 +112,8 @@ def load_mnist(root: str | None = None, n_test: int = 1000, split_seed: int = 0,
         key = content_key({"mnist_idx": {k: [str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns]
                                          for k, p in files.items()}})
         a = _cached_arrays(f"mnist-idx-{key}", lambda: _idx_mnist(root_path), cache_dir)
-        meta = {"source": f"idx:{root_path}", "n_train": len(a["y_train"]), "n_test": len(a["y_test"])}
+        meta = {"source": f"idx:{root_path}", "files": file_signature(files.values(), root_path),
+                "n_train": len(a["y_train"]), "n_test": len(a["y_test"])}
         return _to_dataset("mnist", a["x_train"], a["y_train"], a["x_test"], a["y_test"], 255.0, meta)
     a = _cached_arrays("mnist-bundled-v1", _bundled_mnist, cache_dir)
     x_tr, x_te, y_tr, y_te = _split(a["x"], a["y"], n_test, split_seed)

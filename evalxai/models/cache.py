@@ -48,6 +48,15 @@ def model_key(dataset, model_cfg: dict, train_cfg: dict, seed: int) -> str:
     })
 
 
+def model_identity(model_cfg: dict, checkpoint_sha256: str | None) -> str:
+    """What tells two models apart, the seed aside: the model config (zoo name, arch, training; or ``_target_``,
+    kwargs, training) with the checkpoint's SHA-256 in place of its path (and without training, which it skips)."""
+    cfg = {k: v for k, v in model_cfg.items() if k not in ("checkpoint", "path")}
+    if checkpoint_sha256:
+        cfg.pop("train", None)
+    return content_key({**cfg, "checkpoint_sha256": checkpoint_sha256})
+
+
 def load_checkpoint(path, model: torch.nn.Module) -> None:
     """Load a cached state dict into ``model`` with weights-only unpickling; refuse anything else clearly."""
     model.load_state_dict(load_weights(path, f"checkpoint {path}", "it is corrupt or holds more than tensors; "
@@ -63,8 +72,9 @@ def get_model(dataset, model_cfg: dict, train_cfg: dict | None = None, seed: int
     errors. ``train_cfg`` is ``model.train`` (it may also be left inside ``model_cfg``).
 
     ``info`` holds ``label`` (the model's name in tables), ``kind`` ("zoo" / "custom"), the cache ``key``,
-    ``cache_hit``, the ``test_accuracy`` (streamed over the test split), and for a trained model the training
-    time; a user's model adds ``target``, ``kwargs``, ``class``, ``checkpoint`` and ``checkpoint_sha256``.
+    ``cache_hit``, the ``identity`` (``model_identity``: the same for every seed), the ``test_accuracy`` (streamed
+    over the test split), and for a trained model the training time; a user's model adds ``target``, ``kwargs``,
+    ``class``, ``checkpoint`` and ``checkpoint_sha256``.
     """
     model_cfg = dict(model_cfg)
     kind = model_kind(model_cfg)
@@ -73,14 +83,16 @@ def get_model(dataset, model_cfg: dict, train_cfg: dict | None = None, seed: int
         raise ValueError(f"two training configs: model.train={dict(inner)} and train_cfg={dict(train_cfg)}")
     train_cfg = dict(train_cfg or inner or {})
     if kind == "custom":
-        return _get_custom(dataset, model_cfg, train_cfg, seed, cache_dir, progress)
+        model, info = _get_custom(dataset, model_cfg, train_cfg, seed, cache_dir, progress)
+        return model, {**info, "identity": model_identity({**model_cfg, "train": train_cfg}, info["checkpoint_sha256"])}
+    identity = model_identity({**model_cfg, "train": train_cfg}, None)
     name = model_cfg.pop("name")
     arch = model_cfg.get("arch", {}) or {}
     key = model_key(dataset, {"name": name, **model_cfg}, train_cfg, seed)
     torch.manual_seed(seed)
     model = build_model(name, dataset.input_shape, dataset.num_classes, **arch)
     model, info = _cached_or_trained(model, dataset, name, key, train_cfg, seed, cache_dir, progress, {})
-    return model, {**info, "label": name, "kind": "zoo"}
+    return model, {**info, "label": name, "kind": "zoo", "identity": identity}
 
 
 def _cached_or_trained(model, dataset, stem: str, key: str, train_cfg: dict, seed: int, cache_dir, progress,

@@ -25,6 +25,7 @@ import logging
 import re
 import sys
 from collections.abc import Mapping
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -130,11 +131,30 @@ def build_custom(target: str, kwargs: Mapping | None = None, path=None) -> tuple
 
 
 def file_sha256(path) -> str:
+    """SHA-256 of the file's bytes, read once per process for a given (path, size, modification time)."""
+    st = Path(path).stat()
+    return _sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=256)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    del size, mtime_ns  # part of the memo's key only
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def checkpoint_sha256(model_cfg: Mapping) -> str | None:
+    """SHA-256 of ``model.checkpoint`` (None without one): the weights' part of a run's identity."""
+    checkpoint = model_cfg.get("checkpoint")
+    if checkpoint is None:
+        return None
+    path = Path(str(checkpoint)).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"model.checkpoint={path} does not exist")
+    return file_sha256(path)
 
 
 def source_fingerprint(obj) -> dict:
