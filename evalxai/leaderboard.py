@@ -3,7 +3,9 @@
 Gathers every ``scores.parquet`` below DIR (one run, a sweep, several sweeps), ranks the methods per
 (dataset, model, metric, measure) with cluster-bootstrap intervals over images, tests them pairwise over the same
 images (Wilcoxon signed-rank, Holm-corrected) against the best method and the controls, and writes ``leaderboard.csv``,
-``leaderboard.md``, ``leaderboard.png`` and ``report.md`` / ``report.html`` into DIR.
+``leaderboard.md``, ``leaderboard.png`` and ``report.md`` / ``report.html`` into DIR. Runs are pooled only where they
+differ in seed: a model or dataset is its identity (run.json's ``model.identity``, ``dataset.fingerprint``), and
+one name with several identities becomes several labels (``name@<8 characters of the identity>``).
 
 It also says how far each ranking's metric can be trusted: when DIR holds meta-evaluations
 (``python -m evalxai.meta``: ``meta.csv``), each metric is annotated with its meta-consistency MC (model and input
@@ -27,8 +29,23 @@ from evalxai.report.stats import leaderboard
 from evalxai.report.tables import headline
 
 
+def distinct(names: list[str], ids: list[str | None]) -> list[str]:
+    """``names`` told apart by identity: ``name@<first 8 characters of id>`` wherever one name stands for several
+    ids (two checkpoints of one class, two image folders), the plain name otherwise."""
+    several = {n for n in set(names) if len({i for m, i in zip(names, ids) if m == n}) > 1}
+    return [f"{n}@{i[:8]}" if n in several and i else n for n, i in zip(names, ids)]
+
+
+def model_id(run: dict) -> str | None:
+    """A run's model identity from its run.json: ``model.identity`` (runs before it: the checkpoint's SHA-256)."""
+    model = run.get("model") or {}
+    return model.get("identity") or model.get("checkpoint_sha256")
+
+
 def gather(root: str | Path) -> tuple[pd.DataFrame, list[dict]]:
-    """Concatenated tidy tables and run.json contents of every run below ``root``."""
+    """Concatenated tidy tables and run.json contents of every run below ``root``. Runs whose models (or datasets)
+    share a name but not an identity (run.json's ``model.identity`` and ``dataset.fingerprint``) get distinct
+    ``model`` (``dataset``) labels (``distinct``), so that only runs differing in seed are pooled."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"'{root}' is not a directory: give the folder that holds the runs (e.g. results/)")
@@ -41,6 +58,12 @@ def gather(root: str | Path) -> tuple[pd.DataFrame, list[dict]]:
         frames.append(pd.read_parquet(p))
         meta = p.parent / "run.json"
         runs.append({"path": str(p.parent), **(json.loads(meta.read_text()) if meta.exists() else {})})
+    for col, ident in (("model", model_id), ("dataset", lambda r: (r.get("dataset") or {}).get("fingerprint"))):
+        names = [str(f[col].iloc[0]) if col in f and len(f) else "" for f in frames]
+        for f, run, label in zip(frames, runs, distinct(names, [ident(r) for r in runs])):
+            run[f"{col}_label"] = label
+            if col in f:
+                f[col] = label
     return pd.concat(frames, ignore_index=True), runs
 
 
@@ -126,8 +149,11 @@ def build(root: str | Path, seed: int = 0) -> pd.DataFrame:
         blocks.append(("img", agree_png, "Kendall tau between the metrics' rankings of the methods"))
     blocks += [("h2", "Runs"), ("table", pd.DataFrame([{"path": r["path"], "run_id": r.get("run_id"),
                                                          "experiment": (r.get("config") or {}).get("name"),
-                                                         "seed": (r.get("config") or {}).get("seed")}
-                                                        for r in runs]))]
+                                                         "seed": (r.get("config") or {}).get("seed"),
+                                                         "dataset": r["dataset_label"], "model": r["model_label"],
+                                                         "model identity": model_id(r),
+                                                         "data fingerprint": (r.get("dataset") or {}).get(
+                                                             "fingerprint")} for r in runs]))]
     write_report(root, "evalxai leaderboard", blocks)
     return board
 

@@ -69,3 +69,48 @@ def test_one_observation_per_cluster_is_the_plain_bootstrap():
     assert np.isnan(cluster_bootstrap_ci([np.nan], [0])).all()
     lo, hi = cluster_bootstrap_ci([1.0, 1.0, 1.0, 9.0], [0, 0, 0, 1])  # weighted by cluster size
     assert lo == 1.0 and hi == 9.0  # all-ones or all-nines replicates; the mean 3 lies inside
+
+
+def test_two_checkpoints_of_one_class_are_two_rows_and_seeds_are_one(tmp_path, cache_dir):
+    """Runs differing in the checkpoint's weights are two models (labelled apart); runs differing in seed are one."""
+    import json
+
+    from evalxai.leaderboard import build
+    from evalxai.pipeline import run_experiment
+    from tests.test_cache_keys import checkpoint_cfg, tiny_checkpoint
+
+    runs = {"a0": (0, 0), "a1": (0, 1), "b0": (1, 0)}  # run: (checkpoint seed, run seed)
+    for name, (weights, seed) in runs.items():
+        path = tiny_checkpoint(tmp_path / f"net{weights}.pt", weights)
+        run_experiment(checkpoint_cfg(path, seed=seed), tmp_path / "runs" / name, progress=False)
+    board = build(tmp_path / "runs")
+    measure = board["measure"].iloc[0]
+    board = board[board["measure"] == measure].set_index("model")
+    assert len(board) == 2 and all(m.startswith("TinyNet@") for m in board.index)
+    for name in ("a0", "b0"):
+        run = tmp_path / "runs" / name
+        identity = json.loads((run / "run.json").read_text())["model"]["identity"]
+        row = board.loc[f"TinyNet@{identity[:8]}"]
+        own = pd.concat([pd.read_parquet(tmp_path / "runs" / r / "scores.parquet") for r in runs if r[0] == name[0]])
+        own = own[own["measure"] == measure]
+        assert row["runs"] == len({r for r in runs if r[0] == name[0]}) and row["n"] == len(own)
+        assert np.isclose(row["mean"], own["value"].mean())
+
+
+def test_datasets_of_one_name_are_kept_apart(tmp_path):
+    """Two image folders are two datasets (``image_folder@<fingerprint>``); one name with one identity stays plain."""
+    import json
+
+    from evalxai.leaderboard import build
+
+    for name, fingerprint, value in (("x", "f" * 20, 1.0), ("y", "e" * 20, 3.0), ("z", "e" * 20, 5.0)):
+        run = tmp_path / name
+        run.mkdir()
+        t = table(np.full((4, 1), value)).assign(dataset="image_folder", model="SmallNet", run_id=name)
+        t.to_parquet(run / "scores.parquet")
+        (run / "run.json").write_text(json.dumps({"run_id": name, "dataset": {"name": "image_folder",
+                                                  "fingerprint": fingerprint}, "model": {"label": "SmallNet",
+                                                                                         "identity": "1" * 20}}))
+    board = build(tmp_path).set_index("dataset")
+    assert board.loc["image_folder@ffffffff", "mean"] == 1.0 and board.loc["image_folder@eeeeeeee", "mean"] == 4.0
+    assert set(board["model"]) == {"SmallNet"}
