@@ -10,6 +10,7 @@ import json
 import logging
 import platform
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,9 +35,13 @@ log = logging.getLogger("evalxai")
 
 
 def sample_indices(n_test: int, n: int, seed: int = 0) -> np.ndarray:
-    """A fixed sample of the test split: the first n of a seeded permutation."""
+    """A fixed sample of the test split: the first n of a seeded permutation (all of it, with a warning, when n is
+    larger than the split)."""
     if n < 1:
         raise ValueError(f"n_samples={n} must be >= 1")
+    if n > n_test:
+        warnings.warn(f"n_samples={n} is more than the {n_test} images of the test split: running on {n_test}; set "
+                      f"n_samples<={n_test} or use a larger test split", UserWarning, stacklevel=2)
     return np.random.default_rng(seed).permutation(n_test)[: min(n, n_test)]
 
 
@@ -396,7 +401,7 @@ def _run_experiment(cfg: dict, out_dir: str | Path, progress: bool = True) -> Pa
                     "classes": list(dataset.classes),
                     "normalization": {"mean": dataset.mean, "std": dataset.std},
                     "black_pixel": np.asarray(dataset.low).reshape(-1).tolist()},
-        "n_samples": len(idx),
+        "n_samples": len(idx), "n_samples_requested": int(cfg.get("n_samples", 128)),
         "ground_truth": ground_truth_record(setup.ground, dataset, metrics),
         "versions": {"evalxai": evalxai.__version__, "torch": torch.__version__, "numpy": np.__version__,
                      "pandas": pd.__version__, "python": platform.python_version()},

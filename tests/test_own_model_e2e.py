@@ -234,3 +234,19 @@ def test_dropped_targets_and_unknown_keys_are_errors(tmp_path, cache_dir):
 
     with pytest.raises(TypeError, match=r"metric 'sparseness' has no parameter \['patch_size'\]"):
         check_run({"methods": ["gradient"], "metrics": {"sparseness": {"patch_size": 2}}})
+
+
+def test_more_samples_than_test_images_warns_and_records_both(tmp_path, cache_dir):
+    """n_samples=100 on a 9-image test split runs on 9, says so, and run.json keeps both numbers."""
+    from evalxai.pipeline import run_experiment
+    from tests.test_cache_keys import checkpoint_cfg, tiny_checkpoint
+
+    write_folder(tmp_path / "images")
+    cfg = checkpoint_cfg(tiny_checkpoint(tmp_path / "net.pt", 0, num_classes=3, in_channels=3), **{
+        "dataset": "image_folder", "dataset.root": str(tmp_path / "images"), "dataset.image_size": 16,
+        "+model.kwargs.num_classes": 3, "+model.kwargs.in_channels": 3, "n_samples": 100})
+    with pytest.warns(UserWarning, match=r"n_samples=100 .* 9 images"):
+        run_experiment(cfg, tmp_path / "run", progress=False)
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["n_samples"] == 9 and run["n_samples_requested"] == 100
+    assert pd.read_parquet(tmp_path / "run" / "scores.parquet")["sample"].nunique() == 9
