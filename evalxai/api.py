@@ -116,6 +116,9 @@ def explain(model: nn.Module, x: torch.Tensor, target, method: str | Callable | 
     ``method`` is a config name (``conf/method/<name>.yaml``), a callable ``f(model, x, target)`` or a mapping
     with ``_target_`` (a captum attribution class, e.g. ``{"_target_": "captum.attr.Saliency"}``);
     ``overrides`` are config fields (``epsilon``, ``gamma``, ``steps``, ...). The model is left as it was.
+    ``low`` / ``high`` / ``mean`` (box bounds, black and uniform baselines, the mean image) are model-space values:
+    unset, they are ``evalxai.baselines.data_range``'s [0, 1] pixels; for normalised inputs pass the model-space
+    values of black and white, (0 - mean) / std and (1 - mean) / std per channel, as the pipeline does.
     """
     x, target = check_inputs(model, x, target)
     fn = resolve_method(method, overrides)
@@ -192,7 +195,8 @@ def score(model: nn.Module, x: torch.Tensor, target, attributions: torch.Tensor,
     ``masks`` (N, H, W) bool, True = relevant pixel: the ground truth of localisation metrics (those whose function
     takes ``masks``), chunked with the samples. ``pool`` = (images, labels): images the metric may compose with
     (``focus`` builds mosaics of them), the same for every chunk. Giving either to a metric that does not take it
-    is an error, as is leaving out one a metric needs.
+    is an error, as is leaving out one a metric needs. ``low`` / ``high`` / ``mean``: as in ``explain`` (the data
+    range and the mean image in model space; unset, ``evalxai.baselines.data_range``'s [0, 1]).
     """
     from evalxai.metrics import get_metric
 

@@ -10,7 +10,8 @@ reference does not depend on the batch it is in:
 - ``mean``: the given ``mean`` (the training-set mean image, or per-channel values broadcastable to one input);
   without one, each sample's own per-channel mean (as Quantus's "mean" perturbation).
 - ``uniform``: i.i.d. U[low, high] per element (``low`` / ``high``: the input bounds, floats or tensors
-  broadcastable to one input), drawn per sample from ``seed`` and the sample's content (``evalxai.seeding``).
+  broadcastable to one input; None: ``DATA_RANGE``, see ``data_range``), drawn per sample from ``seed`` and the
+  sample's content (``evalxai.seeding``).
 - ``blur``: a Gaussian blur of the sample, sigma ``BLUR_SIGMA`` pixels (Sturmfels et al. 2020, "Visualizing the
   impact of feature attribution baselines"), reflect-padded, per channel.
 - a number (every element) or a tensor broadcastable to x.
@@ -25,12 +26,29 @@ from evalxai.seeding import per_sample_noise
 
 BASELINES = ("zero", "mean", "uniform", "blur")
 BLUR_SIGMA = 5.0
+DATA_RANGE = (0.0, 1.0)  # the input bounds [low, high] where none are given: unnormalised pixels
+
+
+def data_range(low=None, high=None, like: torch.Tensor | None = None) -> tuple:
+    """The data range (low, high): the model-space values of a black and a white pixel (the pipeline passes the
+    dataset's), ``DATA_RANGE`` for a bound given as None; the one default of every method, metric and activation
+    maximisation. With ``like``: tensors of its dtype and device (broadcastable to one input)."""
+    low, high = (DATA_RANGE[0] if low is None else low), (DATA_RANGE[1] if high is None else high)
+    if like is None:
+        return low, high
+    return tuple(torch.as_tensor(v).to(dtype=like.dtype, device=like.device) for v in (low, high))
+
+
+def to_pixels(x: torch.Tensor, low=None, high=None) -> torch.Tensor:
+    """x mapped from model space to pixel space, (x - low) / (high - low): black 0, white 1 per channel."""
+    lo, hi = data_range(low, high, x)
+    return (x - lo) / (hi - lo)
 
 
 def reference(x: torch.Tensor, baseline, *, mean=None, low=None, high=None, seed: int = 0) -> torch.Tensor:
     """The reference input for each sample of x, shaped like x (see the module docstring); ``low`` / ``high``
-    None: 0 and 1, pixel values."""
-    low, high = (0.0 if low is None else low), (1.0 if high is None else high)
+    as in ``data_range``."""
+    low, high = data_range(low, high)
     if isinstance(baseline, torch.Tensor):
         return baseline.to(x).expand_as(x)
     if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):

@@ -1,5 +1,6 @@
 """Activation maximization (evalxai.maximize): known optima on linear models, prototypes of a trained LeNet, the VAE
 generator, the model left untouched, the naturalness table and its claims, errors."""
+import math
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from evalxai.maximize.naturalness import get_classifier
 from evalxai.models import get_model
 from tests.conftest import no_hooks
 
+UNBOUNDED = {"low": -math.inf, "high": math.inf}  # the closed forms below have no box
 STEPS, LR = 600, 0.1  # Adam on the concave linear objectives: converges to 1e-5 of the maximiser
 CONF = Path(__file__).resolve().parents[1] / "conf"
 TINY_VAE = {"name": "vae_tiny", "kind": "vae", "dataset": "mnist", "arch": {"latent_dim": 16, "hidden": [256]},
@@ -65,7 +67,7 @@ def test_input_space_linear_model_reaches_the_closed_form_maximiser():
     mean = torch.randn(1, 6, dtype=torch.float64)
     w, b = model.weight.detach().numpy(), model.bias.detach().numpy()
     lam = 0.3
-    x = evalxai.maximize(model, torch.tensor([0, 1, 2]), "input", mean=mean, lam=lam, steps=STEPS, lr=LR)
+    x = evalxai.maximize(model, torch.tensor([0, 1, 2]), "input", mean=mean, lam=lam, steps=STEPS, lr=LR, **UNBOUNDED)
     assert x.shape == (3, 6) and x.dtype == torch.float64
     for c in range(3):
         ref = newton(linear_objective(w, b, c, lam, mean[0].numpy()), mean[0].numpy())
@@ -82,7 +84,7 @@ def test_input_space_linear_model_reaches_the_closed_form_maximiser():
     for _ in range(200):  # bisection: 2 lam t - sigmoid(-(a + t |u|^2)) is increasing in t
         t = (lo + hi) / 2
         lo, hi = (t, hi) if 2 * lam * t < 1 / (1 + np.exp(a + t * u @ u)) else (lo, t)
-    x1 = evalxai.maximize(two, 1, "input", lam=lam, input_shape=(4,), steps=STEPS, lr=LR, start="mean")
+    x1 = evalxai.maximize(two, 1, "input", lam=lam, input_shape=(4,), steps=STEPS, lr=LR, start="mean", **UNBOUNDED)
     with pytest.raises(ValueError, match="restarts=0"):
         evalxai.maximize(two, 1, input_shape=(4,), restarts=0)
     np.testing.assert_allclose(x1[0].numpy(), xbar + t * u, atol=1e-5)
@@ -105,6 +107,24 @@ def test_input_space_box_constraint_meets_kkt():
     inside = ~(at_low | at_high)
     assert np.abs(g[inside]).max(initial=0) < 1e-5
     assert (g[at_low] <= 1e-9).all() and (g[at_high] >= -1e-9).all()
+
+
+def test_input_space_defaults_to_the_data_range_of_explain_and_score():
+    """Without low / high a prototype stays in the API's one default data range (``evalxai.baselines.DATA_RANGE``,
+    [0, 1]: what explain's and score's black and uniform baselines assume); low=-inf, high=inf lift the bounds."""
+    from evalxai.baselines import DATA_RANGE
+
+    torch.manual_seed(1)
+    model = nn.Linear(8, 3).double().eval()
+    with torch.no_grad():
+        model.weight.mul_(4)
+    kw = dict(input_shape=(8,), lam=0.05, steps=300, lr=0.05)
+    x = evalxai.maximize(model, torch.tensor([0, 1, 2]), **kw)
+    assert x.min() == DATA_RANGE[0] and x.max() == DATA_RANGE[1]  # both bounds active
+    free = evalxai.maximize(model, torch.tensor([0, 1, 2]), low=-math.inf, high=math.inf, **kw)
+    assert free.min() < DATA_RANGE[0] and free.max() > DATA_RANGE[1]
+    noise = evalxai.maximize(model, 0, start="noise", **{**kw, "steps": 0})  # the noise start is drawn in the range
+    assert 0 < noise.min() and noise.max() < 1
 
 
 def test_code_space_linear_generator_reaches_the_maximiser():

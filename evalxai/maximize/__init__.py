@@ -1,7 +1,8 @@
 """Activation maximization: the input a model takes as the prototype of a class (Montavon, Samek & Mueller 2018, §3).
 
 Input space (their eq. 1): ``x* = argmax_x log p(c|x) - lam ||x - xbar||^2``, xbar the data mean (0 without one),
-x kept within the data range [low, high] (projected after every step).
+x kept within the data range [low, high] (projected after every step; by default ``evalxai.baselines.DATA_RANGE``,
+[0, 1], as explain's and score's black and uniform baselines).
 Code space (their eq. 3; Nguyen et al. 2016): ``z* = argmax_z log p(c|g(z)) - lam ||z||^2`` and ``x* = g(z*)``,
 g the decoder of a generative model of the data (``evalxai.generators``).
 Both ascend with Adam (cosine-annealed step size) for a fixed number of steps, all targets in one batch; Adam's
@@ -18,6 +19,7 @@ import math
 import torch
 from torch import nn
 
+from evalxai.baselines import data_range
 from evalxai.explain.guard import frozen
 
 SPACES = ("input", "code")
@@ -72,10 +74,6 @@ def _draw(shape, seed: int, target: torch.Tensor, kind: str, restart: int = 0) -
     return out
 
 
-def _bound(v, like: torch.Tensor):
-    return None if v is None else torch.as_tensor(v).to(like)
-
-
 def ascend(objective, v0: torch.Tensor, steps: int, lr: float, project=None) -> torch.Tensor:
     """Maximise ``objective(v).sum()`` over v with Adam, step size cosine-annealed from ``lr`` to 0 over
     ``steps``; ``project`` (in place, no grad) after each step keeps v feasible."""
@@ -110,10 +108,11 @@ def maximize(model: nn.Module, target, space: str = "input", generator=None, mea
     pulls towards 0. ``generator``: for ``space="code"``, a module g mapping codes (N, latent_dim) to inputs with a
     ``latent_dim`` attribute (``evalxai.generators.Generator``), or the name of a config in ``conf/generator/``.
     Parameters: ``lam`` (weight of the squared-norm regulariser), ``steps``, ``lr`` (Adam's initial step size),
-    ``start`` ("mean": xbar, or z = 0; "noise": uniform in [low, high] (with both bounds, else xbar + N(0, 1)),
+    ``start`` ("mean": xbar, or z = 0; "noise": uniform in [low, high] (finite bounds, else xbar + N(0, 1)),
     or z ~ N(0, I)), ``restarts`` (R: the chosen start and R - 1 noise starts per target, optimised together; the
     one with the highest objective is kept), ``seed`` (noise starts, drawn per class and restart); input space also
-    ``low`` / ``high`` (the data range, floats or tensors broadcastable to one input; None: unbounded) and
+    ``low`` / ``high`` (the data range, floats or tensors broadcastable to one input; None: ``evalxai.baselines``'s
+    ``data_range`` default, [0, 1]; -inf / inf: unbounded) and
     ``input_shape`` (when no mean is given).
     """
     if not isinstance(model, nn.Module):
@@ -170,10 +169,11 @@ def _input_space(model: nn.Module, target, mean, p: dict) -> torch.Tensor:
     center = torch.zeros(1, *shape, dtype=dtype, device=device) if mean is None else \
         mean.reshape(1, *shape).to(dtype=dtype, device=device)
     t = _targets(target, device)
-    low, high = _bound(p["low"], center), _bound(p["high"], center)
+    low, high = data_range(p["low"], p["high"], center)
+    finite = bool(torch.isfinite(low).all() and torch.isfinite(high).all())
 
     def noise(k):
-        if low is not None and high is not None:
+        if finite:
             return low + (high - low) * _draw(shape, p["seed"], t, "uniform", k).to(center)
         return center + _draw(shape, p["seed"], t, "normal", k).to(center)
 
@@ -182,10 +182,8 @@ def _input_space(model: nn.Module, target, mean, p: dict) -> torch.Tensor:
     tr = t.repeat_interleave(int(p["restarts"]))
 
     def project(x):
-        if low is not None:
-            torch.maximum(x, low.expand_as(x), out=x)
-        if high is not None:
-            torch.minimum(x, high.expand_as(x), out=x)
+        torch.maximum(x, low.expand_as(x), out=x)
+        torch.minimum(x, high.expand_as(x), out=x)
 
     project(x0)
     lam = float(p["lam"])

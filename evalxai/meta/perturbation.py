@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from evalxai.baselines import data_range
 from evalxai.seeding import noise_draws
 
 SPACES = ("model", "input")
@@ -76,16 +77,15 @@ class ModelNoise:
         return self.work
 
 
-def perturb_input(x: torch.Tensor, delta: float, seed: int, low=0.0, high=1.0, std=None) -> torch.Tensor:
+def perturb_input(x: torch.Tensor, delta: float, seed: int, low=None, high=None, std=None) -> torch.Tensor:
     """clip(x + U(-delta, delta) / std, low, high) per element; the draw of a sample depends on ``seed`` and its own
     content only (``evalxai.seeding.noise_draws``), not on the batch. ``low`` / ``high`` / ``std``: floats or
-    per-channel tensors (model space), None for 0 / 1 / 1."""
+    per-channel tensors (model space); None: the data range's default (``evalxai.baselines.data_range``), std 1."""
     u = noise_draws(x, seed, [0], "uniform")[0].to(x.dtype)
     noise = (2.0 * u - 1.0) * delta
     if std is not None:
         noise = noise / torch.as_tensor(std, dtype=x.dtype, device=x.device)
-    lo = torch.as_tensor(0.0 if low is None else low, dtype=x.dtype, device=x.device)
-    hi = torch.as_tensor(1.0 if high is None else high, dtype=x.dtype, device=x.device)
+    lo, hi = data_range(low, high, x)
     return torch.maximum(torch.minimum(x + noise, hi), lo)
 
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from evalxai.baselines import baseline_label
+from evalxai.baselines import DATA_RANGE, baseline_label
 from evalxai.baselines import reference as reference_input
 from evalxai.metrics.common import (
     batched_scores,
@@ -244,14 +244,14 @@ def shift_absorbing_model(model: nn.Module, x: torch.Tensor, shift: float) -> nn
 
 def _shifted_params(method, method_params: dict | None, shift: float) -> dict:
     """Method parameters that live in input space (``low``, ``high``, ``mean``, a numeric ``baseline``) moved by
-    ``shift``; unset bounds of a registered method that takes them are its defaults 0 and 1, moved."""
+    ``shift``; unset bounds of a registered method that takes them are ``evalxai.baselines.DATA_RANGE``, moved."""
     params = dict(method_params or {})
     defaults = {}
     if isinstance(method, str):
         from evalxai.explain import get_method
 
         defaults = get_method(method).defaults
-    for key, unset in (("low", 0.0), ("high", 1.0), ("mean", None), ("baseline", None)):
+    for key, unset in (("low", DATA_RANGE[0]), ("high", DATA_RANGE[1]), ("mean", None), ("baseline", None)):
         v = params.get(key, defaults.get(key))
         if v is None and unset is not None and key in defaults:
             v = unset

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from evalxai.baselines import baseline_label, reference
+from evalxai.baselines import baseline_label, data_range, reference
 from evalxai.memory import chunked, images_per_chunk
 from evalxai.metrics.common import batched_scores, check_score_space, scalar_rows
 from evalxai.metrics.registry import register_metric
@@ -90,8 +90,7 @@ def infidelity(model, x, target, attributions, perturbation="square", samples=50
     else:
         if noise <= 0:
             raise ValueError(f"infidelity: noise={noise} must be > 0 (sigma as a share of the input range)")
-        lo = torch.as_tensor(0.0 if low is None else low, dtype=x.dtype, device=x.device)
-        hi = torch.as_tensor(1.0 if high is None else high, dtype=x.dtype, device=x.device)
+        lo, hi = data_range(low, high, x)
         sigma = noise * (hi - lo)
 
         def perturbation_at(i, j):

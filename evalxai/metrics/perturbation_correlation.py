@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from evalxai.baselines import baseline_label, reference
+from evalxai.baselines import baseline_label, data_range, reference
 from evalxai.memory import chunked, images_per_chunk
 from evalxai.metrics.common import batched_scores, check_score_space, scalar_rows
 from evalxai.metrics.faithfulness import (
@@ -269,10 +269,9 @@ STATISTICS = ("mse", "variance", "mean")
 
 
 def uniform_draws(x: torch.Tensor, seed: int, samples: int, low=None, high=None) -> torch.Tensor:
-    """(samples, N, ...) i.i.d. U[low, high] values (0 and 1 when not given), draw s of sample n from its own
+    """(samples, N, ...) i.i.d. U[low, high] values (``evalxai.baselines.data_range``), draw s of sample n from its own
     generator: the values a feature takes when it is drawn at random."""
-    lo = torch.as_tensor(0.0 if low is None else low, dtype=x.dtype, device=x.device)
-    hi = torch.as_tensor(1.0 if high is None else high, dtype=x.dtype, device=x.device)
+    lo, hi = data_range(low, high, x)
     return lo + (hi - lo) * noise_draws(x, seed + 31, range(samples), "uniform").to(x.dtype)
 
 

@@ -23,9 +23,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from evalxai.baselines import data_range
 from evalxai.memory import chunked, images_per_chunk
 from evalxai.metrics.common import explain_stack, explainer, scalar_rows
 from evalxai.metrics.registry import register_metric
+from evalxai.metrics.robustness import bounded
 from evalxai.seeding import per_sample_noise
 
 
@@ -43,12 +45,10 @@ def cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def neighbours(x: torch.Tensor, seed: int, samples: int, noise: float, low=None, high=None) -> torch.Tensor:
     """(samples, N, ...) noisy copies x + N(0, (noise * (high - low))^2), drawn per sample, clipped into [low, high]
-    when the bounds are given (range 1 when they are not)."""
-    lo = None if low is None else torch.as_tensor(low, dtype=x.dtype, device=x.device)
-    hi = None if high is None else torch.as_tensor(high, dtype=x.dtype, device=x.device)
-    span = (1.0 if hi is None else hi) - (0.0 if lo is None else lo)
-    xs = x.unsqueeze(0) + noise * span * per_sample_noise(x, seed + 5, samples, "normal").to(x.dtype)
-    return torch.clamp(xs, lo, hi) if lo is not None or hi is not None else xs
+    when the bounds are given (the span high - low: ``evalxai.baselines.data_range``'s, 1, when they are not)."""
+    lo, hi = data_range(low, high, x)
+    xs = x.unsqueeze(0) + noise * (hi - lo) * per_sample_noise(x, seed + 5, samples, "normal").to(x.dtype)
+    return bounded(xs, low, high)
 
 
 @torch.no_grad()
