@@ -200,6 +200,30 @@ def test_translate_zero_fill():
     x = torch.arange(12.0).view(1, 1, 3, 4)
     assert translate(x, 1)[0, 0, 0].tolist() == [0.0, 0.0, 1.0, 2.0]
     assert translate(x, -2, "y")[0, 0, 0].tolist() == [8.0, 9.0, 10.0, 11.0]
+    two = torch.ones(1, 2, 2, 3)
+    filled = translate(two, -1, fill=torch.tensor([-1.0, -2.0]).view(2, 1, 1))  # per-channel black
+    assert filled[0, :, 0].tolist() == [[1.0, 1.0, -1.0], [1.0, 1.0, -2.0]]
+
+
+def test_continuity_fills_shifted_in_columns_with_black():
+    """On normalised data black is ``low`` (per channel), not 0 (the mean colour): the path's inputs, its scores
+    and its ||x_t - x_t'|| see a black border."""
+    model, (x, t) = small_cnn(), data(2)
+    low = -0.8
+    r = evalxai.explain(model, x, t, method="gradient")
+    df = evalxai.score(model, x, t, r, metric="continuity", method="gradient", shift=2, low=low)
+    for s in (-2, -1, 1, 2):
+        xs = torch.full_like(x, low)
+        if s > 0:
+            xs[..., s:] = x[..., :-s]
+        else:
+            xs[..., :s] = x[..., -s:]
+        got = df[(df["measure"] == "score") & (df["step"] == s)].sort_values("sample")["value"].to_numpy()
+        np.testing.assert_allclose(got, [logit(model, xs[i], t[i]) for i in range(2)], rtol=1e-10)
+        ref = (xs - x).flatten(1).norm(dim=1)
+        rs = evalxai.explain(model, xs, t, method="gradient")
+        ratio = ((rs - r).flatten(1).abs().sum(1) / ref).numpy()
+        assert (scalar(df, "continuity_ref") >= ratio - 1e-10).all()
 
 
 def test_max_sensitivity_equals_explicit_loop():

@@ -14,18 +14,20 @@ import numpy as np
 import pandas as pd
 import torch
 
+from evalxai.baselines import data_range
 from evalxai.metrics.common import batched_scores, check_score_space, explain_stack, explainer, scalar_rows
 from evalxai.metrics.registry import register_metric
 from evalxai.scoring import require_images
 from evalxai.seeding import per_sample_noise
 
 
-def translate(x: torch.Tensor, shift: int, axis: str = "x") -> torch.Tensor:
-    """Images (..., H, W) moved by ``shift`` pixels (right / down for shift > 0), zero fill."""
+def translate(x: torch.Tensor, shift: int, axis: str = "x", fill=0.0) -> torch.Tensor:
+    """Images (..., H, W) moved by ``shift`` pixels (right / down for shift > 0); the shifted-in pixels are ``fill``
+    (a number or a tensor broadcastable to x, e.g. per channel (C, 1, 1))."""
     dim = -1 if axis == "x" else -2
     if shift == 0:
         return x.clone()
-    out = torch.zeros_like(x)
+    out = torch.as_tensor(fill, dtype=x.dtype, device=x.device).expand_as(x).clone()
     size = x.shape[dim]
     src = x.narrow(dim, max(0, -shift), size - abs(shift))
     out.narrow(dim, max(0, shift), size - abs(shift)).copy_(src)
@@ -57,16 +59,18 @@ def path_continuity(rs: torch.Tensor, xs: torch.Tensor, ref: int) -> dict[str, n
 
 
 @register_metric("continuity", shift=6, stride=1, axis="x", align=True, score_space="logit", method=None,
-                 method_params=None, batch_size=None)
+                 method_params=None, batch_size=None, low=None)
 def continuity(model, x, target, attributions, shift=6, stride=1, axis="x", align=True, score_space="logit",
-               method=None, method_params=None, batch_size=None):
+               method=None, method_params=None, batch_size=None, low=None):
     """Continuity: max_t ||R(x_t) - R(x_t')||_1 / ||x_t - x_t'||_2 on a translation path (lower is better).
 
-    Path: x translated by t = -shift..shift pixels (every ``stride``, zero fill) along ``axis``. Two estimators,
+    Path: x translated by t = -shift..shift pixels (every ``stride``) along ``axis``, the shifted-in pixels black
+    (``low``, the model-space value of pixel 0; None: ``evalxai.baselines.data_range``'s 0). Two estimators,
     per sample: ``continuity_path`` (consecutive positions) and ``continuity_ref`` (each position against the
     untranslated x); with ``align`` also both after shifting each map back by -t (isolates change of shape from
-    motion). Curve rows (step = t in pixels): the relevance summed over the four image quadrants
-    (``quadrant_1..4``: top-left, top-right, bottom-left, bottom-right) and the target ``score`` along the path.
+    motion; 0 relevance fills the shifted-in columns). Curve rows (step = t in pixels): the relevance summed over
+    the four image quadrants (``quadrant_1..4``: top-left, top-right, bottom-left, bottom-right) and the target
+    ``score`` along the path.
     """
     check_score_space(score_space)
     require_images(x, "continuity")
@@ -79,7 +83,8 @@ def continuity(model, x, target, attributions, shift=6, stride=1, axis="x", alig
         raise ValueError(f"stride={stride} must be between 1 and shift={shift}")
     fn = explainer(method, method_params, "continuity")
     ts = [stride * j for j in range(-(shift // stride), shift // stride + 1)]
-    xs = torch.stack([translate(x, t, axis) for t in ts])  # (T, N, C, H, W)
+    black = data_range(low)[0]
+    xs = torch.stack([translate(x, t, axis, black) for t in ts])  # (T, N, C, H, W)
     rs = explain_stack(fn, model, xs, target, batch_size)
     zero = ts.index(0)
     rs[zero] = attributions  # R(x) itself, as given
