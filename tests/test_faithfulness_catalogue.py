@@ -262,6 +262,26 @@ def test_irof_equals_loop(segmentation):
         assert len(np.unique(seg)) == labels[0].max() + 1  # SLIC's own segments, numbered 0..K-1
 
 
+def test_irof_segments_the_image_in_pixel_space():
+    """SLIC runs on the image as pixels, (x - low) / (high - low): normalised inputs with their per-channel bounds give
+    the superpixels (and scores) of the same images in [0, 1] with the normalisation inside the model."""
+    pytest.importorskip("skimage")
+    mean = torch.tensor([0.485, 0.456, 0.406], dtype=torch.float64).view(3, 1, 1)
+    std = torch.tensor([0.229, 0.124, 0.325], dtype=torch.float64).view(3, 1, 1)
+    cnn, (pixels, t) = small_cnn(3), data(3, channels=3)
+
+    class Normalised(nn.Module):
+        def forward(self, p):
+            return cnn((p - mean) / std)
+
+    x = (pixels - mean) / std
+    r = torch.randn(x.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    got = evalxai.score(cnn, x, t, r, metric="irof", n_segments=10, low=(0 - mean) / std, high=(1 - mean) / std)
+    want = evalxai.score(Normalised().eval(), pixels, t, r, metric="irof", n_segments=10)
+    np.testing.assert_array_equal(got["segments"], want["segments"])
+    np.testing.assert_allclose(got["value"], want["value"], rtol=1e-10)
+
+
 def test_irof_falls_back_to_a_grid_without_scikit_image(monkeypatch):
     from evalxai.metrics import irof
 

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from evalxai.baselines import baseline_label, reference
+from evalxai.baselines import baseline_label, reference, to_pixels
 from evalxai.memory import chunked, images_per_chunk
 from evalxai.metrics.common import batched_scores, check_score_space, scalar_rows
 from evalxai.metrics.faithfulness import inverse_permutation
@@ -46,9 +46,10 @@ def slic_available() -> bool:
 
 def superpixels(x: torch.Tensor, segmentation: str = "slic", n_segments: int = 100, compactness: float = 10.0
                 ) -> tuple[torch.Tensor, str]:
-    """(labels (N, H, W) int64 numbered 0..K_n-1 per sample, segmentation used). SLIC runs per image on the input
-    as given, channels last, float64, ``start_label=0`` (Quantus's call: skimage's defaults, Lab conversion for three
-    channels); without scikit-image it falls back to ``grid_segments`` with a warning."""
+    """(labels (N, H, W) int64 numbered 0..K_n-1 per sample, segmentation used). SLIC runs per image on x as given
+    (``irof`` gives it the pixel-space image), channels last, float64, ``start_label=0`` (Quantus's call: skimage's
+    defaults, Lab conversion for three channels, which assumes RGB in [0, 1]); without scikit-image it falls back
+    to ``grid_segments`` with a warning."""
     if segmentation not in SEGMENTATIONS:
         raise ValueError(f"irof: unknown segmentation {segmentation!r}: use one of {list(SEGMENTATIONS)}")
     if isinstance(n_segments, bool) or not isinstance(n_segments, int) or n_segments < 2:
@@ -99,7 +100,9 @@ def irof(model, x, target, attributions, segmentation="slic", n_segments=100, co
     baseline (``mean``: each image's own per-channel mean, the paper's choice) for k = 0..K, record the class score
     (softmax) y_k; IROF = 1 - trapezoid(y_k / y_0 over k / K), i.e. the area over the normalised curve on [0, 1].
     Rows: ``curve`` (step k, fraction k / K_n, value y_k / y_0; K_n varies per image) and the scalar ``irof``;
-    column ``segmentation`` records SLIC or grid. Forwards per sample: K_n + 1 (about ``n_segments``).
+    column ``segmentation`` records SLIC or grid. SLIC segments the image in pixel space, (x - low) / (high - low)
+    with the data range ``low`` / ``high`` (``evalxai.baselines.to_pixels``), so normalised inputs get the segments
+    of their pixels. Forwards per sample: K_n + 1 (about ``n_segments``).
     NaN: y_0 <= 0 (only possible with logits; the ratio has no meaning then). Flipped predictions are kept.
     Deviation from Quantus 0.6: Quantus sums K - trapezoid over steps 1..K (unnormalised, no y_0 point, so a
     curve that never drops scores 1, not 0, and the scale grows with the segment count), its ``mean`` baseline is
@@ -108,7 +111,7 @@ def irof(model, x, target, attributions, segmentation="slic", n_segments=100, co
     """
     check_score_space(score_space)
     require_images(x, "irof")
-    labels, used = superpixels(x, segmentation, n_segments, compactness)
+    labels, used = superpixels(to_pixels(x, low, high), segmentation, n_segments, compactness)
     rank, counts, _ = segment_order(x, labels, attributions, seed)
     n, k_max = len(x), rank.shape[1]
     base = reference(x, baseline, low=low, high=high, seed=seed)
