@@ -70,6 +70,8 @@ def prototypes_block(cfg: dict) -> dict:
 
 def make_prototypes(cfg: dict, progress: bool = False) -> dict:
     """Everything the run computes: {table, images, timings, infos, dataset, classes}."""
+    from evalxai.pipeline import unset_filled
+
     block = prototypes_block(cfg)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -90,7 +92,7 @@ def make_prototypes(cfg: dict, progress: bool = False) -> dict:
     for space in block["spaces"]:
         params = dict(block[space] or {})
         if space == "input":
-            params = {"low": dataset.low, "high": dataset.high, **params}
+            params = unset_filled(params, ("low", "high"), {"low": dataset.low, "high": dataset.high})
         t0 = time.perf_counter()
         for seed in block["seeds"]:
             x = maximize(model, classes, space, generator=generator, mean=mean, **{**params, "seed": int(seed)})
