@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from evalxai.baselines import DATA_RANGE
+
 
 def stabilize(z: torch.Tensor, eps: float) -> torch.Tensor:
     """z + eps * sign(z), with sign(+0) = +1 (zennit's stabilizer; two kernels via copysign).
@@ -320,8 +322,8 @@ class ZBox(Rule):
     ``low`` / ``high`` are floats or tensors broadcastable to one input; the bias cancels (as in zennit).
     """
 
-    low: float | torch.Tensor = 0.0
-    high: float | torch.Tensor = 1.0
+    low: float | torch.Tensor = DATA_RANGE[0]
+    high: float | torch.Tensor = DATA_RANGE[1]
     stabilizer: float = 1e-6
     name = "box"
 
