@@ -9,8 +9,12 @@ one name with several identities becomes several labels (``name@<8 characters of
 
 It also says how far each ranking's metric can be trusted: when DIR holds meta-evaluations
 (``python -m evalxai.meta``: ``meta.csv``), each metric is annotated with its meta-consistency MC (model and input
-perturbation, mean ± spread); and it measures how much the metrics agree (Kendall tau between their rankings of
-the methods, ``agreement.csv``, ``agreement.png``), listing the pairs that disagree (tau < 0) in the markdown.
+perturbation, mean ± spread) from the meta runs of the same model and dataset: meta runs are labelled together
+with the score runs, by meta.json's identities, and MC is averaged only over the meta runs of one (dataset, model)
+label. A meta run without identities (made before meta.json recorded them) is matched by name only where the score
+runs of that name have one identity, else not at all. It also measures how much the metrics agree (Kendall tau
+between their rankings of the methods, ``agreement.csv``, ``agreement.png``), listing the pairs that disagree
+(tau < 0) in the markdown.
 """
 from __future__ import annotations
 
@@ -42,10 +46,34 @@ def model_id(run: dict) -> str | None:
     return model.get("identity") or model.get("checkpoint_sha256")
 
 
-def gather(root: str | Path) -> tuple[pd.DataFrame, list[dict]]:
+def dataset_id(run: dict) -> str | None:
+    """A run's dataset identity from its run.json (or meta.json): ``dataset.fingerprint``."""
+    return (run.get("dataset") or {}).get("fingerprint")
+
+
+IDENTITIES = (("model", model_id), ("dataset", dataset_id))
+
+
+def read_meta_runs(root: str | Path) -> list[dict]:
+    """Every meta run below ``root`` (``python -m evalxai.meta``): its meta.json contents with ``path`` and its
+    ``meta.csv`` as ``table``."""
+    runs = []
+    for p in sorted(p for p in Path(root).rglob("meta.csv") if not p.name.startswith(".")):
+        info = p.parent / "meta.json"
+        runs.append({**(json.loads(info.read_text()) if info.exists() else {}), "path": str(p.parent),
+                     "table": pd.read_csv(p)})
+    return runs
+
+
+def gather(root: str | Path, meta_runs: list[dict] | None = None) -> tuple[pd.DataFrame, list[dict]]:
     """Concatenated tidy tables and run.json contents of every run below ``root``. Runs whose models (or datasets)
     share a name but not an identity (run.json's ``model.identity`` and ``dataset.fingerprint``) get distinct
-    ``model`` (``dataset``) labels (``distinct``), so that only runs differing in seed are pooled."""
+    ``model`` (``dataset``) labels (``distinct``), so that only runs differing in seed are pooled.
+
+    ``meta_runs`` (``read_meta_runs``) are labelled in the same pass, by their meta.json's identities, so that a
+    meta run of a checkpoint carries that checkpoint's label: each gets ``model_label`` and ``dataset_label``. A
+    meta run without an identity (older than meta.json's record of it) takes the label of the score runs of its
+    name where they have one label, else ``None``: it matches no row (``gather_meta`` leaves it out)."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"'{root}' is not a directory: give the folder that holds the runs (e.g. results/)")
@@ -58,12 +86,23 @@ def gather(root: str | Path) -> tuple[pd.DataFrame, list[dict]]:
         frames.append(pd.read_parquet(p))
         meta = p.parent / "run.json"
         runs.append({"path": str(p.parent), **(json.loads(meta.read_text()) if meta.exists() else {})})
-    for col, ident in (("model", model_id), ("dataset", lambda r: (r.get("dataset") or {}).get("fingerprint"))):
+    metas = list(meta_runs or [])
+    for col, ident in IDENTITIES:
         names = [str(f[col].iloc[0]) if col in f and len(f) else "" for f in frames]
-        for f, run, label in zip(frames, runs, distinct(names, [ident(r) for r in runs])):
+        meta_names = [str(m["table"][col].iloc[0]) if col in m["table"] and len(m["table"]) else "" for m in metas]
+        known = [i for i, m in enumerate(metas) if ident(m)]  # meta runs with an identity join the labelling
+        labels = distinct(names + [meta_names[i] for i in known], [ident(r) for r in runs]
+                          + [ident(metas[i]) for i in known])
+        for f, run, label in zip(frames, runs, labels):
             run[f"{col}_label"] = label
             if col in f:
                 f[col] = label
+        meta_labels = dict(zip(known, labels[len(runs):]))
+        for i, m in enumerate(metas):
+            if i not in meta_labels:  # no identity: the one label of the score runs of its name, if one
+                of_name = {label for n, label in zip(names, labels) if n == meta_names[i]}
+                meta_labels[i] = of_name.pop() if len(of_name) == 1 else None
+            m[f"{col}_label"] = meta_labels[i]
     return pd.concat(frames, ignore_index=True), runs
 
 
@@ -71,14 +110,17 @@ MC_COLUMNS = ("mc_model", "mc_model_std", "mc_input", "mc_input_std")
 META_KEY = ["dataset", "model", "metric", "measure"]
 
 
-def gather_meta(root: str | Path) -> pd.DataFrame:
-    """MC per (dataset, model, metric, measure) from every ``meta.csv`` below ``root`` (runs of
-    ``python -m evalxai.meta``), averaged over meta runs: columns ``mc_model``, ``mc_model_std``, ``mc_input``,
-    ``mc_input_std``, ``meta_runs``. Empty when there is none."""
-    paths = sorted(p for p in Path(root).rglob("meta.csv") if not p.name.startswith("."))
-    if not paths:
+def gather_meta(meta_runs: list[dict]) -> pd.DataFrame:
+    """MC per (dataset, model, metric, measure) from the meta runs (``read_meta_runs``, labelled by ``gather``),
+    averaged over the meta runs of one dataset label and one model label, i.e. of one identity: columns
+    ``mc_model``, ``mc_model_std``, ``mc_input``, ``mc_input_std``, ``meta_runs``. Meta runs that match no label
+    (``None``) are left out. Empty when there is none."""
+    labels = [{col: m[f"{col}_label"] for col in ("model", "dataset") if f"{col}_label" in m} for m in meta_runs]
+    tables = [m["table"].assign(**label, meta_run=m["path"]) for m, label in zip(meta_runs, labels)
+              if None not in label.values()]
+    if not tables:
         return pd.DataFrame(columns=[*META_KEY, *MC_COLUMNS, "meta_runs"])
-    meta = pd.concat([pd.read_csv(p).assign(meta_run=str(p.parent)) for p in paths], ignore_index=True)
+    meta = pd.concat(tables, ignore_index=True)
     wide = meta.pivot_table(index=[*META_KEY, "meta_run"], columns="space", values=["MC", "MC_std"], aggfunc="mean")
     wide.columns = [f"mc_{space}" if v == "MC" else f"mc_{space}_std" for v, space in wide.columns]
     wide = wide.reset_index()
@@ -109,8 +151,9 @@ def headline_table(board: pd.DataFrame) -> pd.DataFrame:
 def build(root: str | Path, seed: int = 0) -> pd.DataFrame:
     """Write the leaderboard files into ``root``; returns the leaderboard table."""
     root = Path(root)
-    scores, runs = gather(root)
-    board = annotate_mc(leaderboard(scores, seed=seed), gather_meta(root))
+    meta_runs = read_meta_runs(root)
+    scores, runs = gather(root, meta_runs)
+    board = annotate_mc(leaderboard(scores, seed=seed), gather_meta(meta_runs))
     with atomic_path(root / "leaderboard.csv") as tmp:
         board.to_csv(tmp, index=False)
     head = headline_table(board)
@@ -123,7 +166,8 @@ def build(root: str | Path, seed: int = 0) -> pd.DataFrame:
     if "mc_model" in head or "mc_input" in head:
         intro += (" `mc_model` / `mc_input`: the metric's meta-consistency (MetaQuantus MC, 1 = ideal: its scores stay "
                   "put under minor perturbations of the model / input and move under disruptive ones), from the "
-                  "meta-evaluations (`meta.csv`) below this folder.")
+                  "meta-evaluations (`meta.csv`) below this folder of the same model and dataset (identity), "
+                  "averaged over them.")
     agree = agreement(scores, seed=seed)
     with atomic_path(root / "agreement.csv") as tmp:
         agree.to_csv(tmp, index=False)
@@ -147,15 +191,22 @@ def build(root: str | Path, seed: int = 0) -> pd.DataFrame:
     blocks += [("h2", "Agreement between metrics"), ("p", agree_text)]
     if agree_png is not None:
         blocks.append(("img", agree_png, "Kendall tau between the metrics' rankings of the methods"))
-    blocks += [("h2", "Runs"), ("table", pd.DataFrame([{"path": r["path"], "run_id": r.get("run_id"),
-                                                         "experiment": (r.get("config") or {}).get("name"),
-                                                         "seed": (r.get("config") or {}).get("seed"),
-                                                         "dataset": r["dataset_label"], "model": r["model_label"],
-                                                         "model identity": model_id(r),
-                                                         "data fingerprint": (r.get("dataset") or {}).get(
-                                                             "fingerprint")} for r in runs]))]
+    blocks += [("h2", "Runs"), ("table", runs_table(runs, meta_runs))]
     write_report(root, "evalxai leaderboard", blocks)
     return board
+
+
+def runs_table(runs: list[dict], meta_runs: list[dict]) -> pd.DataFrame:
+    """The report's list of the runs and meta runs gathered: their labels, model identity and data fingerprint (a
+    meta run whose label is empty matched no score run)."""
+    rows = []
+    for r, kind in [(r, "") for r in runs] + [(m, "meta-evaluation: ") for m in meta_runs]:
+        cfg = r.get("config") or {}
+        rows.append({"path": r["path"], "run_id": r.get("run_id"),
+                     "experiment": f"{kind}{cfg.get('name')}" if kind else cfg.get("name"),
+                     "seed": cfg.get("seed"), "dataset": r.get("dataset_label"), "model": r.get("model_label"),
+                     "model identity": model_id(r), "data fingerprint": dataset_id(r)})
+    return pd.DataFrame(rows)
 
 
 def agreement_text(agree: pd.DataFrame) -> str:

@@ -210,6 +210,14 @@ def code_record() -> dict:
             "explain": code_fingerprint(*EXPLAIN_CODE), "torch": torch.__version__}
 
 
+def dataset_record(dataset, fingerprint: str | None = None) -> dict:
+    """run.json's (and meta.json's) account of the data a run read: name, ``meta``, ``fingerprint()`` (the
+    leaderboard tells datasets of one name apart by it), classes, normalisation and the black pixel."""
+    return {"name": dataset.name, **dataset.meta, "fingerprint": fingerprint or dataset.fingerprint(),
+            "classes": list(dataset.classes), "normalization": {"mean": dataset.mean, "std": dataset.std},
+            "black_pixel": np.asarray(dataset.low).reshape(-1).tolist()}
+
+
 def is_complete(out: Path, key: str) -> bool:
     """Whether ``out`` holds a finished run of this config, data, checkpoint and code (run.json is written last)."""
     meta = out / "run.json"
@@ -397,10 +405,7 @@ def _run_experiment(cfg: dict, out_dir: str | Path, progress: bool = True) -> Pa
         "cache": {"model_hit": bool(model_info.get("cache_hit")), "attribution_hits": ATTR_STATS["hits"] - hits0,
                   "attribution_misses": len(methods) - (ATTR_STATS["hits"] - hits0)},
         "model": {**model_info, "test_accuracy": accuracy},
-        "dataset": {"name": dataset.name, **dataset.meta, "fingerprint": data_fingerprint,
-                    "classes": list(dataset.classes),
-                    "normalization": {"mean": dataset.mean, "std": dataset.std},
-                    "black_pixel": np.asarray(dataset.low).reshape(-1).tolist()},
+        "dataset": dataset_record(dataset, data_fingerprint),
         "n_samples": len(idx), "n_samples_requested": int(cfg.get("n_samples", 128)),
         "ground_truth": ground_truth_record(setup.ground, dataset, metrics),
         "versions": {"evalxai": evalxai.__version__, "torch": torch.__version__, "numpy": np.__version__,

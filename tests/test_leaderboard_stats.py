@@ -2,6 +2,7 @@
 interval is a cluster bootstrap over images, the Wilcoxon tests pair by image."""
 import numpy as np
 import pandas as pd
+import pytest
 from scipy.stats import wilcoxon
 
 from evalxai.report.stats import leaderboard
@@ -114,3 +115,73 @@ def test_datasets_of_one_name_are_kept_apart(tmp_path):
     board = build(tmp_path).set_index("dataset")
     assert board.loc["image_folder@ffffffff", "mean"] == 1.0 and board.loc["image_folder@eeeeeeee", "mean"] == 4.0
     assert set(board["model"]) == {"SmallNet"}
+
+
+def test_meta_runs_annotate_the_rows_of_their_own_checkpoint(tmp_path, cache_dir):
+    """Two checkpoints of one class with a meta run each (``evalxai.meta``, tiny settings): each leaderboard row
+    (``TinyNet@<identity>``) gets its own checkpoint's MC, not the average of both. A meta run without identities
+    (made before meta.json recorded them) of a name with two identities matches no row."""
+    import json
+    import shutil
+
+    from evalxai.leaderboard import build
+    from evalxai.meta.run import run_meta
+    from evalxai.pipeline import run_experiment
+    from tests.test_cache_keys import checkpoint_cfg, tiny_checkpoint
+
+    root = tmp_path / "runs"
+    for weights in (0, 1):
+        cfg = checkpoint_cfg(tiny_checkpoint(tmp_path / f"net{weights}.pt", weights), n_samples=4,
+                             methods="[gradient,random]")
+        run_experiment(cfg, root / f"run{weights}", progress=False)
+        run_meta({**cfg, "meta": {"iterations": 1, "perturbations": 1, "n_boot": 20}}, root / f"meta{weights}",
+                 progress=False)
+    own = {}
+    for weights in (0, 1):
+        run = json.loads((root / f"run{weights}" / "run.json").read_text())
+        meta = json.loads((root / f"meta{weights}" / "meta.json").read_text())
+        assert meta["model"]["identity"] == run["model"]["identity"]
+        assert meta["dataset"]["fingerprint"] == run["dataset"]["fingerprint"]
+        mc = pd.read_csv(root / f"meta{weights}" / "meta.csv").set_index("space")
+        own[f"TinyNet@{run['model']['identity'][:8]}"] = mc.loc[mc["metric"] == "sparseness", "MC"]
+    assert own[min(own)]["model"] != own[max(own)]["model"]  # otherwise an average would pass unnoticed
+    old = root / "old_meta"  # an older meta run: no identities in meta.json, other MC values
+    shutil.copytree(root / "meta0", old)
+    meta = json.loads((old / "meta.json").read_text())
+    meta["model"].pop("identity")
+    meta.pop("dataset")
+    (old / "meta.json").write_text(json.dumps(meta))
+    pd.read_csv(old / "meta.csv").assign(MC=0.0).to_csv(old / "meta.csv", index=False)
+
+    board = build(root)
+    rows = board[(board["metric"] == "sparseness") & (board["method"] == "gradient")].set_index("model")
+    assert set(rows.index) == set(own)
+    for label, mc in own.items():
+        assert rows.loc[label, "mc_model"] == pytest.approx(mc["model"])
+        assert rows.loc[label, "mc_input"] == pytest.approx(mc["input"])
+        assert rows.loc[label, "meta_runs"] == 1
+
+
+def test_meta_runs_without_identities_match_a_name_of_one_identity(tmp_path):
+    """An older meta run (no meta.json identities) matches by name where the score runs of that name have one
+    identity; a meta run of another identity matches nothing (and labels the score runs apart)."""
+    import json
+
+    from evalxai.leaderboard import build
+
+    run = tmp_path / "run"
+    run.mkdir()
+    table(np.arange(8.0).reshape(4, 2)).assign(run_id="r").to_parquet(run / "scores.parquet")
+    (run / "run.json").write_text(json.dumps({"dataset": {"name": "mnist", "fingerprint": "d" * 20},
+                                              "model": {"label": "lenet", "identity": "a" * 20}}))
+    for name, mc, info in (("old", 0.7, None), ("other", 0.1, {"model": {"identity": "b" * 20},
+                                                                 "dataset": {"fingerprint": "d" * 20}})):
+        (tmp_path / name).mkdir()
+        pd.DataFrame([{"dataset": "mnist", "model": "lenet", "metric": "m", "measure": "score", "space": space,
+                       "MC": mc, "MC_std": 0.0} for space in ("model", "input")]
+                     ).to_csv(tmp_path / name / "meta.csv", index=False)
+        if info:
+            (tmp_path / name / "meta.json").write_text(json.dumps(info))
+    row = build(tmp_path).iloc[0]
+    assert row["model"] == "lenet@aaaaaaaa" and row["dataset"] == "mnist"
+    assert row["mc_model"] == 0.7 and row["mc_input"] == 0.7 and row["meta_runs"] == 1

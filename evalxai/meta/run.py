@@ -3,7 +3,8 @@ metrics as ``evalxai.pipeline`` does, runs ``meta_evaluate`` with the config's `
 ``out_dir``: ``meta.csv`` (MC per metric and measure, model and input), ``meta_detail.csv`` (every IAC / IEC),
 ``meta_scores.parquet`` (per-sample scores, unperturbed and perturbed), ``agreement.csv`` (Kendall tau between the
 metrics' rankings of the methods), ``meta.md`` (also as ``report.md`` / ``report.html``), ``plots/meta_mc.png``,
-``plots/agreement.png`` and ``meta.json`` (config, timings, counts; written last).
+``plots/agreement.png`` and ``meta.json`` (config, timings, counts, the model with its identity and the data with
+its fingerprint as in run.json; written last).
 
 The folder holds no ``scores.parquet``, so a leaderboard over a sweep folder does not count these runs twice; it
 reads their ``meta.csv`` to annotate each metric with its MC.
@@ -99,7 +100,7 @@ def run_meta(cfg: dict, out_dir: str | Path, progress: bool = True) -> Path:
 def _run_meta(cfg: dict, out_dir: str | Path, progress: bool) -> Path:
     from evalxai.api import GROUND_TRUTH, takes
     from evalxai.metrics import get_metric
-    from evalxai.pipeline import check_run, explain_cached, method_calls, prepare, writable_dir
+    from evalxai.pipeline import check_run, dataset_record, explain_cached, method_calls, prepare, writable_dir
     from evalxai.report.document import write_report
 
     t_start = time.perf_counter()
@@ -188,6 +189,7 @@ def _run_meta(cfg: dict, out_dir: str | Path, progress: bool) -> Path:
         tmp.write_text(md_path.read_text())
     write_json(out / "meta.json", {"config": cfg, "settings": settings, "context": context,
                                    "model": {**model_info, "test_accuracy": model_info["test_accuracy"]},
+                                   "dataset": dataset_record(dataset),
                                    "timings": {k: (round(v, 4) if isinstance(v, float) else v)
                                                for k, v in timings.items()}})
     log.info("meta-evaluation: %d estimators, ratio %.3f, %.1fs -> %s", res.summary[["metric", "measure"]]
