@@ -29,7 +29,8 @@ def content_key(obj) -> str:
 
 def code_fingerprint(*parts: str) -> str:
     """SHA-256 prefix of the ``.py`` sources below ``parts`` of the package (sub-package folders or module files
-    relative to ``evalxai/``, e.g. ``"models"``, ``"api.py"``; none: the whole package) and of the torch version.
+    relative to ``evalxai/``, e.g. ``"models"``, ``"api.py"``; none: the whole package, less the scripts of the paper
+    folders in ``experiments/``) and of the torch version.
 
     Cache keys include it, so a change to the code that computes a result invalidates the stored result.
     Computed once per process per (package root, parts).
@@ -45,7 +46,8 @@ def _fingerprint(root: Path, parts: tuple[str, ...]) -> str:
     for part in parts or (".",):
         path = root / part
         if path.is_dir():
-            files.update(f for f in path.rglob("*.py") if f.is_file())
+            files.update(f for f in path.rglob("*.py")
+                         if f.is_file() and "experiments" not in f.relative_to(root).parts)
         elif path.is_file():
             files.add(path)
         else:  # installed without sources (zipped, .pyc only): the version is all there is to go by

@@ -1,4 +1,7 @@
-"""Write ``conf/method/<name>.yaml`` and ``conf/metric/<name>.yaml`` from the registries.
+"""Where the configs live, and ``conf/method/<name>.yaml`` and ``conf/metric/<name>.yaml`` written from the registries.
+
+The config tree is ``evalxai/conf`` (package data: a wheel carries it; the checkout's top-level ``conf`` is a link to
+it, one copy). Paper reproductions are ``evalxai/experiments`` (``experiments`` in the checkout).
 
 ``python -m evalxai.configs`` regenerates every file: registry keys equal config names, and each file holds
 the registered defaults under a comment (the function's docstring; a file whose values already agree keeps
@@ -10,7 +13,8 @@ from pathlib import Path
 
 import yaml
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parent / "conf"  # the Hydra config tree, shipped inside the package
+EXPERIMENTS = Path(__file__).resolve().parent / "experiments"  # paper reproductions: config.yaml + claims.yaml
 
 
 def _plain(v):
@@ -39,6 +43,11 @@ def write_all(conf: Path = CONF) -> list[Path]:
     return written
 
 
-if __name__ == "__main__":
+def main(argv=None) -> int:
     for p in write_all():
         print("wrote", p)
+    return 0
+
+
+if __name__ == "__main__":
+    main()

@@ -131,7 +131,7 @@ def bench_all_metrics(model, x, t, pool, metrics: list[str], repeats: int,
 # Quantus on the same batch
 
 QUANTUS_FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "quantus"
-QUANTUS_SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "quantus_reference" / "make_reference.py"
+QUANTUS_SCRIPT = Path(__file__).resolve().parent / "experiments" / "quantus_reference" / "make_reference.py"
 QUANTUS_TARGET = 2.0  # evalxai at least this many times faster than Quantus 0.6 on the same call
 QUANTUS_COLUMNS = ["metric", "quantus_class", "evalxai_ms", "quantus_ms", "speedup", "quantus_source",
                    "evalxai_cpu_ms", "quantus_cpu_ms", "cpu_speedup", "calls", "quantus_calls", "note"]

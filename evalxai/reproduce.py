@@ -28,12 +28,11 @@ import yaml
 
 from evalxai import allocator
 from evalxai._io import atomic_path
+from evalxai.configs import CONF, EXPERIMENTS
 from evalxai.report.document import write_report
 from evalxai.report.stats import holm, wilcoxon_p
 from evalxai.report.tables import bootstrap_ci
 
-ROOT = Path(__file__).resolve().parents[1]
-EXPERIMENTS = ROOT / "experiments"
 ALPHA = 0.05
 
 
@@ -46,7 +45,7 @@ def compose(overrides: list[str]) -> dict:
     from hydra import initialize_config_dir
     from omegaconf import OmegaConf
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
         cfg = hydra_compose("config", overrides=list(overrides))
     return OmegaConf.to_container(cfg, resolve=True)
 

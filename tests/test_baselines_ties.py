@@ -8,6 +8,7 @@ from torch import nn
 
 import evalxai
 from evalxai.baselines import BASELINES, reference
+from evalxai.configs import CONF as CONFIGS
 from evalxai.metrics.faithfulness import feature_ranks, tie_order
 
 
@@ -154,9 +155,8 @@ def test_pipeline_gives_methods_the_dataset_mean(tmp_path, cache_dir):
     from omegaconf import OmegaConf
 
     from evalxai.pipeline import run_experiment
-    from tests.test_cli import ROOT
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
         cfg = compose("config", overrides=["experiment=mnist_smoke", "n_samples=4", "progress=false",
                                            "methods=[integrated_gradients]", "metrics={conservation: {}}",
                                            "+method_params={integrated_gradients: {baseline: mean, steps: 128}}"])

@@ -1,14 +1,14 @@
 """Registries equal config names: every conf/method and conf/metric file mirrors its registry entry."""
-from pathlib import Path
 
 import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 
+from evalxai.configs import CONF as CONFIGS
 from evalxai.explain import METHODS
 from evalxai.metrics import METRICS
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = CONFIGS
 
 
 def _norm(v):

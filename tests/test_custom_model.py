@@ -1,13 +1,13 @@
 """model=custom: a user's module by _target_ (or model.path), a checkpoint used as is, or trained and cached;
 errors for checkpoints that do not fit, corrupt files, unknown keys, a _target_ on a zoo model, a wrong width."""
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
 import evalxai.models.cache as cache_mod
+from evalxai.configs import CONF as CONFIGS
 from evalxai.data import load_dataset
 from evalxai.models import get_model
 from evalxai.models.cache import STATS
@@ -17,7 +17,7 @@ from tests.custom_models import TinyNet
 
 TRAIN = {"epochs": 3, "batch_size": 64, "lr": 0.01}
 TARGET = "tests.custom_models.TinyNet"
-CONF = Path(__file__).resolve().parents[1] / "conf" / "model" / "custom.yaml"
+CONF = CONFIGS / "model" / "custom.yaml"
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import evalxai
+from evalxai.configs import CONF as CONFIGS
 from tests.test_cli import run_cli
 
 
@@ -74,9 +75,8 @@ def _smoke_cfg(**over):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from tests.test_cli import ROOT
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
         cfg = compose("config", overrides=["experiment=mnist_smoke", "n_samples=2", "methods=[gradient]",
                                            "metrics={sparseness: {}}", *[f"{k}={v}" for k, v in over.items()]])
     return OmegaConf.to_container(cfg, resolve=True)

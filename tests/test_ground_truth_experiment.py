@@ -1,6 +1,5 @@
 """experiment=ground_truth: the configs compose with registered names, and the report (which metrics agree with
 ground truth) computes what it says, on known tables and on a reduced sweep through the pipeline."""
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -8,12 +7,13 @@ import pytest
 from hydra import compose, initialize_config_dir
 from scipy.stats import spearmanr
 
+from evalxai.configs import CONF as CONFIGS
 from evalxai.explain import METHODS
 from evalxai.metrics import METRICS
 from evalxai.pipeline import run_experiment
 from evalxai.report import ground_truth as gt
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = CONFIGS
 
 
 @pytest.mark.parametrize("experiment", ["ground_truth", "ground_truth_decoy"])

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from evalxai.configs import CONF as CONFIGS
 from tests.test_cli import ROOT
 
 # Small and fast: 2 runs × 4 images × 2 methods, two cheap metrics (`~metrics` drops the experiment's map first:
@@ -120,7 +121,7 @@ def test_slurm_config_makes_a_valid_sbatch_script(tmp_path, monkeypatch):
     from submitit.slurm.slurm import SlurmExecutor
 
     monkeypatch.setattr(SlurmExecutor, "affinity", classmethod(lambda cls: 1))  # no srun here: pretend a cluster
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
         cfg = compose("config", overrides=["experiment=mnist_smoke", "hydra/launcher=slurm",
                                            "hydra.launcher.gpus_per_node=1", "hydra.launcher.partition=gpu"],
                       return_hydra_config=True)

@@ -11,6 +11,7 @@ from hydra import compose, initialize_config_dir
 from torch import nn
 
 import evalxai
+from evalxai.configs import CONF as CONFIGS
 from evalxai.data import load_dataset
 from evalxai.generators import get_generator
 from evalxai.maximize import target_log_prob
@@ -21,7 +22,7 @@ from tests.conftest import no_hooks
 
 UNBOUNDED = {"low": -math.inf, "high": math.inf}  # the closed forms below have no box
 STEPS, LR = 600, 0.1  # Adam on the concave linear objectives: converges to 1e-5 of the maximiser
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = CONFIGS
 TINY_VAE = {"name": "vae_tiny", "kind": "vae", "dataset": "mnist", "arch": {"latent_dim": 16, "hidden": [256]},
             "train": {"epochs": 5, "batch_size": 128, "lr": 0.002}, "seed": 0}
 

@@ -10,6 +10,7 @@ from torch import nn
 
 import evalxai
 from evalxai import memory
+from evalxai.configs import CONF as CONFIGS
 
 
 def cnn():
@@ -102,9 +103,8 @@ def test_pipeline_scores_do_not_depend_on_the_budget(tmp_path, cache_dir):
     from omegaconf import OmegaConf
 
     from evalxai.pipeline import run_experiment
-    from tests.test_cli import ROOT
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
         cfg = compose("config", overrides=["experiment=mnist_smoke", "n_samples=4", "attribution_cache=false",
                                            "methods=[smoothgrad,lrp_epsilon_plus]", "progress=false"])
     cfg = OmegaConf.to_container(cfg, resolve=True)

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 import evalxai
+from evalxai.configs import CONF as CONFIGS
 from evalxai.data import load_dataset
 from tests.test_cli import ROOT, run_cli
 
@@ -153,7 +154,7 @@ def test_only_the_explained_images_are_read(tmp_path, monkeypatch, cache_dir):
         return real_read(self, files)
 
     monkeypatch.setattr(folder.ImageFolderDataset, "_read", counting_read)
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
         cfg = compose("config", overrides=[
             "experiment=mnist_smoke", "dataset=image_folder", f"dataset.root={root}", "model=custom",
             "model._target_=mynets_big.SmallNet", f"model.path={tmp_path}", "+model.kwargs.num_classes=3",

@@ -2,7 +2,6 @@
 noise, blur, superpixels) gives the same scores whether the model takes normalised inputs (model space) or has its
 normalisation as a first layer and takes pixels in [0, 1]; and the dataset's low / high / mean reach every method and
 metric that takes them, however the config leaves them unset."""
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,11 +12,12 @@ from torch import nn
 import evalxai
 import evalxai.seeding
 from evalxai.api import takes
+from evalxai.configs import CONF as CONFIGS
 from evalxai.explain import get_method
 from evalxai.metrics import METRICS, get_metric
 from evalxai.pipeline import method_calls, metric_call
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = CONFIGS
 MEAN = torch.tensor([0.485, 0.456, 0.406], dtype=torch.float64).view(3, 1, 1)
 STD = torch.tensor([0.229, 0.124, 0.325], dtype=torch.float64).view(3, 1, 1)
 SIDE, N = 10, 3

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
+from evalxai.configs import CONF as CONFIGS
 from tests.test_cli import ROOT, run_cli
 
 SWEEP = ["experiment=mnist_smoke", "seed=0,1", "sample_seed=0,1", "n_samples=4", "methods=[gradient,lrp_epsilon_plus]",
@@ -33,7 +34,7 @@ def runs(root: Path) -> dict[str, Path]:
 def test_launcher_configs_compose(launcher, target, plugin):
     if launcher in ("ray", "submitit_local"):  # these names exist only with the plugin installed
         pytest.importorskip(f"hydra_plugins.{plugin}")
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
         cfg = compose("config", overrides=["experiment=mnist_smoke", f"hydra/launcher={launcher}"],
                       return_hydra_config=True)
     assert cfg.hydra.launcher._target_ == target
@@ -113,7 +114,7 @@ def test_same_config_same_table(tmp_path, cache_dir):
 
     from evalxai.pipeline import run_experiment
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
         cfg = compose("config", overrides=["experiment=mnist_smoke", "n_samples=3", "attribution_cache=false",
                                            "methods=[smoothgrad,random,lrp_epsilon_plus]"])
     cfg = OmegaConf.to_container(cfg, resolve=True)

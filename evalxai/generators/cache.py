@@ -10,18 +10,17 @@ from __future__ import annotations
 import json
 import logging
 import time
-from pathlib import Path
 
 import torch
 import yaml
 
 from evalxai import __version__
 from evalxai._io import atomic_path, cache_root, code_fingerprint, content_key, write_json
+from evalxai.configs import CONF
 from evalxai.generators.vae import VAE, Generator, train_vae
 from evalxai.models.custom import load_weights
 
 log = logging.getLogger(__name__)
-CONF = Path(__file__).resolve().parents[2] / "conf"
 # The parts of the package that determine a generator's weights.
 GENERATOR_CODE = ("data", "generators")
 FIELDS = ("name", "kind", "dataset", "arch", "train", "seed")

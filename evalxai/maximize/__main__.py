@@ -5,7 +5,7 @@ import hydra
 from omegaconf import DictConfig
 
 
-@hydra.main(version_base=None, config_path="../../conf", config_name="maximize")
+@hydra.main(version_base=None, config_path="../conf", config_name="maximize")
 def main(cfg: DictConfig) -> None:
     from evalxai.cli import run_command
     from evalxai.maximize.cli import run_prototypes

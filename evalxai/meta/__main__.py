@@ -5,7 +5,7 @@ import hydra
 from omegaconf import DictConfig
 
 
-@hydra.main(version_base=None, config_path="../../conf", config_name="meta")
+@hydra.main(version_base=None, config_path="../conf", config_name="meta")
 def main(cfg: DictConfig) -> None:
     from evalxai.cli import run_command
     from evalxai.meta.run import run_meta
