@@ -149,6 +149,7 @@ def test_conservation_charges_each_method_its_own_reference():
             np.testing.assert_allclose(res_none - residual, -f0.numpy(), rtol=1e-9)
 
 
+@pytest.mark.slow
 def test_pipeline_gives_methods_the_dataset_mean(tmp_path, cache_dir):
     """IG with baseline=mean starts from the training-set mean image, the reference its conservation row uses."""
     from hydra import compose, initialize_config_dir

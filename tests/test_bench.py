@@ -8,6 +8,8 @@ import torch
 
 import evalxai
 
+pytestmark = pytest.mark.slow  # end to end: runs through the CLI or the pipeline (pytest -m 'not slow' skips)
+
 CODE = "from evalxai import allocator; print(allocator.tune(), allocator.tune())"
 
 

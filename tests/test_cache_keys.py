@@ -70,6 +70,7 @@ def test_fingerprint_parts(tmp_path, monkeypatch):
     assert fallback not in (code_fingerprint("models"), code_fingerprint())
 
 
+@pytest.mark.slow
 def test_resume_with_changed_code_recomputes(tmp_path, monkeypatch, cache_dir):
     cfg, out = _smoke_cfg(), tmp_path / "run"
     run_experiment(cfg, out, progress=False)
@@ -116,6 +117,7 @@ def test_atomic_writes_honour_the_umask(tmp_path, monkeypatch, umask, mask, expe
     assert mode(tmp_path / "c.json") == expected
 
 
+@pytest.mark.slow
 def test_pipeline_files_honour_the_umask(tmp_path, umask, cache_dir):
     for mask, expected in ((0o022, 0o644), (0o077, 0o600)):
         umask(mask)
@@ -140,6 +142,7 @@ def checkpoint_cfg(path, **over):
                          "model.checkpoint": str(path), **over})
 
 
+@pytest.mark.slow
 def test_new_weights_at_the_same_checkpoint_path_recompute(tmp_path, cache_dir):
     cfg, out = checkpoint_cfg(tiny_checkpoint(tmp_path / "net.pt", 0)), tmp_path / "run"
     run_experiment(cfg, out, progress=False)
@@ -152,6 +155,7 @@ def test_new_weights_at_the_same_checkpoint_path_recompute(tmp_path, cache_dir):
     assert second["model"]["checkpoint_sha256"] == sha != first["model"]["checkpoint_sha256"]
 
 
+@pytest.mark.slow
 def test_changed_images_recompute(tmp_path, cache_dir):
     import numpy as np
     from PIL import Image

@@ -110,6 +110,7 @@ def test_disk_full_keeps_the_previous_table(tmp_path, cache_dir, monkeypatch):
     assert not (out / "run.json").exists()  # the folder no longer claims a complete run
 
 
+@pytest.mark.slow
 def test_cli_unknown_experiment_and_verbose(tmp_path, cache_dir):
     res = run_cli(["experiment=nope", f"hydra.run.dir={tmp_path}"], cache_dir)
     assert res.returncode != 0 and "mnist_lrp" in res.stderr and "Traceback" not in res.stderr

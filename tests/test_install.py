@@ -47,6 +47,7 @@ def test_evalxai_lists_its_subcommands_and_dispatches_to_them(capsys):
     assert "unknown reproduction 'no_such_paper'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_own_experiment_in_own_folder_extends_a_shipped_one_and_writes_under_the_working_directory(tmp_path,
                                                                                                   cache_dir):
     mine = tmp_path / "myconf" / "experiment"
@@ -56,9 +57,10 @@ def test_own_experiment_in_own_folder_extends_a_shipped_one_and_writes_under_the
     work = tmp_path / "work"
     work.mkdir()
     env = {**os.environ, "EVALXAI_CACHE": str(cache_dir)}
-    res = subprocess.run([sys.executable, "-m", "evalxai", "--config-dir", str(tmp_path / "myconf"), "experiment=mine",
-                          "progress=false", "~metrics", "+metrics={sparseness: {}}"], cwd=work, env=env, capture_output=True,
-                         text=True, timeout=600)
+    args = ["--config-dir", str(tmp_path / "myconf"), "experiment=mine", "progress=false", "~metrics",
+            "+metrics={sparseness: {}}"]
+    res = subprocess.run([sys.executable, "-m", "evalxai", *args], cwd=work, env=env, capture_output=True, text=True,
+                         timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     runs = list((work / "results" / "mine").glob("*/scores.parquet"))
     assert len(runs) == 1, list(work.rglob("*"))

@@ -17,6 +17,8 @@ import pytest
 from evalxai.configs import CONF as CONFIGS
 from tests.test_cli import ROOT
 
+pytestmark = pytest.mark.slow  # end to end: runs through the CLI or the pipeline (pytest -m 'not slow' skips)
+
 # Small and fast: 2 runs × 4 images × 2 methods, two cheap metrics (`~metrics` drops the experiment's map first:
 # a dict override alone would merge into it). attribution_cache=false: every launcher computes its maps itself.
 SWEEP = ["experiment=mnist_smoke", "seed=0,1", "n_samples=4", "methods=[gradient,lrp_epsilon_plus]", "progress=false",

@@ -72,6 +72,7 @@ def test_one_observation_per_cluster_is_the_plain_bootstrap():
     assert lo == 1.0 and hi == 9.0  # all-ones or all-nines replicates; the mean 3 lies inside
 
 
+@pytest.mark.slow
 def test_two_checkpoints_of_one_class_are_two_rows_and_seeds_are_one(tmp_path, cache_dir):
     """Runs differing in the checkpoint's weights are two models (labelled apart); runs differing in seed are one."""
     import json
@@ -117,6 +118,7 @@ def test_datasets_of_one_name_are_kept_apart(tmp_path):
     assert set(board["model"]) == {"SmallNet"}
 
 
+@pytest.mark.slow
 def test_meta_runs_annotate_the_rows_of_their_own_checkpoint(tmp_path, cache_dir):
     """Two checkpoints of one class with a meta run each (``evalxai.meta``, tiny settings): each leaderboard row
     (``TinyNet@<identity>``) gets its own checkpoint's MC, not the average of both. A meta run without identities

@@ -171,6 +171,7 @@ def lenet_setup(cache_dir):
     return dataset, model, generator
 
 
+@pytest.mark.slow
 def test_lenet_prototypes_activate_their_class_at_least_as_much_as_the_median_test_image(lenet_setup):
     dataset, model, generator = lenet_setup
     x, y = dataset.test_items(np.arange(len(dataset)))
@@ -275,6 +276,7 @@ def test_claims_on_a_known_table():
     assert "recognised (argmax) code 10/10, input 0/10" in v.loc["recognised", "measured"]
 
 
+@pytest.mark.slow
 def test_cli_on_digits_writes_table_grids_and_claims(tmp_path, cache_dir):
     """The whole command on the 8x8 digits (an MLP, a tiny VAE, a logistic judge) through Hydra composition."""
     from evalxai.maximize.cli import run_prototypes

@@ -98,6 +98,7 @@ def test_smoothgrad_draws_its_noise_per_chunk(monkeypatch):
     assert sum(sizes) == 5 * len(x) and max(sizes) <= chunk < 5 * len(x) and max(draws) <= chunk
 
 
+@pytest.mark.slow
 def test_pipeline_scores_do_not_depend_on_the_budget(tmp_path, cache_dir):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
@@ -148,6 +149,7 @@ def test_cuda_maps_and_scores_equal_the_cpu_ones_and_the_budget_reads_gpu_memory
     assert df["value"].notna().all()
 
 
+@pytest.mark.slow
 def test_progress_bars_per_chunk_only_when_asked(capsys):
     model, (x, t) = cnn(), data()
     with evalxai.memory_budget(tiny_budget(model, x)):

@@ -205,6 +205,7 @@ def constant_metric():
     METRICS.pop("_meta_constant")
 
 
+@pytest.mark.slow
 def test_reduced_run(constant_metric):
     torch.manual_seed(0)
     model = TinyNet().double().eval()
@@ -336,6 +337,7 @@ def test_leaderboard_annotates_mc_and_lists_disagreeing_metrics(tmp_path):
     assert len(agree) == 6 and (tmp_path / "agreement.png").exists()
 
 
+@pytest.mark.slow
 def test_cli_run_writes_every_file_and_feeds_the_leaderboard(tmp_path, cache_dir):
     """The config path (Hydra compose of conf/meta.yaml -> run_meta) on a tiny model, then a pipeline run and the
     leaderboard over both folders: the metric's MC is the meta run's."""

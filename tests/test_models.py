@@ -19,6 +19,7 @@ def test_zoo_shapes(name):
         assert model(torch.rand(2, *shape)).shape == (2, 10)
 
 
+@pytest.mark.slow
 def test_cache_miss_then_hit(tmp_path):
     d = load_dataset("digits", cache_dir=tmp_path)
     misses, hits = STATS["misses"], STATS["hits"]

@@ -15,6 +15,8 @@ from evalxai.configs import CONF as CONFIGS
 from evalxai.data import load_dataset
 from tests.test_cli import ROOT, run_cli
 
+pytestmark = pytest.mark.slow  # end to end: runs through the CLI or the pipeline (pytest -m 'not slow' skips)
+
 MEAN, STD = [0.5, 0.4, 0.3], [0.25, 0.2, 0.3]
 MODULE = '''
 import torch

@@ -10,6 +10,8 @@ from scipy.stats import wilcoxon
 
 from evalxai import reproduce
 
+pytestmark = pytest.mark.slow  # end to end: runs through the CLI or the pipeline (pytest -m 'not slow' skips)
+
 FAST = ["n_samples=4", "model.train.epochs=1"]
 N_FAST = 4
 # With n paired images the smallest two-sided exact Wilcoxon signed-rank p is 2 / 2**n (all differences of one

@@ -15,6 +15,8 @@ from hydra import compose, initialize_config_dir
 from evalxai.configs import CONF as CONFIGS
 from tests.test_cli import ROOT, run_cli
 
+pytestmark = pytest.mark.slow  # end to end: runs through the CLI or the pipeline (pytest -m 'not slow' skips)
+
 SWEEP = ["experiment=mnist_smoke", "seed=0,1", "sample_seed=0,1", "n_samples=4", "methods=[gradient,lrp_epsilon_plus]",
          "progress=false"]
 
