@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 
 from evalxai.allocator import tune as tune_allocator  # noqa: E402
 from evalxai.api import explain, score  # noqa: E402
-from evalxai.maximize import maximize  # noqa: E402
+from evalxai.maximization.prototypes import maximize  # noqa: E402
 from evalxai.memory import memory_budget  # noqa: E402
 
 __all__ = ["explain", "score", "maximize", "memory_budget", "tune_allocator", "__version__"]

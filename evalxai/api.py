@@ -10,8 +10,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from evalxai.explain import get_method
-from evalxai.explain.guard import frozen
+from evalxai.methods import get_method
+from evalxai.methods.guard import frozen
 
 _NUM_CLASSES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _FINITE_LOGITS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -86,9 +86,9 @@ def _params(defaults: dict, overrides: dict, what: str) -> dict:
 
 def resolve_method(method: str | Callable | dict, overrides: dict) -> Callable:
     """``f(model, x, target) -> Tensor`` for a method name (with overrides), a foreign callable, or a config
-    mapping with ``_target_`` (a captum attribution class or a function; see ``evalxai.explain.foreign``)."""
+    mapping with ``_target_`` (a captum attribution class or a function; see ``evalxai.methods.foreign``)."""
     if isinstance(method, dict) or hasattr(method, "keys"):
-        from evalxai.explain.foreign import foreign_method
+        from evalxai.methods.foreign import foreign_method
 
         spec = {**dict(method), **overrides}
         if "_target_" not in spec:

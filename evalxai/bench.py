@@ -35,12 +35,12 @@ from torch import nn
 import evalxai
 import evalxai.metrics
 from evalxai import allocator
-from evalxai.explain import METHODS
-from evalxai.explain.gradient import target_grad
-from evalxai.explain.guard import frozen
-from evalxai.explain.lrp import COMPOSITES
 from evalxai.memory import budget as memory_budget_bytes
 from evalxai.memory import images_per_chunk
+from evalxai.methods import METHODS
+from evalxai.methods.gradient import target_grad
+from evalxai.methods.guard import frozen
+from evalxai.methods.lrp import COMPOSITES
 from evalxai.metric_bench import bench_all_metrics
 from evalxai.models.zoo import build_model
 

@@ -17,7 +17,7 @@ SUBCOMMANDS = {
     "leaderboard": ("evalxai.leaderboard", "rank methods over every run below a folder"),
     "reproduce": ("evalxai.reproduce", "run a paper reproduction and check its claims"),
     "meta": ("evalxai.meta.__main__", "meta-evaluation: which metrics to trust (Hydra overrides)"),
-    "maximize": ("evalxai.maximize.__main__", "activation maximization: class prototypes (Hydra overrides)"),
+    "maximize": ("evalxai.maximization.__main__", "activation maximization: class prototypes (Hydra overrides)"),
     "bench": ("evalxai.bench", "time methods and metrics against their bare cost"),
     "configs": ("evalxai.configs", "rewrite conf/method and conf/metric from the registries"),
 }

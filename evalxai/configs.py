@@ -29,7 +29,7 @@ def render(name: str, fn, defaults: dict) -> str:
 
 
 def write_all(conf: Path = CONF) -> list[Path]:
-    from evalxai.explain import METHODS
+    from evalxai.methods import METHODS
     from evalxai.metrics import METRICS
 
     written = []

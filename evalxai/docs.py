@@ -3,7 +3,7 @@
 Three blocks, each between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->`` in a markdown file of the
 checkout:
 
-- ``methods`` in ``docs/methods.md``: the method list of ``evalxai.explain.METHODS`` (name, family, parameters
+- ``methods`` in ``docs/methods.md``: the method list of ``evalxai.methods.METHODS`` (name, family, parameters
   with their registered defaults, the docstring's first sentence);
 - ``metrics`` in ``docs/metrics.md``: the metric catalogue of ``evalxai.metrics.METRICS`` (name, family, what it
   takes from the pipeline, parameters with defaults, the docstring's first sentence);
@@ -84,11 +84,11 @@ def _family_order(family: str, order: tuple[str, ...]) -> int:
 
 
 def render_methods() -> str:
-    from evalxai.explain import METHODS
+    from evalxai.methods import METHODS
 
     specs = sorted(METHODS.values(), key=lambda s: _family_order(s.family, METHOD_FAMILIES))  # stable: registry order
     lines = [
-        f"{len(specs)} methods, from `evalxai.explain.METHODS` (the name is the config name `conf/method/<name>.yaml` "
+        f"{len(specs)} methods, from `evalxai.methods.METHODS` (the name is the config name `conf/method/<name>.yaml` "
         "and the `method=` of `evalxai.explain`; the parameters are the registered defaults, which the YAML files "
         "hold too).",
         "",

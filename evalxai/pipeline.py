@@ -22,9 +22,9 @@ from tqdm.auto import tqdm
 import evalxai
 from evalxai._io import atomic_path, code_fingerprint, content_key, write_json
 from evalxai.data import load_dataset, provides_masks
-from evalxai.explain import get_method
-from evalxai.explain.cache import EXPLAIN_CODE, attribution_key, cached
-from evalxai.explain.cache import STATS as ATTR_STATS
+from evalxai.methods import get_method
+from evalxai.methods.cache import EXPLAIN_CODE, attribution_key, cached
+from evalxai.methods.cache import STATS as ATTR_STATS
 from evalxai.metrics import get_metric
 from evalxai.models import get_model
 from evalxai.models.cache import MODEL_CODE
@@ -49,7 +49,7 @@ def method_list(cfg: dict) -> list[tuple[str, dict]]:
     """(name, overrides) for every method of the run: ``method`` (one, with params) or ``methods`` (+ params).
 
     An entry of ``methods`` is a registered name or a mapping ``{name: ..., _target_: ..., **params}`` naming a
-    foreign explainer (a captum attribution class or a function, see ``evalxai.explain.foreign``).
+    foreign explainer (a captum attribution class or a function, see ``evalxai.methods.foreign``).
     """
     if cfg.get("method"):
         m = dict(cfg["method"])

@@ -152,7 +152,7 @@ def road_mask_leakage(claim: dict, scores: pd.DataFrame) -> dict:
 
 def prototypes(claim: dict, scores: pd.DataFrame) -> dict:
     """Montavon 2018 §3: code-space against input-space activation-maximization prototypes (evalxai.maximize)."""
-    from evalxai.maximize.claims import check
+    from evalxai.maximization.claims import check
 
     return check(claim, scores)
 

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import evalxai
-from evalxai.explain.lrp import COMPOSITES
+from evalxai.methods.lrp import COMPOSITES
 from tests import torchvision_style as tv
 from tests.conftest import no_hooks
 

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 import evalxai
-from evalxai.explain.cam import CAMError
+from evalxai.methods.cam import CAMError
 from evalxai.models.zoo import build_model
 from tests.conftest import no_hooks
 

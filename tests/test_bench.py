@@ -129,7 +129,7 @@ def test_lrp_leaves_no_graph_behind():
 
     import evalxai
     from evalxai import bench
-    from evalxai.explain.lrp import COMPOSITES
+    from evalxai.methods.lrp import COMPOSITES
 
     model = bench.ResNet50(width=1 / 16).eval()
     x, t = torch.rand(2, 3, 32, 32), torch.tensor([1, 2])

@@ -10,7 +10,7 @@ import torch
 
 import evalxai._io as io
 from evalxai._io import atomic_path, code_fingerprint, current_umask, write_json
-from evalxai.explain.cache import attribution_key
+from evalxai.methods.cache import attribution_key
 from evalxai.models.cache import model_key
 from evalxai.pipeline import config_key, run_experiment
 from tests.test_errors import _smoke_cfg
@@ -43,13 +43,13 @@ def test_keys_follow_the_code(tmp_path, monkeypatch):
     src = package_copy(tmp_path, "a")  # every variant derives from this snapshot of the sources
     base = keys(monkeypatch, src)
     assert keys(monkeypatch, package_copy(tmp_path, "b", src=src)) == base  # same sources elsewhere: same keys
-    explain = keys(monkeypatch, package_copy(tmp_path, "explain", "explain/gradient.py", src))
+    explain = keys(monkeypatch, package_copy(tmp_path, "explain", "methods/gradient.py", src))
     assert explain["model"] == base["model"]
     assert explain["attribution"] != base["attribution"] and explain["config"] != base["config"]
     for edit in ("models/train.py", "data/datasets.py"):  # the weights' code: every key changes
         changed = keys(monkeypatch, package_copy(tmp_path, edit.replace("/", "_"), edit, src))
         assert all(changed[k] != base[k] for k in base), edit
-    for edit in ("api.py", "scoring.py", "baselines.py", "seeding.py", "explain/lrp/rules.py"):
+    for edit in ("api.py", "scoring.py", "baselines.py", "seeding.py", "methods/lrp/rules.py"):
         changed = keys(monkeypatch, package_copy(tmp_path, edit.replace("/", "_"), edit, src))
         assert changed["model"] == base["model"] and changed["attribution"] != base["attribution"], edit
     report = keys(monkeypatch, package_copy(tmp_path, "report", "report/stats.py", src))  # only the run's identity
@@ -78,7 +78,7 @@ def test_resume_with_changed_code_recomputes(tmp_path, monkeypatch, cache_dir):
     stamp = (out / "run.json").stat().st_mtime_ns
     run_experiment(cfg, out, progress=False)  # same config, same code: complete, nothing recomputed
     assert (out / "run.json").stat().st_mtime_ns == stamp
-    monkeypatch.setattr(io, "PACKAGE_ROOT", package_copy(tmp_path, "fixed", "explain/gradient.py"))
+    monkeypatch.setattr(io, "PACKAGE_ROOT", package_copy(tmp_path, "fixed", "methods/gradient.py"))
     run_experiment(cfg, out, progress=False)
     second = json.loads((out / "run.json").read_text())
     assert (out / "run.json").stat().st_mtime_ns != stamp

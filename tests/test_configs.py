@@ -5,7 +5,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 
 from evalxai.configs import CONF as CONFIGS
-from evalxai.explain import METHODS
+from evalxai.methods import METHODS
 from evalxai.metrics import METRICS
 
 CONF = CONFIGS

@@ -78,7 +78,7 @@ def test_generated_blocks_equal_what_the_registries_and_the_committed_run_render
 
 
 def test_generated_tables_cover_every_registered_method_and_metric():
-    from evalxai.explain import METHODS
+    from evalxai.methods import METHODS
     from evalxai.metrics import METRICS
 
     methods = docs.read_block((ROOT / "docs/methods.md").read_text(encoding="utf-8"), "methods")

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import evalxai
-from evalxai.explain import get_method
-from evalxai.explain.lrp import COMPOSITES, LRPError
+from evalxai.methods import get_method
+from evalxai.methods.lrp import COMPOSITES, LRPError
 
 NON_BOX = [c for c in COMPOSITES if c not in ("dtd", "lrp_epsilon_gamma_box")]
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import evalxai
-from evalxai.explain.lrp import LRPError
+from evalxai.methods.lrp import LRPError
 
 
 def explain(model, x, t, method, **kw):

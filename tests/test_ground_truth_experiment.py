@@ -8,7 +8,7 @@ from hydra import compose, initialize_config_dir
 from scipy.stats import spearmanr
 
 from evalxai.configs import CONF as CONFIGS
-from evalxai.explain import METHODS
+from evalxai.methods import METHODS
 from evalxai.metrics import METRICS
 from evalxai.pipeline import run_experiment
 from evalxai.report import ground_truth as gt

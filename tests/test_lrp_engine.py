@@ -6,9 +6,9 @@ import torch
 from torch import nn
 
 import evalxai
-from evalxai.explain import get_method
-from evalxai.explain.guard import frozen
-from evalxai.explain.lrp import COMPOSITES, LRPError, Recorder, make_composite, run_lrp
+from evalxai.methods import get_method
+from evalxai.methods.guard import frozen
+from evalxai.methods.lrp import COMPOSITES, LRPError, Recorder, make_composite, run_lrp
 from evalxai.models.zoo import build_model
 from tests.conftest import no_hooks
 
@@ -102,7 +102,7 @@ def randomize_bn(model):
 
 
 def test_batchnorm_merge_preserves_outputs_and_matches_manual_merge():
-    from evalxai.explain.lrp.engine import merged_weights
+    from evalxai.methods.lrp.engine import merged_weights
 
     torch.manual_seed(4)
     bn_net = randomize_bn(nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(),
@@ -129,7 +129,7 @@ def test_local_response_norm_conserves():
 
 
 def test_lrn_denominator_matches_torch():
-    from evalxai.explain.lrp.engine import lrn_denominator
+    from evalxai.methods.lrp.engine import lrn_denominator
 
     m = nn.LocalResponseNorm(5, alpha=0.3, beta=0.75, k=2.0)
     a = torch.randn(2, 7, 4, 4, dtype=torch.float64)

@@ -3,8 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from evalxai.explain.lrp import rules
-from evalxai.explain.lrp.rules import LinearOp, make_rule
+from evalxai.methods.lrp import rules
+from evalxai.methods.lrp.rules import LinearOp, make_rule
 
 
 def as_matrix(layer, in_shape, weight=None):

@@ -14,9 +14,9 @@ import evalxai
 from evalxai.configs import CONF as CONFIGS
 from evalxai.data import load_dataset
 from evalxai.generators import get_generator
-from evalxai.maximize import target_log_prob
-from evalxai.maximize.claims import verdicts
-from evalxai.maximize.naturalness import get_classifier
+from evalxai.maximization import target_log_prob
+from evalxai.maximization.claims import verdicts
+from evalxai.maximization.naturalness import get_classifier
 from evalxai.models import get_model
 from tests.conftest import no_hooks
 
@@ -239,7 +239,7 @@ def test_model_and_generator_are_left_untouched():
 
 def test_errors_say_what_to_do():
     model = nn.Linear(4, 3).eval()
-    with pytest.raises(ValueError, match=r"needs a generator.*get_generator\('vae_mnist'\).*-m evalxai.maximize"):
+    with pytest.raises(ValueError, match=r"needs a generator.*get_generator\('vae_mnist'\).*-m evalxai.maximization"):
         evalxai.maximize(model, 0, "code")
     with pytest.raises(ValueError, match="not a module with a latent_dim"):
         evalxai.maximize(model, 0, "code", generator=nn.Linear(2, 4))
@@ -279,7 +279,7 @@ def test_claims_on_a_known_table():
 @pytest.mark.slow
 def test_cli_on_digits_writes_table_grids_and_claims(tmp_path, cache_dir):
     """The whole command on the 8x8 digits (an MLP, a tiny VAE, a logistic judge) through Hydra composition."""
-    from evalxai.maximize.cli import run_prototypes
+    from evalxai.maximization.cli import run_prototypes
 
     with initialize_config_dir(config_dir=str(CONF), version_base=None):
         cfg = compose("maximize", overrides=[

@@ -84,7 +84,7 @@ def test_an_image_that_does_not_fit_is_an_error_saying_how_much_it_needs():
 
 def test_smoothgrad_draws_its_noise_per_chunk(monkeypatch):
     """The noisy copies exist only a chunk at a time: no gradient call and no noise draw covers all of them."""
-    gradient = importlib.import_module("evalxai.explain.gradient")
+    gradient = importlib.import_module("evalxai.methods.gradient")
 
     model, (x, t) = cnn(), data()
     sizes, draws = [], []

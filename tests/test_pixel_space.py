@@ -13,7 +13,7 @@ import evalxai
 import evalxai.seeding
 from evalxai.api import takes
 from evalxai.configs import CONF as CONFIGS
-from evalxai.explain import get_method
+from evalxai.methods import get_method
 from evalxai.metrics import METRICS, get_metric
 from evalxai.pipeline import method_calls, metric_call
 

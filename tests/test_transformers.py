@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import evalxai
-from evalxai.explain.lrp import LRPError
+from evalxai.methods.lrp import LRPError
 from evalxai.models.vit import ViT
 from evalxai.models.zoo import build_model
 from tests.conftest import no_hooks

@@ -20,7 +20,6 @@ import torch
 from tqdm.auto import tqdm
 
 import evalxai
-from evalxai.explain import get_method
 from evalxai.meta.consistency import criteria, meta_consistency
 from evalxai.meta.perturbation import (
     ModelNoise,
@@ -31,6 +30,7 @@ from evalxai.meta.perturbation import (
     perturb_input,
     predict,
 )
+from evalxai.methods import get_method
 from evalxai.pipeline import method_calls, metric_call
 
 CRITERIA = ("IAC_NR", "IAC_AR", "IEC_NR", "IEC_AR")

@@ -42,7 +42,7 @@ def promised_reference(method, method_params: dict | None) -> tuple[object, dict
     ("none", {})."""
     if not isinstance(method, str):
         return "none", {}
-    from evalxai.explain import get_method
+    from evalxai.methods import get_method
 
     spec = get_method(method)
     if "baseline" not in spec.defaults:
@@ -63,8 +63,8 @@ def conservation(model, x, target, attributions, reference="auto", method=None, 
     to rounding), so no separate forward is made."""
     rec = None
     if isinstance(method, str):
-        from evalxai.explain import get_method
-        from evalxai.explain.lrp.engine import Recorder
+        from evalxai.methods import get_method
+        from evalxai.methods.lrp.engine import Recorder
 
         spec = get_method(method)
         if spec.family == "lrp":
@@ -248,7 +248,7 @@ def _shifted_params(method, method_params: dict | None, shift: float) -> dict:
     params = dict(method_params or {})
     defaults = {}
     if isinstance(method, str):
-        from evalxai.explain import get_method
+        from evalxai.methods import get_method
 
         defaults = get_method(method).defaults
     for key, unset in (("low", DATA_RANGE[0]), ("high", DATA_RANGE[1]), ("mean", None), ("baseline", None)):

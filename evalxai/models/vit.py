@@ -3,7 +3,7 @@
 Patch embedding by a strided convolution, a class token (``expand`` + ``torch.cat``), a learned positional
 embedding added to the tokens, pre-norm blocks (LayerNorm, ``nn.MultiheadAttention`` or the same attention
 written by hand, residual adds, a GELU MLP) and a linear head on the class token (or on the mean token).
-Every part is one the LRP engine has a rule for (AttnLRP / CP-LRP, see ``evalxai.explain.lrp.engine``).
+Every part is one the LRP engine has a rule for (AttnLRP / CP-LRP, see ``evalxai.methods.lrp.engine``).
 """
 from __future__ import annotations
 

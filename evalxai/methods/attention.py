@@ -8,8 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from evalxai.explain.lrp.engine import LRPError, attention_nodes, execute
-from evalxai.explain.registry import register_method
+from evalxai.methods.lrp.engine import LRPError, attention_nodes, execute
+from evalxai.methods.registry import register_method
 
 HEAD_FUSIONS = ("mean", "max", "min")
 

@@ -17,7 +17,7 @@ from evalxai._io import atomic_path, cache_root, code_fingerprint, content_key
 log = logging.getLogger(__name__)
 STATS = {"hits": 0, "misses": 0}
 # The parts of the package that compute a map from a trained model (see ``evalxai._io.code_fingerprint``).
-EXPLAIN_CODE = ("explain", "api.py", "scoring.py", "baselines.py", "seeding.py")
+EXPLAIN_CODE = ("methods", "api.py", "scoring.py", "baselines.py", "seeding.py")
 
 
 def attribution_key(model_key: str, method, params: dict, indices, target: torch.Tensor, dtype) -> str:

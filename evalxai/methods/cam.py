@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from evalxai.explain.registry import register_method
+from evalxai.methods.registry import register_method
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -97,7 +97,7 @@ def grad_cam_pp(model, x, target, layer=None):
 
 def _gap_linear(model: nn.Module):
     """(pooled feature node, final Linear module) if the traced model ends in global average pooling + Linear."""
-    from evalxai.explain.lrp.engine import _trace
+    from evalxai.methods.lrp.engine import _trace
 
     try:
         graph = _trace(model)
@@ -143,7 +143,7 @@ def _is_global_pool(model, node) -> bool:
 @register_method("cam")
 def cam(model, x, target):
     """CAM (Zhou 2016): Σ_k w_ck A_k of the feature maps before global average pooling, upsampled to the input."""
-    from evalxai.explain.lrp.engine import _trace, execute
+    from evalxai.methods.lrp.engine import _trace, execute
 
     pool, fc = _gap_linear(model)
     feats = {}

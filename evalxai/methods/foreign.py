@@ -51,7 +51,7 @@ def foreign_method(spec: dict) -> Callable:
             out = explainer.attribute(x, target=target, **spec)
             out = out[0] if isinstance(out, tuple) else out
             if out.shape != x.shape and out.dim() == x.dim() and out.shape[1] == 1:  # layer maps: upsample
-                from evalxai.explain.cam import upsample
+                from evalxai.methods.cam import upsample
                 out = upsample(out[:, 0], x)
             return out
         return run

@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 
 from evalxai.baselines import reference
-from evalxai.explain.registry import register_method
 from evalxai.memory import images_per_chunk
+from evalxai.methods.registry import register_method
 from evalxai.scoring import batched_scores, check_patch, check_score_space, require_images
 
 

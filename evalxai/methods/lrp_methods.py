@@ -6,9 +6,9 @@ it brings in (``composite={"layers": {"conv": "gamma"}, "gamma": 0.5}``). A para
 """
 from __future__ import annotations
 
-from evalxai.explain.lrp.composites import COMPOSITES, DEFAULT_PARAMS, make_composite
-from evalxai.explain.lrp.engine import Recorder, run_lrp
-from evalxai.explain.registry import METHODS, MethodSpec
+from evalxai.methods.lrp.composites import COMPOSITES, DEFAULT_PARAMS, make_composite
+from evalxai.methods.lrp.engine import Recorder, run_lrp
+from evalxai.methods.registry import METHODS, MethodSpec
 
 _MAPS = ("layers", "first", "names")
 

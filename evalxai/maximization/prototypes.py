@@ -9,8 +9,8 @@ Both ascend with Adam (cosine-annealed step size) for a fixed number of steps, a
 update is elementwise and the objective a sum over targets, so each prototype is the one it would be alone.
 The model (and the generator) are left as they were: no hooks, same parameters, ``requires_grad`` flags and mode.
 
-``python -m evalxai.maximize experiment=NAME`` makes the prototypes of every class in both spaces and scores how
-natural they are (``evalxai.maximize.naturalness``).
+``python -m evalxai.maximization experiment=NAME`` (``evalxai.maximization.cli``) makes the prototypes of every class
+in both spaces and scores how natural they are (``evalxai.maximization.naturalness``).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from evalxai.baselines import data_range
-from evalxai.explain.guard import frozen
+from evalxai.methods.guard import frozen
 
 SPACES = ("input", "code")
 STARTS = ("mean", "noise")
@@ -32,7 +32,7 @@ DEFAULTS = {
 }
 NO_GENERATOR = ("maximize(space='code') needs a generator: pass generator='vae_mnist' (a config of conf/generator/, "
                 "trained on first use and cached), generator=evalxai.generators.get_generator('vae_mnist'), or a "
-                "decoder module with a latent_dim attribute; `python -m evalxai.maximize experiment=NAME` picks "
+                "decoder module with a latent_dim attribute; `python -m evalxai.maximization experiment=NAME` picks "
                 "vae_<dataset> itself")
 
 

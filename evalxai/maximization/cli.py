@@ -1,4 +1,4 @@
-"""``python -m evalxai.maximize experiment=NAME``: prototypes of every class in input and code space, scored.
+"""``python -m evalxai.maximization experiment=NAME``: prototypes of every class in input and code space, scored.
 
 The run loads the dataset and the (cached) model as the pipeline does, takes xbar (the train mean image) and the
 data range from the dataset, and the generator from ``generator=NAME`` (``conf/generator/``; default
@@ -21,9 +21,9 @@ import pandas as pd
 import torch
 
 from evalxai._io import atomic_path, write_json
-from evalxai.maximize import SPACES, maximize
-from evalxai.maximize.claims import verdicts
-from evalxai.maximize.naturalness import SCORES, get_classifier, naturalness
+from evalxai.maximization.claims import verdicts
+from evalxai.maximization.naturalness import SCORES, get_classifier, naturalness
+from evalxai.maximization.prototypes import SPACES, maximize
 
 log = logging.getLogger("evalxai")
 BLOCK = {"classes": None, "spaces": list(SPACES), "seeds": [0], "input": {}, "code": {},

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from evalxai.baselines import reference
-from evalxai.explain.registry import register_method
 from evalxai.memory import chunked, images_per_chunk
+from evalxai.methods.registry import register_method
 from evalxai.scoring import require_images
 from evalxai.seeding import noise_draws, per_sample_noise
 
@@ -123,7 +123,7 @@ class _GuidedReLU(torch.autograd.Function):
 
 
 def _relu_modified_grad(model, x, target, mode):
-    from evalxai.explain.lrp.engine import _trace, check_function, execute, is_relu
+    from evalxai.methods.lrp.engine import _trace, check_function, execute, is_relu
 
     graph = _trace(model)
 

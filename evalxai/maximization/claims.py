@@ -59,7 +59,7 @@ def _table(overrides: tuple[str, ...]) -> pd.DataFrame:
     from omegaconf import OmegaConf
 
     from evalxai.generators.cache import CONF
-    from evalxai.maximize.cli import make_prototypes
+    from evalxai.maximization.cli import make_prototypes
 
     with initialize_config_dir(config_dir=str(CONF), version_base=None):
         cfg = OmegaConf.to_container(compose("maximize", overrides=list(overrides)), resolve=True)
@@ -68,7 +68,7 @@ def _table(overrides: tuple[str, ...]) -> pd.DataFrame:
 
 def check(claim: dict, scores=None) -> dict:
     """A ``check: prototypes`` claim of ``evalxai.reproduce``: ``params.claim`` names one of ``CLAIMS``; the
-    prototypes come from ``python -m evalxai.maximize`` with the claim's overrides (computed once per process).
+    prototypes come from ``python -m evalxai.maximization`` with the claim's overrides (computed once per process).
     Returns expected / measured / p / better; the reproduction applies Holm over the paper's claims."""
     name = claim["params"]["claim"]
     if name not in CLAIMS:

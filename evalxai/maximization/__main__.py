@@ -1,4 +1,4 @@
-"""Command line: ``python -m evalxai.maximize experiment=NAME [generator=NAME] [prototypes.input.lam=...]``."""
+"""Command line: ``python -m evalxai.maximization experiment=NAME [generator=NAME] [prototypes.input.lam=...]``."""
 from __future__ import annotations
 
 import hydra
@@ -8,9 +8,9 @@ from omegaconf import DictConfig
 @hydra.main(version_base=None, config_path="../conf", config_name="maximize")
 def main(cfg: DictConfig) -> None:
     from evalxai.cli import run_command
-    from evalxai.maximize.cli import run_prototypes
+    from evalxai.maximization.cli import run_prototypes
 
-    run_command(cfg, run_prototypes, "evalxai.maximize", done="prototypes in", tune=False)
+    run_command(cfg, run_prototypes, "evalxai.maximization", done="prototypes in", tune=False)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from evalxai.explain.lrp.rules import RULE_PARAMS, Rule, make_rule
+from evalxai.methods.lrp.rules import RULE_PARAMS, Rule, make_rule
 
 SOFTMAX_RULES = ("attnlrp", "constant")
 DEFAULT_PARAMS = {"epsilon": 1e-6, "gamma": 0.25, "alpha": 2.0, "beta": 1.0, "low": None, "high": None,

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from evalxai._io import atomic_path, cache_root, code_fingerprint, content_key, write_json
-from evalxai.maximize import target_log_prob
+from evalxai.maximization.prototypes import target_log_prob
 
 log = logging.getLogger(__name__)
 CLASSIFIERS = ("logistic", "mlp")
@@ -117,7 +117,7 @@ def naturalness(model, x: torch.Tensor, target, classifier: IndependentClassifie
     """One row per image of ``x`` (model space) with class ``target``: the scores of the module docstring.
     ``generator``: an ``evalxai.generators.Generator`` (its VAE gives recon_error and neg_elbo; None: NaN);
     ``dataset`` maps model space to pixels (None: x is in pixel space); ``train_pixels`` for nn_distance."""
-    from evalxai.explain.guard import frozen
+    from evalxai.methods.guard import frozen
 
     target = torch.as_tensor(target).long().view(-1)
     with frozen(model, warn_train=False):

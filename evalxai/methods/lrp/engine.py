@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from evalxai.explain.lrp.composites import Composite, layer_type
-from evalxai.explain.lrp.rules import LinearOp, Rule, ZBox, divide
+from evalxai.methods.lrp.composites import Composite, layer_type
+from evalxai.methods.lrp.rules import LinearOp, Rule, ZBox, divide
 
 _TRACES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from evalxai.baselines import reference
-from evalxai.explain.lrp.engine import (
+from evalxai.methods.lrp.engine import (
     _PASS_FUNCS,
     _PASS_MODULES,
     _SOFTMAX_FUNCS,
@@ -28,7 +28,7 @@ from evalxai.explain.lrp.engine import (
     node_kind,
     refuse_tensors,
 )
-from evalxai.explain.registry import register_method
+from evalxai.methods.registry import register_method
 
 _NOT_ELEMENTWISE = (nn.Softmax, nn.LogSoftmax, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.PReLU)
 _MAXPOOL_MODULES = {nn.MaxPool1d: F.max_pool1d, nn.MaxPool2d: F.max_pool2d, nn.MaxPool3d: F.max_pool3d}
