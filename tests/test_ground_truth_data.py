@@ -202,14 +202,14 @@ def test_pool_is_a_fixed_stratified_train_sample_in_model_space():
 @pytest.fixture
 def fake_metrics():
     """A mask metric (share of |R| on the mask) and a pool metric (pool size), removed again afterwards."""
-    @register_metric("_test_mask_share")
+    @register_metric("_test_mask_share", family="localisation", directions={"mask_share": "higher"}, needs=("masks",))
     def mask_share(model, x, target, attributions, masks):
         r = attributions.abs().sum(1)
-        return scalar_rows((r * masks).sum((1, 2)) / r.sum((1, 2)), "mask_share", "higher")
+        return scalar_rows((r * masks).sum((1, 2)) / r.sum((1, 2)), "mask_share")
 
-    @register_metric("_test_pool")
+    @register_metric("_test_pool", family="localisation", directions={"pool": "none"}, needs=("pool",))
     def pool_size(model, x, target, attributions, pool):
-        return scalar_rows(torch.full((len(x),), float(len(pool[0]) + pool[1].sum())), "pool", "none")
+        return scalar_rows(torch.full((len(x),), float(len(pool[0]) + pool[1].sum())), "pool")
 
     yield
     METRICS.pop("_test_mask_share")

@@ -196,10 +196,10 @@ class TinyNet(nn.Module):
 @pytest.fixture
 def constant_metric():
     """A metric whose scores depend on nothing that any perturbation changes."""
-    @register_metric("_meta_constant")
+    @register_metric("_meta_constant", family="complexity", directions={"constant": "higher"})
     def _constant(model, x, target, attributions):
         """Test metric: the target class index plus 1 (never changes)."""
-        return scalar_rows(target.double() + 1.0, "constant", "higher")
+        return scalar_rows(target.double() + 1.0, "constant")
 
     yield "_meta_constant"
     METRICS.pop("_meta_constant")

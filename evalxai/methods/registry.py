@@ -1,6 +1,11 @@
-"""The method registry: config name -> function ``f(model, x, target, **params) -> Tensor`` and its defaults."""
+"""The method registry: config name -> function ``f(model, x, target, **params) -> Tensor`` and its defaults.
+
+A method's defaults are its function's keyword defaults (``signature_defaults``); ``register_method`` still accepts
+them as keywords for the registrations that repeat them, and refuses any that differ from the signature.
+"""
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -16,10 +21,31 @@ class MethodSpec:
 METHODS: dict[str, MethodSpec] = {}
 
 
+def signature_defaults(fn: Callable, leading: int, skip=(), what: str = "") -> dict:
+    """The config fields of a registered function: its parameters after the first ``leading`` (less ``skip``) with
+    their defaults, in signature order. Each needs a default, and ``**kwargs`` is refused: a config file lists them."""
+    out = {}
+    for name, p in list(inspect.signature(fn).parameters.items())[leading:]:
+        if name in skip:
+            continue
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.default is p.empty:
+            raise TypeError(f"{what or fn.__name__}: parameter '{name}' needs a default (a config field), and "
+                            "*args / **kwargs cannot be config fields: spell every parameter out")
+        out[name] = p.default
+    return out
+
+
 def register_method(name: str, family: str = "gradient", **defaults):
-    """Decorator: register ``fn`` under ``name`` (= ``conf/method/<name>.yaml``) with default parameters."""
+    """Decorator: register ``fn`` under ``name`` (= ``conf/method/<name>.yaml``); its defaults are the signature's
+    (keywords given here must equal them)."""
     def wrap(fn):
-        METHODS[name] = MethodSpec(name, fn, defaults, family)
+        own = signature_defaults(fn, 3, what=f"method '{name}'")
+        differ = {k: v for k, v in defaults.items() if k not in own or own[k] != v}
+        if differ:
+            own_values = {k: own.get(k, "<none>") for k in differ}
+            raise ValueError(f"method '{name}': register_method gives {differ}, but the signature of {fn.__name__} "
+                             f"has {own_values}: keep one, the signature")
+        METHODS[name] = MethodSpec(name, fn, own, family)
         return fn
     return wrap
 

@@ -23,6 +23,9 @@ from torch import nn
 
 from evalxai.baselines import DATA_RANGE, baseline_label
 from evalxai.baselines import reference as reference_input
+from evalxai.memory import chunked, images_per_chunk
+from evalxai.methods import get_method
+from evalxai.methods.lrp import Recorder
 from evalxai.metrics.common import (
     batched_scores,
     check_score_space,
@@ -42,8 +45,6 @@ def promised_reference(method, method_params: dict | None) -> tuple[object, dict
     ("none", {})."""
     if not isinstance(method, str):
         return "none", {}
-    from evalxai.methods import get_method
-
     spec = get_method(method)
     if "baseline" not in spec.defaults:
         return "none", {}
@@ -51,8 +52,9 @@ def promised_reference(method, method_params: dict | None) -> tuple[object, dict
     return params["baseline"], {k: params[k] for k in _REFERENCE_PARAMS if k in params}
 
 
-@register_metric("conservation", reference="auto", method=None, method_params=None, mean=None, low=None, high=None,
-                 seed=0)
+@register_metric("conservation", family="axiomatic", needs=("method",),
+                 directions={"residual": "none", "relative_residual": "none", "abs_relative_residual": "lower",
+                             "layer_residual:*": "none"})
 def conservation(model, x, target, attributions, reference="auto", method=None, method_params=None, mean=None,
                  low=None, high=None, seed=0):
     """Rows: residual, relative_residual, abs_relative_residual (lower is better) and layer residuals.
@@ -63,9 +65,6 @@ def conservation(model, x, target, attributions, reference="auto", method=None, 
     to rounding), so no separate forward is made."""
     rec = None
     if isinstance(method, str):
-        from evalxai.methods import get_method
-        from evalxai.methods.lrp.engine import Recorder
-
         spec = get_method(method)
         if spec.family == "lrp":
             rec = Recorder()
@@ -83,11 +82,11 @@ def conservation(model, x, target, attributions, reference="auto", method=None, 
     delta = (fx - fref).double()
     residual = attributions.reshape(len(x), -1).double().sum(1) - delta
     relative = residual / delta.abs().clamp(min=1e-12)
-    frames = [scalar_rows(residual, "residual", "none"), scalar_rows(relative, "relative_residual", "none"),
-              scalar_rows(relative.abs(), "abs_relative_residual", "lower")]
+    frames = [scalar_rows(residual, "residual"), scalar_rows(relative, "relative_residual"),
+              scalar_rows(relative.abs(), "abs_relative_residual")]
     for row in [] if rec is None else rec.rows:
         frames.append(scalar_rows(row["relevance_in"] - row["relevance_out"], f"layer_residual:{row['layer']}",
-                                  "none", layer_rule=row["kind"]))
+                                  layer_rule=row["kind"]))
     out = pd.concat(frames, ignore_index=True)
     out["reference"] = baseline_label(reference)
     return out
@@ -122,8 +121,9 @@ def _feature_masks(x: torch.Tensor, first: int, count: int, p: int, grid) -> tor
     return m[..., : x.shape[-2], : x.shape[-1]]  # (S, 1, 1, H, W)
 
 
-@register_metric("non_sensitivity", eps=1e-5, tolerance=1e-5, patch_size=None, baseline="uniform",
-                 score_space="logit", seed=0, batch_size=None, mean=None, low=None, high=None)
+@register_metric("non_sensitivity", family="axiomatic",
+                 directions={"non_sensitivity": "lower", "zero_but_sensitive": "lower",
+                             "relevant_but_insensitive": "lower"})
 def non_sensitivity(model, x, target, attributions, eps=1e-5, tolerance=1e-5, patch_size=None, baseline="uniform",
                     score_space="logit", seed=0, batch_size=None, mean=None, low=None, high=None):
     """Non-sensitivity (Nguyen & Martinez 2020): zero-relevance features the output uses + relevant ones it ignores.
@@ -158,8 +158,6 @@ def non_sensitivity(model, x, target, attributions, eps=1e-5, tolerance=1e-5, pa
     n_features = r.shape[1]
     zero = r <= eps * r.max(1, keepdim=True).values  # (N, P); an all-zero map: every feature zero
     ref = reference_input(x, baseline, mean=mean, low=low, high=high, seed=seed)
-    from evalxai.memory import chunked, images_per_chunk
-
     with torch.no_grad():
         f0 = target_scores(model(x), target, score_space)
     per_chunk = max(1, images_per_chunk(model, x, "forward", batch_size, "non_sensitivity") // n)
@@ -172,9 +170,9 @@ def non_sensitivity(model, x, target, attributions, eps=1e-5, tolerance=1e-5, pa
     changed = changed.T
     zero_sensitive = (zero & changed).sum(1).double()
     relevant_insensitive = (~zero & ~changed).sum(1).double()
-    out = pd.concat([scalar_rows(zero_sensitive + relevant_insensitive, "non_sensitivity", "lower"),
-                     scalar_rows(zero_sensitive, "zero_but_sensitive", "lower"),
-                     scalar_rows(relevant_insensitive, "relevant_but_insensitive", "lower")], ignore_index=True)
+    out = pd.concat([scalar_rows(zero_sensitive + relevant_insensitive, "non_sensitivity"),
+                     scalar_rows(zero_sensitive, "zero_but_sensitive"),
+                     scalar_rows(relevant_insensitive, "relevant_but_insensitive")], ignore_index=True)
     out["baseline"] = baseline_label(baseline)
     out["score_space"] = score_space
     return out
@@ -248,8 +246,6 @@ def _shifted_params(method, method_params: dict | None, shift: float) -> dict:
     params = dict(method_params or {})
     defaults = {}
     if isinstance(method, str):
-        from evalxai.methods import get_method
-
         defaults = get_method(method).defaults
     for key, unset in (("low", DATA_RANGE[0]), ("high", DATA_RANGE[1]), ("mean", None), ("baseline", None)):
         v = params.get(key, defaults.get(key))
@@ -262,8 +258,8 @@ def _shifted_params(method, method_params: dict | None, shift: float) -> dict:
     return params
 
 
-@register_metric("input_invariance", shift=-1.0, tolerance=1e-4, shift_bounds=True, method=None, method_params=None,
-                 batch_size=None)
+@register_metric("input_invariance", family="axiomatic", needs=("method",),
+                 directions={"max_relative_difference": "lower", "unchanged_share": "higher"})
 def input_invariance(model, x, target, attributions, shift=-1.0, tolerance=1e-4, shift_bounds=True, method=None,
                      method_params=None, batch_size=None):
     """Input invariance (Kindermans et al. 2017): is the map unchanged for a model that absorbs a constant input shift?
@@ -294,7 +290,7 @@ def input_invariance(model, x, target, attributions, shift=-1.0, tolerance=1e-4,
     rel = diff.max(1).values / scale.clamp(min=1e-300)
     rel = torch.where(scale > 0, rel, torch.zeros_like(rel))
     share = (diff <= tolerance * scale.unsqueeze(1)).double().mean(1)
-    out = pd.concat([scalar_rows(rel, "max_relative_difference", "lower"),
-                     scalar_rows(share, "unchanged_share", "higher")], ignore_index=True)
+    out = pd.concat([scalar_rows(rel, "max_relative_difference"), scalar_rows(share, "unchanged_share")],
+                    ignore_index=True)
     out["shift"] = float(shift)
     return out

@@ -4,14 +4,19 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 
+from evalxai.memory import chunked, images_per_chunk
 from evalxai.scoring import SCORE_SPACES, batched_scores, check_score_space, target_scores  # noqa: F401
 
+# Rows leave ``direction`` empty: the registry fills it from the metric's declared directions (metrics.registry).
+UNSET = None
 
-def scalar_rows(values, measure: str, direction: str, **extra) -> pd.DataFrame:
+
+def scalar_rows(values, measure: str, **extra) -> pd.DataFrame:
     """One row per sample for a per-sample scalar."""
     v = np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values, dtype=np.float64)
-    return pd.DataFrame({"sample": np.arange(len(v)), "measure": measure, "value": v, "direction": direction, **extra})
+    return pd.DataFrame({"sample": np.arange(len(v)), "measure": measure, "value": v, "direction": UNSET, **extra})
 
 
 def explainer(method, method_params: dict | None, metric: str):
@@ -27,8 +32,6 @@ def explainer(method, method_params: dict | None, metric: str):
 def explain_stack(fn, model, xs: torch.Tensor, target: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
     """Attributions for a stack of inputs (S, N, ...) -> (S, N, ...), as many inputs per call as the memory budget
     allows for an LRP-like pass (``batch_size``: at most that many)."""
-    from evalxai.memory import chunked, images_per_chunk
-
     s, n = xs.shape[:2]
     flat = xs.reshape(s * n, *xs.shape[2:])
     tgt = target.repeat(s)
@@ -44,7 +47,7 @@ def curve_rows(y: torch.Tensor, fraction, measure: str, **extra) -> pd.DataFrame
     frac = np.asarray(fraction, dtype=np.float64)
     return pd.DataFrame({"sample": np.tile(np.arange(n), k1), "step": np.repeat(np.arange(k1), n),
                          "fraction": np.repeat(frac, n), "value": y.double().cpu().numpy().reshape(-1),
-                         "measure": measure, "direction": "none", **extra})
+                         "measure": measure, "direction": UNSET, **extra})
 
 
 def normalized_auc(y: torch.Tensor, fraction) -> np.ndarray:
@@ -59,8 +62,6 @@ def executed_layers(model, x: torch.Tensor) -> list[tuple[str, torch.nn.Module]]
     """(name, module) of the Linear and convolution layers a forward pass of x[:1] calls, in the order it calls them
     (temporary forward pre-hooks, removed after: registration order, functional code in ``forward`` and nested
     containers do not matter); a module called twice is listed twice."""
-    from torch import nn
-
     calls: list[tuple[str, nn.Module]] = []
     handles = [m.register_forward_pre_hook(lambda mod, args, name=name: calls.append((name, mod)))
                for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]

@@ -38,22 +38,22 @@ def entropy(values: torch.Tensor) -> torch.Tensor:
     return torch.where(total.squeeze(1) > 0, h, torch.full_like(h, float("nan")))
 
 
-@register_metric("sparseness")
+@register_metric("sparseness", family="complexity", directions={"gini": "higher"})
 def sparseness(model, x, target, attributions):
     """Gini index of the absolute attributions per sample (higher = sparser)."""
-    return scalar_rows(gini(attributions.reshape(len(x), -1).abs()), "gini", "higher")
+    return scalar_rows(gini(attributions.reshape(len(x), -1).abs()), "gini")
 
 
-@register_metric("complexity")
+@register_metric("complexity", family="complexity", directions={"entropy": "lower"})
 def complexity(model, x, target, attributions):
     """Entropy of the fractional contributions: -sum_i p_i log p_i, p_i = |R_i| / sum_j |R_j| (Bhatt et al. 2020).
 
     Natural log over every element of the map: 0 when one feature holds all relevance, log(D) for a uniform map of D
     elements (lower = simpler). NaN for an all-zero map (no fractional contributions)."""
-    return scalar_rows(entropy(attributions.reshape(len(x), -1).abs()), "entropy", "lower")
+    return scalar_rows(entropy(attributions.reshape(len(x), -1).abs()), "entropy")
 
 
-@register_metric("effective_complexity", eps=1e-5)
+@register_metric("effective_complexity", family="complexity", directions={"effective_complexity": "lower"})
 def effective_complexity(model, x, target, attributions, eps=1e-5):
     """Number of elements with |R_i| > eps * max_j |R_j| per sample (Nguyen & Martinez 2020; lower = simpler).
 
@@ -66,4 +66,4 @@ def effective_complexity(model, x, target, attributions, eps=1e-5):
     a = attributions.reshape(len(x), -1).abs().double()
     peak = a.max(1, keepdim=True).values
     count = ((a > eps * peak) & (peak > 0)).sum(1)
-    return scalar_rows(count.double(), "effective_complexity", "lower")
+    return scalar_rows(count.double(), "effective_complexity")

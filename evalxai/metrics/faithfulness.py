@@ -23,8 +23,10 @@ from evalxai.scoring import check_patch, require_images
 from evalxai.seeding import per_sample_permutations
 
 ORDERS = ("morf", "lerf", "random")
-DIRECTIONS = {("aopc", "morf"): "higher", ("auc", "morf"): "lower", ("aopc", "lerf"): "lower",
-              ("auc", "lerf"): "higher", ("aopc", "random"): "none", ("auc", "random"): "none"}
+# pixel flipping's measures (also region perturbation's): removing the most relevant first should drop the score
+# fast (AOPC high, AUC low), the least relevant first slowly; a random order is the reference, with no direction
+DIRECTIONS = {"aopc_morf": "higher", "auc_morf": "lower", "aopc_lerf": "lower", "auc_lerf": "higher",
+              "aopc_random": "none", "auc_random": "none", "abpc": "higher", "curve_*": "none"}
 
 
 def patch_relevance(attributions: torch.Tensor, patch_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -130,13 +132,16 @@ def flip_curves(model, x, target, attributions, order="morf", patch_size=None, p
     return torch.cat(curves), removed.cpu().double() / n_feat
 
 
-@register_metric("pixel_flipping", order=("morf", "lerf"), patch_size=None, per_step=None, steps=None, baseline="zero",
-                 score_space="logit", seed=0, batch_size=None, mean=None, low=None, high=None, ties="random")
-def pixel_flipping(model, x, target, attributions, order=("morf", "lerf"), score_space="logit", **params):
+@register_metric("pixel_flipping", family="faithfulness", directions=DIRECTIONS)
+def pixel_flipping(model, x, target, attributions, order=("morf", "lerf"), patch_size=None, per_step=None, steps=None,
+                   baseline="zero", score_space="logit", seed=0, batch_size=None, mean=None, low=None, high=None,
+                   ties="random"):
     """Pixel-flipping curves and AOPC / AUC (per order) and ABPC (when MoRF and LeRF both run); ties in relevance
     are broken at random per sample (``ties``, recorded in the table); ``baseline`` as in ``evalxai.baselines``."""
     check_score_space(score_space)
     orders = [order] if isinstance(order, str) else list(order)
+    params = dict(patch_size=patch_size, per_step=per_step, steps=steps, baseline=baseline, seed=seed,
+                  batch_size=batch_size, mean=mean, low=low, high=high, ties=ties)
     frames, curves = [], {}
     for o in orders:
         y, frac = flip_curves(model, x, target, attributions, order=o, score_space=score_space, **params)
@@ -145,20 +150,20 @@ def pixel_flipping(model, x, target, attributions, order=("morf", "lerf"), score
         yn = y.double().cpu().numpy()
         aopc = (yn[:1] - yn).mean(0)
         auc = normalized_auc(y, frac)
-        frames.append(scalar_rows(aopc, f"aopc_{o}", DIRECTIONS[("aopc", o)], order=o))
-        frames.append(scalar_rows(auc, f"auc_{o}", DIRECTIONS[("auc", o)], order=o))
+        frames.append(scalar_rows(aopc, f"aopc_{o}", order=o))
+        frames.append(scalar_rows(auc, f"auc_{o}", order=o))
     if "morf" in curves and "lerf" in curves:
         abpc = (curves["lerf"] - curves["morf"]).double().mean(0)
-        frames.append(scalar_rows(abpc, "abpc", "higher", order="lerf-morf"))
+        frames.append(scalar_rows(abpc, "abpc", order="lerf-morf"))
     out = pd.concat(frames, ignore_index=True)
     out["score_space"] = score_space
-    out["ties"] = params.get("ties", "random")
-    out["baseline"] = baseline_label(params.get("baseline", "zero"))
+    out["ties"] = ties
+    out["baseline"] = baseline_label(baseline)
     return out
 
 
-@register_metric("insertion_deletion", patch_size=None, per_step=None, steps=None, score_space="softmax",
-                 blur_sigma=5.0, blur_radius=5, batch_size=None, seed=0, ties="random", low=None)
+@register_metric("insertion_deletion", family="faithfulness",
+                 directions={"auc_deletion": "lower", "auc_insertion": "higher", "curve_*": "none"})
 def insertion_deletion(model, x, target, attributions, patch_size=None, per_step=None, steps=None,
                        score_space="softmax", blur_sigma=5.0, blur_radius=5, batch_size=None, seed=0, ties="random",
                        low=None):
@@ -177,8 +182,8 @@ def insertion_deletion(model, x, target, attributions, patch_size=None, per_step
     canvas = gaussian_blur(x, blur_sigma, blur_radius)
     y_ins, _ = flip_curves(model, canvas, target, attributions, baseline=x, **common)
     out = pd.concat([curve_rows(y_del, frac, "curve_deletion"), curve_rows(y_ins, frac, "curve_insertion"),
-                     scalar_rows(normalized_auc(y_del, frac), "auc_deletion", "lower"),
-                     scalar_rows(normalized_auc(y_ins, frac), "auc_insertion", "higher")], ignore_index=True)
+                     scalar_rows(normalized_auc(y_del, frac), "auc_deletion"),
+                     scalar_rows(normalized_auc(y_ins, frac), "auc_insertion")], ignore_index=True)
     out["score_space"] = score_space
     out["ties"] = ties
     return out
@@ -187,8 +192,7 @@ def insertion_deletion(model, x, target, attributions, patch_size=None, per_step
 REGION_SIDE = 9 / 224  # Samek et al. 2017: 9 x 9 regions on 224 x 224 ImageNet images
 
 
-@register_metric("region_perturbation", order="morf", patch_size=None, per_step=1, steps=100, baseline="uniform",
-                 score_space="logit", seed=0, batch_size=None, mean=None, low=None, high=None, ties="random")
+@register_metric("region_perturbation", family="faithfulness", directions=DIRECTIONS)
 def region_perturbation(model, x, target, attributions, order="morf", patch_size=None, per_step=1, steps=100,
                         baseline="uniform", score_space="logit", seed=0, batch_size=None, mean=None, low=None,
                         high=None, ties="random"):

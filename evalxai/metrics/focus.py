@@ -92,7 +92,7 @@ def quadrant_masks(shape: tuple[int, int], is_target: torch.Tensor, full_size: b
     return is_target[:, quad]
 
 
-@register_metric("focus", method=None, method_params=None, batch_size=None, seed=0, full_size=False)
+@register_metric("focus", family="localisation", directions={"focus": "higher"}, needs=("pool", "method"))
 def focus(model, x, target, attributions, pool=None, method=None, method_params=None, batch_size=None, seed=0,
           full_size=False):
     """Focus (Arias-Duart et al. 2022): share of the mosaic's positive relevance that falls on the target-class tiles.
@@ -117,4 +117,4 @@ def focus(model, x, target, attributions, pool=None, method=None, method_params=
     inside = (r * quad).flatten(1).sum(1)
     value = torch.where(total > 0, inside / torch.where(total > 0, total, torch.ones_like(total)),
                         torch.full_like(total, float("nan")))
-    return scalar_rows(value, "focus", "higher")
+    return scalar_rows(value, "focus")

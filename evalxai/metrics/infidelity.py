@@ -54,9 +54,7 @@ def gaussian_perturbation(x: torch.Tensor, seed: int, draws, sigma) -> torch.Ten
     return sigma * noise_draws(x, seed + 17, draws, "normal").to(x.dtype)
 
 
-@register_metric("infidelity", perturbation="square", samples=50, square_size=None, noise=0.1, baseline="zero",
-                 multiply_by_inputs=True, normalize=True, score_space="logit", seed=0, batch_size=None, mean=None,
-                 low=None, high=None)
+@register_metric("infidelity", family="faithfulness", directions={"infidelity": "lower", "beta": "none"})
 def infidelity(model, x, target, attributions, perturbation="square", samples=50, square_size=None, noise=0.1,
                baseline="zero", multiply_by_inputs=True, normalize=True, score_space="logit", seed=0,
                batch_size=None, mean=None, low=None, high=None):
@@ -115,7 +113,7 @@ def infidelity(model, x, target, attributions, perturbation="square", samples=50
     else:
         beta = np.ones(n)
     infd = ((beta[None, :] * dot - drop) ** 2).mean(0)
-    out = pd.concat([scalar_rows(infd, "infidelity", "lower"), scalar_rows(beta, "beta", "none")], ignore_index=True)
+    out = pd.concat([scalar_rows(infd, "infidelity"), scalar_rows(beta, "beta")], ignore_index=True)
     out["score_space"] = score_space
     out["perturbation"] = perturbation
     out["normalize"] = bool(normalize)

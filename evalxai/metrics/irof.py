@@ -17,7 +17,7 @@ import torch
 
 from evalxai.baselines import baseline_label, reference, to_pixels
 from evalxai.memory import chunked, images_per_chunk
-from evalxai.metrics.common import batched_scores, check_score_space, scalar_rows
+from evalxai.metrics.common import UNSET, batched_scores, check_score_space, scalar_rows
 from evalxai.metrics.faithfulness import inverse_permutation
 from evalxai.metrics.registry import register_metric
 from evalxai.scoring import require_images
@@ -90,8 +90,7 @@ def segment_order(x: torch.Tensor, labels: torch.Tensor, attributions: torch.Ten
     return inverse_permutation(order), counts_n, mean
 
 
-@register_metric("irof", segmentation="slic", n_segments=100, compactness=10.0, baseline="mean",
-                 score_space="softmax", seed=0, batch_size=None, low=None, high=None)
+@register_metric("irof", family="faithfulness", directions={"irof": "higher", "curve": "none"})
 def irof(model, x, target, attributions, segmentation="slic", n_segments=100, compactness=10.0, baseline="mean",
          score_space="softmax", seed=0, batch_size=None, low=None, high=None):
     """IROF: area over the curve y_k / y_0 as superpixels are removed by decreasing mean relevance (higher better).
@@ -135,9 +134,9 @@ def irof(model, x, target, attributions, segmentation="slic", n_segments=100, co
     ratio = np.where(ok[None, :], ratio, np.nan)
     k_idx, s_idx = np.nonzero(inside)
     curve = pd.DataFrame({"sample": s_idx, "step": k_idx, "fraction": k_idx / kn[s_idx],
-                          "value": ratio[k_idx, s_idx], "measure": "curve", "direction": "none"})
+                          "value": ratio[k_idx, s_idx], "measure": "curve", "direction": UNSET})
     curve = curve.sort_values(["step", "sample"], kind="stable")
-    out = pd.concat([curve, scalar_rows(score, "irof", "higher")], ignore_index=True)
+    out = pd.concat([curve, scalar_rows(score, "irof")], ignore_index=True)
     out["score_space"] = score_space
     out["baseline"] = baseline_label(baseline)
     out["segmentation"] = used

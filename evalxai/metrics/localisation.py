@@ -19,10 +19,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from evalxai.metrics.common import scalar_rows
+from evalxai.metrics.common import UNSET, scalar_rows
 from evalxai.metrics.registry import register_metric
 from evalxai.scoring import require_images
 
@@ -115,7 +116,7 @@ def bounding_box(m: torch.Tensor) -> torch.Tensor:
     return span(rows, ar_h, h)[:, :, None] & span(cols, ar_w, w)[:, None, :]
 
 
-@register_metric("pointing_game", tolerance=0)
+@register_metric("pointing_game", family="localisation", directions={"hit": "higher"}, needs=("masks",))
 def pointing_game(model, x, target, attributions, masks=None, tolerance=0):
     """Pointing game (Zhang et al. 2018, IJCV): 1 if the max of sum_c R lies in the mask (within ``tolerance`` px).
 
@@ -132,10 +133,11 @@ def pointing_game(model, x, target, attributions, masks=None, tolerance=0):
     top = r == r.amax(1, keepdim=True)
     region = dilate(m, float(tolerance)).flatten(1)
     hit = (top & region).sum(1).double() / top.sum(1).double()
-    return scalar_rows(_nan_where(hit, ~m.flatten(1).any(1)), "hit", "higher")
+    return scalar_rows(_nan_where(hit, ~m.flatten(1).any(1)), "hit")
 
 
-@register_metric("attribution_localisation", max_size=1.0)
+@register_metric("attribution_localisation", family="localisation", needs=("masks",),
+                 directions={"ratio": "higher", "weighted": "higher"})
 def attribution_localisation(model, x, target, attributions, masks=None, max_size=1.0):
     """Attribution localisation (Kohlbrenner et al. 2020): positive relevance inside the mask / all positive relevance.
 
@@ -156,16 +158,14 @@ def attribution_localisation(model, x, target, attributions, masks=None, max_siz
 
 
 def _rows(parts):
-    """Scalar rows of several measures (higher is better) in one table: measure by measure, samples in order."""
-    import pandas as pd
-
+    """Scalar rows of several measures in one table: measure by measure, samples in order."""
     v = torch.cat([p.detach().double().cpu() for p, _ in parts]).numpy()
     n = len(parts[0][0])
     return pd.DataFrame({"sample": np.tile(np.arange(n), len(parts)), "measure": np.repeat([m for _, m in parts], n),
-                         "value": v, "direction": "higher"})
+                         "value": v, "direction": UNSET})
 
 
-@register_metric("top_k_intersection", k=0.02, concept_influence=False)
+@register_metric("top_k_intersection", family="localisation", directions={"ratio": "higher"}, needs=("masks",))
 def top_k_intersection(model, x, target, attributions, masks=None, k=0.02, concept_influence=False):
     """Top-k intersection (Theiner et al. 2021): the share of the k most relevant pixels of sum_c R in the mask.
 
@@ -184,7 +184,7 @@ def top_k_intersection(model, x, target, attributions, masks=None, k=0.02, conce
     size = mf.sum(1).double()
     if concept_influence:
         tki = tki * hw / size.clamp(min=1)
-    return scalar_rows(_nan_where(tki, size == 0), "ratio", "higher")
+    return scalar_rows(_nan_where(tki, size == 0), "ratio")
 
 
 def _k_pixels(k, hw: int) -> int:
@@ -193,7 +193,7 @@ def _k_pixels(k, hw: int) -> int:
     return max(1, round(k * hw)) if k < 1 else min(int(k), hw)
 
 
-@register_metric("relevance_mass_accuracy")
+@register_metric("relevance_mass_accuracy", family="localisation", directions={"ratio": "higher"}, needs=("masks",))
 def relevance_mass_accuracy(model, x, target, attributions, masks=None):
     """Relevance mass accuracy (Arras, Osman & Samek 2022, CLEVR-XAI): positive relevance in the mask / in total.
 
@@ -202,10 +202,10 @@ def relevance_mass_accuracy(model, x, target, attributions, masks=None):
     positive relevance. Higher is better."""
     m = check_masks(masks, x, "relevance_mass_accuracy")
     rma = _share(channel_sum(attributions), m)
-    return scalar_rows(_nan_where(rma, ~m.flatten(1).any(1)), "ratio", "higher")
+    return scalar_rows(_nan_where(rma, ~m.flatten(1).any(1)), "ratio")
 
 
-@register_metric("relevance_rank_accuracy")
+@register_metric("relevance_rank_accuracy", family="localisation", directions={"ratio": "higher"}, needs=("masks",))
 def relevance_rank_accuracy(model, x, target, attributions, masks=None):
     """Relevance rank accuracy (Arras, Osman & Samek 2022, CLEVR-XAI): share of the top-K pixels in the mask, K = |M|.
 
@@ -216,7 +216,7 @@ def relevance_rank_accuracy(model, x, target, attributions, masks=None):
     size = mf.sum(1)
     hits = expected_top_k_hits(channel_sum(attributions).flatten(1), mf, size)
     rra = hits / size.clamp(min=1).double()
-    return scalar_rows(_nan_where(rra, size == 0), "ratio", "higher")
+    return scalar_rows(_nan_where(rra, size == 0), "ratio")
 
 
 def roc_auc(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -240,7 +240,7 @@ def roc_auc(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return _nan_where(u / (n_pos * n_neg).clamp(min=1), (n_pos == 0) | (n_neg == 0))
 
 
-@register_metric("localisation_auc")
+@register_metric("localisation_auc", family="localisation", directions={"auc": "higher"}, needs=("masks",))
 def localisation_auc(model, x, target, attributions, masks=None):
     """ROC-AUC of the pixel scores sum_c R_c against the mask (Fawcett 2006; Quantus's ``AUC``).
 
@@ -248,10 +248,10 @@ def localisation_auc(model, x, target, attributions, masks=None):
     (equal to sklearn.metrics.roc_auc_score). Perfect map 1, inverted 0, constant 0.5. NaN: a mask that is empty or
     covers the whole image. Higher is better."""
     m = check_masks(masks, x, "localisation_auc")
-    return scalar_rows(roc_auc(channel_sum(attributions).flatten(1), m.flatten(1)), "auc", "higher")
+    return scalar_rows(roc_auc(channel_sum(attributions).flatten(1), m.flatten(1)), "auc")
 
 
-@register_metric("energy_pointing_game", bbox=True)
+@register_metric("energy_pointing_game", family="localisation", directions={"energy": "higher"}, needs=("masks",))
 def energy_pointing_game(model, x, target, attributions, masks=None, bbox=True):
     """Energy-based pointing game (Wang et al. 2020, Score-CAM): positive energy inside the mask's bounding box.
 
@@ -262,10 +262,10 @@ def energy_pointing_game(model, x, target, attributions, masks=None, bbox=True):
     m = check_masks(masks, x, "energy_pointing_game")
     region = bounding_box(m) if bbox else m
     e = _share(channel_sum(attributions), region)
-    return scalar_rows(_nan_where(e, ~m.flatten(1).any(1)), "energy", "higher")
+    return scalar_rows(_nan_where(e, ~m.flatten(1).any(1)), "energy")
 
 
-@register_metric("xai_tris_precision")
+@register_metric("xai_tris_precision", family="localisation", directions={"precision": "higher"}, needs=("masks",))
 def xai_tris_precision(model, x, target, attributions, masks=None):
     """XAI-TRIS precision (Clark, Wilming & Haufe 2024): share of the |M| largest pixels of sum_c |R_c| in the mask.
 
@@ -280,7 +280,7 @@ def xai_tris_precision(model, x, target, attributions, masks=None):
     k = torch.minimum(n, nonzero)
     hits = expected_top_k_hits(torch.where(a > 0, a, torch.full_like(a, -1.0)), mf, k)
     prec = hits / n.clamp(min=1).double()
-    return scalar_rows(_nan_where(prec, n == 0), "precision", "higher")
+    return scalar_rows(_nan_where(prec, n == 0), "precision")
 
 
 def _block_pool(dist: np.ndarray, f: int) -> tuple[np.ndarray, np.ndarray]:
@@ -335,7 +335,7 @@ def emd_grid(a: np.ndarray, b: np.ndarray, grid: int = 16) -> float:
     return float(res.fun) * moved
 
 
-@register_metric("xai_tris_emd", grid=16)
+@register_metric("xai_tris_emd", family="localisation", directions={"emd_score": "higher"}, needs=("masks",))
 def xai_tris_emd(model, x, target, attributions, masks=None, grid=16):
     """XAI-TRIS EMD score (Clark, Wilming & Haufe 2024): 1 - EMD(|map|, mask) / D_max, higher = closer to the mask.
 
@@ -356,4 +356,4 @@ def xai_tris_emd(model, x, target, attributions, masks=None, grid=16):
     for i in range(len(a)):
         if g[i].sum() > 0 and a[i].sum() > 0 and dmax > 0:
             out[i] = 1.0 - emd_grid(a[i] / a[i].sum(), g[i] / g[i].sum(), grid) / dmax
-    return scalar_rows(out, "emd_score", "higher")
+    return scalar_rows(out, "emd_score")

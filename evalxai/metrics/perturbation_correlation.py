@@ -27,7 +27,7 @@ import torch
 
 from evalxai.baselines import baseline_label, data_range, reference
 from evalxai.memory import chunked, images_per_chunk
-from evalxai.metrics.common import batched_scores, check_score_space, scalar_rows
+from evalxai.metrics.common import UNSET, batched_scores, check_score_space, scalar_rows
 from evalxai.metrics.faithfulness import (
     MAX_STEPS,
     check_ties,
@@ -150,8 +150,7 @@ def _check_positive(name: str, value, what: str) -> int:
 # -- faithfulness correlation (Bhatt et al. 2020) ------------------------------------------------------------------
 
 
-@register_metric("faithfulness_correlation", runs=100, subset_size=0.25, patch_size=1, baseline="zero",
-                 score_space="logit", seed=0, batch_size=None, mean=None, low=None, high=None)
+@register_metric("faithfulness_correlation", family="faithfulness", directions={"faithfulness_correlation": "higher"})
 def faithfulness_correlation(model, x, target, attributions, runs=100, subset_size=0.25, patch_size=1,
                              baseline="zero", score_space="logit", seed=0, batch_size=None, mean=None, low=None,
                              high=None):
@@ -175,15 +174,14 @@ def faithfulness_correlation(model, x, target, attributions, runs=100, subset_si
     y = masked_scores(model, x, target, base, sel, grid, p, score_space, batch_size, "faithfulness correlation")
     drop = (y0.unsqueeze(0) - y).double().cpu().numpy().T  # (N, runs)
     r = pearson(subset_sums(sel, rel), drop)
-    return _finish([scalar_rows(r, "faithfulness_correlation", "higher", subset_size=k)], score_space, baseline)
+    return _finish([scalar_rows(r, "faithfulness_correlation", subset_size=k)], score_space, baseline)
 
 
 
 # -- faithfulness estimate (Alvarez-Melis & Jaakkola 2018) ---------------------------------------------------------
 
 
-@register_metric("faithfulness_estimate", patch_size=None, baseline="zero", score_space="softmax", seed=0,
-                 batch_size=None, mean=None, low=None, high=None)
+@register_metric("faithfulness_estimate", family="faithfulness", directions={"faithfulness_estimate": "higher"})
 def faithfulness_estimate(model, x, target, attributions, patch_size=None, baseline="zero", score_space="softmax",
                           seed=0, batch_size=None, mean=None, low=None, high=None):
     """Faithfulness estimate: Pearson over features i of R_i and f(x) - f(x[i = baseline]), one removed at a time.
@@ -205,7 +203,7 @@ def faithfulness_estimate(model, x, target, attributions, patch_size=None, basel
     y = masked_scores(model, x, target, base, sel, grid, p, score_space, batch_size, "faithfulness estimate")
     drop = (y0.unsqueeze(0) - y).double().cpu().numpy().T  # (N, P)
     r = pearson(rel.cpu().numpy(), drop)
-    return _finish([scalar_rows(r, "faithfulness_estimate", "higher", patch_size=p)], score_space, baseline)
+    return _finish([scalar_rows(r, "faithfulness_estimate", patch_size=p)], score_space, baseline)
 
 
 # -- monotonicity (Arya et al. 2019) --------------------------------------------------------------------------------
@@ -223,8 +221,8 @@ def addition_steps(n_feat: int, per_step, steps) -> tuple[int, int]:
     return int(per_step), k
 
 
-@register_metric("monotonicity", patch_size=None, per_step=None, steps=None, baseline="zero", score_space="softmax",
-                 tolerance=1e-6, seed=0, ties="random", batch_size=None, mean=None, low=None, high=None)
+@register_metric("monotonicity", family="faithfulness",
+                 directions={"monotonicity": "higher", "monotonicity_share": "higher", "curve_insertion": "none"})
 def monotonicity(model, x, target, attributions, patch_size=None, per_step=None, steps=None, baseline="zero",
                  score_space="softmax", tolerance=1e-6, seed=0, ties="random", batch_size=None, mean=None, low=None,
                  high=None):
@@ -258,9 +256,9 @@ def monotonicity(model, x, target, attributions, patch_size=None, per_step=None,
     frac = added.cpu().double().numpy() / n_feat
     curve = pd.DataFrame({"sample": np.tile(np.arange(len(x)), k_max), "step": np.repeat(np.arange(1, k_max + 1),
                           len(x)), "fraction": np.repeat(frac, len(x)), "value": yn.reshape(-1),
-                          "measure": "curve_insertion", "direction": "none"})
-    return _finish([curve, scalar_rows(mono, "monotonicity", "higher"),
-                    scalar_rows(share, "monotonicity_share", "higher")], score_space, baseline)
+                          "measure": "curve_insertion", "direction": UNSET})
+    return _finish([curve, scalar_rows(mono, "monotonicity"),
+                    scalar_rows(share, "monotonicity_share")], score_space, baseline)
 
 
 # -- monotonicity correlation (Nguyen & Martinez 2020) -------------------------------------------------------------
@@ -275,8 +273,7 @@ def uniform_draws(x: torch.Tensor, seed: int, samples: int, low=None, high=None)
     return lo + (hi - lo) * noise_draws(x, seed + 31, range(samples), "uniform").to(x.dtype)
 
 
-@register_metric("monotonicity_correlation", patch_size=None, samples=10, statistic="mse", score_space="softmax",
-                 seed=0, batch_size=None, low=None, high=None)
+@register_metric("monotonicity_correlation", family="faithfulness", directions={"monotonicity_correlation": "higher"})
 def monotonicity_correlation(model, x, target, attributions, patch_size=None, samples=10, statistic="mse",
                              score_space="softmax", seed=0, batch_size=None, low=None, high=None):
     """Monotonicity correlation: Spearman over features i of |R|_i and the effect of drawing feature i at random.
@@ -318,7 +315,7 @@ def monotonicity_correlation(model, x, target, attributions, patch_size=None, sa
     else:
         e = (y0.double().cpu().view(1, 1, n) - y).mean(1)
     r = spearman(rel_abs.cpu().numpy(), e.T.numpy())
-    out = _finish([scalar_rows(r, "monotonicity_correlation", "higher", patch_size=p, statistic=statistic)],
+    out = _finish([scalar_rows(r, "monotonicity_correlation", patch_size=p, statistic=statistic)],
                   score_space)
     out["baseline"] = "uniform"
     return out
@@ -333,8 +330,7 @@ def default_sizes(n_feat: int, count: int = 8, top: float = 0.8) -> list[int]:
     return sorted({int(round(v)) for v in np.geomspace(1, hi, count)})
 
 
-@register_metric("sensitivity_n", sizes=None, runs=100, patch_size=1, baseline="zero", score_space="logit", seed=0,
-                 batch_size=None, mean=None, low=None, high=None)
+@register_metric("sensitivity_n", family="faithfulness", directions={"sensitivity_n": "higher", "curve": "none"})
 def sensitivity_n(model, x, target, attributions, sizes=None, runs=100, patch_size=1, baseline="zero",
                   score_space="logit", seed=0, batch_size=None, mean=None, low=None, high=None):
     """Sensitivity-n: per subset size n, Pearson over random n-subsets S of sum_S R and f(x) - f(x[S = baseline]).
@@ -371,5 +367,5 @@ def sensitivity_n(model, x, target, attributions, sizes=None, runs=100, patch_si
     scalar = np.where(valid.any(1), np.nansum(curve, 1) / np.maximum(valid.sum(1), 1), np.nan)
     rows = pd.DataFrame({"sample": np.tile(np.arange(n), len(ns)), "step": np.repeat(np.arange(len(ns)), n),
                          "n": np.repeat(ns, n), "fraction": np.repeat(np.asarray(ns, dtype=np.float64) / n_feat, n),
-                         "value": curve.T.reshape(-1), "measure": "curve", "direction": "none"})
-    return _finish([rows, scalar_rows(scalar, "sensitivity_n", "higher")], score_space, baseline)
+                         "value": curve.T.reshape(-1), "measure": "curve", "direction": UNSET})
+    return _finish([rows, scalar_rows(scalar, "sensitivity_n")], score_space, baseline)

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from evalxai.metrics.common import explain_stack, explainer, scalar_rows
+from evalxai.metrics.common import UNSET, explain_stack, explainer, scalar_rows
 from evalxai.metrics.registry import register_metric
 from evalxai.seeding import per_sample_noise, sample_generators
 
@@ -97,11 +97,16 @@ def _cascade_rows(maps_of, reference: torch.Tensor, model, seed, order, n) -> li
         signed, absolute = spearman_rows(ranks, r, ranked=True), spearman_rows(ranks_abs, r.abs(), ranked=True)
         for measure, v in (("spearman", signed), ("spearman_abs", absolute)):
             frames.append(pd.DataFrame({"sample": np.arange(n), "step": k, "measure": measure,
-                                        "direction": "none", "value": v, "layer": name}))
-    return frames + [scalar_rows(signed, "spearman_full", "lower"), scalar_rows(absolute, "spearman_abs_full", "lower")]
+                                        "direction": UNSET, "value": v, "layer": name}))
+    return frames + [scalar_rows(signed, "spearman_full"), scalar_rows(absolute, "spearman_abs_full")]
 
 
-@register_metric("randomization", seed=0, method=None, method_params=None)
+# the cascade's measures: Spearman rho per randomised layer (curve rows) and after the last one (scalars)
+CASCADE_DIRECTIONS = {"spearman_full": "lower", "spearman_abs_full": "lower", "spearman": "none",
+                      "spearman_abs": "none"}
+
+
+@register_metric("randomization", family="randomisation", directions=CASCADE_DIRECTIONS, needs=("method",))
 def randomization(model, x, target, attributions, seed=0, method=None, method_params=None):
     """Cascading randomization: Spearman correlation (signed and absolute) per randomized layer; scalars after
     all layers are randomized (lower is better)."""
@@ -110,8 +115,7 @@ def randomization(model, x, target, attributions, seed=0, method=None, method_pa
                      ignore_index=True)
 
 
-@register_metric("smooth_mprt", samples=10, noise=0.1, order="bottom_up", seed=0, method=None, method_params=None,
-                 batch_size=None)
+@register_metric("smooth_mprt", family="randomisation", directions=CASCADE_DIRECTIONS, needs=("method",))
 def smooth_mprt(model, x, target, attributions, samples=10, noise=0.1, order="bottom_up", seed=0, method=None,
                 method_params=None, batch_size=None):
     """Smooth MPRT (Hedström et al. 2023): the cascading randomisation test on noise-averaged maps,
@@ -164,7 +168,8 @@ def histogram_entropy(a: torch.Tensor, bins: int) -> torch.Tensor:
     return -(prob * torch.where(prob > 0, prob.log(), torch.zeros_like(prob))).sum(1)
 
 
-@register_metric("efficient_mprt", bins=100, seed=0, method=None, method_params=None, batch_size=None)
+@register_metric("efficient_mprt", family="randomisation", needs=("method",),
+                 directions={"efficient_mprt": "higher", "entropy_trained": "none", "entropy_random": "none"})
 def efficient_mprt(model, x, target, attributions, bins=100, seed=0, method=None, method_params=None,
                    batch_size=None):
     """Efficient MPRT (Hedström et al. 2023): relative rise of the map's complexity from the trained to the fully
@@ -187,8 +192,8 @@ def efficient_mprt(model, x, target, attributions, bins=100, seed=0, method=None
     h0 = histogram_entropy(attributions.reshape(n, -1), bins)
     h1 = histogram_entropy(r_rand.reshape(n, -1), bins)
     rise = torch.where(h0 > 0, (h1 - h0) / h0.clamp(min=1e-300), torch.full_like(h0, float("nan")))
-    return pd.concat([scalar_rows(rise, "efficient_mprt", "higher"), scalar_rows(h0, "entropy_trained", "none"),
-                      scalar_rows(h1, "entropy_random", "none")], ignore_index=True)
+    return pd.concat([scalar_rows(rise, "efficient_mprt"), scalar_rows(h0, "entropy_trained"),
+                      scalar_rows(h1, "entropy_random")], ignore_index=True)
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 7) -> torch.Tensor:
@@ -227,8 +232,7 @@ def random_other_class(x: torch.Tensor, target: torch.Tensor, classes: int, seed
 SIMILARITIES = ("ssim", "spearman")
 
 
-@register_metric("random_logit", similarity="ssim", window=7, seed=0, method=None, method_params=None,
-                 batch_size=None)
+@register_metric("random_logit", family="randomisation", directions={"random_logit": "lower"}, needs=("method",))
 def random_logit(model, x, target, attributions, similarity="ssim", window=7, seed=0, method=None,
                  method_params=None, batch_size=None):
     """Random logit test (Sixt et al. 2020): similarity of R(x, target) and R(x, c) for a random class c != target.
@@ -258,4 +262,4 @@ def random_logit(model, x, target, attributions, similarity="ssim", window=7, se
     else:
         n = len(x)
         value = spearman_rows(attributions.reshape(n, -1).cpu(), r_other.reshape(n, -1).cpu())
-    return scalar_rows(value, "random_logit", "lower", other_class=other.cpu().numpy())
+    return scalar_rows(value, "random_logit", other_class=other.cpu().numpy())

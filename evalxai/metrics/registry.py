@@ -1,25 +1,117 @@
-"""The metric registry: config name -> ``f(model, x, target, attributions, **params) -> rows`` and defaults."""
+"""The metric registry: config name -> ``f(model, x, target, attributions, **params) -> rows`` with its metadata.
+
+A metric is declared once, by its registration::
+
+    @register_metric("sparseness", family="complexity", directions={"gini": "higher"})
+    def sparseness(model, x, target, attributions): ...
+
+- ``family``: one of ``FAMILIES`` (the catalogue's sections, the ground-truth report's groups);
+- ``directions``: every measure the metric writes, with ``higher`` / ``lower`` (is better) or ``none`` (curves and
+  diagnostics); a key may be a glob (``curve_*``, ``layer_residual:*``) for measures named at run time. The rows'
+  ``direction`` column is filled from here, so the function never writes one;
+- ``needs``: what a call receives besides the config's parameters (``NEEDS``): ``masks`` (ground truth) and ``pool``
+  (images to compose with) come from the data, ``method`` means that the method being scored is passed as
+  ``method`` / ``method_params`` (``evalxai.binding.bind``);
+- the defaults are the function's own keyword defaults (the YAML ``conf/metric/<name>.yaml`` holds them too, written
+  by ``python -m evalxai.configs``).
+"""
 from __future__ import annotations
 
-from collections.abc import Callable
+import fnmatch
+import functools
+import inspect
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+
+import pandas as pd
+
+from evalxai.methods.registry import signature_defaults
+
+FAMILIES = ("faithfulness", "robustness", "localisation", "complexity", "axiomatic", "randomisation")  # in this order
+DIRECTIONS = ("higher", "lower", "none")
+NEEDS = ("masks", "pool", "method")
+DATA_NEEDS = ("masks", "pool")  # what comes from the data, never from a config
+# the parameters a need arrives in (and that are not config fields, unless listed in the config too)
+NEED_PARAMS = {"masks": ("masks",), "pool": ("pool",), "method": ("method", "method_params")}
+LEADING = ("model", "x", "target", "attributions")
 
 
 @dataclass
 class MetricSpec:
+    """A registered metric: its function and everything declared with it (``register_metric``)."""
     name: str
     fn: Callable
+    family: str
+    directions: dict[str, str]
+    needs: tuple[str, ...] = ()
     defaults: dict = field(default_factory=dict)
+
+    def direction(self, measure: str) -> str:
+        """The declared direction of ``measure``: its own key, else the first glob key that matches it."""
+        if measure in self.directions:
+            return self.directions[measure]
+        for pattern, direction in self.directions.items():
+            if fnmatch.fnmatchcase(measure, pattern):
+                return direction
+        raise KeyError(f"metric '{self.name}' wrote measure '{measure}', which its registration does not declare: add "
+                       f"it to register_metric('{self.name}', directions=...)")
+
+    def with_directions(self, rows) -> pd.DataFrame:
+        """``rows`` with the ``direction`` column of their measures (in place of the column the row builders leave
+        empty; after ``value`` where there is none)."""
+        rows = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
+        measures = rows["measure"] if "measure" in rows else pd.Series(self.name, index=rows.index)
+        direction = measures.map({m: self.direction(m) for m in measures.unique()}).astype("str")
+        if "direction" in rows:
+            rows["direction"] = direction
+        else:
+            rows.insert(rows.columns.get_loc("value") + 1 if "value" in rows else len(rows.columns), "direction",
+                        direction)
+        return rows
 
 
 METRICS: dict[str, MetricSpec] = {}
 
 
-def register_metric(name: str, **defaults):
-    """Decorator: register ``fn`` under ``name`` (= ``conf/metric/<name>.yaml``) with default parameters."""
+def _check(name: str, fn: Callable, family: str, directions: Mapping, needs: tuple) -> None:
+    if family not in FAMILIES:
+        raise ValueError(f"metric '{name}': family '{family}' is not one of {list(FAMILIES)}")
+    wrong = {m: d for m, d in directions.items() if d not in DIRECTIONS}
+    if not directions or wrong:
+        raise ValueError(f"metric '{name}': directions must map every measure to one of {list(DIRECTIONS)}, got "
+                         f"{dict(directions)}")
+    params = inspect.signature(fn).parameters
+    if list(params)[:len(LEADING)] != list(LEADING):
+        raise TypeError(f"metric '{name}' must take ({', '.join(LEADING)}, ...) first, got {list(params)}")
+    unknown = sorted(set(needs) - set(NEEDS))
+    if unknown:
+        raise ValueError(f"metric '{name}': needs {unknown} are not among {list(NEEDS)}")
+    for need in NEEDS:
+        taken = [p for p in NEED_PARAMS[need] if p in params]
+        if (need in needs) != bool(taken) or (taken and len(taken) != len(NEED_PARAMS[need])):
+            raise TypeError(f"metric '{name}': its signature takes {taken or 'none of'} {list(NEED_PARAMS[need])} "
+                            f"but needs={tuple(needs)}: declare needs=(..., '{need}') exactly when it takes them")
+
+
+def register_metric(name: str, *, family: str, directions: Mapping[str, str], needs: tuple[str, ...] = ()):
+    """Decorator: register ``fn`` under ``name`` (= ``conf/metric/<name>.yaml``) with its family, the directions of
+    its measures and its needs (module docstring); the defaults are the signature's. The registered function (also
+    the name the module binds) is ``fn`` with the rows' ``direction`` filled from ``directions``."""
+    needs = tuple(needs)
+
     def wrap(fn):
-        METRICS[name] = MetricSpec(name, fn, defaults)
-        return fn
+        _check(name, fn, family, directions, needs)
+        data = [p for need in DATA_NEEDS if need in needs for p in NEED_PARAMS[need]]
+        defaults = signature_defaults(fn, len(LEADING), skip=data, what=f"metric '{name}'")
+        spec = MetricSpec(name, fn, family, dict(directions), needs, defaults)
+
+        @functools.wraps(fn)
+        def metric(*args, **kwargs):
+            return spec.with_directions(fn(*args, **kwargs))
+
+        spec.fn = metric
+        METRICS[name] = spec
+        return metric
     return wrap
 
 
@@ -27,3 +119,8 @@ def get_metric(name: str) -> MetricSpec:
     if name not in METRICS:
         raise KeyError(f"unknown metric '{name}': choose one of {sorted(METRICS)}")
     return METRICS[name]
+
+
+def families() -> dict[str, tuple[str, ...]]:
+    """Family -> its registered metrics (by name), families in ``FAMILIES`` order, metrics in registration order."""
+    return {f: tuple(n for n, s in METRICS.items() if s.family == f) for f in FAMILIES}

@@ -89,8 +89,9 @@ def linear_imputation(x: torch.Tensor, missing: torch.Tensor, iters: int = 1000,
     return (known + mask * u).view(b, c, h, w)
 
 
-@register_metric("road", order=("morf", "lerf"), fractions=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
-                 noise=0.01, score_space="softmax", seed=0, batch_size=None, ties="random")
+@register_metric("road", family="faithfulness",
+                 directions={"auc_morf": "lower", "auc_lerf": "higher", "auc_random": "none", "road_combined": "higher",
+                             "curve_*": "none", "correct_*": "none"})
 def road(model, x, target, attributions, order=("morf", "lerf"), fractions=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7,
          0.8, 0.9), noise=0.01, score_space="softmax", seed=0, batch_size=None, ties="random"):
     """ROAD curves (score vs fraction removed by noisy linear imputation), AUCs, ROAD-combined, correctness; ties
@@ -130,11 +131,10 @@ def road(model, x, target, attributions, order=("morf", "lerf"), fractions=(0.1,
         correct = (logits.argmax(1) == tgt).double().view(len(fr) + 1, n)
         curves[o] = y
         frames += [curve_rows(y, frac, f"curve_{o}", order=o), curve_rows(correct, frac, f"correct_{o}", order=o),
-                   scalar_rows(normalized_auc(y, frac), f"auc_{o}", "lower" if o == "morf" else
-                               "higher" if o == "lerf" else "none", order=o)]
+                   scalar_rows(normalized_auc(y, frac), f"auc_{o}", order=o)]
     if "morf" in curves and "lerf" in curves:
         combined = ((curves["lerf"][1:] - curves["morf"][1:]) / 2).double().mean(0)
-        frames.append(scalar_rows(combined, "road_combined", "higher", order="lerf-morf"))
+        frames.append(scalar_rows(combined, "road_combined", order="lerf-morf"))
     out = pd.concat(frames, ignore_index=True)
     out["score_space"] = score_space
     out["ties"] = ties

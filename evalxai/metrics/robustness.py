@@ -15,7 +15,8 @@ import pandas as pd
 import torch
 
 from evalxai.baselines import data_range
-from evalxai.metrics.common import batched_scores, check_score_space, explain_stack, explainer, scalar_rows
+from evalxai.memory import images_per_chunk
+from evalxai.metrics.common import UNSET, batched_scores, check_score_space, explain_stack, explainer, scalar_rows
 from evalxai.metrics.registry import register_metric
 from evalxai.scoring import require_images
 from evalxai.seeding import per_sample_noise
@@ -58,8 +59,9 @@ def path_continuity(rs: torch.Tensor, xs: torch.Tensor, ref: int) -> dict[str, n
             "continuity_ref": _max_ratio(l1(rs - rs[ref:ref + 1]), l2(xs - xs[ref:ref + 1]))}
 
 
-@register_metric("continuity", shift=6, stride=1, axis="x", align=True, score_space="logit", method=None,
-                 method_params=None, batch_size=None, low=None)
+@register_metric("continuity", family="robustness", needs=("method",),
+                 directions={"continuity_path": "lower", "continuity_ref": "lower", "continuity_path_aligned": "lower",
+                             "continuity_ref_aligned": "lower", "quadrant_*": "none", "score": "none"})
 def continuity(model, x, target, attributions, shift=6, stride=1, axis="x", align=True, score_space="logit",
                method=None, method_params=None, batch_size=None, low=None):
     """Continuity: max_t ||R(x_t) - R(x_t')||_1 / ||x_t - x_t'||_2 on a translation path (lower is better).
@@ -93,7 +95,7 @@ def continuity(model, x, target, attributions, shift=6, stride=1, axis="x", alig
     if align:
         back = torch.stack([translate(r, -t, axis) for r, t in zip(rs, ts)])
         est.update({f"{k}_aligned": v for k, v in path_continuity(back, xs, zero).items()})
-    frames = [scalar_rows(v, k, "lower") for k, v in est.items()]
+    frames = [scalar_rows(v, k) for k, v in est.items()]
     h, w = x.shape[-2:]
     maps = rs.sum(2)  # (T, N, H, W)
     quads = [maps[..., : h // 2, : w // 2], maps[..., : h // 2, w // 2:], maps[..., h // 2:, : w // 2],
@@ -102,7 +104,7 @@ def continuity(model, x, target, attributions, shift=6, stride=1, axis="x", alig
     steps = np.repeat(np.asarray(ts), n)
     samples = np.tile(np.arange(n), len(ts))
     for name, v in [*((f"quadrant_{i + 1}", q.sum((-1, -2))) for i, q in enumerate(quads)), ("score", score)]:
-        frames.append(pd.DataFrame({"sample": samples, "step": steps, "measure": name, "direction": "none",
+        frames.append(pd.DataFrame({"sample": samples, "step": steps, "measure": name, "direction": UNSET,
                                     "value": v.double().cpu().numpy().reshape(-1)}))
     out = pd.concat(frames, ignore_index=True)
     out["score_space"] = score_space
@@ -126,8 +128,6 @@ def gaussian_neighbours(x: torch.Tensor, seed: int, samples: int, noise: float, 
 @torch.no_grad()
 def stack_logits(model, xs: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
     """Logits (S, N, classes) of a stack of inputs (S, N, ...), chunked by the memory budget."""
-    from evalxai.memory import images_per_chunk
-
     s, n = xs.shape[:2]
     flat = xs.reshape(s * n, *xs.shape[2:])
     step = images_per_chunk(model, flat, "forward", batch_size, "forwarding perturbed inputs")
@@ -168,7 +168,7 @@ def check_samples(samples: int, metric: str) -> None:
 
 def flip_rows(flipped: torch.Tensor) -> pd.DataFrame:
     """Per-sample fraction of draws whose prediction flipped (direction "none")."""
-    return scalar_rows(flipped.double().mean(0), "flip_rate", "none")
+    return scalar_rows(flipped.double().mean(0), "flip_rate")
 
 
 def sensitivity_ratios(model, x, target, attributions, radius, samples, seed, method, method_params, batch_size,
@@ -196,8 +196,8 @@ _SENSITIVITY_DOC = """d ~ U[-radius, radius] element-wise (the L-inf ball; captu
     sample (+ ``samples`` + 1 forwards with ``nan_on_flip``)."""
 
 
-@register_metric("max_sensitivity", radius=0.02, samples=10, seed=0, nan_on_flip=False, method=None,
-                 method_params=None, batch_size=None, low=None, high=None)
+@register_metric("max_sensitivity", family="robustness", needs=("method",),
+                 directions={"max_sensitivity": "lower", "avg_sensitivity": "lower", "flip_rate": "none"})
 def max_sensitivity(model, x, target, attributions, radius=0.02, samples=10, seed=0, nan_on_flip=False, method=None,
                     method_params=None, batch_size=None, low=None, high=None):
     """Max-sensitivity (Yeh et al. 2019): max_s ||R(x + d_s) - R(x)||_2 / ||R(x)||_2, and the mean over the same
@@ -206,15 +206,15 @@ def max_sensitivity(model, x, target, attributions, radius=0.02, samples=10, see
     """
     ratio, flipped = sensitivity_ratios(model, x, target, attributions, radius, samples, seed, method, method_params,
                                         batch_size, low, high, nan_on_flip, "max_sensitivity")
-    frames = [scalar_rows(reduce_draws(ratio, flipped, "max"), "max_sensitivity", "lower"),
-              scalar_rows(reduce_draws(ratio, flipped, "mean"), "avg_sensitivity", "lower")]
+    frames = [scalar_rows(reduce_draws(ratio, flipped, "max"), "max_sensitivity"),
+              scalar_rows(reduce_draws(ratio, flipped, "mean"), "avg_sensitivity")]
     if flipped is not None:
         frames.append(flip_rows(flipped))
     return pd.concat(frames, ignore_index=True)
 
 
-@register_metric("avg_sensitivity", radius=0.02, samples=10, seed=0, nan_on_flip=False, method=None,
-                 method_params=None, batch_size=None, low=None, high=None)
+@register_metric("avg_sensitivity", family="robustness", needs=("method",),
+                 directions={"avg_sensitivity": "lower", "flip_rate": "none"})
 def avg_sensitivity(model, x, target, attributions, radius=0.02, samples=10, seed=0, nan_on_flip=False, method=None,
                     method_params=None, batch_size=None, low=None, high=None):
     """Avg-sensitivity (Yeh et al. 2019): mean_s ||R(x + d_s) - R(x)||_2 / ||R(x)||_2, the same draws and code as
@@ -223,7 +223,7 @@ def avg_sensitivity(model, x, target, attributions, radius=0.02, samples=10, see
     """
     ratio, flipped = sensitivity_ratios(model, x, target, attributions, radius, samples, seed, method, method_params,
                                         batch_size, low, high, nan_on_flip, "avg_sensitivity")
-    frames = [scalar_rows(reduce_draws(ratio, flipped, "mean"), "avg_sensitivity", "lower")]
+    frames = [scalar_rows(reduce_draws(ratio, flipped, "mean"), "avg_sensitivity")]
     if flipped is not None:
         frames.append(flip_rows(flipped))
     return pd.concat(frames, ignore_index=True)
@@ -233,8 +233,8 @@ for _f in (max_sensitivity, avg_sensitivity):
     _f.__doc__ = _f.__doc__.rstrip() + "\n    " + _SENSITIVITY_DOC + "\n    "
 
 
-@register_metric("local_lipschitz_estimate", samples=10, noise=0.1, seed=0, nan_on_flip=False, method=None,
-                 method_params=None, batch_size=None, low=None, high=None)
+@register_metric("local_lipschitz_estimate", family="robustness", needs=("method",),
+                 directions={"local_lipschitz_estimate": "lower", "flip_rate": "none"})
 def local_lipschitz_estimate(model, x, target, attributions, samples=10, noise=0.1, seed=0, nan_on_flip=False,
                              method=None, method_params=None, batch_size=None, low=None, high=None):
     """Local Lipschitz estimate (Alvarez-Melis & Jaakkola 2018): max_s ||R(x) - R(x_s)||_2 / ||x - x_s||_2.
@@ -256,7 +256,7 @@ def local_lipschitz_estimate(model, x, target, attributions, samples=10, noise=0
     den = (xs - x.unsqueeze(0)).reshape(samples, len(x), -1).double().norm(dim=-1)
     ratio = torch.where(den > 0, num / den.clamp(min=1e-300), torch.full_like(num, float("nan")))
     flipped = flips(model, x, xs, batch_size) if nan_on_flip else None
-    frames = [scalar_rows(reduce_draws(ratio, flipped, "max"), "local_lipschitz_estimate", "lower")]
+    frames = [scalar_rows(reduce_draws(ratio, flipped, "max"), "local_lipschitz_estimate")]
     if flipped is not None:
         frames.append(flip_rows(flipped))
     return pd.concat(frames, ignore_index=True)
@@ -288,8 +288,8 @@ def _consistency_pool(model, x, attributions, reference, top_k, batch_size):
     return same_map & ~itself, pred_ref[:, None] == pred[None]
 
 
-@register_metric("consistency", samples=10, noise=0.1, top_k=1, seed=0, reference=None, method=None,
-                 method_params=None, batch_size=None, low=None, high=None)
+@register_metric("consistency", family="robustness", needs=("method",),
+                 directions={"consistency": "higher", "match_rate": "none"})
 def consistency(model, x, target, attributions, samples=10, noise=0.1, top_k=1, seed=0, reference=None, method=None,
                 method_params=None, batch_size=None, low=None, high=None):
     """Local consistency (Dasgupta et al. 2022): P[f(x') = f(x) | d(R(x')) = d(R(x))].
@@ -330,5 +330,5 @@ def consistency(model, x, target, attributions, samples=10, noise=0.1, top_k=1, 
     matches = same_map.double().sum(0)
     value = torch.where(matches > 0, (same_map & same_pred).double().sum(0) / matches.clamp(min=1),
                         torch.full_like(matches, float("nan")))
-    return pd.concat([scalar_rows(value, "consistency", "higher"),
-                      scalar_rows(matches / total, "match_rate", "none")], ignore_index=True)
+    return pd.concat([scalar_rows(value, "consistency"), scalar_rows(matches / total, "match_rate")],
+                     ignore_index=True)

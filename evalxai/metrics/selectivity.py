@@ -26,9 +26,7 @@ from evalxai.metrics.registry import register_metric
 from evalxai.scoring import check_patch, require_images
 
 
-@register_metric("selectivity", patch_size=None, steps=20, baseline="zero", score_space="logit", recompute=True,
-                 method=None, method_params=None, seed=0, batch_size=None, mean=None, low=None, high=None,
-                 ties="random")
+@register_metric("selectivity", family="faithfulness", directions={"auc": "lower", "curve": "none"}, needs=("method",))
 def selectivity(model, x, target, attributions, patch_size=None, steps=20, baseline="zero", score_space="logit",
                 recompute=True, method=None, method_params=None, seed=0, batch_size=None, mean=None, low=None,
                 high=None, ties="random"):
@@ -62,7 +60,7 @@ def selectivity(model, x, target, attributions, patch_size=None, steps=20, basel
         inputs.append(current)
     y = batched_scores(model, torch.stack(inputs), target, score_space, batch_size)
     frac = torch.arange(k_max + 1, dtype=torch.float64) / n_feat
-    out = pd.concat([curve_rows(y, frac, "curve"), scalar_rows(normalized_auc(y, frac), "auc", "lower")],
+    out = pd.concat([curve_rows(y, frac, "curve"), scalar_rows(normalized_auc(y, frac), "auc")],
                     ignore_index=True)
     out["score_space"] = score_space
     out["ties"] = ties

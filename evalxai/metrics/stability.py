@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from evalxai.memory import images_per_chunk
 from evalxai.metrics.common import executed_layers, explain_stack, explainer, scalar_rows
 from evalxai.metrics.registry import register_metric
 from evalxai.metrics.robustness import (
@@ -62,8 +63,6 @@ def logits_and_representation(model: nn.Module, xs: torch.Tensor, layer: str, us
                               batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits (S, N, classes) and the representation (S, N, D) of a stack of inputs (S, N, ...): the input
     (``use_input``) or output of module ``layer``, captured by a forward hook removed afterwards."""
-    from evalxai.memory import images_per_chunk
-
     module = dict(model.named_modules())[layer]
     s, n = xs.shape[:2]
     flat = xs.reshape(s * n, *xs.shape[2:])
@@ -150,18 +149,15 @@ def relative_stability(kind: str, model, x, target, attributions, samples, noise
     zero_map = (flat_r[0] == 0).all(-1)
     ratio = torch.where(zero_map.unsqueeze(0), torch.full_like(ratio, float("nan")), ratio)
     flipped = logits[1:].argmax(-1) != logits[0].argmax(-1)
-    out = pd.concat([scalar_rows(reduce_draws(ratio, flipped if nan_on_flip else None, "max"), metric, "lower"),
+    out = pd.concat([scalar_rows(reduce_draws(ratio, flipped if nan_on_flip else None, "max"), metric),
                      flip_rows(flipped)], ignore_index=True)
     if kind == "representation":
         out["layer"] = name
     return out
 
 
-_COMMON = dict(samples=10, noise=0.05, p=2, eps_min=1e-6, seed=0, nan_on_flip=True, zero_reference="eps_min",
-               method=None, method_params=None, batch_size=None, low=None, high=None)
-
-
-@register_metric("relative_input_stability", **_COMMON)
+@register_metric("relative_input_stability", family="robustness", needs=("method",),
+                 directions={"relative_input_stability": "lower", "flip_rate": "none"})
 def relative_input_stability(model, x, target, attributions, samples=10, noise=0.05, p=2, eps_min=1e-6, seed=0,
                              nan_on_flip=True, zero_reference="eps_min", method=None, method_params=None,
                              batch_size=None, low=None, high=None):
@@ -173,7 +169,8 @@ def relative_input_stability(model, x, target, attributions, samples=10, noise=0
                               zero_reference, None, method, method_params, batch_size, low, high)
 
 
-@register_metric("relative_output_stability", **_COMMON)
+@register_metric("relative_output_stability", family="robustness", needs=("method",),
+                 directions={"relative_output_stability": "lower", "flip_rate": "none"})
 def relative_output_stability(model, x, target, attributions, samples=10, noise=0.05, p=2, eps_min=1e-6, seed=0,
                               nan_on_flip=True, zero_reference="eps_min", method=None, method_params=None,
                               batch_size=None, low=None, high=None):
@@ -185,7 +182,8 @@ def relative_output_stability(model, x, target, attributions, samples=10, noise=
                               nan_on_flip, zero_reference, None, method, method_params, batch_size, low, high)
 
 
-@register_metric("relative_representation_stability", **_COMMON, layer=None)
+@register_metric("relative_representation_stability", family="robustness", needs=("method",),
+                 directions={"relative_representation_stability": "lower", "flip_rate": "none"})
 def relative_representation_stability(model, x, target, attributions, samples=10, noise=0.05, p=2, eps_min=1e-6,
                                       seed=0, nan_on_flip=True, zero_reference="eps_min", method=None,
                                       method_params=None, batch_size=None, low=None, high=None, layer=None):

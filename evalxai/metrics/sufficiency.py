@@ -63,8 +63,9 @@ def predicted_labels(model, xs: torch.Tensor, batch_size=None) -> torch.Tensor:
 APPLIES = ("nearest", "threshold")
 
 
-@register_metric("sufficiency", samples=20, noise=0.3, applies="nearest", nearest=0.25, threshold=0.2, seed=0,
-                 method=None, method_params=None, batch_size=None, low=None, high=None)
+@register_metric("sufficiency", family="faithfulness", needs=("method",),
+                 directions={"sufficiency": "higher", "sufficiency_gain": "higher", "agreement": "none",
+                             "neighbours": "none"})
 def sufficiency(model, x, target, attributions, samples=20, noise=0.3, applies="nearest", nearest=0.25,
                 threshold=0.2, seed=0, method=None, method_params=None, batch_size=None, low=None, high=None):
     """Sufficiency: share of the noisy neighbours whose maps are closest to R(x) that keep the predicted label.
@@ -107,8 +108,8 @@ def sufficiency(model, x, target, attributions, samples=20, noise=0.3, applies="
     count = close.sum(0)
     score = np.where(count > 0, (close & same).sum(0) / np.maximum(count, 1), np.nan)
     agreement = same.mean(0)
-    out = pd.concat([scalar_rows(score, "sufficiency", "higher"), scalar_rows(agreement, "agreement", "none"),
-                     scalar_rows(score - agreement, "sufficiency_gain", "higher"),
-                     scalar_rows(count.astype(np.float64), "neighbours", "none")], ignore_index=True)
+    out = pd.concat([scalar_rows(score, "sufficiency"), scalar_rows(agreement, "agreement"),
+                     scalar_rows(score - agreement, "sufficiency_gain"),
+                     scalar_rows(count.astype(np.float64), "neighbours")], ignore_index=True)
     out["applies"] = applies
     return out
