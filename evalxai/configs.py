@@ -13,6 +13,9 @@ from pathlib import Path
 
 import yaml
 
+from evalxai.methods import METHODS
+from evalxai.metrics import METRICS
+
 CONF = Path(__file__).resolve().parent / "conf"  # the Hydra config tree, shipped inside the package
 EXPERIMENTS = Path(__file__).resolve().parent / "experiments"  # paper reproductions: config.yaml + claims.yaml
 
@@ -29,9 +32,6 @@ def render(name: str, fn, defaults: dict) -> str:
 
 
 def write_all(conf: Path = CONF) -> list[Path]:
-    from evalxai.methods import METHODS
-    from evalxai.metrics import METRICS
-
     written = []
     for group, registry in (("method", METHODS), ("metric", METRICS)):
         for name, spec in registry.items():

@@ -6,7 +6,8 @@ checkout:
 - ``methods`` in ``docs/methods.md``: the method list of ``evalxai.methods.METHODS`` (name, family, parameters
   with their registered defaults, the docstring's first sentence);
 - ``metrics`` in ``docs/metrics.md``: the metric catalogue of ``evalxai.metrics.METRICS`` (name, family, what it
-  takes from the pipeline, parameters with defaults, the docstring's first sentence);
+  needs besides x, parameters with defaults, its measures with their directions, the docstring's first sentence:
+  all as the metric's registration declares them);
 - ``results`` in ``README.md``: the front page's results table, read from the committed run
   ``docs/runs/mnist_lrp/{summary.csv,run.json}``.
 
@@ -25,12 +26,15 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from evalxai.methods import METHODS
+from evalxai.metrics import METRICS
+from evalxai.metrics.registry import FAMILIES as METRIC_FAMILIES
+
 ROOT = Path(__file__).resolve().parent.parent  # the checkout: README.md and docs/ are not package data
 RUN = Path("docs/runs/mnist_lrp")  # the committed run behind the front page's numbers
 
 METHOD_FAMILIES = ("lrp", "gradient", "attention", "control")  # table order; other families follow
-METRIC_FAMILIES = ("faithfulness", "robustness", "localisation", "complexity", "randomisation", "axiomatic")
-PIPELINE_KEYS = ("method", "method_params", "batch_size")  # metric parameters shown in the "takes" column or noted
+PIPELINE_KEYS = ("method", "method_params", "batch_size")  # metric parameters shown in the "needs" column or noted
 
 # The front page's columns: (metric, measure, header). Arrows come from the run's `direction` column.
 RESULT_COLUMNS = (
@@ -84,8 +88,6 @@ def _family_order(family: str, order: tuple[str, ...]) -> int:
 
 
 def render_methods() -> str:
-    from evalxai.methods import METHODS
-
     specs = sorted(METHODS.values(), key=lambda s: _family_order(s.family, METHOD_FAMILIES))  # stable: registry order
     lines = [
         f"{len(specs)} methods, from `evalxai.methods.METHODS` (the name is the config name `conf/method/<name>.yaml` "
@@ -100,60 +102,37 @@ def render_methods() -> str:
     return "\n".join(lines)
 
 
-def metric_family(spec) -> str:
-    """The registry's family where it has one, else the family the ground-truth report files the metric under."""
-    family = getattr(spec, "family", None)
-    if family:
-        return family
-    from evalxai.report.ground_truth import FAMILY
-
-    if spec.name not in FAMILY:
-        raise KeyError(f"metric '{spec.name}' has no family: add it to evalxai.report.ground_truth.FAMILIES "
-                       "(or give the registry one), then run python -m evalxai.docs")
-    return FAMILY[spec.name]
+def _needs(spec) -> str:
+    return ", ".join(f"`{k}`" for k in spec.needs) if spec.needs else "–"
 
 
-def _takes(spec) -> str:
-    names = set(inspect.signature(spec.fn).parameters) | set(spec.defaults)
-    taken = [f"`{k}`" for k in ("method", "masks", "pool") if k in names]
-    return ", ".join(taken) if taken else "–"
-
-
-def _directions(spec) -> str | None:
-    """Measures with their directions, where the registry declares them (today the rows carry them at run time)."""
-    directions = getattr(spec, "directions", None)
-    if not directions:
-        return None
-    return ", ".join(f"`{m}` {ARROWS.get(d, d)}" for m, d in directions.items())
+def _directions(spec) -> str:
+    """The measures a metric declares: ``name`` with an arrow for higher / lower is better, plain for none."""
+    return ", ".join(f"`{m}` {ARROWS[d]}" if d in ARROWS else f"`{m}`" for m, d in spec.directions.items())
 
 
 def render_metrics() -> str:
-    from evalxai.metrics import METRICS
-
-    specs = sorted(METRICS.values(), key=lambda s: (_family_order(metric_family(s), METRIC_FAMILIES),
-                                                    metric_family(s), s.name))
-    families = sorted({metric_family(s) for s in specs}, key=lambda f: (_family_order(f, METRIC_FAMILIES), f))
-    with_dirs = any(_directions(s) for s in specs)
-    head = "| metric | family | takes | parameters (defaults) |" + (" measures |" if with_dirs else "")
+    specs = sorted(METRICS.values(), key=lambda s: (_family_order(s.family, METRIC_FAMILIES), s.family, s.name))
+    families = sorted({s.family for s in specs}, key=lambda f: (_family_order(f, METRIC_FAMILIES), f))
     lines = [
         f"{len(specs)} metrics in {len(families)} families ({', '.join(families)}), from "
         "`evalxai.metrics.METRICS`. The name is the config name `conf/metric/<name>.yaml` and the `metric=` of "
-        "`evalxai.score`; the parameters are the registered defaults.",
+        "`evalxai.score`; family, needs and measures are what the metric's `@register_metric` declares, the "
+        "parameters its function's defaults.",
         "",
-        "- **takes**: `method`: the pipeline passes the method being scored (to re-explain, or for `conservation` "
+        "- **needs**: `method`: the pipeline passes the method being scored (to re-explain, or for `conservation` "
         "to choose the reference), with `method_params`; `masks`: ground-truth masks; `pool`: training images.",
         "- **null** means the metric chooses (see its section) or the pipeline fills it in (`low`, `high`, `mean`: "
         "the dataset's). Not shown: `batch_size`, a cap on a chunk, which most metrics take.",
-        "- **Directions** are recorded on every scalar row (`direction`); each section below names them.",
+        "- **measures**: the `measure` of its rows, with the `direction` they carry: ↑ higher is better, ↓ lower is "
+        "better, unmarked none (curves, diagnostics); `*` stands for a part named at run time (an order, a layer).",
         "",
-        head + " what it computes |",
-        "|---|---|---|---|" + ("---|" if with_dirs else "") + "---|",
+        "| metric | family | needs | parameters (defaults) | measures | what it computes |",
+        "|---|---|---|---|---|---|",
     ]
     for s in specs:
-        row = f"| `{s.name}` | {metric_family(s)} | {_takes(s)} | {_params(s.defaults, PIPELINE_KEYS)} |"
-        if with_dirs:
-            row += f" {_directions(s) or '–'} |"
-        lines.append(f"{row} {_cell(summary(s.fn, s.name))} |")
+        lines.append(f"| `{s.name}` | {s.family} | {_needs(s)} | {_params(s.defaults, PIPELINE_KEYS)} | "
+                     f"{_directions(s)} | {_cell(summary(s.fn, s.name))} |")
     return "\n".join(lines)
 
 

@@ -29,25 +29,15 @@ import numpy as np
 import pandas as pd
 
 from evalxai._io import atomic_path, write_text
+from evalxai.metrics import METRICS
+from evalxai.metrics.registry import FAMILIES
+from evalxai.report.stats import wilcoxon_p
 
 REFERENCE = "relevance_mass_accuracy:ratio"
 MIN_ACCURACY = 0.6
 CONTROLS = ("random", "edge")
-FAMILIES = {
-    "localisation": ("pointing_game", "attribution_localisation", "top_k_intersection", "relevance_mass_accuracy",
-                     "relevance_rank_accuracy", "localisation_auc", "energy_pointing_game", "xai_tris_precision",
-                     "xai_tris_emd", "focus"),
-    "faithfulness": ("pixel_flipping", "selectivity", "insertion_deletion", "road", "faithfulness_correlation",
-                     "faithfulness_estimate", "monotonicity", "monotonicity_correlation", "sensitivity_n", "irof",
-                     "infidelity", "sufficiency", "region_perturbation"),
-    "robustness": ("continuity", "max_sensitivity", "avg_sensitivity", "local_lipschitz_estimate",
-                   "relative_input_stability", "relative_output_stability", "relative_representation_stability",
-                   "consistency"),
-    "complexity": ("sparseness", "complexity", "effective_complexity"),
-    "axiomatic": ("conservation", "non_sensitivity", "input_invariance"),
-    "randomisation": ("randomization", "random_logit", "smooth_mprt", "efficient_mprt"),
-}
-FAMILY = {m: f for f, ms in FAMILIES.items() for m in ms}
+# the report's groups: localisation (the reference's family) first, then the registry's order
+FAMILY_ORDER = ("localisation", *(f for f in FAMILIES if f != "localisation"))
 
 
 def estimator(metric: str, measure: str) -> str:
@@ -74,7 +64,7 @@ def scalar_table(scores: pd.DataFrame, runs: list[dict]) -> pd.DataFrame:
     settings = {r.get("run_id"): setting_of(r) for r in runs}
     sc["setting"] = sc["run_id"].map(settings).fillna(sc["dataset"])
     sc["estimator"] = sc["metric"].astype(str) + ":" + sc["measure"].astype(str)
-    sc["family"] = sc["metric"].map(FAMILY).fillna("other")
+    sc["family"] = sc["metric"].map({name: spec.family for name, spec in METRICS.items()}).fillna("other")
     sc["value"] = sc["value"].astype(np.float64)
     sc["sign"] = np.where(sc["direction"] == "higher", 1.0, -1.0)
     return sc
@@ -144,7 +134,7 @@ def agreement(means: pd.DataFrame, reference: str = REFERENCE, n_boot: int = 200
         rows.append({"family": family, "estimator": est, "rho_mean": r.mean() if len(r) else np.nan,
                      "ci_low": lo, "ci_high": hi, "share_positive": (r > 0).mean() if len(r) else np.nan,
                      "rho_pooled": _centred_pooled(means, est, reference), "runs": len(r)})
-    order = {f: i for i, f in enumerate([*FAMILIES, "other"])}
+    order = {f: i for i, f in enumerate([*FAMILY_ORDER, "other"])}
     out = pd.DataFrame(rows)
     out["_f"] = out["family"].map(order)
     return out.sort_values(["_f", "rho_mean"], ascending=[True, False]).drop(columns="_f").reset_index(drop=True)
@@ -153,8 +143,6 @@ def agreement(means: pd.DataFrame, reference: str = REFERENCE, n_boot: int = 200
 def control_tests(sc: pd.DataFrame, reference: str = REFERENCE) -> pd.DataFrame:
     """Per run and method: does it beat each control on the reference measure? Paired two-sided Wilcoxon over the
     run's images, p < 0.05 and better in the measure's direction."""
-    from evalxai.report.stats import wilcoxon_p
-
     ref = sc[sc["estimator"] == reference]
     rows = []
     for run, g in ref.groupby("run_id"):
