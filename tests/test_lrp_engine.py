@@ -8,7 +8,8 @@ from torch import nn
 import evalxai
 from evalxai.methods import get_method
 from evalxai.methods.guard import frozen
-from evalxai.methods.lrp import COMPOSITES, LRPError, Recorder, make_composite, run_lrp
+from evalxai.methods.lrp import COMPOSITES, LRPError, Recorder, make_composite, merged_weights, run_lrp
+from evalxai.methods.lrp.functions import lrn_denominator
 from evalxai.models.zoo import build_model
 from tests.conftest import no_hooks
 
@@ -102,8 +103,6 @@ def randomize_bn(model):
 
 
 def test_batchnorm_merge_preserves_outputs_and_matches_manual_merge():
-    from evalxai.methods.lrp.engine import merged_weights
-
     torch.manual_seed(4)
     bn_net = randomize_bn(nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(),
                                         nn.Linear(192, 3)).double().eval())
@@ -129,8 +128,6 @@ def test_local_response_norm_conserves():
 
 
 def test_lrn_denominator_matches_torch():
-    from evalxai.methods.lrp.engine import lrn_denominator
-
     m = nn.LocalResponseNorm(5, alpha=0.3, beta=0.75, k=2.0)
     a = torch.randn(2, 7, 4, 4, dtype=torch.float64)
     torch.testing.assert_close(a / lrn_denominator(a, m) ** m.beta, m(a))

@@ -1,14 +1,15 @@
 """Attention-based maps of vision transformers: attention rollout (Abnar & Zuidema 2020).
 
 The attention weights are read from the traced model (``nn.MultiheadAttention`` modules, ``F.scaled_dot_product_
-attention`` calls and hand-written ``softmax(q k^T) v``, as the LRP engine recognises them), never by hooks.
+attention`` calls and hand-written ``softmax(q k^T) v``, as ``evalxai.methods.graph.attention_nodes`` recognises them
+for the LRP engine too), never by hooks.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from evalxai.methods.lrp.engine import LRPError, attention_nodes, execute
+from evalxai.methods.graph import LRPError, attention_nodes, execute
 from evalxai.methods.registry import register_method
 
 HEAD_FUSIONS = ("mean", "max", "min")

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from evalxai.methods.graph import execute, trace
 from evalxai.methods.registry import register_method
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -97,10 +98,8 @@ def grad_cam_pp(model, x, target, layer=None):
 
 def _gap_linear(model: nn.Module):
     """(pooled feature node, final Linear module) if the traced model ends in global average pooling + Linear."""
-    from evalxai.methods.lrp.engine import _trace
-
     try:
-        graph = _trace(model)
+        graph = trace(model)
     except Exception as err:  # noqa: BLE001
         raise CAMError(f"cam traces the model with torch.fx and failed ({err}); use grad_cam") from None
     out = next(n for n in graph.nodes if n.op == "output")
@@ -143,8 +142,6 @@ def _is_global_pool(model, node) -> bool:
 @register_method("cam")
 def cam(model, x, target):
     """CAM (Zhou 2016): Σ_k w_ck A_k of the feature maps before global average pooling, upsampled to the input."""
-    from evalxai.methods.lrp.engine import _trace, execute
-
     pool, fc = _gap_linear(model)
     feats = {}
 
@@ -154,7 +151,7 @@ def cam(model, x, target):
         return NotImplemented
 
     with torch.no_grad():
-        execute(model, _trace(model), x, grab)
+        execute(model, trace(model), x, grab)
     a = feats["a"]
     w = fc.weight.detach()[target]  # (N, K)
     return upsample(torch.einsum("nk...,nk->n...", a, w), x)

@@ -17,16 +17,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from evalxai.baselines import reference
-from evalxai.methods.lrp.engine import (
-    _PASS_FUNCS,
-    _PASS_MODULES,
-    _SOFTMAX_FUNCS,
-    _trace,
+from evalxai.methods.graph import (
+    PASS_FUNCS,
+    PASS_MODULES,
+    SOFTMAX_FUNCS,
     check_function,
     execute,
     is_relu,
     node_kind,
     refuse_tensors,
+    trace,
 )
 from evalxai.methods.registry import register_method
 
@@ -46,12 +46,12 @@ def _rescale_kind(model: nn.Module, node) -> str | None:
         m = model.get_submodule(node.target)
         if isinstance(m, tuple(_MAXPOOL_MODULES)):
             return "maxpool"
-        if kind == "pass" and isinstance(m, _PASS_MODULES) and not isinstance(m, _NOT_ELEMENTWISE):
+        if kind == "pass" and isinstance(m, PASS_MODULES) and not isinstance(m, _NOT_ELEMENTWISE):
             return "elementwise"
     elif node.op == "call_function":
         if node.target in _MAXPOOL_FUNCS:
             return "maxpool"
-        if node.target in _PASS_FUNCS and node.target not in _SOFTMAX_FUNCS:
+        if node.target in PASS_FUNCS and node.target not in SOFTMAX_FUNCS:
             return "elementwise"
     return None
 
@@ -121,7 +121,7 @@ def deeplift(model, x, target, baseline="zero", eps=1e-10, seed=0, low=None, hig
     """DeepLIFT rescale (Shrikumar 2017): (x − x') times the product of rescale multipliers; Σ R = f(x) − f(x')."""
     if eps < 0:
         raise ValueError(f"eps={eps} is negative: it is the |Δz| below which the gradient is used, e.g. 1e-10")
-    graph = _trace(model)
+    graph = trace(model)
     kinds = {node: _rescale_kind(model, node) for node in graph.nodes}
     ref = reference(x, baseline, mean=mean, low=low, high=high, seed=seed).detach()
     saved: dict = {}

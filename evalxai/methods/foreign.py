@@ -13,6 +13,8 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 
+from evalxai.methods.cam import upsample
+
 
 def import_object(path: str):
     """The object at a dotted import path (``package.module.Name``)."""
@@ -51,7 +53,6 @@ def foreign_method(spec: dict) -> Callable:
             out = explainer.attribute(x, target=target, **spec)
             out = out[0] if isinstance(out, tuple) else out
             if out.shape != x.shape and out.dim() == x.dim() and out.shape[1] == 1:  # layer maps: upsample
-                from evalxai.methods.cam import upsample
                 out = upsample(out[:, 0], x)
             return out
         return run

@@ -14,6 +14,7 @@ from torch import nn
 
 from evalxai.baselines import reference
 from evalxai.memory import chunked, images_per_chunk
+from evalxai.methods.graph import check_function, execute, is_relu, trace
 from evalxai.methods.registry import register_method
 from evalxai.scoring import require_images
 from evalxai.seeding import noise_draws, per_sample_noise
@@ -123,9 +124,7 @@ class _GuidedReLU(torch.autograd.Function):
 
 
 def _relu_modified_grad(model, x, target, mode):
-    from evalxai.methods.lrp.engine import _trace, check_function, execute, is_relu
-
-    graph = _trace(model)
+    graph = trace(model)
 
     def handle(node, call, args, kwargs):
         if is_relu(model, node):

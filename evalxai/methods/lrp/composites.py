@@ -14,20 +14,12 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from evalxai.methods.graph import layer_type
 from evalxai.methods.lrp.rules import RULE_PARAMS, Rule, make_rule
 
 SOFTMAX_RULES = ("attnlrp", "constant")
 DEFAULT_PARAMS = {"epsilon": 1e-6, "gamma": 0.25, "alpha": 2.0, "beta": 1.0, "low": None, "high": None,
                   "stabilizer": 1e-6}
-
-
-def layer_type(module: nn.Module) -> str | None:
-    """``linear`` / ``conv`` for parametrised linear layers, else None."""
-    if isinstance(module, nn.Linear):
-        return "linear"
-    if isinstance(module, nn.modules.conv._ConvNd):
-        return "conv"
-    return None
 
 
 @dataclass

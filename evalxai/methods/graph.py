@@ -1,0 +1,453 @@
+"""The torch.fx graph toolkit of the methods that run a model node by node (LRP, DeepLIFT, Guided Backprop /
+Deconvnet, CAM, attention rollout): tracing, node classification, relevance-carrying data flow and the executor.
+
+- ``trace``: the model's torch.fx graph, traced once per model object (a weak cache).
+- Node classification, method-independent: ``node_kind`` (module, function or tensor-method nodes sorted into
+  kinds: linear layers, gradient-keeping ops such as ReLU, max-pooling and shape ops, element-wise pass-throughs,
+  average pooling and means, additions, LocalResponseNorm, unsupported; with ``transformers=True`` also LayerNorm /
+  RMSNorm, attention modules, ``F.scaled_dot_product_attention``, ``F.linear``, products, subtraction and negation),
+  ``is_relu``, ``is_softmax``, ``is_inplace``, ``is_metadata`` (sizes, dtypes, comparisons, shape-only
+  constructors: no data), ``layer_type`` (parametrised linear / conv layers), ``operands`` of a product.
+- Data flow: ``carrying_nodes`` (whose tensor data depends on the explained input), ``needed_nodes`` (on a path from
+  the input to the output), ``softmax_role`` and ``attention_nodes`` (the softmaxes whose weights multiply
+  relevance-carrying values: attention).
+- Running: ``execute`` runs the graph node by node with a handler that may replace any node's output (in-place
+  operations on a copy, as eager mode computes them); ``check_function`` compares the traced logits with
+  ``model(x)``; ``refuse_tensors`` and ``owner`` name an unsupported node and the module it sits in.
+
+Nothing here knows a relevance rule: the methods give the kinds their meaning. The model itself is never modified.
+"""
+from __future__ import annotations
+
+import inspect
+import operator
+import weakref
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+_TRACES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+# kind "grad": the operation keeps its gradient (ReLU, max-pooling: winner-takes-all routing; shape operations)
+GRAD_MODULES = (nn.ReLU, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
+                nn.AdaptiveMaxPool3d, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
+                nn.AlphaDropout, nn.Identity, nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d)
+# kind "pass": element-wise activations (and softmax, BatchNorm), whose relevance LRP passes unchanged
+PASS_MODULES = (nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Softplus,
+                nn.Hardtanh, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.PReLU, nn.Softsign, nn.Tanhshrink,
+                nn.LogSigmoid, nn.Softmax, nn.LogSoftmax, *BATCH_NORMS)
+# kind "norm": linear and bias-free (average pooling, mean)
+NORM_MODULES = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+                nn.AdaptiveAvgPool3d)
+SOFTMAX_MODULES = (nn.Softmax, nn.LogSoftmax)
+
+RELU_FUNCS = {torch.relu, F.relu, torch.relu_}
+GRAD_FUNCS = {*RELU_FUNCS, torch.flatten, torch.reshape, operator.getitem, getattr, torch.cat, F.max_pool1d,
+              F.max_pool2d, F.max_pool3d, F.dropout, torch.squeeze, torch.unsqueeze, torch.transpose, torch.permute,
+              F.adaptive_max_pool2d, F.pad}
+SOFTMAX_FUNCS = {F.softmax, F.log_softmax, torch.softmax, torch.log_softmax}
+PASS_FUNCS = {torch.tanh, torch.tanh_, torch.sigmoid, torch.sigmoid_, F.gelu, F.silu, F.elu, F.elu_, F.leaky_relu,
+              F.leaky_relu_, F.softplus, F.relu6, F.hardtanh, F.hardtanh_, F.hardswish, F.hardsigmoid, F.mish,
+              F.selu, torch.selu_, F.celu, torch.celu_, F.softsign, F.logsigmoid, F.tanhshrink, *SOFTMAX_FUNCS}
+NORM_FUNCS = {F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
+              F.adaptive_avg_pool3d, torch.mean}
+ADD_FUNCS = {operator.add, torch.add, operator.iadd}
+GRAD_FUNCS |= {torch.unbind, torch.chunk, torch.split, torch.stack, torch.movedim, torch.narrow, torch.flip}
+GRAD_METHODS = {"view", "reshape", "flatten", "size", "contiguous", "permute", "transpose", "squeeze",
+                "unsqueeze", "relu", "relu_", "dim", "float", "double", "to", "clone", "expand", "expand_as",
+                "repeat", "chunk", "split", "unbind", "movedim", "narrow", "masked_fill", "type_as", "flip"}
+ADD_METHODS = {"add", "add_"}
+# transformer operations (LRP has rules for them; DeepLIFT and the others see them as unsupported)
+SUB_FUNCS = {operator.sub, torch.sub}
+PRODUCT_FUNCS = {torch.matmul, operator.matmul, torch.bmm, torch.einsum, operator.mul, torch.mul,
+                 operator.truediv, torch.div}
+PRODUCT_METHODS = {"matmul", "bmm", "mul", "div"}
+SOFTMAX_METHODS = {"softmax", "log_softmax"}
+NORM_LAYERS = (nn.LayerNorm, nn.RMSNorm)
+NORM_LAYER_FUNCS = {F.layer_norm, F.rms_norm}
+NEG_FUNCS = {operator.neg, torch.neg}
+
+
+class LRPError(TypeError):
+    """The model has a part the LRP engine cannot propagate through (raised by every method of this toolkit:
+    DeepLIFT, Guided Backprop and attention rollout too)."""
+
+
+def trace(model: nn.Module) -> fx.Graph:
+    """The torch.fx graph of ``model``, traced once per model object; LRPError if torch.fx cannot trace it."""
+    graph = _TRACES.get(model)
+    if graph is None:
+        try:
+            graph = fx.Tracer().trace(model)
+        except Exception as err:  # noqa: BLE001 - tracing errors come in many types
+            raise LRPError(f"LRP traces the model with torch.fx, and {type(model).__name__} cannot be traced "
+                           f"({type(err).__name__}: {err}); remove data-dependent control flow from forward, "
+                           "or use a gradient method") from None
+        _TRACES[model] = graph
+    return graph
+
+
+def layer_type(module: nn.Module) -> str | None:
+    """``linear`` / ``conv`` for parametrised linear layers, else None."""
+    if isinstance(module, nn.Linear):
+        return "linear"
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return "conv"
+    return None
+
+
+def node_kind(model: nn.Module, node: fx.Node, what: str, transformers: bool = False) -> str:
+    """How a traced node propagates: placeholder / get_attr / output, linear (has a rule), grad (keeps its
+    gradient: ReLU, max-pooling, shape ops), pass (element-wise), norm (average pooling, mean), sum (addition;
+    a proportional split when both operands are tensors), lrn, softmax, or unsupported (a function or tensor method
+    with no rule: fine on Python numbers such as shape arithmetic, an error on tensors, see ``refuse_tensors``).
+    ``transformers``: also the kinds of ``transformer_kind`` (LRP's). Raises LRPError naming the module and
+    ``what`` (the method) for a module without a rule."""
+    if node.op in ("placeholder", "get_attr", "output"):
+        return node.op
+    if is_metadata(node):
+        return "grad"  # a size or a shape-only constant: runs as it is, carries nothing
+    if is_softmax(model, node):
+        return "softmax"
+    if transformers:
+        kind = transformer_kind(model, node)
+        if kind is not None:
+            return kind
+    if node.op == "call_module":
+        m = model.get_submodule(node.target)
+        if layer_type(m) is not None:
+            return "linear"
+        for kind, types in (("grad", GRAD_MODULES), ("pass", PASS_MODULES), ("norm", NORM_MODULES),
+                            ("lrn", nn.LocalResponseNorm)):
+            if isinstance(m, types):
+                return kind
+        raise LRPError(f"module '{node.target}' of type {type(m).__name__} has no {what} rule: supported are "
+                       "Linear, Conv1d/2d/3d, BatchNorm, pooling, LocalResponseNorm, element-wise "
+                       "activations, shape layers" + (", LayerNorm, RMSNorm and MultiheadAttention" if transformers
+                                                       else "") + "; replace it or explain with a gradient method")
+    if node.op == "call_function":
+        fn = node.target
+        if fn in ADD_FUNCS:
+            return "sum"
+        for kind, funcs in (("grad", GRAD_FUNCS), ("pass", PASS_FUNCS), ("norm", NORM_FUNCS)):
+            if fn in funcs:
+                return kind
+        return "unsupported"
+    if node.target in GRAD_METHODS:
+        return "grad"
+    if node.target in ADD_METHODS:
+        return "sum"
+    if node.target == "mean":
+        return "norm"
+    return "unsupported"
+
+
+def is_relu(model: nn.Module, node: fx.Node) -> bool:
+    """Whether a traced node is a ReLU (module, function or tensor method)."""
+    if node.op == "call_module":
+        return isinstance(model.get_submodule(node.target), nn.ReLU)
+    if node.op == "call_function":
+        return node.target in RELU_FUNCS
+    return node.op == "call_method" and node.target in ("relu", "relu_")
+
+
+def is_softmax(model: nn.Module, node: fx.Node) -> bool:
+    """Whether a traced node is a softmax or log-softmax (module, function or tensor method)."""
+    if node.op == "call_module":
+        return isinstance(model.get_submodule(node.target), SOFTMAX_MODULES)
+    if node.op == "call_function":
+        return node.target in SOFTMAX_FUNCS
+    return node.op == "call_method" and node.target in SOFTMAX_METHODS
+
+
+def transformer_kind(model: nn.Module, node: fx.Node) -> str | None:
+    """The kinds of transformer parts (LRP has rules for them): layernorm, mha, encoder
+    (``nn.TransformerEncoder(Layer)``), sdpa, product, flinear (``F.linear``), sub, neg; None for other nodes."""
+    if node.op == "call_module":
+        m = model.get_submodule(node.target)
+        if isinstance(m, NORM_LAYERS):
+            return "layernorm"
+        if isinstance(m, nn.MultiheadAttention):
+            return "mha"
+        if isinstance(m, (nn.TransformerEncoderLayer, nn.TransformerEncoder)):
+            return "encoder"
+        return None
+    if node.op == "call_function":
+        fn = node.target
+        if fn in NORM_LAYER_FUNCS:
+            return "layernorm"
+        if fn is F.scaled_dot_product_attention:
+            return "sdpa"
+        if fn is F.linear:
+            return "flinear"
+        if fn in PRODUCT_FUNCS:
+            return "product"
+        if fn in SUB_FUNCS:
+            return "sub"
+        if fn in NEG_FUNCS:
+            return "neg"
+        return None
+    if node.target in PRODUCT_METHODS:
+        return "product"
+    if node.target == "sub":
+        return "sub"
+    if node.target == "neg":
+        return "neg"
+    return None
+
+
+def owner(model: nn.Module, node: fx.Node) -> str:
+    """The module a traced node sits in, as ``module 'path' (Class)`` (from torch.fx's module stack)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return f"the forward of {type(model).__name__}"
+    path, cls = next(reversed(stack.values()))
+    name = cls.__name__ if isinstance(cls, type) else str(cls).rpartition(".")[2].strip("'>")
+    return f"module '{path}' ({name})"
+
+
+def refuse_tensors(model: nn.Module, node: fx.Node, args, kwargs, what: str) -> None:
+    """Raise LRPError naming the node's module if an unsupported operation receives a tensor; Python numbers
+    (shape arithmetic on ``.size()``, as in a channel shuffle) carry no relevance and pass."""
+    found = []
+    fx.node.map_aggregate((args, kwargs), lambda a: found.append(a) if isinstance(a, torch.Tensor) else a)
+    if not found:
+        return
+    op = getattr(node.target, "__name__", node.target)
+    kind = "tensor method '." + str(op) + "()'" if node.op == "call_method" else f"operation '{op}'"
+    raise LRPError(f"{kind} (graph node '{node.name}') in {owner(model, node)} has no {what} rule: replace that "
+                   "module with supported layers (Linear, Conv, pooling, element-wise activations, additions) or "
+                   "explain with a gradient method")
+
+
+def is_inplace(model: nn.Module, node: fx.Node) -> bool:
+    """Whether a traced node overwrites its first argument: a module with ``inplace=True``, a function called
+    with ``inplace=True``, or an in-place torch function or tensor method (name ending in ``_``: ``F.relu_``,
+    ``x.relu_()``). (torch.fx records ``a += b`` as an out-of-place ``operator.add``.)"""
+    if node.op == "call_module":
+        return getattr(model.get_submodule(node.target), "inplace", False) is True
+    if node.op == "call_function":
+        name = getattr(node.target, "__name__", "")
+        return node.kwargs.get("inplace") is True or (name.endswith("_") and not name.startswith("_"))
+    return node.op == "call_method" and node.target.endswith("_") and not node.target.startswith("_")
+
+
+# Nodes whose value is metadata of a tensor (a size, a dtype), or a new tensor that takes only the shape of its
+# tensor argument: they carry no relevance, whatever they were computed from.
+# Comparisons, boolean and integer results (a padding mask ``x.abs().sum(-1) == 0``) are not relevance either.
+_BOOL_NAMES = {"eq", "ne", "lt", "le", "gt", "ge", "logical_not", "logical_and", "logical_or", "logical_xor", "isnan",
+               "isinf", "isfinite", "argmax", "argmin"}
+_META_METHODS = {"size", "dim", "numel", "nelement", "stride", "element_size", "get_device", "new_zeros", "new_ones",
+                 "new_full", "new_empty", "bool", "long", "int", *_BOOL_NAMES}
+_META_ATTRS = {"shape", "ndim", "dtype", "device", "is_cuda", "layout"}
+_META_FUNCS = {torch.zeros_like, torch.ones_like, torch.full_like, torch.empty_like, torch.numel, len,
+               operator.eq, operator.ne, operator.lt, operator.le, operator.gt, operator.ge, operator.invert,
+               *(getattr(torch, name) for name in _BOOL_NAMES)}
+_AS_METHODS = {"expand_as", "view_as", "reshape_as", "type_as"}  # data from self, only the shape of the argument
+
+
+def carrying_nodes(graph: fx.Graph, cut=frozenset()) -> dict:
+    """Which nodes carry relevance: those whose tensor data depends on the explained input (the first placeholder),
+    except through the nodes in ``cut`` (CP-LRP's attention weights, constants of the propagation). Shapes and sizes
+    are not data: ``w.expand(x.shape[0], -1)`` and ``torch.zeros(x.size(0), d)`` are constants."""
+    out, first = {}, True
+    for node in graph.nodes:
+        if node.op == "placeholder":
+            out[node], first = first, False
+        elif node.op == "get_attr" or node in cut or is_metadata(node):
+            out[node] = False
+        elif node.op == "call_method" and node.target in _AS_METHODS:
+            out[node] = isinstance(node.args[0], fx.Node) and out[node.args[0]]
+        else:
+            out[node] = any(out[n] for n in node.all_input_nodes)
+    return out
+
+
+def needed_nodes(graph: fx.Graph, carries: dict) -> set:
+    """The nodes on a relevance path: relevance-carrying nodes from which the output is reached through carrying
+    nodes. An operation off every such path (``abs`` feeding a comparison) runs as it is, with no rule needed."""
+    out, frontier = set(), [n for n in graph.nodes if n.op == "output"]
+    while frontier:
+        node = frontier.pop()
+        for n in node.all_input_nodes:
+            if carries[n] and n not in out:
+                out.add(n)
+                frontier.append(n)
+    return out
+
+
+def is_metadata(node: fx.Node) -> bool:
+    """Whether a node's value is tensor metadata or a shape-only constructor (see ``_META_METHODS``)."""
+    if node.op == "call_method":
+        return node.target in _META_METHODS
+    if node.op == "call_function":
+        return node.target in _META_FUNCS or node.target is getattr and node.args[1] in _META_ATTRS
+    return False
+
+
+def operands(node: fx.Node) -> list:
+    """The tensor operands of a product node (two for ``a @ b``, ``a * b``; those after the equation for einsum)."""
+    if node.op == "call_function" and node.target is torch.einsum:
+        ops = list(node.args[1:])
+        if len(ops) == 1 and isinstance(ops[0], (list, tuple)):
+            ops = list(ops[0])
+        return ops
+    other = node.args[1] if len(node.args) > 1 else next(iter(node.kwargs.values()), None)
+    return [node.args[0], other]
+
+
+_SHAPE_USES = {"size", "dim"}
+
+
+def softmax_role(node: fx.Node, kinds: dict, carries: dict) -> str:
+    """'attention' when every use of the softmax (through shape ops and dropout) is a product with a
+    relevance-carrying tensor (attention weights times values), 'output' when it only reaches the model's output,
+    else 'other'."""
+    attention = output = other = False
+    frontier, seen = [node], {node}
+    while frontier:
+        n = frontier.pop()
+        for u in n.users:
+            if u in seen:
+                continue
+            seen.add(u)
+            kind = kinds[u]
+            if u.op == "call_method" and u.target in _SHAPE_USES or u.op == "call_function" and u.target is getattr:
+                continue  # shape arithmetic
+            if kind == "output":
+                output = True
+            elif kind == "grad":
+                frontier.append(u)
+            elif kind == "product" and len(operands(u)) == 2:
+                others = [a for a in operands(u) if a is not n]
+                if others and all(isinstance(a, fx.Node) and carries[a] for a in others):
+                    attention = True
+                else:
+                    other = True
+            else:
+                other = True
+    if other:
+        return "other"
+    return "attention" if attention and not output else "output" if output and not attention else "other"
+
+
+def attention_nodes(model: nn.Module) -> tuple[fx.Graph, set]:
+    """The traced graph and its attention nodes: ``nn.MultiheadAttention`` modules, ``F.scaled_dot_product_attention``
+    calls and softmaxes whose weights multiply relevance-carrying values (hand-written attention)."""
+    graph = trace(model)
+    kinds = {node: node_kind(model, node, "LRP", transformers=True) for node in graph.nodes}  # LRP's kinds, messages
+    carries = carrying_nodes(graph)
+    found = set()
+    for node, kind in kinds.items():
+        if kind in ("mha", "sdpa") or kind == "softmax" and softmax_role(node, kinds, carries) == "attention":
+            found.add(node)
+    return graph, found
+
+
+def check_function(model: nn.Module, x: torch.Tensor, logits: torch.Tensor) -> None:
+    """Raise LRPError unless the logits computed from the traced graph equal ``model(x)`` (without gradients, as the
+    model predicts) up to float rounding: an explanation of another function (a fast path that tracing cannot see,
+    a forward that branches on the grad mode) would be wrong without a word. Costs one forward."""
+    with torch.no_grad():
+        ref = model(x.detach())
+    if not isinstance(ref, torch.Tensor) or ref.shape != logits.shape:
+        raise LRPError(f"model(x) returns {type(ref).__name__} {tuple(getattr(ref, 'shape', ()))}, the traced graph "
+                       f"logits {tuple(logits.shape)}: explain a model whose forward returns one logits tensor")
+    tol = 1e-8 if ref.dtype == torch.float64 else 1e-3 if ref.dtype == torch.float32 else 1e-2
+    scale = ref.detach().abs().flatten(1).amax(1).clamp(min=torch.finfo(ref.dtype).tiny)
+    err = ((logits.detach() - ref).abs().flatten(1).amax(1) / scale).nan_to_num(float("inf"))
+    if bool((err > tol).any()):
+        i = int(err.argmax())
+        raise LRPError(f"the traced forward of {type(model).__name__} computes other logits than model(x) (sample {i}: "
+                       f"{logits[i].detach().flatten()[:4].tolist()} vs {ref[i].flatten()[:4].tolist()}, relative "
+                       f"difference {float(err[i]):.3g} > {tol:g}): a path torch.fx cannot see (a fast path, a branch "
+                       "on the grad mode or on a Python value) would be explained instead of the model; remove the "
+                       "branch or explain with a gradient method")
+
+
+def execute(model: nn.Module, graph: fx.Graph, x: torch.Tensor, handle) -> torch.Tensor:
+    """Run a traced graph node by node; ``handle(node, call, args, kwargs)`` may return a replacement output.
+
+    ``handle`` returns ``NotImplemented`` to run the node unchanged. Returns the graph's output. In-place
+    operations (``ReLU(inplace=True)``, ``F.relu_``, ...) run on a copy of their input, and later uses of the
+    overwritten node see the result, as in eager mode: a tensor that a rule keeps (a layer's output z) is never
+    overwritten, and an in-place activation never adds its gradient to a pass-through.
+    """
+    env: dict[fx.Node, object] = {}
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    placeholders = 0
+    for node in graph.nodes:
+        args = fx.node.map_arg(node.args, lambda n: env[n])
+        kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n])
+        if node.op == "placeholder":
+            if placeholders == 0:
+                env[node] = x
+            elif node.args:
+                env[node] = node.args[0]
+            else:
+                raise LRPError(f"forward argument '{node.target}' has no default: explain() passes one input")
+            placeholders += 1
+        elif node.op == "get_attr":
+            env[node] = _getattr_path(model, node.target)
+        elif node.op == "output":
+            return args[0]
+        else:
+            call = _callable(model, node)
+            inplace = is_inplace(model, node)
+            if inplace:
+                _refuse_inplace_on_used_view(model, node, args, order)
+                call = _out_of_place(call)
+            out = handle(node, call, args, kwargs)
+            env[node] = call(*args, **kwargs) if out is NotImplemented else out
+            if inplace and node.args and isinstance(node.args[0], fx.Node):
+                env[node.args[0]] = env[node]
+    raise LRPError("the traced graph has no output")
+
+
+def _refuse_inplace_on_used_view(model: nn.Module, node: fx.Node, args, order: dict) -> None:
+    """An in-place operation on a view (``h[:, :3].relu_()``) also changes the viewed tensor in eager mode; running
+    it on a copy would not. Refused when the viewed tensor is used after the operation (else it makes no
+    difference)."""
+    if not (args and isinstance(args[0], torch.Tensor) and args[0]._is_view()):
+        return
+    view = node.args[0]
+    bases = [a for a in view.args if isinstance(a, fx.Node)] if isinstance(view, fx.Node) else []
+    if any(order[u] > order[node] for base in bases for u in base.users if u is not view):
+        raise LRPError(f"in-place operation '{node.name}' in {owner(model, node)} writes into a view of a tensor "
+                       "that is used afterwards: write it out of place (for example x = torch.cat([act(x[:, :k]), "
+                       "x[:, k:]], 1)) so that the traced graph says what the model computes")
+
+
+def _out_of_place(call):
+    def run(*args, **kwargs):
+        if args and isinstance(args[0], torch.Tensor):
+            args = (args[0].clone(), *args[1:])
+        return call(*args, **kwargs)
+    return run
+
+
+def _getattr_path(obj, path: str):
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _callable(model: nn.Module, node: fx.Node):
+    if node.op == "call_module":
+        return model.get_submodule(node.target)
+    if node.op == "call_function":
+        return node.target
+    return lambda self_, *a, **k: getattr(self_, node.target)(*a, **k)
+
+
+def bind_arguments(fn, args, kwargs) -> dict:
+    """The arguments of a node's call of ``fn`` by parameter name (``F.linear``, ``F.layer_norm``, ``F.rms_norm``)."""
+    try:
+        return dict(inspect.signature(fn).bind(*args, **kwargs).arguments)
+    except (TypeError, ValueError):  # builtins without a signature: positional order of the documentation
+        names = {F.layer_norm: ("input", "normalized_shape", "weight", "bias", "eps"),
+                 F.rms_norm: ("input", "normalized_shape", "weight", "eps"),
+                 F.linear: ("input", "weight", "bias")}[fn]
+        return {**dict(zip(names, args)), **kwargs}

@@ -1,0 +1,229 @@
+"""The autograd Functions of the LRP engine: each runs one operation forward as the model does and gives its
+relevance rule as the backward.
+
+- ``LayerFn``: a linear or convolutional layer with the rule of the composite (``evalxai.methods.lrp.rules``).
+- ``PassFn``: relevance passes unchanged (element-wise activations, a softmax at the output).
+- ``LinearizedFn``: the proportional Norm rule of a linear, bias-free operation (average pooling, mean) and the
+  first-order Taylor linearisation of LocalResponseNorm (Binder et al. 2016; ``lrn_denominator``).
+- ``SumFn``: a residual addition split in proportion to the summands.
+- ``ProductFn``, ``SoftmaxFn``, ``NormLayerFn``: the transformer rules (AttnLRP, Achtibat et al. 2024: the uniform
+  rule for products of two relevance-carrying tensors, the epsilon rule for products with a constant, the softmax's
+  Taylor rule; LayerNorm / RMSNorm with the normaliser as a constant).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from evalxai.methods.graph import LRPError
+from evalxai.methods.lrp.rules import divide
+
+_SAVED = object()  # marks the places of saved tensors in a rule's state
+
+
+class LayerFn(torch.autograd.Function):
+    """z = layer(a) forward; backward: the rule's R_in from R (``layer``: {"op": LinearOp, "rule": Rule, "hook"})."""
+
+    @staticmethod
+    def forward(ctx, a, layer):
+        op, rule = layer["op"], layer["rule"]
+        z0 = op.fwd(a, op.weight, op.bias)
+        state = rule.forward(op, a, z0)
+        # The state's tensors go through save_for_backward: kept as a plain ctx attribute, the output z0 (which
+        # LRP-0/epsilon/gamma keep) would close a cycle output -> graph node -> ctx -> output that Python's gc cannot
+        # see, and every call would leak its layers' outputs.
+        items = state if isinstance(state, tuple) else (state,)
+        ctx.is_tuple = isinstance(state, tuple)
+        ctx.others = [_SAVED if isinstance(s, torch.Tensor) else s for s in items]
+        ctx.layer = layer
+        ctx.save_for_backward(a, *[s for s in items if isinstance(s, torch.Tensor)])
+        return z0
+
+    @staticmethod
+    def backward(ctx, r):
+        a, *tensors = ctx.saved_tensors
+        tensors = iter(tensors)
+        items = tuple(next(tensors) if s is _SAVED else s for s in ctx.others)
+        state = items if ctx.is_tuple else items[0]
+        layer = ctx.layer
+        r_in = layer["rule"].backward(layer["op"], a, state, r)
+        if layer["hook"] is not None:
+            layer["hook"](r, r_in)
+        return r_in, None
+
+
+class PassFn(torch.autograd.Function):
+    """Forward: ``out`` (computed from ``a``); backward: relevance passes to ``a`` unchanged (same shape only)."""
+
+    @staticmethod
+    def forward(ctx, a, out):
+        ctx.shape = a.shape
+        return out.clone()
+
+    @staticmethod
+    def backward(ctx, r):
+        if r.shape != ctx.shape:
+            raise LRPError("a pass-through layer changed the tensor shape; it needs a rule of its own")
+        return r, None
+
+
+class LinearizedFn(torch.autograd.Function):
+    """R_in = a * J_f(a)^T (R / stab(z)): contributions a_j dy_k/da_j of y = f(a), normalised by z = denom(a, y).
+
+    With ``denom`` = y this is the proportional Norm rule of a linear, bias-free f (pooling, mean); for
+    LocalResponseNorm ``denom`` is J a = y (1 - 2 beta (D - k) / D), D = k + alpha * window mean of a^2 (Binder
+    et al. 2016 linearisation; normalising by J a makes sum R_in = sum R_out up to the stabiliser).
+    """
+
+    @staticmethod
+    def forward(ctx, a, f, denom, eps, hook):
+        ctx.denom, ctx.eps, ctx.hook = denom, eps, hook
+        with torch.enable_grad():  # keep f's own graph: its vjp in backward needs no second evaluation of f
+            ctx.a, ctx.y = a.detach().requires_grad_(True), None
+            ctx.y = f(ctx.a)
+        return ctx.y.detach()
+
+    @staticmethod
+    def backward(ctx, r):
+        a, y = ctx.a, ctx.y
+        (c,) = torch.autograd.grad(y, a, divide(r, ctx.denom(a.detach(), y.detach()), ctx.eps))
+        ctx.a = ctx.y = None
+        a = a.detach()
+        r_in = a * c
+        if ctx.hook is not None:
+            ctx.hook(r, r_in)
+        return r_in, None, None, None, None
+
+
+class SumFn(torch.autograd.Function):
+    """Residual addition z = a + alpha b: R_a = a R / stab(z), R_b = alpha b R / stab(z) (proportional split)."""
+
+    @staticmethod
+    def forward(ctx, a, b, alpha, eps, hook):
+        ctx.alpha, ctx.eps, ctx.hook = alpha, eps, hook
+        ctx.save_for_backward(a, b)
+        return torch.add(a, b, alpha=alpha)
+
+    @staticmethod
+    def backward(ctx, r):
+        a, b = ctx.saved_tensors
+        s = divide(r, torch.add(a, b, alpha=ctx.alpha), ctx.eps)
+        ra, rb = (a * s).sum_to_size(a.shape), (b * s).mul_(ctx.alpha).sum_to_size(b.shape)
+        if ctx.hook is not None:
+            ctx.hook(r, (ra, rb))
+        return ra, rb, None, None, None
+
+
+class ProductFn(torch.autograd.Function):
+    """y = f(a, b), bilinear (``matmul``, ``bmm``, ``einsum``, ``*``) or linear in ``a`` (division by a constant):
+    R_a = w_a a (J_a^T s), R_b = w_b b (J_b^T s), s = R / stab(y). Two relevance-carrying factors get the uniform
+    rule (w_a = w_b = 1/2, AttnLRP Prop. 3.3: the epsilon rule over the sum, each product split equally); a
+    constant factor (w = 0) makes f linear in the other, which then gets the epsilon rule (w = 1). ``fn`` None is
+    ``a @ b * scale`` (attention scores and outputs), whose products are written out, with no autograd graph; a
+    number ``scale`` cancels in s and leaves the rule unchanged."""
+
+    @staticmethod
+    def forward(ctx, a, b, fn, wa, wb, eps, hook, scale=None):
+        ctx.fn, ctx.w, ctx.eps, ctx.hook = fn, (wa, wb), eps, hook
+        if fn is None:
+            y = torch.matmul(a, b)
+            if scale is not None:
+                y.mul_(scale)
+            ctx.save_for_backward(a, b, y)
+            ctx.scale = 1.0 if scale is None else scale
+            return y
+        with torch.enable_grad():  # keep f's graph: the vector-Jacobian products in backward need no re-run of f
+            ctx.a = a.detach().requires_grad_(wa != 0)
+            ctx.b = b.detach().requires_grad_(wb != 0)
+            ctx.y = fn(ctx.a, ctx.b)
+        return ctx.y.detach()
+
+    @staticmethod
+    def backward(ctx, r):
+        wa, wb = ctx.w
+        if ctx.fn is None:
+            a, b, y = ctx.saved_tensors
+            s = divide(r, y, ctx.eps * abs(ctx.scale))  # = R / stab(a @ b) * scale: epsilon on the unscaled product
+            if ctx.scale != 1.0:
+                s.mul_(ctx.scale)
+            ra = None if not wa else torch.matmul(s, b.mT).sum_to_size(a.shape).mul_(a)
+            rb = None if not wb else torch.matmul(a.mT, s).sum_to_size(b.shape).mul_(b)
+            if ra is not None and wa != 1:
+                ra.mul_(wa)
+            if rb is not None and wb != 1:
+                rb.mul_(wb)
+            out = [ra, rb]
+        else:
+            a, b, y = ctx.a, ctx.b, ctx.y
+            ctx.a = ctx.b = ctx.y = None
+            inputs = [t for t, w in zip((a, b), ctx.w) if w]
+            grads = iter(torch.autograd.grad(y, inputs, divide(r, y.detach(), ctx.eps)))
+            out = [None if not w else next(grads).mul_(t.detach()).mul_(w) for t, w in zip((a, b), ctx.w)]
+        if ctx.hook is not None:
+            ctx.hook(r, tuple(o for o in out if o is not None))
+        return out[0], out[1], None, None, None, None, None, None
+
+
+class SoftmaxFn(torch.autograd.Function):
+    """AttnLRP's softmax rule (Achtibat et al. 2024, Prop. 3.1): the first-order Taylor expansion at x with the
+    bias absorbing relevance, R_in = x * (R - s * sum_dim R), s = softmax(x). Inputs of -inf (masked) get 0."""
+
+    @staticmethod
+    def forward(ctx, x, dim, hook, fn=None):
+        s = torch.softmax(x, dim) if fn is None else fn(x)
+        ctx.dim, ctx.hook = dim, hook
+        ctx.save_for_backward(x, s)
+        return s
+
+    @staticmethod
+    def backward(ctx, r):
+        x, s = ctx.saved_tensors
+        r_in = (s * r.sum(ctx.dim, keepdim=True)).neg_().add_(r).mul_(x).nan_to_num_(0.0, 0.0, 0.0)  # x = -inf
+        if ctx.hook is not None:
+            ctx.hook(r, r_in)
+        return r_in, None, None, None
+
+
+class NormLayerFn(torch.autograd.Function):
+    """LayerNorm / RMSNorm with the normaliser sigma held constant: y = C a / sigma * w + b (C centres, or is the
+    identity for RMSNorm), linear in a; the epsilon rule R_a = a * C^T (w / sigma * R / stab(y))."""
+
+    @staticmethod
+    def forward(ctx, a, shape, weight, bias, norm_eps, rms, eps, hook):
+        dims = tuple(range(-len(shape), 0))
+        if rms:
+            norm_eps = torch.finfo(a.dtype).eps if norm_eps is None else norm_eps
+            inv = torch.rsqrt(a.pow(2).mean(dims, keepdim=True).add_(norm_eps))
+            y = F.rms_norm(a, shape, weight, norm_eps)
+        else:
+            y, _, inv = torch.native_layer_norm(a, shape, weight, bias, norm_eps)  # inv: 1 / sigma
+        ctx.dims, ctx.rms, ctx.eps, ctx.hook = dims, rms, eps, hook
+        ctx.save_for_backward(a, y, inv, weight)
+        return y
+
+    @staticmethod
+    def backward(ctx, r):
+        a, y, inv, weight = ctx.saved_tensors
+        g = divide(r, y, ctx.eps).mul_(inv)
+        if weight is not None:
+            g.mul_(weight)
+        if not ctx.rms:
+            g = g - g.mean(ctx.dims, keepdim=True)
+        r_in = g.mul_(a)
+        if ctx.hook is not None:
+            ctx.hook(r, r_in)
+        return r_in, None, None, None, None, None, None, None
+
+
+def lrn_denominator(a: torch.Tensor, m: nn.LocalResponseNorm) -> torch.Tensor:
+    """D = k + alpha * mean over the channel window of a^2, so that LRN(a) = a / D^beta (as torch computes it)."""
+    sq = a.pow(2).unsqueeze(1)
+    pad = (m.size // 2, (m.size - 1) // 2)
+    if a.dim() == 3:
+        d = F.avg_pool2d(F.pad(sq, (0, 0, *pad)), (m.size, 1), stride=1).squeeze(1)
+    else:
+        shape = sq.shape
+        sq = sq.reshape(shape[0], 1, shape[2], shape[3], -1)
+        d = F.avg_pool3d(F.pad(sq, (0, 0, 0, 0, *pad)), (m.size, 1, 1), stride=1).squeeze(1).reshape(a.shape)
+    return d * m.alpha + m.k
