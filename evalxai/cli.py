@@ -11,14 +11,17 @@ import importlib
 import sys
 from collections.abc import Callable
 
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+
+from evalxai import allocator
 
 SUBCOMMANDS = {
     "leaderboard": ("evalxai.leaderboard", "rank methods over every run below a folder"),
     "reproduce": ("evalxai.reproduce", "run a paper reproduction and check its claims"),
     "meta": ("evalxai.meta.__main__", "meta-evaluation: which metrics to trust (Hydra overrides)"),
     "maximize": ("evalxai.maximization.__main__", "activation maximization: class prototypes (Hydra overrides)"),
-    "bench": ("evalxai.bench", "time methods and metrics against their bare cost"),
+    "bench": ("evalxai.bench.__main__", "time methods and metrics against their bare cost"),
     "configs": ("evalxai.configs", "rewrite conf/method and conf/metric from the registries"),
 }
 
@@ -42,10 +45,6 @@ def main(argv: list[str] | None = None) -> None:
 
 def run_command(cfg: DictConfig, run: Callable, prog: str, done: str = "results in", tune: bool = True) -> None:
     """Call ``run(config_dict, hydra_output_dir, progress=...)`` for ``python -m <prog>``; exit 1 with one line."""
-    from hydra.core.hydra_config import HydraConfig
-
-    from evalxai import allocator
-
     if tune:
         allocator.tune()  # reuse freed tensor memory: a fresh page per 4 KiB costs as much as the arithmetic
     container = OmegaConf.to_container(cfg, resolve=True)

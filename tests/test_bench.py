@@ -25,21 +25,22 @@ def test_tune_applies_once_and_can_be_turned_off():
 def test_bench_methods_table(tmp_path):
     """The benchmark command runs (methods only, tiny batch) and writes its CSV and Markdown table; each ratio is
     the method's median time over k bare gradient passes, from the same table's medians (speed is not asserted)."""
-    from evalxai import bench
+    from evalxai.bench import methods
+    from evalxai.bench.__main__ import main
 
-    df = bench.main(["--models", "lenet", "--batch", "4", "--repeats", "1", "--methods", "lrp_0", "smoothgrad",
+    df = main(["--models", "lenet", "--batch", "4", "--repeats", "1", "--methods", "lrp_0", "smoothgrad",
                      "cam", "--metrics", "--no-e2e", "--out", str(tmp_path)])
     rows = df.set_index("method")
     base = rows.loc["<gradient pass>", "median_ms"]
     assert base > 0 and rows.loc["<gradient pass>", "ratio"] == 1.0
     # LRP is one modified backward pass: its bare cost is one gradient pass. SmoothGrad's is its samples.
-    assert rows.loc["lrp_0", "gradient_passes"] == bench.units("lrp_0") == 1
-    assert rows.loc["smoothgrad", "gradient_passes"] == bench.units("smoothgrad") == bench.BENCH_UNITS
+    assert rows.loc["lrp_0", "gradient_passes"] == methods.units("lrp_0") == 1
+    assert rows.loc["smoothgrad", "gradient_passes"] == methods.units("smoothgrad") == methods.BENCH_UNITS
     for method in ("lrp_0", "smoothgrad"):
         expected = rows.loc[method, "median_ms"] / base / rows.loc[method, "gradient_passes"]
         assert rows.loc[method, "ratio"] == pytest.approx(expected, rel=1e-12), method
-        assert rows.loc[method, "target"] == bench.TARGETS[method]
-        assert rows.loc[method, "meets_target"] == (rows.loc[method, "ratio"] <= bench.TARGETS[method])
+        assert rows.loc[method, "target"] == methods.TARGETS[method]
+        assert rows.loc[method, "meets_target"] == (rows.loc[method, "ratio"] <= methods.TARGETS[method])
     assert pd.isna(rows.loc["cam", "ratio"]) and pd.isna(rows.loc["cam", "median_ms"])  # lenet has no GAP: no CAM
     csv = pd.read_csv(tmp_path / "bench.csv").set_index("method")
     assert csv.loc["lrp_0", "ratio"] == pytest.approx(rows.loc["lrp_0", "ratio"], rel=1e-9)
@@ -53,25 +54,27 @@ def test_bench_imagenet_table(tmp_path):
     bench says (1000 classes, ResNet-50's [3, 4, 6, 3] bottlenecks, VGG-16's 13 convolutions with BatchNorm), the
     table has its columns, ratio = time / gradient time, time per image = time / batch, and peak memory is measured
     (speed and memory are not asserted)."""
-    from evalxai import bench
+    from evalxai.bench import imagenet
+    from evalxai.bench.__main__ import main
+    from evalxai.bench.methods import BENCH_UNITS
 
-    vgg, res = bench.vgg16(width=1 / 16), bench.ResNet50(width=1 / 16)
+    vgg, res = imagenet.vgg16(width=1 / 16), imagenet.ResNet50(width=1 / 16)
     assert sum(isinstance(m, torch.nn.Conv2d) for m in vgg.modules()) == 13
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in vgg.modules()) == 13
     assert [len(s) for s in (res.layer1, res.layer2, res.layer3, res.layer4)] == [3, 4, 6, 3]
     assert vgg.eval()(torch.rand(1, 3, 32, 32)).shape == res.eval()(torch.rand(1, 3, 32, 32)).shape == (1, 1000)
 
-    df = bench.main(["--imagenet", "--models", "resnet50", "vgg16", "--size", "32", "--width", "0.0625",
+    df = main(["--imagenet", "--models", "resnet50", "vgg16", "--size", "32", "--width", "0.0625",
                      "--batch", "2", "--repeats", "1", "--methods", "lrp_epsilon_plus", "smoothgrad", "--device",
                      "cpu", "--out", str(tmp_path)])
-    assert set(bench.IMAGENET_COLUMNS) <= set(df.columns)
+    assert set(imagenet.IMAGENET_COLUMNS) <= set(df.columns)
     assert list(df["model"].unique()) == ["resnet50", "vgg16"] and set(df["device"]) == {"cpu"}
     for _, rows in df.groupby("model"):
         rows = rows.set_index("method")
         assert list(rows.index) == ["<gradient pass>", "lrp_epsilon_plus", "smoothgrad"]
         base = rows.loc["<gradient pass>", "median_ms"]
         assert base > 0 and rows.loc["<gradient pass>", "ratio"] == 1.0
-        assert rows.loc["smoothgrad", "gradient_passes"] == bench.BENCH_UNITS
+        assert rows.loc["smoothgrad", "gradient_passes"] == BENCH_UNITS
         for method in ("lrp_epsilon_plus", "smoothgrad"):
             r = rows.loc[method]
             assert r["ratio"] == pytest.approx(r["median_ms"] / base / r["gradient_passes"], rel=1e-12), method
@@ -80,7 +83,7 @@ def test_bench_imagenet_table(tmp_path):
             assert pd.isna(r["error"])
             if sys.platform.startswith("linux"):
                 assert r["peak_mb"] > 0 and r["peak_mb"] >= r["extra_mb"], method
-        assert rows.loc["lrp_epsilon_plus", "target"] == bench.LRP_TARGET_224
+        assert rows.loc["lrp_epsilon_plus", "target"] == imagenet.LRP_TARGET_224
     csv = pd.read_csv(tmp_path / "bench_imagenet.csv")
     assert len(csv) == len(df)
     text = (tmp_path / "bench_imagenet.md").read_text()
@@ -90,9 +93,9 @@ def test_bench_imagenet_table(tmp_path):
 def test_bench_imagenet_records_a_failing_method():
     """A method that fails on the model is a row with its error message and no timing, not a crash of the bench
     (CAM needs global average pooling before the last layer; VGG-16 has dense layers there)."""
-    from evalxai import bench
+    from evalxai.bench.imagenet import bench_imagenet
 
-    df = bench.bench_imagenet("vgg16", ["lrp_epsilon", "cam"], batch=1, repeats=1, device="cpu", size=32,
+    df = bench_imagenet("vgg16", ["lrp_epsilon", "cam"], batch=1, repeats=1, device="cpu", size=32,
                               width=1 / 16).set_index("method")
     assert pd.isna(df.loc["lrp_epsilon", "error"]) and df.loc["lrp_epsilon", "ratio"] > 0
     assert isinstance(df.loc["cam", "error"], str) and df.loc["cam", "error"]
@@ -110,14 +113,14 @@ def test_tune_allocator_is_the_public_opt_in():
 
 def test_bench_api_runs_both_cases_in_fresh_processes():
     """--api: one child process without the opt-in (glibc's default allocator) and one after tune_allocator()."""
-    from evalxai import bench
+    from evalxai.bench.methods import API_METHODS, bench_api
 
-    df = bench.bench_api(["lenet"], batch=4, repeats=1)
+    df = bench_api(["lenet"], batch=4, repeats=1)
     assert list(df["tune_allocator"]) == [False, True]
     assert not df["tuned"].iloc[0]
     if sys.platform.startswith("linux"):
         assert bool(df["tuned"].iloc[1])
-    assert (df[list(bench.API_METHODS)] > 0).all().all() and (df["gradient_ms"] > 0).all()
+    assert (df[list(API_METHODS)] > 0).all().all() and (df["gradient_ms"] > 0).all()
 
 
 def test_lrp_leaves_no_graph_behind():
@@ -128,10 +131,10 @@ def test_lrp_leaves_no_graph_behind():
     import warnings
 
     import evalxai
-    from evalxai import bench
+    from evalxai.bench.imagenet import ResNet50
     from evalxai.methods.lrp import COMPOSITES
 
-    model = bench.ResNet50(width=1 / 16).eval()
+    model = ResNet50(width=1 / 16).eval()
     x, t = torch.rand(2, 3, 32, 32), torch.tensor([1, 2])
     for name in COMPOSITES:  # a leak would keep every call's graph: one scan after all of them finds it
         evalxai.explain(model, x, t, method=name)
@@ -144,9 +147,9 @@ def test_lrp_leaves_no_graph_behind():
 
 def test_bench_imagenet_under_a_budget_too_small_for_one_image():
     """Each explain call then fails with the budget's message (a row each); the plain gradient pass is still timed."""
-    from evalxai import bench
+    from evalxai.bench.imagenet import bench_imagenet
 
-    df = bench.bench_imagenet("resnet50", ["lrp_epsilon"], batch=1, repeats=1, device="cpu", size=32, width=1 / 16,
+    df = bench_imagenet("resnet50", ["lrp_epsilon"], batch=1, repeats=1, device="cpu", size=32, width=1 / 16,
                               memory_budget=1024).set_index("method")
     assert df.loc["<gradient pass>", "ratio"] == 1.0 and df.loc["<gradient pass>", "budget_mb"] == 0
     assert "memory budget" in df.loc["lrp_epsilon", "error"] and pd.isna(df.loc["lrp_epsilon", "ratio"])
@@ -156,7 +159,7 @@ def test_metric_bench_counts_the_passes_each_metric_makes():
     """The metric bench's bare cost counts what a metric runs: pixel flipping forwards one batch per curve point and
     order and explains nothing; selectivity re-explains each perturbed input; a mask metric runs no pass; copies of
     the model (randomisation) are counted too; ratio = time / bare cost from the same table."""
-    from evalxai import metric_bench
+    from evalxai.bench import metrics as metric_bench
     from evalxai.models.zoo import build_model
 
     torch.manual_seed(0)
@@ -191,16 +194,16 @@ def test_quantus_table_from_recorded_times():
     given (a stub here, except one real metric, so the test needs no Quantus and stays short)."""
     import json
 
-    from evalxai import metric_bench
+    from evalxai.bench import quantus as quantus_bench
 
-    reference = json.loads((metric_bench.QUANTUS_FIXTURES / "reference.json").read_text())["metrics"]
+    reference = json.loads((quantus_bench.QUANTUS_FIXTURES / "reference.json").read_text())["metrics"]
     called = []
 
     def stub(f, repeats, budget):
         called.append(f)
         return [0.004, 0.002, 0.003], [0.001, 0.001, 0.001]
 
-    df = metric_bench.bench_quantus(repeats=3, timer=stub)
+    df = quantus_bench.bench_quantus(repeats=3, timer=stub)
     assert list(df.columns[:6]) == ["metric", "quantus_class", "evalxai_ms", "quantus_ms", "speedup",
                                     "quantus_source"]
     assert list(df["metric"]) == list(reference) and (df["quantus_source"] == "recorded").all()
@@ -216,9 +219,9 @@ def test_quantus_table_from_recorded_times():
         assert pd.isna(rows.loc[name, "speedup"]) and rows.loc[name, "note"]
     assert rows.loc["InputInvariance", "note"].startswith("Quantus fails: TypeError")
     assert rows.loc["Infidelity", "note"].startswith("not comparable")
-    text = metric_bench.quantus_report(df, None, 3)
+    text = quantus_bench.quantus_report(df, None, 3)
     assert "RECORDED" in text and "| PixelFlipping | PixelFlipping |" in text
     # a real evalxai timing of one entry: the matched call runs and is timed
-    real = metric_bench.bench_quantus(repeats=1, entries=["Selectivity"]).set_index("metric").loc["Selectivity"]
+    real = quantus_bench.bench_quantus(repeats=1, entries=["Selectivity"]).set_index("metric").loc["Selectivity"]
     assert real["calls"] == 1 and real["evalxai_ms"] > 0
     assert real["speedup"] == pytest.approx(real["quantus_ms"] / real["evalxai_ms"])

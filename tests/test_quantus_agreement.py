@@ -17,8 +17,8 @@ import pytest
 import torch
 
 import evalxai
-from evalxai.metric_bench import QUANTUS_FIXTURES as FIXTURES
-from evalxai.metric_bench import quantus_fixture
+from evalxai.bench.quantus import QUANTUS_FIXTURES as FIXTURES
+from evalxai.bench.quantus import quantus_fixture
 from evalxai.metrics import METRICS
 
 REFERENCE = json.loads((FIXTURES / "reference.json").read_text())

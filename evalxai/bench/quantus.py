@@ -1,137 +1,27 @@
-"""Benchmark of every metric: its time on a batch divided by the model passes it makes, counted.
-
-    python -m evalxai.bench --metrics all            # every registered metric (or name some)
-
-Each metric runs once untimed with counters on: ``forward`` counts the images pushed through the model outside an
-explanation, ``explain`` the images explained (the run's method, here ``lrp_epsilon_plus``). Its bare cost is then
-forward_images / batch x (one batch forward) + explained_images / batch x (one batch explain), both timed in the
-same interleaved rounds; ratio = metric time / bare cost. A ratio near 1 means the metric spends its time in the
-model, as it must; above 1 is its own overhead (sorting, perturbing, statistics). The counts say what each metric
-costs in passes per image, so two metrics of one family can be compared.
-
-``python -m evalxai.bench --quantus [--quantus-python PY]``: ``bench_quantus`` times evalxai against Quantus 0.6
-on the batch of tests/fixtures/quantus (same parameters as the agreement test), see its docstring.
-
-Localisation metrics need masks: the bench uses the digit's own pixels (x > 0.5 in pixel space), a known answer
-for a LeNet on MNIST. ``focus`` gets a pool of 256 training images, as the pipeline passes it.
-"""
+"""evalxai against Quantus 0.6 on the batch of tests/fixtures/quantus (``bench_quantus``; same parameters as the
+agreement test, see its docstring): ``python -m evalxai.bench --quantus [--quantus-python PY]``. Quantus is not a
+dependency: it runs in another Python (``QuantusTimer``), or its recorded times are used."""
 from __future__ import annotations
 
-import contextlib
 import inspect
 import json
 import statistics
+import subprocess
 import time
 from pathlib import Path
 
 import pandas as pd
 import torch
+from torch import nn
 
 import evalxai
+from evalxai.api import check_logits
+from evalxai.bench.timing import markdown
 from evalxai.metrics import METRICS
 
-# Settings of experiment=mnist_lrp for the metrics it runs; other metrics use their registered defaults.
-METRIC_PARAMS = {
-    "pixel_flipping": {"patch_size": 4, "per_step": 3, "order": ["morf", "lerf"]},
-    "selectivity": {"patch_size": 4, "steps": 10},
-    "continuity": {"shift": 3},
-}
-TARGET = 1.2
-
-
-class PassCounter:
-    """Counts images forwarded outside explanations (a forward hook on the model, removed on exit) and images
-    explained (the method wraps its calls); a deep copy of the model (randomisation metrics) keeps counting."""
-
-    def __init__(self, method: str):
-        self.forward = 0
-        self.explained = 0
-        self._inside = False
-        self._method = method
-
-    def explain(self, model, x, target):
-        self.explained += len(x)
-        self._inside = True
-        try:
-            return evalxai.explain(model, x, target, method=self._method)
-        finally:
-            self._inside = False
-
-    def _hook(self, module, args, output):
-        if not self._inside:
-            self.forward += len(args[0])
-
-    def __deepcopy__(self, memo):  # copies of the hooked model report to the same counter
-        return self
-
-    @contextlib.contextmanager
-    def counting(self, model):
-        handle = model.register_forward_hook(self._hook)
-        try:
-            yield self
-        finally:
-            handle.remove()
-
-
-def metric_inputs(name: str, x: torch.Tensor, pool) -> dict:
-    """The data a metric takes besides the map: masks (the digit, x > 0.5) and the focus pool."""
-    params = inspect.signature(METRICS[name].fn).parameters
-    extra = {}
-    if "masks" in params:
-        extra["masks"] = x[:, 0] > 0.5
-    if "pool" in params:
-        extra["pool"] = pool
-    return extra
-
-
-def bench_all_metrics(model, x, t, pool, metrics: list[str], repeats: int,
-                      method: str = "lrp_epsilon_plus") -> pd.DataFrame:
-    """Rows per metric: median time, forwarded and explained images per input image, bare cost, ratio."""
-    from evalxai.api import check_logits
-
-    r = evalxai.explain(model, x, t, method=method)
-    check_logits(model, x)  # remembered for this x: not a pass of the metrics
-    n = len(x)
-    counts, calls = {}, {}
-    for name in metrics:
-        takes_method = "method" in METRICS[name].defaults
-        kwargs = {**METRIC_PARAMS.get(name, {}), **metric_inputs(name, x, pool)}
-        counter = PassCounter(method)
-        with counter.counting(model):
-            evalxai.score(model, x, t, r, metric=name, **kwargs,
-                          **({"method": counter.explain} if takes_method else {}))
-        counts[name] = (counter.forward, counter.explained)
-        if takes_method:
-            kwargs["method"] = method
-        calls[name] = lambda name=name, kwargs=kwargs: evalxai.score(model, x, t, r, metric=name, **kwargs)
-
-    def forward():
-        with torch.no_grad():
-            return model(x)
-
-    bare_calls = 3  # back to back per round: one lone short call after a metric that churned memory reads slow
-    calls = {"<forward>": lambda: [forward() for _ in range(bare_calls)],
-             "<explain>": lambda: [evalxai.explain(model, x, t, method=method) for _ in range(bare_calls)], **calls}
-    from evalxai.bench import _interleaved
-
-    times = _interleaved(calls, repeats)
-    fwd, exp = (statistics.median(times[k]) / bare_calls for k in ("<forward>", "<explain>"))
-    rows = []
-    for name in metrics:
-        med = statistics.median(times[name])
-        f, e = counts[name]
-        cost = f / n * fwd + e / n * exp
-        rows.append({"metric": name, "median_ms": 1e3 * med, "forwards_per_image": f / n,
-                     "explains_per_image": e / n, "bare_ms": 1e3 * cost,
-                     "ratio": med / cost if cost > 0 else float("nan"), "target": TARGET})
-    return pd.DataFrame(rows)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Quantus on the same batch
-
-QUANTUS_FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "quantus"
-QUANTUS_SCRIPT = Path(__file__).resolve().parent / "experiments" / "quantus_reference" / "make_reference.py"
+PACKAGE = Path(__file__).resolve().parents[1]
+QUANTUS_FIXTURES = PACKAGE.parent / "tests" / "fixtures" / "quantus"
+QUANTUS_SCRIPT = PACKAGE / "experiments" / "quantus_reference" / "make_reference.py"
 QUANTUS_TARGET = 2.0  # evalxai at least this many times faster than Quantus 0.6 on the same call
 QUANTUS_COLUMNS = ["metric", "quantus_class", "evalxai_ms", "quantus_ms", "speedup", "quantus_source",
                    "evalxai_cpu_ms", "quantus_cpu_ms", "cpu_speedup", "calls", "quantus_calls", "note"]
@@ -140,8 +30,6 @@ QUANTUS_COLUMNS = ["metric", "quantus_class", "evalxai_ms", "quantus_ms", "speed
 def quantus_fixture(fixtures: Path = QUANTUS_FIXTURES):
     """The Quantus reference case: (model, x, target, attributions, masks) from ``inputs.pt`` (a seeded bias-free
     CNN, 8 inputs 1 x 16 x 16, gradient x input maps, disk masks) and the parsed ``reference.json``."""
-    from torch import nn
-
     data = torch.load(fixtures / "inputs.pt", weights_only=True)
     model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, bias=False), nn.ReLU(), nn.AvgPool2d(2),
                           nn.Conv2d(4, 8, 3, padding=1, bias=False), nn.ReLU(), nn.AvgPool2d(2),
@@ -180,8 +68,6 @@ class QuantusTimer:
     it is sent, with this process's thread count: Quantus is not a dependency of evalxai."""
 
     def __init__(self, python: str, repeats: int, budget: float):
-        import subprocess
-
         self._proc = subprocess.Popen(
             [python, str(QUANTUS_SCRIPT), "--time", "-", "--repeats", str(repeats), "--budget", str(budget),
              "--threads", str(torch.get_num_threads())],
@@ -224,8 +110,6 @@ def bench_quantus(quantus_python: str | None = None, repeats: int = 3, budget: f
     ``timer(f, repeats, budget)`` -> (wall seconds, CPU seconds) times the evalxai calls of the recorded case (tests
     pass a stub)."""
     case, reference = quantus_fixture(fixtures)
-    from evalxai.api import check_logits
-
     check_logits(case[0], case[1])  # remembered for this x, as in bench_all_metrics
     quantus_timer = QuantusTimer(quantus_python, 1, 0.0) if quantus_python else None  # one call per request
     rows = []
@@ -289,8 +173,6 @@ def bench_quantus(quantus_python: str | None = None, repeats: int = 3, budget: f
 
 def quantus_report(df: pd.DataFrame, quantus_python: str | None, repeats: int) -> str:
     """The Markdown text of ``bench_quantus``'s table, with how the Quantus times were taken."""
-    from evalxai.bench import markdown
-
     source = (f"re-timed now with {quantus_python} (one child process, same thread count), its calls interleaved "
               f"with evalxai's on each entry" if quantus_python else
               "RECORDED in tests/fixtures/quantus/reference.json (one call each, on a loaded machine); pass "

@@ -1,0 +1,130 @@
+"""Metrics against the passes they make: each metric's time on a batch divided by its bare cost, the model passes
+it makes, counted.
+
+Each metric runs once untimed with counters on: ``forward`` counts the images pushed through the model outside an
+explanation, ``explain`` the images explained (the run's method, here ``lrp_epsilon_plus``). Its bare cost is then
+forward_images / batch x (one batch forward) + explained_images / batch x (one batch explain), both timed in the
+same interleaved rounds; ratio = metric time / bare cost. A ratio near 1 means the metric spends its time in the
+model, as it must; above 1 is its own overhead (sorting, perturbing, statistics). The counts say what each metric
+costs in passes per image, so two metrics of one family can be compared.
+
+The inputs are real MNIST images and the trained LeNet of experiment=mnist_lrp (``mnist_case``). Localisation
+metrics need masks: the bench uses the digit's own pixels (x > 0.5 in pixel space), a known answer for a LeNet on
+MNIST. ``focus`` gets a pool of 256 training images, as the pipeline passes it.
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+import statistics
+
+import pandas as pd
+import torch
+
+import evalxai
+from evalxai.api import check_logits
+from evalxai.bench.timing import interleaved
+from evalxai.metrics import METRICS
+from evalxai.reproduce import dataset_and_model
+
+# Settings of experiment=mnist_lrp for the metrics it runs; other metrics use their registered defaults.
+METRIC_PARAMS = {
+    "pixel_flipping": {"patch_size": 4, "per_step": 3, "order": ["morf", "lerf"]},
+    "selectivity": {"patch_size": 4, "steps": 10},
+    "continuity": {"shift": 3},
+}
+TARGET = 1.2
+
+
+class PassCounter:
+    """Counts images forwarded outside explanations (a forward hook on the model, removed on exit) and images
+    explained (the method wraps its calls); a deep copy of the model (randomisation metrics) keeps counting."""
+
+    def __init__(self, method: str):
+        self.forward = 0
+        self.explained = 0
+        self._inside = False
+        self._method = method
+
+    def explain(self, model, x, target):
+        self.explained += len(x)
+        self._inside = True
+        try:
+            return evalxai.explain(model, x, target, method=self._method)
+        finally:
+            self._inside = False
+
+    def _hook(self, module, args, output):
+        if not self._inside:
+            self.forward += len(args[0])
+
+    def __deepcopy__(self, memo):  # copies of the hooked model report to the same counter
+        return self
+
+    @contextlib.contextmanager
+    def counting(self, model):
+        handle = model.register_forward_hook(self._hook)
+        try:
+            yield self
+        finally:
+            handle.remove()
+
+
+def metric_inputs(name: str, x: torch.Tensor, pool) -> dict:
+    """The data a metric takes besides the map: masks (the digit, x > 0.5) and the focus pool."""
+    params = inspect.signature(METRICS[name].fn).parameters
+    extra = {}
+    if "masks" in params:
+        extra["masks"] = x[:, 0] > 0.5
+    if "pool" in params:
+        extra["pool"] = pool
+    return extra
+
+
+def mnist_case(model_name: str, batch: int):
+    """(model, x, target, pool) of experiment=mnist_lrp with ``model_name``: the first ``batch`` test images, their
+    predicted classes and the dataset's pool (the model is trained once and cached)."""
+    _, dataset, model = dataset_and_model(["experiment=mnist_lrp", f"model={model_name}"])
+    x = dataset.x_test[:batch]
+    with torch.no_grad():
+        t = model(x).argmax(1)
+    return model, x, t, dataset.pool()
+
+
+def bench_all_metrics(model, x, t, pool, metrics: list[str], repeats: int,
+                      method: str = "lrp_epsilon_plus") -> pd.DataFrame:
+    """Rows per metric: median time, forwarded and explained images per input image, bare cost, ratio."""
+    r = evalxai.explain(model, x, t, method=method)
+    check_logits(model, x)  # remembered for this x: not a pass of the metrics
+    n = len(x)
+    counts, calls = {}, {}
+    for name in metrics:
+        takes_method = "method" in METRICS[name].defaults
+        kwargs = {**METRIC_PARAMS.get(name, {}), **metric_inputs(name, x, pool)}
+        counter = PassCounter(method)
+        with counter.counting(model):
+            evalxai.score(model, x, t, r, metric=name, **kwargs,
+                          **({"method": counter.explain} if takes_method else {}))
+        counts[name] = (counter.forward, counter.explained)
+        if takes_method:
+            kwargs["method"] = method
+        calls[name] = lambda name=name, kwargs=kwargs: evalxai.score(model, x, t, r, metric=name, **kwargs)
+
+    def forward():
+        with torch.no_grad():
+            return model(x)
+
+    bare_calls = 3  # back to back per round: one lone short call after a metric that churned memory reads slow
+    calls = {"<forward>": lambda: [forward() for _ in range(bare_calls)],
+             "<explain>": lambda: [evalxai.explain(model, x, t, method=method) for _ in range(bare_calls)], **calls}
+    times = interleaved(calls, repeats)
+    fwd, exp = (statistics.median(times[k]) / bare_calls for k in ("<forward>", "<explain>"))
+    rows = []
+    for name in metrics:
+        med = statistics.median(times[name])
+        f, e = counts[name]
+        cost = f / n * fwd + e / n * exp
+        rows.append({"metric": name, "median_ms": 1e3 * med, "forwards_per_image": f / n,
+                     "explains_per_image": e / n, "bare_ms": 1e3 * cost,
+                     "ratio": med / cost if cost > 0 else float("nan"), "target": TARGET})
+    return pd.DataFrame(rows)
