@@ -46,7 +46,7 @@ def test_keys_follow_the_code(tmp_path, monkeypatch):
     explain = keys(monkeypatch, package_copy(tmp_path, "explain", "methods/gradient.py", src))
     assert explain["model"] == base["model"]
     assert explain["attribution"] != base["attribution"] and explain["config"] != base["config"]
-    for edit in ("models/train.py", "data/datasets.py"):  # the weights' code: every key changes
+    for edit in ("models/train.py", "data/mnist.py"):  # the weights' code: every key changes
         changed = keys(monkeypatch, package_copy(tmp_path, edit.replace("/", "_"), edit, src))
         assert all(changed[k] != base[k] for k in base), edit
     for edit in ("api.py", "scoring.py", "baselines.py", "seeding.py", "methods/lrp/rules.py"):

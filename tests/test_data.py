@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from evalxai.data import load_dataset
-from evalxai.data.datasets import read_idx
+from evalxai.data.mnist import read_idx
 
 
 def test_bundled_mnist_shapes_ranges_and_split(cache_dir):

@@ -1,15 +1,16 @@
 """The dataset protocol every loader implements, and the helpers loaders share (split, pixels, normalisation
-parameters, file signatures)."""
+parameters, file signatures, the cache of parsed arrays)."""
 from __future__ import annotations
 
 import math
 import numbers
+import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from evalxai._io import content_key
+from evalxai._io import atomic_path, cache_root, content_key
 
 
 class Dataset:
@@ -229,3 +230,21 @@ def file_signature(paths, root: Path | None = None) -> str:
         st = Path(p).stat()
         rows.append([str(Path(p).relative_to(root)) if root else str(p), st.st_size, st.st_mtime_ns])
     return content_key(rows)
+
+
+def cached_arrays(key: str, build, cache_dir) -> dict[str, np.ndarray]:
+    """Load arrays from ``<cache>/data/<key>.npz`` or build and store them atomically."""
+    path = cache_root(cache_dir) / "data" / f"{key}.npz"
+    if path.exists():
+        with np.load(path) as f:
+            return {k: f[k] for k in f.files}
+    arrays = build()
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+    return arrays
+
+
+def clear_cache(cache_dir=None) -> None:
+    """Remove cached parsed arrays."""
+    shutil.rmtree(cache_root(cache_dir) / "data", ignore_errors=True)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from evalxai.data.base import Dataset, file_signature, parse_mean_std, uint8_pixels
+from evalxai.data.registry import register
 
 SPECS = {
     "cifar10": {"folder": "cifar-10-batches-py", "train": [f"data_batch_{i}" for i in range(1, 6)],
@@ -117,12 +118,14 @@ class CifarDataset(Dataset):
         return uint8_pixels(x), torch.from_numpy(y)
 
 
+@register("cifar10")
 def load_cifar10(root: str | None = None, mean=None, std=None, cache_dir=None) -> Dataset:
     """CIFAR-10 (python version) from ``root``."""
     del cache_dir  # small files, read directly
     return CifarDataset("cifar10", root, mean=mean, std=std)
 
 
+@register("cifar100")
 def load_cifar100(root: str | None = None, mean=None, std=None, cache_dir=None) -> Dataset:
     """CIFAR-100 (python version, fine labels) from ``root``."""
     del cache_dir

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 
 from evalxai.data.base import ArrayDataset, Dataset
+from evalxai.data.mnist import load_mnist
+from evalxai.data.registry import register
 
 MASKS = ("patch", "digit")
 STEP = 25  # grey levels between classes: value = 255 - 25 * class
@@ -40,11 +42,10 @@ def add_decoy(x: torch.Tensor, grey: np.ndarray, where: np.ndarray) -> torch.Ten
     return torch.where(m, value.expand_as(x), x)
 
 
+@register("decoy_mnist", masks=True)
 def load_decoy_mnist(root: str | None = None, n_test: int = 1000, split_seed: int = 0, mask: str = "patch",
                      patch_size: int = 4, threshold: float = 0.5, seed: int = 0, cache_dir=None) -> Dataset:
     """Decoy MNIST (see the module docstring)."""
-    from evalxai.data.datasets import load_mnist
-
     if mask not in MASKS:
         raise ValueError(f"dataset.mask={mask!r} is not one of {list(MASKS)} (dataset=decoy_mnist): 'patch' marks the "
                          "decoy, 'digit' the digit's pixels")

@@ -40,6 +40,7 @@ import torch
 from PIL import Image
 
 from evalxai.data.base import Dataset, file_signature, parse_mean_std, stratified_split
+from evalxai.data.registry import register
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".pgm", ".tif", ".tiff")
 _THREADS = min(8, os.cpu_count() or 1)
@@ -325,6 +326,7 @@ class ImageFolderDataset(Dataset):
         return self.normalize(x), torch.from_numpy(self.y_train[idx])
 
 
+@register("image_folder", masks=lambda params: bool(params.get("masks")))
 def load_image_folder(root: str | None = None, n_test=None, split_seed: int = 0, resize=None, crop=None,
                       image_size=None, channels: int = 3, mean=None, std=None, masks=None,
                       cache_dir=None) -> Dataset:

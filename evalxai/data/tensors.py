@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from evalxai.data.base import Dataset, file_signature, parse_mean_std, uint8_pixels
+from evalxai.data.registry import register
 
 KEYS = ("x_test", "y_test", "x_train", "y_train", "classes")
 _NUMPY_GLOBALS = [np.ndarray((0,)).__reduce__()[0], np.float64(1).__reduce__()[0], np.ndarray, np.dtype] + [
@@ -163,6 +164,7 @@ class TensorFileDataset(Dataset):
         return _pixels(x), torch.from_numpy(y)
 
 
+@register("tensors")
 def load_tensors(path: str | None = None, mean=None, std=None, cache_dir=None) -> Dataset:
     """Arrays from a ``.npz`` / ``.pt`` file: x_test, y_test [, x_train, y_train, classes]."""
     del cache_dir  # the file is read directly

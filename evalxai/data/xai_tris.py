@@ -32,7 +32,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from evalxai.data.base import ArrayDataset, Dataset, stratified_split
+from evalxai.data.base import ArrayDataset, Dataset, cached_arrays, stratified_split
+from evalxai.data.registry import register
 
 SCENARIOS = ("linear", "multiplicative", "translations_rotations", "xor")
 BACKGROUNDS = ("white", "correlated")
@@ -77,7 +78,7 @@ def _cells(name: str, scale: int) -> np.ndarray:
 
 def _smooth(a: np.ndarray, sigma: float) -> np.ndarray:
     """Gaussian smoothing of every (H, W) image of a (N, H, W) stack (scipy's default 'reflect' border)."""
-    from scipy.ndimage import gaussian_filter
+    from scipy.ndimage import gaussian_filter  # lazy: scipy.ndimage costs ~0.3 s to import, used only here
 
     return gaussian_filter(a, sigma=(0, sigma, sigma))
 
@@ -148,6 +149,7 @@ def generate(scenario: str = "linear", background: str = "white", size: int = 8,
             "alpha": np.float64(alpha)}
 
 
+@register("xai_tris", masks=True)
 def load_xai_tris(scenario: str = "linear", background: str = "white", size: int = 8, snr: float | None = None,
                   n: int = 10000, n_test: int = 1000, mask: str = "relevant", seed: int = 0,
                   cache_dir=None) -> Dataset:
@@ -155,9 +157,7 @@ def load_xai_tris(scenario: str = "linear", background: str = "white", size: int
     _check(scenario, background, size, mask, snr, n, n_test)
     key = f"xai-tris-v1-{scenario}-{background}-{size}-{snr}-{n}-{seed}"
     if size * size * n > 2_000_000:  # large sets (64 x 64) are kept: correlated smoothing takes seconds there
-        from evalxai.data.datasets import _cached_arrays
-
-        a = _cached_arrays(key, lambda: generate(scenario, background, size, snr, n, seed), cache_dir)
+        a = cached_arrays(key, lambda: generate(scenario, background, size, snr, n, seed), cache_dir)
     else:
         a = generate(scenario, background, size, snr, n, seed)
     train, test = stratified_split(a["y"], n_test, seed)

