@@ -6,11 +6,10 @@ Public API: ``explain`` (attributions by method name), ``score`` (tidy metric ro
 ``tune_allocator()`` (opt-in, once per process): let glibc keep freed tensor memory for reuse, as the command line
 does: on the CPU, LRP and gradients then run 1.1-1.35x faster (``evalxai.allocator``).
 """
-__version__ = "0.1.0"
-
-from evalxai.allocator import tune as tune_allocator  # noqa: E402
-from evalxai.api import explain, score  # noqa: E402
-from evalxai.maximization.prototypes import maximize  # noqa: E402
-from evalxai.memory import memory_budget  # noqa: E402
+from evalxai._version import __version__
+from evalxai.allocator import tune as tune_allocator
+from evalxai.api import explain, score
+from evalxai.maximization.prototypes import maximize
+from evalxai.memory import memory_budget
 
 __all__ = ["explain", "score", "maximize", "memory_budget", "tune_allocator", "__version__"]

@@ -53,7 +53,7 @@ def _fingerprint(root: Path, parts: tuple[str, ...]) -> str:
         else:  # installed without sources (zipped, .pyc only): the version is all there is to go by
             import warnings
 
-            from evalxai import __version__
+            from evalxai._version import __version__
 
             warnings.warn(f"evalxai's sources are not readable below {root} ('{part}'): cache keys fall back to "
                           f"the version {__version__} and will not notice code changes", RuntimeWarning, stacklevel=3)

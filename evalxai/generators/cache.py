@@ -14,8 +14,8 @@ import time
 import torch
 import yaml
 
-from evalxai import __version__
 from evalxai._io import atomic_path, cache_root, code_fingerprint, content_key, write_json
+from evalxai._version import __version__
 from evalxai.configs import CONF
 from evalxai.generators.vae import VAE, Generator, train_vae
 from evalxai.models.custom import load_weights

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from evalxai import __version__
 from evalxai._io import atomic_path, cache_root, code_fingerprint, content_key, write_json
+from evalxai._version import __version__
 from evalxai.models.custom import (
     CUSTOM_NAME,
     build_custom,
