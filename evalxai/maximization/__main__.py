@@ -4,12 +4,12 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
+from evalxai.cli import run_command
+from evalxai.maximization.cli import run_prototypes
+
 
 @hydra.main(version_base=None, config_path="../conf", config_name="maximize")
 def main(cfg: DictConfig) -> None:
-    from evalxai.cli import run_command
-    from evalxai.maximization.cli import run_prototypes
-
     run_command(cfg, run_prototypes, "evalxai.maximization", done="prototypes in", tune=False)
 
 

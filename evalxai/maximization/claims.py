@@ -15,7 +15,11 @@ import functools
 
 import numpy as np
 import pandas as pd
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
+from evalxai.configs import CONF
+from evalxai.maximization.experiment import make_prototypes
 from evalxai.report.stats import holm, wilcoxon_p
 
 ALPHA = 0.05
@@ -55,12 +59,6 @@ def verdicts(table: pd.DataFrame) -> pd.DataFrame:
 
 @functools.lru_cache(maxsize=4)
 def _table(overrides: tuple[str, ...]) -> pd.DataFrame:
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    from evalxai.generators.cache import CONF
-    from evalxai.maximization.cli import make_prototypes
-
     with initialize_config_dir(config_dir=str(CONF), version_base=None):
         cfg = OmegaConf.to_container(compose("maximize", overrides=list(overrides)), resolve=True)
     return make_prototypes(cfg)["table"]

@@ -23,6 +23,7 @@ import torch
 
 from evalxai._io import atomic_path, cache_root, code_fingerprint, content_key, write_json
 from evalxai.maximization.prototypes import target_log_prob
+from evalxai.methods.guard import frozen
 
 log = logging.getLogger(__name__)
 CLASSIFIERS = ("logistic", "mlp")
@@ -52,6 +53,7 @@ class IndependentClassifier:
 
 
 def _fit(kind: str, x: np.ndarray, y: np.ndarray, params: dict, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    # lazy: sklearn's estimators take seconds to import, and a fitted classifier is cached (get_classifier)
     from sklearn.exceptions import ConvergenceWarning
 
     with warnings.catch_warnings():
@@ -117,8 +119,6 @@ def naturalness(model, x: torch.Tensor, target, classifier: IndependentClassifie
     """One row per image of ``x`` (model space) with class ``target``: the scores of the module docstring.
     ``generator``: an ``evalxai.generators.Generator`` (its VAE gives recon_error and neg_elbo; None: NaN);
     ``dataset`` maps model space to pixels (None: x is in pixel space); ``train_pixels`` for nn_distance."""
-    from evalxai.methods.guard import frozen
-
     target = torch.as_tensor(target).long().view(-1)
     with frozen(model, warn_train=False):
         logits = model(x)

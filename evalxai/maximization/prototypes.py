@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from evalxai.baselines import data_range
+from evalxai.generators import get_generator
 from evalxai.methods.guard import frozen
 
 SPACES = ("input", "code")
@@ -124,8 +125,6 @@ def maximize(model: nn.Module, target, space: str = "input", generator=None, mea
         if generator is None:
             raise ValueError(NO_GENERATOR)
         if isinstance(generator, str):
-            from evalxai.generators import get_generator
-
             generator = get_generator(generator)
         latent = getattr(generator, "latent_dim", None)
         if not isinstance(generator, nn.Module) or latent is None:
