@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from scipy.stats import wilcoxon
 
-from evalxai.report.stats import leaderboard
+from evalxai.report.stats import rank_methods
 from evalxai.report.tables import bootstrap_ci, cluster_bootstrap_ci
 
 
@@ -22,7 +22,7 @@ def test_cluster_interval_is_as_wide_as_the_per_image_interval():
     rng = np.random.default_rng(0)
     effect = rng.normal(0, 1, 20)  # 20 images, large image effect
     values = effect[:, None] + rng.normal(0, 0.01, (20, 5))  # x 5 seeds, tiny seed noise
-    row = leaderboard(table(values)).iloc[0]
+    row = rank_methods(table(values)).iloc[0]
     assert row["n"] == 100 and row["n_images"] == 20
     assert row["ci_low"] <= row["mean"] <= row["ci_high"] and np.isclose(row["mean"], values.mean())
     width = row["ci_high"] - row["ci_low"]
@@ -37,7 +37,7 @@ def test_cluster_interval_covers_the_true_mean():
     mu, n_sim, n_img, n_seed = 0.3, 200, 10, 4
     values = rng.normal(mu, 1, (n_sim, n_img, 1)) + rng.normal(0, 0.5, (n_sim, n_img, n_seed))
     # 200 small leaderboards in one call: one (metric) group each
-    board = leaderboard(pd.concat([table(v, metric=f"m{i:03d}") for i, v in enumerate(values)], ignore_index=True))
+    board = rank_methods(pd.concat([table(v, metric=f"m{i:03d}") for i, v in enumerate(values)], ignore_index=True))
     assert len(board) == n_sim and (board["n_images"] == n_img).all()
     cover = ((board["ci_low"] <= mu) & (mu <= board["ci_high"])).mean()
     naive = np.mean([lo <= mu <= hi for lo, hi in (bootstrap_ci(v.ravel(), seed=0) for v in values)])
@@ -49,7 +49,7 @@ def test_wilcoxon_pairs_by_image():
     rng = np.random.default_rng(2)
     a = rng.normal(0, 1, (12, 3))
     b = a - 0.3 + rng.normal(0, 1, (12, 3))  # "a" is better; the seed noise is large
-    board = leaderboard(pd.concat([table(a, method="a"), table(b, method="b")], ignore_index=True))
+    board = rank_methods(pd.concat([table(a, method="a"), table(b, method="b")], ignore_index=True))
     row = board.set_index("method").loc["b"]
     assert board["best"].iloc[0] == "a"
     by_image = wilcoxon(b.mean(1) - a.mean(1)).pvalue
@@ -77,7 +77,7 @@ def test_two_checkpoints_of_one_class_are_two_rows_and_seeds_are_one(tmp_path, c
     """Runs differing in the checkpoint's weights are two models (labelled apart); runs differing in seed are one."""
     import json
 
-    from evalxai.leaderboard import build
+    from evalxai.leaderboard import write_leaderboard
     from evalxai.pipeline import run_experiment
     from tests.test_cache_keys import checkpoint_cfg, tiny_checkpoint
 
@@ -85,7 +85,7 @@ def test_two_checkpoints_of_one_class_are_two_rows_and_seeds_are_one(tmp_path, c
     for name, (weights, seed) in runs.items():
         path = tiny_checkpoint(tmp_path / f"net{weights}.pt", weights)
         run_experiment(checkpoint_cfg(path, seed=seed), tmp_path / "runs" / name, progress=False)
-    board = build(tmp_path / "runs")
+    board = write_leaderboard(tmp_path / "runs")
     measure = board["measure"].iloc[0]
     board = board[board["measure"] == measure].set_index("model")
     assert len(board) == 2 and all(m.startswith("TinyNet@") for m in board.index)
@@ -103,7 +103,7 @@ def test_datasets_of_one_name_are_kept_apart(tmp_path):
     """Two image folders are two datasets (``image_folder@<fingerprint>``); one name with one identity stays plain."""
     import json
 
-    from evalxai.leaderboard import build
+    from evalxai.leaderboard import write_leaderboard
 
     for name, fingerprint, value in (("x", "f" * 20, 1.0), ("y", "e" * 20, 3.0), ("z", "e" * 20, 5.0)):
         run = tmp_path / name
@@ -113,7 +113,7 @@ def test_datasets_of_one_name_are_kept_apart(tmp_path):
         (run / "run.json").write_text(json.dumps({"run_id": name, "dataset": {"name": "image_folder",
                                                   "fingerprint": fingerprint}, "model": {"label": "SmallNet",
                                                                                          "identity": "1" * 20}}))
-    board = build(tmp_path).set_index("dataset")
+    board = write_leaderboard(tmp_path).set_index("dataset")
     assert board.loc["image_folder@ffffffff", "mean"] == 1.0 and board.loc["image_folder@eeeeeeee", "mean"] == 4.0
     assert set(board["model"]) == {"SmallNet"}
 
@@ -126,7 +126,7 @@ def test_meta_runs_annotate_the_rows_of_their_own_checkpoint(tmp_path, cache_dir
     import json
     import shutil
 
-    from evalxai.leaderboard import build
+    from evalxai.leaderboard import write_leaderboard
     from evalxai.meta.run import run_meta
     from evalxai.pipeline import run_experiment
     from tests.test_cache_keys import checkpoint_cfg, tiny_checkpoint
@@ -155,7 +155,7 @@ def test_meta_runs_annotate_the_rows_of_their_own_checkpoint(tmp_path, cache_dir
     (old / "meta.json").write_text(json.dumps(meta))
     pd.read_csv(old / "meta.csv").assign(MC=0.0).to_csv(old / "meta.csv", index=False)
 
-    board = build(root)
+    board = write_leaderboard(root)
     rows = board[(board["metric"] == "sparseness") & (board["method"] == "gradient")].set_index("model")
     assert set(rows.index) == set(own)
     for label, mc in own.items():
@@ -169,7 +169,7 @@ def test_meta_runs_without_identities_match_a_name_of_one_identity(tmp_path):
     identity; a meta run of another identity matches nothing (and labels the score runs apart)."""
     import json
 
-    from evalxai.leaderboard import build
+    from evalxai.leaderboard import write_leaderboard
 
     run = tmp_path / "run"
     run.mkdir()
@@ -184,6 +184,6 @@ def test_meta_runs_without_identities_match_a_name_of_one_identity(tmp_path):
                      ).to_csv(tmp_path / name / "meta.csv", index=False)
         if info:
             (tmp_path / name / "meta.json").write_text(json.dumps(info))
-    row = build(tmp_path).iloc[0]
+    row = write_leaderboard(tmp_path).iloc[0]
     assert row["model"] == "lenet@aaaaaaaa" and row["dataset"] == "mnist"
     assert row["mc_model"] == 0.7 and row["mc_input"] == 0.7 and row["meta_runs"] == 1

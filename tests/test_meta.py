@@ -24,7 +24,7 @@ from evalxai.meta.perturbation import ModelNoise, PerturbationTest, perturb_inpu
 from evalxai.metrics import METRICS
 from evalxai.metrics.common import scalar_rows
 from evalxai.metrics.registry import register_metric
-from evalxai.report.agreement import agreement, disagreements, heatmap, tau_matrix
+from evalxai.report.agreement import disagreements, heatmap, metric_agreement, tau_matrix
 
 # ---------------------------------------------------------------- IAC / IEC / MC on known answers
 
@@ -280,7 +280,7 @@ def test_agreement_known_taus_and_per_sample_values():
     other = rng.normal(size=(30, 4))
     scores = _table({("m1", "x", "higher"): base, ("m2", "y", "lower"): -2 * base + 1,  # same ranking, oriented
                      ("m3", "z", "higher"): -base, ("m4", "w", "higher"): other}, methods)
-    table = agreement(scores, n_boot=200)
+    table = metric_agreement(scores, n_boot=200)
     get = table.set_index(["a", "b"])
     assert get.loc[("m1:x", "m2:y"), "tau"] == pytest.approx(1.0)
     assert get.loc[("m1:x", "m2:y"), "tau_sample"] == pytest.approx(1.0)
@@ -303,7 +303,7 @@ def test_agreement_heatmap(tmp_path):
     methods = ["a", "b", "c"]
     v = np.arange(12, dtype=float).reshape(4, 3)
     scores = _table({("m1", "m1", "higher"): v, ("m2", "m2", "lower"): v}, methods)
-    table = agreement(scores, n_boot=50)
+    table = metric_agreement(scores, n_boot=50)
     assert table["tau"].tolist() == [-1.0, -1.0]
     path = heatmap(table, tmp_path / "agreement.png")
     assert path.exists() and path.stat().st_size > 1000
@@ -313,7 +313,7 @@ def test_agreement_heatmap(tmp_path):
 
 
 def test_leaderboard_annotates_mc_and_lists_disagreeing_metrics(tmp_path):
-    from evalxai.leaderboard import build
+    from evalxai.leaderboard import write_leaderboard
 
     methods = ["lrp", "gradient", "random"]
     v = np.array([[3.0, 2.0, 1.0]] * 6) + np.random.default_rng(0).normal(0, 0.1, (6, 3))
@@ -325,7 +325,7 @@ def test_leaderboard_annotates_mc_and_lists_disagreeing_metrics(tmp_path):
     pd.DataFrame([{"dataset": "d", "model": "m", "metric": "pixel_flipping", "measure": "aopc_morf", "space": space,
                    "MC": mc, "MC_std": 0.01} for space, mc in (("model", 0.7), ("input", 0.6))]
                  ).to_csv(tmp_path / "meta" / "meta.csv", index=False)
-    board = build(tmp_path).set_index(["metric", "measure"])
+    board = write_leaderboard(tmp_path).set_index(["metric", "measure"])
     assert (board.loc[("pixel_flipping", "aopc_morf"), "mc_model"] == 0.7).all()
     assert (board.loc[("pixel_flipping", "aopc_morf"), "mc_input"] == 0.6).all()
     assert board.loc[("sparseness", "gini"), "mc_model"].isna().all()  # no meta run for it
@@ -344,7 +344,7 @@ def test_cli_run_writes_every_file_and_feeds_the_leaderboard(tmp_path, cache_dir
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from evalxai.leaderboard import build
+    from evalxai.leaderboard import write_leaderboard
     from evalxai.meta.run import run_meta
     from evalxai.pipeline import run_experiment
 
@@ -367,7 +367,7 @@ def test_cli_run_writes_every_file_and_feeds_the_leaderboard(tmp_path, cache_dir
     assert set(meta["space"]) == {"model", "input"} and meta["MC"].between(0, 1).all()
     assert "sparseness:gini" in (out / "meta.md").read_text()
     run_experiment(OmegaConf.to_container(plain, resolve=True), tmp_path / "sweep" / "run", progress=False)
-    board = build(tmp_path / "sweep")
+    board = write_leaderboard(tmp_path / "sweep")
     row = board[(board["metric"] == "sparseness")].iloc[0]
     expect = meta[(meta["metric"] == "sparseness") & (meta["space"] == "model")]["MC"].iloc[0]
     assert row["mc_model"] == pytest.approx(expect)

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from evalxai.report import bootstrap_ci
-from evalxai.report.stats import holm, leaderboard
+from evalxai.report.stats import holm, rank_methods
 
 
 def test_holm_known_values():
@@ -47,7 +47,7 @@ def synthetic(direction="higher"):
 
 @pytest.mark.parametrize("direction", ["higher", "lower"])
 def test_leaderboard_ranks_and_flags_differences(direction):
-    board = leaderboard(synthetic(direction)).set_index("method")
+    board = rank_methods(synthetic(direction)).set_index("method")
     assert {"method", "metric", "direction", "mean", "ci_low", "ci_high", "n", "rank"} <= set(board.reset_index())
     assert set(board.index[board["rank"] <= 2]) == {"winner", "twin"}  # equal means: either may rank first
     assert board.loc["worse", "rank"] == 3 and board.loc["random", "rank"] == 4
@@ -60,7 +60,7 @@ def test_leaderboard_ranks_and_flags_differences(direction):
 
 
 def test_leaderboard_files_and_report(tmp_path):
-    from evalxai.leaderboard import build
+    from evalxai.leaderboard import write_leaderboard
 
     for seed in (0, 1):
         run = tmp_path / f"sweep/{seed}"
@@ -68,7 +68,7 @@ def test_leaderboard_files_and_report(tmp_path):
         df = synthetic()
         df = df[df["seed"] == seed].assign(metric="pixel_flipping", measure="aopc_morf")
         df.to_parquet(run / "scores.parquet")
-    board = build(tmp_path)
+    board = write_leaderboard(tmp_path)
     for name in ("leaderboard.csv", "leaderboard.md", "leaderboard.png", "report.md", "report.html"):
         assert (tmp_path / name).stat().st_size > 0, name
     csv = pd.read_csv(tmp_path / "leaderboard.csv")

@@ -22,7 +22,7 @@ import torch
 from evalxai._io import atomic_path, write_json
 from evalxai.meta.evaluate import CRITERIA, meta_evaluate
 from evalxai.meta.perturbation import default_tests
-from evalxai.report.agreement import agreement, disagreements, heatmap, label
+from evalxai.report.agreement import disagreements, heatmap, label, metric_agreement
 
 log = logging.getLogger("evalxai")
 
@@ -145,7 +145,7 @@ def _run_meta(cfg: dict, out_dir: str | Path, progress: bool) -> Path:
     t0 = time.perf_counter()
     rows0 = res.unperturbed.assign(dataset=dataset.name, model=model_name, seed=seed,
                                    dataset_index=idx[res.unperturbed["sample"].to_numpy()])
-    agree = agreement(rows0, n_boot=int(settings["n_boot"]), seed=seed)
+    agree = metric_agreement(rows0, n_boot=int(settings["n_boot"]), seed=seed)
     _write_csv(agree, out / "agreement.csv")
     plots = out / "plots"
     plots.mkdir(exist_ok=True)

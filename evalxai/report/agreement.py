@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from evalxai._io import atomic_path
+
 GROUP = ["dataset", "model"]
 IMAGE = "dataset_index"
 
@@ -70,7 +72,7 @@ def _nanmean_w(w: np.ndarray, v: np.ndarray) -> np.ndarray:
         return np.tensordot(w, np.where(ok, v, 0.0), axes=(1, 0)) / np.tensordot(w, ok.astype(np.float64), axes=(1, 0))
 
 
-def agreement(scores: pd.DataFrame, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> pd.DataFrame:
+def metric_agreement(scores: pd.DataFrame, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> pd.DataFrame:
     """One row per (dataset, model, estimator a, estimator b), a != b (both orders): ``tau`` and ``tau_sample``
     with their bootstrap intervals (``*_low``, ``*_high``), ``n_images`` (images where both score every method)
     and ``n_methods``."""
@@ -136,12 +138,11 @@ def disagreements(table: pd.DataFrame) -> pd.DataFrame:
 
 def heatmap(table: pd.DataFrame, path: str | Path, value: str = "tau", title: str | None = None) -> Path | None:
     """A heatmap of the tau matrix (one panel per (dataset, model)), diverging colours in [-1, 1]."""
+    # lazy: matplotlib takes about a second to import, and the tau tables above are used without a picture
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from evalxai._io import atomic_path
 
     if table.empty:
         return None

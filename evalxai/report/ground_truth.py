@@ -31,6 +31,7 @@ import pandas as pd
 from evalxai._io import atomic_path, write_text
 from evalxai.metrics import METRICS
 from evalxai.metrics.registry import FAMILIES
+from evalxai.report.runs import gather
 from evalxai.report.stats import wilcoxon_p
 
 REFERENCE = "relevance_mass_accuracy:ratio"
@@ -226,8 +227,6 @@ def _md(df: pd.DataFrame, digits: int = 3) -> str:
 def build(root: str | Path, reference: str = REFERENCE, seed: int = 0,
           min_accuracy: float = MIN_ACCURACY) -> dict[str, pd.DataFrame]:
     """Write the ground-truth report files into ``root``; returns the tables."""
-    from evalxai.leaderboard import gather
-
     root = Path(root)
     scores, runs = gather(root)
     accuracy = pd.DataFrame([{"setting": setting_of(r), "model": (r.get("model") or {}).get("label")

@@ -38,7 +38,7 @@ def holm(pvalues) -> np.ndarray:
 
 def wilcoxon_p(a: np.ndarray, b: np.ndarray) -> float:
     """Two-sided Wilcoxon signed-rank p-value of paired values (NaN if fewer than 2 non-zero differences)."""
-    from scipy.stats import wilcoxon
+    from scipy.stats import wilcoxon  # lazy: scipy.stats takes about a second to import, only the tests need it
 
     d = a - b
     d = d[np.isfinite(d)]
@@ -51,7 +51,7 @@ def _better(mean_a: float, mean_b: float, direction: str) -> bool:
     return mean_a > mean_b if direction == "higher" else mean_a < mean_b
 
 
-def leaderboard(scores: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+def rank_methods(scores: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     """One row per (dataset, model, metric, measure, method) of the scalar rows: mean and std over the (seed,
     image) observations, cluster-bootstrap 95 % CI over images, n (observations), n_images, runs, model accuracy,
     rank (1 = best, by direction), and Holm-corrected image-paired Wilcoxon p-values against the best method and
