@@ -21,6 +21,8 @@ from tqdm.auto import tqdm
 
 import evalxai
 from evalxai._io import atomic_path, code_fingerprint, content_key, write_json
+from evalxai._validate import check_config
+from evalxai.binding import bind, unset_filled  # noqa: F401  (unset_filled: still imported from here by maximization)
 from evalxai.data import load_dataset, provides_masks
 from evalxai.methods import get_method
 from evalxai.methods.cache import EXPLAIN_CODE, attribution_key, cached
@@ -74,25 +76,18 @@ POOL_SIZE = 256  # train images (stratified, seed 0) given to metrics that take 
 def check_run(cfg: dict) -> tuple[list, list]:
     """(methods, metrics) of the run, every name known and every parameter accepted (else an error naming it); a
     metric that needs ground-truth masks on a dataset without them fails here, before any data are read."""
-    from evalxai.api import GROUND_TRUTH, _params, takes
-
     methods, metrics = method_list(cfg), metric_list(cfg)
     dcfg = dict(cfg.get("dataset") or {})
     for name, params in metrics:
         spec = get_metric(name)
-        given = sorted(k for k in GROUND_TRUTH if params.get(k) is not None)
-        if given:
-            raise ValueError(f"metric '{name}': {given} come from the dataset, not the config: drop them from "
-                             f"metrics.{name}")
-        _params({k: v for k, v in spec.defaults.items() if k not in GROUND_TRUTH},
-                {k: v for k, v in params.items() if k not in GROUND_TRUTH}, f"metric '{name}'")
-        if takes(spec, "masks") and not provides_masks(dcfg.get("name", ""), dcfg):
+        check_config(spec, params)
+        if "masks" in spec.needs and not provides_masks(dcfg.get("name", ""), dcfg):
             raise ValueError(f"metric '{name}' needs masks, and dataset={dcfg.get('name')} has none: use a dataset "
                              "with masks (dataset=xai_tris, dataset=decoy_mnist, or dataset=image_folder with "
                              "dataset.masks=DIR), or drop the metric")
     for name, params in methods:
         if "_target_" not in params:
-            _params(get_method(name).defaults, params, f"method '{name}'")
+            bind(get_method(name), params)
     clash = sorted({name for name, _ in methods} & {"x", "target", "dataset_index"})
     if cfg.get("save_attributions", False) and clash:
         raise ValueError(f"method names {clash} collide with the arrays of attributions.npz: rename them")
@@ -108,35 +103,21 @@ def _asks_for_mean(methods, metrics) -> bool:
                                                     for _, p in metrics)
 
 
-def unset_filled(params: dict, takes, values: dict) -> dict:
-    """``params`` with ``values[k]`` for every key k in ``takes`` that ``params`` leaves unset: absent or None (a
-    YAML null, an override to null); a value the config sets is kept. The one rule by which the dataset's ``low``,
-    ``high`` and ``mean`` reach every method, metric and prototype that takes them (and the scored method reaches a
-    re-explaining metric), whichever way the config was written."""
-    return {**params, **{k: v for k, v in values.items() if k in takes and params.get(k) is None}}
-
-
 def method_calls(methods: list[tuple[str, dict]], from_data: dict) -> list[tuple[str, object, dict]]:
     """(name, method, params) to call ``evalxai.explain`` with: a registered method gets the dataset's values
-    (``low``, ``high``, ``mean``) for the parameters it takes and the config leaves unset (``unset_filled``); a
-    foreign one (``_target_``) is passed as its mapping."""
+    (``low``, ``high``, ``mean``) for the parameters it takes and the config leaves unset (``evalxai.binding.bind``);
+    a foreign one (``_target_``) is passed as its mapping."""
     return [(name, overrides, {}) if "_target_" in overrides else
-            (name, name, unset_filled(overrides, get_method(name).defaults, from_data)) for name, overrides in methods]
+            (name, name, bind(get_method(name), overrides, data=from_data)) for name, overrides in methods]
 
 
 def metric_call(metric: str, mparams: dict, method, method_params: dict, from_data: dict,
                 ground: dict | None = None) -> dict:
-    """Parameters of one metric call: the dataset's ``mean`` / ``low`` / ``high`` and, for re-explaining metrics, the
-    method being scored with its parameters (unless the config names its own method), where the metric takes them
-    and the config leaves them unset (``unset_filled``); the masks / pool of ``ground`` where it takes them."""
-    from evalxai.api import takes
-
-    spec = get_metric(metric)
-    ground = ground or {}
-    mp = {k: v for k, v in mparams.items() if k not in ground}
-    mp.update({k: v for k, v in ground.items() if takes(spec, k)})
-    scored = {"method": method, "method_params": method_params} if mp.get("method") is None else {}
-    return unset_filled(mp, spec.defaults, {**from_data, **scored})
+    """Parameters of one metric call (``evalxai.binding.bind``): the config's, with the dataset's ``mean`` / ``low``
+    / ``high`` and, for a metric that needs ``method``, the method being scored with its parameters (unless the
+    config names its own method) where the metric takes them and the config leaves them unset; the masks / pool of
+    ``ground`` where the metric needs them."""
+    return bind(get_metric(metric), mparams, data=from_data, scored=(method, method_params), ground=ground)
 
 
 def metric_list(cfg: dict) -> list[tuple[str, dict]]:
@@ -231,13 +212,11 @@ def is_complete(out: Path, key: str) -> bool:
 
 def ground_truth_record(ground: dict, dataset, metrics) -> dict:
     """run.json's account of the ground truth a run used: masks (what they mark, mean relevant pixels), pool size."""
-    from evalxai.api import takes
-
     masks = ground.get("masks")
     return {"masks": masks is not None, "mask_meta": dict(dataset.mask_meta) if masks is not None else None,
             "relevant_pixels_mean": None if masks is None else float(masks.sum((1, 2)).double().mean()),
             "pool": len(ground["pool"][1]) if "pool" in ground else None,
-            "metrics": sorted({m for m, _ in metrics if any(takes(get_metric(m), k) for k in ground)})}
+            "metrics": sorted({m for m, _ in metrics if set(get_metric(m).needs) & set(ground)})}
 
 
 @dataclass
@@ -262,8 +241,6 @@ def prepare(cfg: dict, methods, metrics, seed: int, progress: bool = True, timin
             dataset=None) -> Setup:
     """Load the dataset (unless given) and the model (trained once, cached), draw the fixed test sample and its
     targets (``target=predicted`` or the labels), and read what the run's methods and metrics take from the data."""
-    from evalxai.api import takes
-
     timings = {} if timings is None else timings
     cache_dir = cfg.get("cache_dir")
     if dataset is None:
@@ -291,12 +268,12 @@ def prepare(cfg: dict, methods, metrics, seed: int, progress: bool = True, timin
     mean = dataset.mean_image() if _asks_for_mean(methods, metrics) else None
     from_data = {"low": dataset.low, "high": dataset.high, "mean": mean}
     ground = {}
-    if any(takes(get_metric(m), "masks") for m, _ in metrics):
+    if any("masks" in get_metric(m).needs for m, _ in metrics):
         if not dataset.has_masks:
             raise ValueError(f"dataset {dataset.name} carries no masks, but metrics {[m for m, _ in metrics]} include "
                              "one that needs them")
         ground["masks"] = dataset.test_masks(idx).to(device)
-    if any(takes(get_metric(m), "pool") for m, _ in metrics):
+    if any("pool" in get_metric(m).needs for m, _ in metrics):
         ground["pool"] = tuple(t.to(device) for t in dataset.pool(POOL_SIZE, seed=0))
     return Setup(dataset, model, model_info, idx, x, labels, target, mean, from_data, ground, device)
 

@@ -1,9 +1,29 @@
-"""Target-class scores of a model in logit, softmax or log-softmax space, for batches and stacks of inputs."""
+"""A model's outputs: how many there are, and target-class scores in logit, softmax or log-softmax space, for batches
+and stacks of inputs."""
 from __future__ import annotations
+
+import weakref
 
 import torch
 
+from evalxai.memory import images_per_chunk
+
 SCORE_SPACES = ("logit", "softmax", "log_softmax")
+_NUM_CLASSES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def num_classes(model, x: torch.Tensor) -> int:
+    """Number of model outputs: one forward of one sample, remembered per model. Call it with the model in eval mode
+    (``evalxai.methods.guard.frozen``; metrics run inside ``evalxai.score``'s)."""
+    n = _NUM_CLASSES.get(model)
+    if n is None:
+        with torch.no_grad():
+            out = model(x[:1])
+        if not isinstance(out, torch.Tensor) or out.dim() != 2:
+            raise ValueError("the model must return a logits tensor of shape (N, classes)")
+        n = out.shape[1]
+        _NUM_CLASSES[model] = n
+    return n
 
 
 def check_score_space(space: str) -> str:
@@ -26,8 +46,6 @@ def batched_scores(model, xs: torch.Tensor, target: torch.Tensor, space: str, ba
                    ) -> torch.Tensor:
     """Scores for a stack of inputs (S, N, ...) -> (S, N), forwarding as many images at a time as the memory
     budget allows (``batch_size``: at most that many)."""
-    from evalxai.memory import images_per_chunk
-
     s, n = xs.shape[:2]
     flat = xs.reshape(s * n, *xs.shape[2:])
     batch_size = images_per_chunk(model, flat, "forward", batch_size, "scoring perturbed inputs")

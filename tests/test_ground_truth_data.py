@@ -243,7 +243,8 @@ def test_score_mask_errors_name_the_fix(fake_metrics):
     model = _cnn()
     x, t = torch.rand(3, 1, 8, 8, dtype=torch.float64), torch.zeros(3, dtype=torch.long)
     r = torch.rand_like(x)
-    with pytest.raises(ValueError, match="metric '_test_mask_share' needs masks: use a dataset with masks"):
+    with pytest.raises(ValueError, match="metric '_test_mask_share' needs ground-truth masks: pass masks=.*or run on "
+                                         "a dataset with masks"):
         evalxai.score(model, x, t, r, metric="_test_mask_share")
     with pytest.raises(ValueError, match="must be bool.*masks != 0"):
         evalxai.score(model, x, t, r, metric="_test_mask_share", masks=torch.ones(3, 8, 8))

@@ -289,7 +289,7 @@ def test_masks_are_required_and_checked():
     for metric in MASKED:
         with pytest.raises(ValueError, match=f"'{metric}' needs ground-truth masks: pass masks="):
             values(metric, r, None)
-    with pytest.raises(ValueError, match=r"expected \(6, 8, 8\)"):
+    with pytest.raises(ValueError, match=r"expected \(N, H, W\) = \(6, 8, 8\)"):
         values("pointing_game", r, m[:, :4])
     with pytest.raises(ValueError, match="binarise"):
         values("relevance_mass_accuracy", r, m.double() * 0.5)
@@ -408,7 +408,7 @@ def test_focus_known_answers_batch_independence_and_full_size():
 def test_focus_needs_a_pool_and_a_method():
     (images, labels), x, t = pool_and_data()
     model = cnn_focus(1)
-    with pytest.raises(ValueError, match=r"'focus' needs pool=\(images, labels\)"):
+    with pytest.raises(ValueError, match=r"'focus' needs a pool of images: pass pool=\(images, labels\)"):
         get_metric("focus").fn(model, x, t, x, method="gradient")
     with pytest.raises(ValueError, match=r"'focus' needs a pool.*pool=\(images, labels\)"):
         evalxai.score(model, x, t, x, metric="focus", method="gradient")

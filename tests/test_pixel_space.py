@@ -11,7 +11,6 @@ from torch import nn
 
 import evalxai
 import evalxai.seeding
-from evalxai.api import takes
 from evalxai.configs import CONF as CONFIGS
 from evalxai.methods import get_method
 from evalxai.metrics import METRICS, get_metric
@@ -149,9 +148,9 @@ def _score(setup, metric, params, target, attributions, masks):
     kw.update({k: v for k, v in setup["data"].items() if k in spec.defaults})
     if "method" in spec.defaults:
         kw["method"] = setup["method"]
-    if takes(spec, "masks"):
+    if "masks" in spec.needs:
         kw["masks"] = masks
-    if takes(spec, "pool"):
+    if "pool" in spec.needs:
         kw["pool"] = setup["pool"]
     return evalxai.score(setup["model"], setup["x"], target, attributions, metric=metric, **kw)
 
@@ -191,17 +190,22 @@ def _config(group: str, name: str, how: str, takes) -> dict:
 
 @pytest.mark.parametrize("how", ["yaml", "absent", "null"])
 def test_dataset_values_reach_every_metric_and_method_that_takes_them(how):
-    """The one rule (pipeline.metric_call / method_calls, also the meta-evaluation's path): a parameter the dataset
-    defines (low, high, mean) that the config leaves unset, absent or null, is the dataset's value; so is the method
-    a re-explaining metric calls."""
+    """The one rule (evalxai.binding.bind, through pipeline.metric_call / method_calls, also the meta-evaluation's
+    path): a parameter the dataset defines (low, high, mean) that the config leaves unset, absent or null, is the
+    dataset's value; so is the method a re-explaining metric calls; the run's masks and pool reach exactly the
+    metrics that need them."""
     method_params = {"baseline": "zero", "low": FROM_DATA["low"]}
+    ground = {"masks": object(), "pool": object()}
     for name in sorted(METRICS):
-        takes = get_metric(name).defaults
-        mp = metric_call(name, _config("metric", name, how, takes), "integrated_gradients", method_params, FROM_DATA)
+        spec = get_metric(name)
+        takes = spec.defaults
+        mp = metric_call(name, _config("metric", name, how, takes), "integrated_gradients", method_params, FROM_DATA,
+                         ground)
         for k in DATA_PARAMS:
             assert k not in takes or mp[k] is FROM_DATA[k], (name, k, mp.get(k))
         if "method" in takes:
             assert mp["method"] == "integrated_gradients" and mp["method_params"] is method_params, name
+        assert {k for k in ground if mp.get(k) is ground[k]} == set(spec.needs) & set(ground), name
     names = sorted(p.stem for p in (CONF / "method").glob("*.yaml"))
     calls = method_calls([(n, _config("method", n, how, get_method(n).defaults)) for n in names], FROM_DATA)
     for n, _, params in calls:

@@ -6,6 +6,8 @@ import pandas as pd
 import torch
 from torch import nn
 
+from evalxai._validate import require_method
+from evalxai.binding import resolve_method
 from evalxai.memory import chunked, images_per_chunk
 from evalxai.scoring import SCORE_SPACES, batched_scores, check_score_space, target_scores  # noqa: F401
 
@@ -21,11 +23,7 @@ def scalar_rows(values, measure: str, **extra) -> pd.DataFrame:
 
 def explainer(method, method_params: dict | None, metric: str):
     """``f(model, x, target) -> Tensor`` for the method a re-explaining metric calls (a name, callable or mapping)."""
-    from evalxai.api import resolve_method
-
-    if method is None:
-        raise ValueError(f"metric '{metric}' re-explains perturbed inputs: give method=<name or callable> "
-                         "(the pipeline passes the method being scored)")
+    require_method(method, metric)
     return resolve_method(method, dict(method_params or {}))
 
 

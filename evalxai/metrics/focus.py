@@ -8,27 +8,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from evalxai._validate import check_pool
 from evalxai.metrics.common import explain_stack, explainer, scalar_rows
 from evalxai.metrics.registry import register_metric
 from evalxai.scoring import require_images
 from evalxai.seeding import sample_generators
-
-
-def check_pool(pool, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``pool`` = (images (P, C, H, W), labels (P,)) on x's device and dtype, or a one-line error with the fix."""
-    if pool is None:
-        raise ValueError("metric 'focus' needs pool=(images, labels): candidate mosaic tiles in model space with int "
-                         "labels (the pipeline takes them from the train split; API users pass them)")
-    if not isinstance(pool, (tuple, list)) or len(pool) != 2:
-        raise ValueError(f"pool of metric 'focus' must be a pair (images, labels), got {type(pool).__name__}")
-    images, labels = torch.as_tensor(pool[0]), torch.as_tensor(pool[1])
-    if images.dim() != 4 or images.shape[1:] != x.shape[1:]:
-        raise ValueError(f"pool images of metric 'focus' have shape {tuple(images.shape)}, expected (P, "
-                         f"{', '.join(map(str, x.shape[1:]))}) like the inputs")
-    if labels.shape != (len(images),) or labels.is_floating_point():
-        raise ValueError(f"pool labels of metric 'focus' must be an int tensor of shape ({len(images)},), got "
-                         f"{labels.dtype} {tuple(labels.shape)}")
-    return images.to(device=x.device, dtype=x.dtype), labels.long().to(x.device)
 
 
 def mosaic_plan(x: torch.Tensor, target: torch.Tensor, labels: torch.Tensor, seed: int):
@@ -106,7 +90,7 @@ def focus(model, x, target, attributions, pool=None, method=None, method_params=
     ``attributions`` (of the sample alone) are not used. NaN: no positive relevance on the mosaic (Quantus adds
     1e-9 to the denominator and returns 0). Higher is better."""
     require_images(x, "focus")
-    images, labels = check_pool(pool, x)
+    images, labels = check_pool(pool, x, "focus")
     fn = explainer(method, method_params, "focus")
     tiles, is_target = mosaic_plan(x, target, labels, seed)
     mosaics = build_mosaics(x, images, tiles, bool(full_size))

@@ -23,30 +23,9 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from evalxai._validate import check_masks
 from evalxai.metrics.common import UNSET, scalar_rows
 from evalxai.metrics.registry import register_metric
-from evalxai.scoring import require_images
-
-
-def check_masks(masks, x: torch.Tensor, metric: str) -> torch.Tensor:
-    """``masks`` as a bool tensor (N, H, W) on x's device, or a one-line error naming the metric and the fix."""
-    if masks is None:
-        raise ValueError(f"metric '{metric}' needs ground-truth masks: pass masks=<bool tensor (N, H, W)> "
-                         "(evalxai.score(..., masks=m); the pipeline passes the dataset's masks_test)")
-    require_images(x, metric)
-    m = torch.as_tensor(masks, device=x.device)
-    if m.dim() == 4 and m.shape[1] == 1:
-        m = m[:, 0]
-    want = (len(x), *x.shape[-2:])
-    if tuple(m.shape) != want:
-        raise ValueError(f"masks of metric '{metric}' have shape {tuple(m.shape)}, expected {want} "
-                         "(one (H, W) mask per sample of x)")
-    if m.dtype != torch.bool:
-        if m.is_floating_point() and not bool(((m == 0) | (m == 1)).all()):
-            raise ValueError(f"masks of metric '{metric}' hold values other than 0 and 1: binarise them "
-                             "(e.g. masks > 0.5)")
-        m = m != 0
-    return m
 
 
 def channel_sum(attributions: torch.Tensor) -> torch.Tensor:
@@ -126,7 +105,7 @@ def pointing_game(model, x, target, attributions, masks=None, tolerance=0):
     expected value under random tie-breaking), so a constant or all-zero map scores |dilate(M)| / (H W), chance
     level. NaN: empty mask. Higher is better. Quantus 0.6 counts a hit if any tied maximum is in the mask, has no
     tolerance, and scores an empty mask 1 (its NaN is written into a bool array)."""
-    m = check_masks(masks, x, "pointing_game")
+    m = check_masks(masks, x, "pointing_game", numbers=True)
     if tolerance < 0:
         raise ValueError(f"tolerance={tolerance} of metric 'pointing_game' must be >= 0 (pixels)")
     r = channel_sum(attributions).flatten(1)
@@ -146,7 +125,7 @@ def attribution_localisation(model, x, target, attributions, masks=None, max_siz
     multiplies by |M| / x_batch[2:].size instead (a size that depends on the batch) and takes |R| by default.
     NaN: empty mask, no positive relevance, or a mask larger than ``max_size`` of the image (Quantus's parameter;
     1.0 keeps all). Higher is better."""
-    m = check_masks(masks, x, "attribution_localisation")
+    m = check_masks(masks, x, "attribution_localisation", numbers=True)
     if not 0 < max_size <= 1:
         raise ValueError(f"max_size={max_size} of metric 'attribution_localisation' must be in (0, 1]")
     r = channel_sum(attributions)
@@ -174,7 +153,7 @@ def top_k_intersection(model, x, target, attributions, masks=None, k=0.02, conce
     exceeds a 28 x 28 image). ``concept_influence``: tki * (H W) / |M| (chance level = 1), as in Quantus. Ties at
     the k-th value count by their expected share: a constant map scores |M| / (H W). NaN: empty mask. Higher is
     better."""
-    m = check_masks(masks, x, "top_k_intersection")
+    m = check_masks(masks, x, "top_k_intersection", numbers=True)
     hw = m[0].numel()
     kk = _k_pixels(k, hw)
     r = channel_sum(attributions).flatten(1)
@@ -200,7 +179,7 @@ def relevance_mass_accuracy(model, x, target, attributions, masks=None):
     RMA = sum_{M} r+ / sum r+ with r = sum_c R_c (the paper's sum pooling; negative relevance is evidence against
     the class and is left out). Quantus 0.6 divides the raw sums (after its own normalisation). NaN: empty mask or no
     positive relevance. Higher is better."""
-    m = check_masks(masks, x, "relevance_mass_accuracy")
+    m = check_masks(masks, x, "relevance_mass_accuracy", numbers=True)
     rma = _share(channel_sum(attributions), m)
     return scalar_rows(_nan_where(rma, ~m.flatten(1).any(1)), "ratio")
 
@@ -211,7 +190,7 @@ def relevance_rank_accuracy(model, x, target, attributions, masks=None):
 
     RRA = |top-K(r) ∩ M| / K with r = sum_c R_c. Ties at the K-th value count by their expected share, so a
     constant map scores |M| / (H W). NaN: empty mask. Higher is better."""
-    m = check_masks(masks, x, "relevance_rank_accuracy")
+    m = check_masks(masks, x, "relevance_rank_accuracy", numbers=True)
     mf = m.flatten(1)
     size = mf.sum(1)
     hits = expected_top_k_hits(channel_sum(attributions).flatten(1), mf, size)
@@ -247,7 +226,7 @@ def localisation_auc(model, x, target, attributions, masks=None):
     The probability that a random mask pixel outranks a random pixel outside it (ties count 1/2), exact and batched
     (equal to sklearn.metrics.roc_auc_score). Perfect map 1, inverted 0, constant 0.5. NaN: a mask that is empty or
     covers the whole image. Higher is better."""
-    m = check_masks(masks, x, "localisation_auc")
+    m = check_masks(masks, x, "localisation_auc", numbers=True)
     return scalar_rows(roc_auc(channel_sum(attributions).flatten(1), m.flatten(1)), "auc")
 
 
@@ -259,7 +238,7 @@ def energy_pointing_game(model, x, target, attributions, masks=None, bbox=True):
     boxes; ``false`` uses the mask itself, then E equals attribution_localisation's ratio). The paper's maps are
     non-negative CAMs; r+ plays that role for signed maps. NaN: empty mask or no positive relevance. Higher is
     better."""
-    m = check_masks(masks, x, "energy_pointing_game")
+    m = check_masks(masks, x, "energy_pointing_game", numbers=True)
     region = bounding_box(m) if bbox else m
     e = _share(channel_sum(attributions), region)
     return scalar_rows(_nan_where(e, ~m.flatten(1).any(1)), "energy")
@@ -272,7 +251,7 @@ def xai_tris_precision(model, x, target, attributions, masks=None):
     P = |top-n(a) ∩ M| / n with a = sum_c |R_c| and n = |M|; as in the paper's code only non-zero pixels are
     selected (a map with fewer than n non-zero pixels selects those, and a zero map scores 0). Ties at the n-th
     value count by their expected share (the code takes argpartition's order). NaN: empty mask. Higher is better."""
-    m = check_masks(masks, x, "xai_tris_precision")
+    m = check_masks(masks, x, "xai_tris_precision", numbers=True)
     a = abs_channel_sum(attributions).flatten(1)
     mf = m.flatten(1)
     n = mf.sum(1)
@@ -345,7 +324,7 @@ def xai_tris_emd(model, x, target, attributions, masks=None, grid=16):
     16 x 16 blocks of 4 px, error <= 4.3 px / D_max; raise ``grid`` for an exact 64 x 64 answer at seconds per map).
     D_max = sqrt((H - 1)^2 + (W - 1)^2), the largest distance between two pixels, as the paper defines it (its code
     divides by sqrt(2 H W), slightly larger). NaN: empty mask or an all-zero map. Higher is better."""
-    m = check_masks(masks, x, "xai_tris_emd")
+    m = check_masks(masks, x, "xai_tris_emd", numbers=True)
     if int(grid) < 1:
         raise ValueError(f"grid={grid} of metric 'xai_tris_emd' must be >= 1 (blocks per side)")
     a = abs_channel_sum(attributions).cpu().numpy()

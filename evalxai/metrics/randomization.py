@@ -24,6 +24,7 @@ from torch import nn
 
 from evalxai.metrics.common import UNSET, explain_stack, explainer, scalar_rows
 from evalxai.metrics.registry import register_metric
+from evalxai.scoring import num_classes
 from evalxai.seeding import per_sample_noise, sample_generators
 
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -244,8 +245,6 @@ def random_logit(model, x, target, attributions, similarity="ssim", window=7, se
     ignores the explained class is a poor explanation of that class. NaN policy: SSIM of two maps with no range
     (both one constant), Spearman of a constant map. Invariant to positive rescaling. Cost: one explain per sample.
     """
-    from evalxai.api import num_classes
-
     if similarity not in SIMILARITIES:
         raise ValueError(f"similarity='{similarity}' must be one of {list(SIMILARITIES)} (metric 'random_logit')")
     if similarity == "ssim" and x.dim() != 4:

@@ -1,0 +1,169 @@
+"""Every check of what a method or metric call is given, in one place; each error is one line naming the value and
+the fix. Used by ``evalxai.explain`` / ``evalxai.score`` (``evalxai.api``), the binding of configs and data to calls
+(``evalxai.binding``, ``evalxai.pipeline``) and the metrics that validate their own inputs (masks, pool, method).
+
+What a metric needs besides x is declared by its registration (``MetricSpec.needs``): the data ``masks`` and
+``pool`` (``DATA_NEEDS``, never config fields) and the ``method`` being scored.
+"""
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+import torch
+from torch import nn
+
+from evalxai.methods.guard import frozen
+from evalxai.scoring import num_classes, require_images
+
+DATA_NEEDS = ("masks", "pool")  # what a metric may need from the data besides x: never a config field
+_FINITE_LOGITS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _bad_samples(t: torch.Tensor) -> list[int]:
+    return torch.nonzero(~torch.isfinite(t.reshape(len(t), -1)).all(1)).flatten().tolist()
+
+
+def check_finite(t: torch.Tensor, what: str) -> None:
+    """Raise naming the samples whose ``what`` holds NaN or inf."""
+    bad = _bad_samples(t)
+    if bad:
+        raise ValueError(f"{what} hold NaN or inf for samples {bad[:20]}{' ...' if len(bad) > 20 else ''}: "
+                         "clean the inputs or check the model and method parameters")
+
+
+def check_inputs(model: nn.Module, x: torch.Tensor, target) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate (x, target): shapes, dtypes, finiteness, target range; returns target as int64 (N,)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 2 or len(x) == 0:
+        raise ValueError("x must be a non-empty float tensor of shape (N, C, H, W) or (N, D)")
+    p = next(model.parameters(), None)
+    if p is not None and p.dtype != x.dtype:
+        raise TypeError(f"x is {x.dtype} but the model is {p.dtype}: convert one of them (x.to({p.dtype}))")
+    check_finite(x, "inputs")
+    target = torch.as_tensor(target)
+    if target.dim() == 0:
+        target = target.expand(len(x))
+    if target.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8) or target.shape != (len(x),):
+        raise ValueError(f"target must be an int tensor of shape ({len(x)},), got {target.dtype} {tuple(target.shape)}")
+    with frozen(model, warn_train=False):
+        c = num_classes(model, x)
+    out_of_range = torch.nonzero((target < 0) | (target >= c)).flatten().tolist()
+    if out_of_range:
+        raise ValueError(f"targets of samples {out_of_range[:20]} are outside [0, {c - 1}]: the model has {c} outputs")
+    return x, target.long().to(x.device)
+
+
+def check_attributions(attributions, x: torch.Tensor) -> None:
+    """Attributions to score: a finite tensor shaped like x."""
+    if not isinstance(attributions, torch.Tensor) or attributions.shape != x.shape:
+        raise ValueError(f"attributions must have the shape of x {tuple(x.shape)}, got "
+                         f"{tuple(getattr(attributions, 'shape', ()))}")
+    check_finite(attributions, "attributions")
+
+
+def check_logits(model: nn.Module, x: torch.Tensor) -> None:
+    """Raise naming the samples whose logits are NaN or inf: metrics compare scores, and a NaN logit would poison
+    every curve. The answer is remembered for this very ``x`` (same object, unmodified) and unchanged parameters
+    and buffers, so scoring one batch with several metrics makes this forward once."""
+    state = (x._version, tuple((id(t), t._version) for t in (*model.parameters(), *model.buffers())))
+    seen = _FINITE_LOGITS.get(model)
+    if seen is not None and seen[0]() is x and seen[1] == state:
+        return
+    with frozen(model, warn_train=False), torch.no_grad():
+        check_finite(model(x), "logits")
+    _FINITE_LOGITS[model] = (weakref.ref(x), state)
+
+
+def check_params(defaults: dict, overrides: dict, what: str) -> dict:
+    """``defaults`` updated by ``overrides``, or an error naming the parameters ``what`` does not have."""
+    unknown = set(overrides) - set(defaults)
+    if unknown:
+        raise TypeError(f"{what} has no parameter {sorted(unknown)}: it takes {sorted(defaults)}")
+    return {**defaults, **overrides}
+
+
+def check_config(spec, params: dict) -> None:
+    """A config's parameters of a metric: no data (masks, pool: they come from the dataset), none it does not take."""
+    given = sorted(k for k in DATA_NEEDS if params.get(k) is not None)
+    if given:
+        raise ValueError(f"metric '{spec.name}': {given} come from the dataset, not the config: drop them from "
+                         f"metrics.{spec.name}")
+    check_params(spec.defaults, {k: v for k, v in params.items() if k not in DATA_NEEDS}, f"metric '{spec.name}'")
+
+
+def check_needs(spec, given: dict) -> None:
+    """Raise unless ``given`` holds (not None) exactly the data the metric needs: masks, pool (``spec.needs``)."""
+    metric = spec.name
+    for need in DATA_NEEDS:
+        if need in spec.needs and given.get(need) is None:
+            raise ValueError(MISSING[need].format(metric=metric))
+        if need not in spec.needs and given.get(need) is not None:
+            raise ValueError(NOT_TAKEN[need].format(metric=metric))
+
+
+MISSING = {
+    "masks": "metric '{metric}' needs ground-truth masks: pass masks=<bool tensor (N, H, W)> to evalxai.score, or run "
+             "on a dataset with masks (xai_tris, decoy_mnist, image_folder with masks=DIR)",
+    "pool": "metric '{metric}' needs a pool of images: pass pool=(images, labels) to evalxai.score, images in the "
+            "model's input space with int labels (the pipeline draws them from the dataset's train split)",
+}
+NOT_TAKEN = {
+    "masks": "metric '{metric}' takes no masks (it does not use ground truth): drop masks=, or choose a localisation "
+             "metric",
+    "pool": "metric '{metric}' takes no pool of images: drop pool=",
+}
+
+
+def require_method(method, metric: str) -> None:
+    """A metric that re-explains needs the method to call."""
+    if method is None:
+        raise ValueError(f"metric '{metric}' re-explains perturbed inputs: give method=<name or callable> "
+                         "(the pipeline passes the method being scored)")
+
+
+def check_masks(masks, x: torch.Tensor, metric: str, numbers: bool = False) -> torch.Tensor:
+    """Ground-truth masks as a bool tensor (N, H, W) on x's device, or an error saying how to fix them.
+
+    ``evalxai.score`` asks for bool masks; a metric function called directly also takes numbers (``numbers``, as
+    Quantus's ``s_batch``): integers count where nonzero, floats must be 0 or 1."""
+    if masks is None:
+        raise ValueError(MISSING["masks"].format(metric=metric))
+    require_images(x, f"metric '{metric}'")
+    want = (len(x), *x.shape[2:])
+    if not isinstance(masks, torch.Tensor):
+        try:
+            masks = torch.from_numpy(np.asarray(masks))
+        except (TypeError, ValueError):
+            raise TypeError(f"metric '{metric}': masks must be a bool tensor of shape {want}, got "
+                            f"{type(masks).__name__}") from None
+    if masks.dim() == 4 and masks.shape[1] == 1:
+        masks = masks[:, 0]
+    if tuple(masks.shape) != want:
+        raise ValueError(f"metric '{metric}': masks have shape {tuple(masks.shape)}; expected (N, H, W) = {want}, one "
+                         "mask per sample of x with the image's height and width")
+    if masks.dtype != torch.bool:
+        if not numbers:
+            raise ValueError(f"metric '{metric}': masks are {masks.dtype}; they must be bool (True = relevant pixel): "
+                             "pass masks != 0 (or masks > threshold)")
+        if masks.is_floating_point() and not bool(((masks == 0) | (masks == 1)).all()):
+            raise ValueError(f"metric '{metric}': masks hold values other than 0 and 1: binarise them (e.g. masks > "
+                             "0.5)")
+        masks = masks != 0
+    return masks.to(x.device)
+
+
+def check_pool(pool, x: torch.Tensor, metric: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A pool of images ``(images (M, *x.shape[1:]), labels (M,) int)``, on x's device and dtype, or an error."""
+    if pool is None:
+        raise ValueError(MISSING["pool"].format(metric=metric))
+    ok = isinstance(pool, (tuple, list)) and len(pool) == 2 and all(isinstance(t, torch.Tensor) for t in pool)
+    if ok:
+        images, labels = pool
+        ok = (images.shape[1:] == x.shape[1:] and labels.shape == (len(images),) and len(images) > 0
+              and not labels.is_floating_point())
+    if not ok:
+        raise ValueError(f"metric '{metric}': pool must be a pair (images (M, {', '.join(map(str, x.shape[1:]))}), "
+                         "labels (M,) int) of images in the model's input space, e.g. a sample of the train split")
+    return images.to(device=x.device, dtype=x.dtype), labels.long().to(x.device)
