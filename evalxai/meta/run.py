@@ -20,9 +20,14 @@ import pandas as pd
 import torch
 
 from evalxai._io import atomic_path, write_json
+from evalxai._validate import DATA_NEEDS
+from evalxai.memory import run_scope
 from evalxai.meta.evaluate import CRITERIA, meta_evaluate
 from evalxai.meta.perturbation import default_tests
+from evalxai.metrics import get_metric
+from evalxai.pipeline import check_run, dataset_record, explain_cached, method_calls, prepare, writable_dir
 from evalxai.report.agreement import disagreements, heatmap, label, metric_agreement
+from evalxai.report.document import write_report
 
 log = logging.getLogger("evalxai")
 
@@ -91,23 +96,16 @@ def mc_table(summary: pd.DataFrame) -> pd.DataFrame:
 
 def run_meta(cfg: dict, out_dir: str | Path, progress: bool = True) -> Path:
     """Run the meta-evaluation of the experiment ``cfg`` into ``out_dir``; returns the folder."""
-    from evalxai.memory import run_scope
-
     with run_scope(cfg.get("memory_budget"), progress):
         return _run_meta(cfg, out_dir, progress)
 
 
 def _run_meta(cfg: dict, out_dir: str | Path, progress: bool) -> Path:
-    from evalxai.api import GROUND_TRUTH, takes
-    from evalxai.metrics import get_metric
-    from evalxai.pipeline import check_run, dataset_record, explain_cached, method_calls, prepare, writable_dir
-    from evalxai.report.document import write_report
-
     t_start = time.perf_counter()
     out = writable_dir(out_dir)
     settings = meta_settings(cfg)
     methods, metrics = check_run(cfg)
-    with_data = sorted(m for m, _ in metrics if any(takes(get_metric(m), k) for k in GROUND_TRUTH))
+    with_data = sorted(m for m, _ in metrics if set(get_metric(m).needs) & set(DATA_NEEDS))
     if with_data:
         raise ValueError(f"metrics {with_data} take masks or a pool of images, which the meta-evaluation does not "
                          "carry through its perturbations yet: drop them from the meta run (metrics=...)")
