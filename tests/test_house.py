@@ -11,16 +11,6 @@ _spec = importlib.util.spec_from_file_location("import_graph", TOOL)
 house = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(house)
 
-# Modules being reworked in the same round (the methods package and its graph toolkit; metrics, their registry and
-# the binding layer of api / pipeline / configs / docs / report.ground_truth). Circles through them are listed by
-# test_no_import_circles (not strict until that work lands); every other module is held to no circles now.
-IN_REWORK = ("evalxai.methods", "evalxai.metrics", "evalxai.api", "evalxai.pipeline", "evalxai.configs",
-             "evalxai.docs", "evalxai.report.ground_truth")
-
-
-def _in_rework(module: str) -> bool:
-    return any(module == m or module.startswith(m + ".") for m in IN_REWORK)
-
 
 @pytest.fixture(scope="module")
 def graph():
@@ -54,18 +44,6 @@ def test_the_graph_sees_every_kind_of_import(tmp_path):
     assert house.hidden_submodules(tmp_path) == ["evalxai.sub.e (line 1) hides the submodule evalxai.sub.e"]
 
 
-def test_no_import_circles_outside_the_modules_in_rework(graph):
-    """Strict: without the modules in rework, the graph has no circle (bench, data, maximization, report,
-    leaderboard, models, generators, meta, the top-level modules)."""
-    edges, detail = graph
-    kept = {m: {t for t in ts if not _in_rework(t)} for m, ts in edges.items() if not _in_rework(m)}
-    found = house.describe_cycles(kept, detail)
-    assert not found, "import circles:\n" + "\n".join(found)
-
-
-@pytest.mark.xfail(strict=False, reason="remaining circles, all through modules in rework (methods/metrics work): "
-                   "evalxai.api -> evalxai.metrics (inside score) -> every metric module -> evalxai.metrics.common "
-                   "-> evalxai.api (inside a function), and evalxai.metrics.randomization -> evalxai.api")
 def test_no_import_circles(graph):
     """No circle anywhere in evalxai, module- and function-level imports alike."""
     edges, detail = graph
