@@ -38,6 +38,7 @@ def write_all(conf: Path = CONF) -> list[Path]:
             path = conf / group / f"{name}.yaml"
             text = render(name, spec.fn, spec.defaults)
             if not path.exists() or yaml.safe_load(path.read_text()) != yaml.safe_load(text):
+                path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(text)
                 written.append(path)
     return written

@@ -1,12 +1,17 @@
-"""Registries equal config names: every conf/method and conf/metric file mirrors its registry entry."""
+"""Registries equal config names: every conf/method, conf/metric, conf/dataset and conf/model file mirrors its
+registry entry (methods.METHODS, metrics.METRICS, data.DATASETS, models.MODELS)."""
+import inspect
 
 import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 
 from evalxai.configs import CONF as CONFIGS
+from evalxai.configs import write_all
+from evalxai.data import DATASETS
 from evalxai.methods import METHODS
 from evalxai.metrics import METRICS
+from evalxai.models import MODELS
 
 CONF = CONFIGS
 
@@ -32,3 +37,50 @@ def test_experiments_compose(experiment):
     assert cfg.name == experiment
     assert all(m in METHODS for m in cfg.methods)
     assert all(m in METRICS for m in cfg.metrics)
+
+
+# ---------------------------------------------------------------- datasets and models: registry == conf/
+
+# conf/model files that name no zoo class, with the reason
+MODEL_EXCEPTIONS = {"custom": "the user's own class, built from its _target_ by evalxai.models.custom, not a zoo model"}
+
+
+def _plain_default(v):
+    return list(v) if isinstance(v, tuple) else v
+
+
+def test_every_dataset_config_is_a_registered_loader_with_its_fields_and_defaults():
+    """conf/dataset/<name>.yaml <-> evalxai.data.DATASETS[name]: the same names both ways (no exceptions), and each
+    file lists exactly the loader's fields (less cache_dir) with the loader's defaults."""
+    files = {p.stem: yaml.safe_load(p.read_text()) for p in (CONF / "dataset").glob("*.yaml")}
+    assert set(files) == set(DATASETS)
+    for name, cfg in files.items():
+        assert cfg.pop("name") == name
+        fields = {k: _plain_default(p.default) for k, p in inspect.signature(DATASETS[name]).parameters.items()
+                  if k != "cache_dir"}
+        assert cfg == fields, f"conf/dataset/{name}.yaml and the loader's signature differ"
+
+
+def test_every_model_config_is_a_zoo_class_and_its_arch_fields_are_the_class_defaults():
+    """conf/model/<name>.yaml <-> evalxai.models.MODELS[name], less MODEL_EXCEPTIONS; an ``arch`` field is a
+    parameter of the class with the class's default (the class may take more: +model.arch.<field>=...)."""
+    files = {p.stem: yaml.safe_load(p.read_text()) for p in (CONF / "model").glob("*.yaml")}
+    assert set(MODEL_EXCEPTIONS) <= set(files) and not set(MODEL_EXCEPTIONS) & set(MODELS)
+    assert set(files) - set(MODEL_EXCEPTIONS) == set(MODELS)
+    for name in MODELS:
+        cfg = files[name]
+        assert cfg["name"] == name
+        params = dict(list(inspect.signature(MODELS[name]).parameters.items())[2:])  # after input_shape, num_classes
+        for field, value in (cfg.get("arch") or {}).items():
+            assert field in params, f"conf/model/{name}.yaml: arch.{field} is not a parameter of {MODELS[name]}"
+            assert value == _plain_default(params[field].default), f"conf/model/{name}.yaml: arch.{field}"
+
+
+def test_the_configs_written_from_the_registries_are_the_committed_ones(tmp_path):
+    """python -m evalxai.configs into an empty tree writes every conf/method and conf/metric file, equal (as YAML)
+    to the committed one: nothing in those files is kept by hand."""
+    written = write_all(tmp_path)
+    assert len(written) == len(METHODS) + len(METRICS)
+    for group in ("method", "metric"):
+        for path in (tmp_path / group).glob("*.yaml"):
+            assert yaml.safe_load(path.read_text()) == yaml.safe_load((CONF / group / path.name).read_text()), path

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from evalxai import docs
+from evalxai.metrics import METRICS
+from evalxai.metrics.registry import FAMILIES
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -106,3 +108,14 @@ def test_a_block_is_replaced_between_its_markers_and_nothing_else_changes():
     assert docs.replace_block(new, "x", "new | table") == new
     with pytest.raises(ValueError, match="generated:y"):
         docs.replace_block(text, "y", "z")
+
+
+def test_the_prose_counts_the_registered_metrics_and_families():
+    """README and docs/metrics.md say how many metrics there are, in which families: the registry's numbers (the
+    catalogue itself is generated; this sentence is the one hand-written copy)."""
+    words = {5: "five", 6: "six", 7: "seven", 8: "eight"}
+    said = f"{len(METRICS)} metrics in {words.get(len(FAMILIES), len(FAMILIES))} families"
+    front = " ".join(README.read_text(encoding="utf-8").split())
+    assert said in front and said in (ROOT / "docs" / "metrics.md").read_text(encoding="utf-8")
+    sentence = front[front.index(said):].split(";")[0]
+    assert all(f in sentence for f in FAMILIES), f"README's list of families: {sentence}"
