@@ -8,7 +8,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from evalxai._validate import (  # noqa: F401  (check_logits: also evalxai.bench's)
+from evalxai._validate import (
     check_attributions,
     check_finite,
     check_inputs,

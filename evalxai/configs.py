@@ -13,11 +13,9 @@ from pathlib import Path
 
 import yaml
 
+from evalxai._paths import CONF, EXPERIMENTS  # noqa: F401  (where tests and users look them up)
 from evalxai.methods import METHODS
 from evalxai.metrics import METRICS
-
-CONF = Path(__file__).resolve().parent / "conf"  # the Hydra config tree, shipped inside the package
-EXPERIMENTS = Path(__file__).resolve().parent / "experiments"  # paper reproductions: config.yaml + claims.yaml
 
 
 def _plain(v):

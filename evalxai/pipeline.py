@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 import evalxai
 from evalxai._io import atomic_path, code_fingerprint, content_key, write_json
 from evalxai._validate import check_config
-from evalxai.binding import bind, unset_filled  # noqa: F401  (unset_filled: still imported from here by maximization)
+from evalxai.binding import bind
 from evalxai.data import load_dataset, provides_masks
 from evalxai.methods import get_method
 from evalxai.methods.cache import EXPLAIN_CODE, attribution_key, cached

@@ -28,7 +28,7 @@ import yaml
 
 from evalxai import allocator
 from evalxai._io import atomic_path
-from evalxai.configs import CONF, EXPERIMENTS
+from evalxai._paths import CONF, EXPERIMENTS
 from evalxai.report.document import write_report
 from evalxai.report.stats import holm, wilcoxon_p
 from evalxai.report.tables import bootstrap_ci

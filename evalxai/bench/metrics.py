@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 import evalxai
-from evalxai.api import check_logits
+from evalxai._validate import check_logits
 from evalxai.bench.timing import interleaved
 from evalxai.metrics import METRICS
 from evalxai.reproduce import dataset_and_model

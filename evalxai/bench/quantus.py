@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import evalxai
-from evalxai.api import check_logits
+from evalxai._validate import check_logits
 from evalxai.bench.timing import markdown
 from evalxai.metrics import METRICS
 

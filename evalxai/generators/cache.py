@@ -15,8 +15,8 @@ import torch
 import yaml
 
 from evalxai._io import atomic_path, cache_root, code_fingerprint, content_key, write_json
+from evalxai._paths import CONF
 from evalxai._version import __version__
-from evalxai.configs import CONF
 from evalxai.generators.vae import VAE, Generator, train_vae
 from evalxai.models.custom import load_weights
 

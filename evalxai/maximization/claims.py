@@ -18,7 +18,7 @@ import pandas as pd
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from evalxai.configs import CONF
+from evalxai._paths import CONF
 from evalxai.maximization.experiment import make_prototypes
 from evalxai.report.stats import holm, wilcoxon_p
 

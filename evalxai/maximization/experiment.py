@@ -11,12 +11,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from evalxai.binding import unset_filled
 from evalxai.data import load_dataset
 from evalxai.generators import available, generator_config, get_generator
 from evalxai.maximization.naturalness import get_classifier, naturalness
 from evalxai.maximization.prototypes import SPACES, maximize
 from evalxai.models import get_model
-from evalxai.pipeline import unset_filled
 
 BLOCK = {"classes": None, "spaces": list(SPACES), "seeds": [0], "input": {}, "code": {},
          "classifier": {"kind": "logistic"}, "reference": True}

@@ -68,8 +68,7 @@ def _patch_grid(model: nn.Module, x: torch.Tensor, patch_size: int | None) -> in
     return int(patch_size)
 
 
-@register_method("attention_rollout", family="attention", residual=0.5, head_fusion="mean", discard_ratio=0.0,
-                 patch_size=None)
+@register_method("attention_rollout", family="attention")
 def attention_rollout(model, x, target, residual=0.5, head_fusion="mean", discard_ratio=0.0, patch_size=None):
     """Attention rollout (Abnar & Zuidema 2020): R = prod_l (r I + (1 - r) A_l), rows renormalised, heads fused.
 

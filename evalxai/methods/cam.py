@@ -72,7 +72,7 @@ def _target_grad(out, act, target):
     return g
 
 
-@register_method("grad_cam", layer=None, relu=True)
+@register_method("grad_cam")
 def grad_cam(model, x, target, layer=None, relu=True):
     """Grad-CAM (Selvaraju 2017): ReLU(Σ_k mean_ij(∂f_c/∂A_kij) A_k), upsampled to the input."""
     out, act, _ = layer_activation(model, x, layer)
@@ -82,7 +82,7 @@ def grad_cam(model, x, target, layer=None, relu=True):
     return upsample(cam.clamp(min=0) if relu else cam, x)
 
 
-@register_method("grad_cam_pp", layer=None)
+@register_method("grad_cam_pp")
 def grad_cam_pp(model, x, target, layer=None):
     """Grad-CAM++ (Chattopadhay 2018): ReLU(Σ_k Σ_ij a_kij ReLU(g_kij) A_k), a = g² / (2g² + Σ A g³)."""
     out, act, _ = layer_activation(model, x, layer)

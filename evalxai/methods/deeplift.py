@@ -116,7 +116,7 @@ class _MaxPoolRescaleFn(torch.autograd.Function):
         return torch.where(far, contrib / torch.where(far, dz, torch.ones_like(dz)), grad), None, None, None, None, None
 
 
-@register_method("deeplift", baseline="zero", eps=1e-10, seed=0, low=None, high=None, mean=None)
+@register_method("deeplift")
 def deeplift(model, x, target, baseline="zero", eps=1e-10, seed=0, low=None, high=None, mean=None):
     """DeepLIFT rescale (Shrikumar 2017): (x − x') times the product of rescale multipliers; Σ R = f(x) − f(x')."""
     if eps < 0:

@@ -65,8 +65,7 @@ def _path_gradients(model, x, target, n_points: int, points, images_per_call: in
     return total
 
 
-@register_method("integrated_gradients", baseline="zero", steps=32, batch_size=None, seed=0, low=None, high=None,
-                 mean=None)
+@register_method("integrated_gradients")
 def integrated_gradients(model, x, target, baseline="zero", steps=32, batch_size=None, seed=0, low=None, high=None,
                          mean=None):
     """Integrated Gradients (Sundararajan 2017): (x - x') * mean_k grad f(x' + a_k (x - x')), midpoint rule.
@@ -85,7 +84,7 @@ def integrated_gradients(model, x, target, baseline="zero", steps=32, batch_size
     return diff * total / steps
 
 
-@register_method("smoothgrad", samples=32, noise=0.15, batch_size=None, seed=0)
+@register_method("smoothgrad")
 def smoothgrad(model, x, target, samples=32, noise=0.15, batch_size=None, seed=0):
     """SmoothGrad (Smilkov 2017): mean gradient over x + N(0, s^2), s = noise * (max(x_i) - min(x_i)) per sample.
 
@@ -150,7 +149,7 @@ def deconvnet(model, x, target):
     return _relu_modified_grad(model, x, target, "deconv")
 
 
-@register_method("random", family="control", seed=0)
+@register_method("random", family="control")
 def random_map(model, x, target, seed=0):
     """Control: uniform noise in [-1, 1], seeded per sample (model-independent)."""
     return per_sample_noise(x, seed, 1, "uniform")[0] * 2 - 1

@@ -31,8 +31,7 @@ def window_masks(h: int, w: int, patch: int, stride: int) -> torch.Tensor:
     return masks
 
 
-@register_method("occlusion", patch=4, stride=2, baseline="zero", score_space="logit", batch_size=None, seed=0,
-                 low=None, high=None, mean=None)
+@register_method("occlusion")
 def occlusion(model, x, target, patch=4, stride=2, baseline="zero", score_space="logit", batch_size=None, seed=0,
               low=None, high=None, mean=None):
     """Occlusion sensitivity: mean score drop over the ``patch`` x ``patch`` windows covering each pixel."""

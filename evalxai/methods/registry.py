@@ -35,17 +35,11 @@ def signature_defaults(fn: Callable, leading: int, skip=(), what: str = "") -> d
     return out
 
 
-def register_method(name: str, family: str = "gradient", **defaults):
-    """Decorator: register ``fn`` under ``name`` (= ``conf/method/<name>.yaml``); its defaults are the signature's
-    (keywords given here must equal them)."""
+def register_method(name: str, family: str = "gradient"):
+    """Decorator: register ``fn`` under ``name`` (= ``conf/method/<name>.yaml``) and ``family``; its parameters and
+    defaults are the signature's, declared nowhere else."""
     def wrap(fn):
-        own = signature_defaults(fn, 3, what=f"method '{name}'")
-        differ = {k: v for k, v in defaults.items() if k not in own or own[k] != v}
-        if differ:
-            own_values = {k: own.get(k, "<none>") for k in differ}
-            raise ValueError(f"method '{name}': register_method gives {differ}, but the signature of {fn.__name__} "
-                             f"has {own_values}: keep one, the signature")
-        METHODS[name] = MethodSpec(name, fn, own, family)
+        METHODS[name] = MethodSpec(name, fn, signature_defaults(fn, 3, what=f"method '{name}'"), family)
         return fn
     return wrap
 
