@@ -69,7 +69,9 @@ def _patch_grid(model: nn.Module, x: torch.Tensor, patch_size: int | None) -> in
 
 
 @register_method("attention_rollout", family="attention")
-def attention_rollout(model, x, target, residual=0.5, head_fusion="mean", discard_ratio=0.0, patch_size=None):
+def attention_rollout(model: nn.Module, x: torch.Tensor, target: torch.Tensor, residual: float = 0.5,
+                      head_fusion: str = "mean", discard_ratio: float = 0.0,
+                      patch_size: int | None = None) -> torch.Tensor:
     """Attention rollout (Abnar & Zuidema 2020): R = prod_l (r I + (1 - r) A_l), rows renormalised, heads fused.
 
     A_l are layer l's attention weights fused over heads (``head_fusion`` mean / max / min), the smallest

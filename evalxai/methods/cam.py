@@ -73,7 +73,8 @@ def _target_grad(out, act, target):
 
 
 @register_method("grad_cam")
-def grad_cam(model, x, target, layer=None, relu=True):
+def grad_cam(model: nn.Module, x: torch.Tensor, target: torch.Tensor, layer: str | None = None,
+             relu: bool = True) -> torch.Tensor:
     """Grad-CAM (Selvaraju 2017): ReLU(Σ_k mean_ij(∂f_c/∂A_kij) A_k), upsampled to the input."""
     out, act, _ = layer_activation(model, x, layer)
     g = _target_grad(out, act, target)
@@ -83,7 +84,7 @@ def grad_cam(model, x, target, layer=None, relu=True):
 
 
 @register_method("grad_cam_pp")
-def grad_cam_pp(model, x, target, layer=None):
+def grad_cam_pp(model: nn.Module, x: torch.Tensor, target: torch.Tensor, layer: str | None = None) -> torch.Tensor:
     """Grad-CAM++ (Chattopadhay 2018): ReLU(Σ_k Σ_ij a_kij ReLU(g_kij) A_k), a = g² / (2g² + Σ A g³)."""
     out, act, _ = layer_activation(model, x, layer)
     g = _target_grad(out, act, target).detach()
@@ -140,7 +141,7 @@ def _is_global_pool(model, node) -> bool:
 
 
 @register_method("cam")
-def cam(model, x, target):
+def cam(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """CAM (Zhou 2016): Σ_k w_ck A_k of the feature maps before global average pooling, upsampled to the input."""
     pool, fc = _gap_linear(model)
     feats = {}

@@ -117,7 +117,9 @@ class _MaxPoolRescaleFn(torch.autograd.Function):
 
 
 @register_method("deeplift")
-def deeplift(model, x, target, baseline="zero", eps=1e-10, seed=0, low=None, high=None, mean=None):
+def deeplift(model: nn.Module, x: torch.Tensor, target: torch.Tensor, baseline: str | float | torch.Tensor = "zero",
+             eps: float = 1e-10, seed: int = 0, low: float | torch.Tensor | None = None,
+             high: float | torch.Tensor | None = None, mean: float | torch.Tensor | None = None) -> torch.Tensor:
     """DeepLIFT rescale (Shrikumar 2017): (x − x') times the product of rescale multipliers; Σ R = f(x) − f(x')."""
     if eps < 0:
         raise ValueError(f"eps={eps} is negative: it is the |Δz| below which the gradient is used, e.g. 1e-10")

@@ -13,6 +13,9 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 
+import torch
+from torch import nn
+
 from evalxai.methods.cam import upsample
 
 
@@ -48,7 +51,7 @@ def foreign_method(spec: dict) -> Callable:
     obj = import_object(spec.pop("_target_"))
     init = dict(spec.pop("init", None) or {})
     if isinstance(obj, type) and hasattr(obj, "attribute"):
-        def run(model, x, target):
+        def run(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
             explainer = obj(model, **_resolve_layers(model, init))
             out = explainer.attribute(x, target=target, **spec)
             out = out[0] if isinstance(out, tuple) else out

@@ -35,19 +35,19 @@ def _check_steps(name: str, value: int) -> int:
 
 
 @register_method("gradient")
-def gradient(model, x, target):
+def gradient(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Signed gradient of the target logit (Simonyan 2014 without the absolute value)."""
     return target_grad(model, x, target)
 
 
 @register_method("sensitivity")
-def sensitivity(model, x, target):
+def sensitivity(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Sensitivity analysis (Montavon 2018): the squared gradient (df_c/dx)^2."""
     return target_grad(model, x, target) ** 2
 
 
 @register_method("gradient_x_input")
-def gradient_x_input(model, x, target):
+def gradient_x_input(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Gradient x input (simple Taylor decomposition at 0)."""
     return target_grad(model, x, target) * x
 
@@ -66,8 +66,11 @@ def _path_gradients(model, x, target, n_points: int, points, images_per_call: in
 
 
 @register_method("integrated_gradients")
-def integrated_gradients(model, x, target, baseline="zero", steps=32, batch_size=None, seed=0, low=None, high=None,
-                         mean=None):
+def integrated_gradients(model: nn.Module, x: torch.Tensor, target: torch.Tensor,
+                         baseline: str | float | torch.Tensor = "zero", steps: int = 32, batch_size: int | None = None,
+                         seed: int = 0, low: float | torch.Tensor | None = None,
+                         high: float | torch.Tensor | None = None,
+                         mean: float | torch.Tensor | None = None) -> torch.Tensor:
     """Integrated Gradients (Sundararajan 2017): (x - x') * mean_k grad f(x' + a_k (x - x')), midpoint rule.
 
     x' is ``evalxai.baselines.reference`` (``low``/``high``: the bounds of the ``uniform`` baseline). The path
@@ -85,7 +88,8 @@ def integrated_gradients(model, x, target, baseline="zero", steps=32, batch_size
 
 
 @register_method("smoothgrad")
-def smoothgrad(model, x, target, samples=32, noise=0.15, batch_size=None, seed=0):
+def smoothgrad(model: nn.Module, x: torch.Tensor, target: torch.Tensor, samples: int = 32, noise: float = 0.15,
+               batch_size: int | None = None, seed: int = 0) -> torch.Tensor:
     """SmoothGrad (Smilkov 2017): mean gradient over x + N(0, s^2), s = noise * (max(x_i) - min(x_i)) per sample.
 
     The noisy copies are drawn per chunk (sized by the memory budget), never all at once; each draw comes from its
@@ -138,25 +142,25 @@ def _relu_modified_grad(model, x, target, mode):
 
 
 @register_method("guided_backprop")
-def guided_backprop(model, x, target):
+def guided_backprop(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Guided Backprop (Springenberg 2015): ReLU backward passes only positive gradients where the input was > 0."""
     return _relu_modified_grad(model, x, target, "guided")
 
 
 @register_method("deconvnet")
-def deconvnet(model, x, target):
+def deconvnet(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Deconvnet (Zeiler & Fergus 2014): ReLU backward rectifies the gradient, ignoring the forward mask."""
     return _relu_modified_grad(model, x, target, "deconv")
 
 
 @register_method("random", family="control")
-def random_map(model, x, target, seed=0):
+def random_map(model: nn.Module, x: torch.Tensor, target: torch.Tensor, seed: int = 0) -> torch.Tensor:
     """Control: uniform noise in [-1, 1], seeded per sample (model-independent)."""
     return per_sample_noise(x, seed, 1, "uniform")[0] * 2 - 1
 
 
 @register_method("edge", family="control")
-def edge(model, x, target):
+def edge(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Control: Sobel gradient magnitude of the input (summed over channels, repeated per channel)."""
     require_images(x, "edge")
     k = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]], dtype=x.dtype, device=x.device)

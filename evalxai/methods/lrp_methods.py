@@ -6,6 +6,9 @@ it brings in (``composite={"layers": {"conv": "gamma"}, "gamma": 0.5}``). A para
 """
 from __future__ import annotations
 
+import torch
+from torch import nn
+
 from evalxai.methods.lrp.composites import COMPOSITES, DEFAULT_PARAMS, make_composite
 from evalxai.methods.lrp.engine import Recorder, run_lrp
 from evalxai.methods.registry import METHODS, MethodSpec
@@ -14,7 +17,8 @@ _MAPS = ("layers", "first", "names")
 
 
 def _make(name: str):
-    def lrp_method(model, x, target, composite=None, recorder: Recorder | None = None, **params):
+    def lrp_method(model: nn.Module, x: torch.Tensor, target: torch.Tensor, composite: dict | None = None,
+                   recorder: Recorder | None = None, **params: float) -> torch.Tensor:
         """LRP with a named composite; ``composite`` may override its ``layers``/``first``/``names`` maps."""
         overrides = dict(composite or {})
         comp = make_composite(name, **overrides, **params)
@@ -41,7 +45,8 @@ for _name, (_layers, _first, _params) in COMPOSITES.items():
 
 
 def _transformer_method(name: str, softmax: str):
-    def method(model, x, target, epsilon=1e-6, composite=None, recorder: Recorder | None = None):
+    def method(model: nn.Module, x: torch.Tensor, target: torch.Tensor, epsilon: float = 1e-6,
+               composite: dict | None = None, recorder: Recorder | None = None) -> torch.Tensor:
         overrides = dict(composite or {})
         maps = {k: overrides.pop(k) for k in _MAPS if k in overrides}
         comp = make_composite(None, layers={"linear": "epsilon", "conv": "epsilon", **(maps.pop("layers", None) or {})},

@@ -7,6 +7,7 @@ channels at once. All occluded copies are stacked into the batch dimension and f
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from evalxai.baselines import reference
 from evalxai.memory import images_per_chunk
@@ -32,8 +33,10 @@ def window_masks(h: int, w: int, patch: int, stride: int) -> torch.Tensor:
 
 
 @register_method("occlusion")
-def occlusion(model, x, target, patch=4, stride=2, baseline="zero", score_space="logit", batch_size=None, seed=0,
-              low=None, high=None, mean=None):
+def occlusion(model: nn.Module, x: torch.Tensor, target: torch.Tensor, patch: int = 4, stride: int = 2,
+              baseline: str | float | torch.Tensor = "zero", score_space: str = "logit", batch_size: int | None = None,
+              seed: int = 0, low: float | torch.Tensor | None = None, high: float | torch.Tensor | None = None,
+              mean: float | torch.Tensor | None = None) -> torch.Tensor:
     """Occlusion sensitivity: mean score drop over the ``patch`` x ``patch`` windows covering each pixel."""
     require_images(x, "occlusion")
     h, w = x.shape[-2:]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 
 import pandas as pd
 import torch
@@ -55,8 +56,11 @@ def promised_reference(method, method_params: dict | None) -> tuple[object, dict
 @register_metric("conservation", family="axiomatic", needs=("method",),
                  directions={"residual": "none", "relative_residual": "none", "abs_relative_residual": "lower",
                              "layer_residual:*": "none"})
-def conservation(model, x, target, attributions, reference="auto", method=None, method_params=None, mean=None,
-                 low=None, high=None, seed=0):
+def conservation(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
+                 reference: str = "auto", method: str | Callable | dict | None = None,
+                 method_params: dict | None = None, mean: float | torch.Tensor | None = None,
+                 low: float | torch.Tensor | None = None, high: float | torch.Tensor | None = None,
+                 seed: int = 0) -> pd.DataFrame:
     """Rows: residual, relative_residual, abs_relative_residual (lower is better) and layer residuals.
 
     ``reference``: ``auto`` (the method's own, see the module docstring), ``none`` (f_c(x) alone) or a baseline of
@@ -124,8 +128,11 @@ def _feature_masks(x: torch.Tensor, first: int, count: int, p: int, grid) -> tor
 @register_metric("non_sensitivity", family="axiomatic",
                  directions={"non_sensitivity": "lower", "zero_but_sensitive": "lower",
                              "relevant_but_insensitive": "lower"})
-def non_sensitivity(model, x, target, attributions, eps=1e-5, tolerance=1e-5, patch_size=None, baseline="uniform",
-                    score_space="logit", seed=0, batch_size=None, mean=None, low=None, high=None):
+def non_sensitivity(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
+                    eps: float = 1e-5, tolerance: float = 1e-5, patch_size: int | None = None,
+                    baseline: str | float | torch.Tensor = "uniform", score_space: str = "logit", seed: int = 0,
+                    batch_size: int | None = None, mean: float | torch.Tensor | None = None,
+                    low: float | torch.Tensor | None = None, high: float | torch.Tensor | None = None) -> pd.DataFrame:
     """Non-sensitivity (Nguyen & Martinez 2020): zero-relevance features the output uses + relevant ones it ignores.
 
     |Z Δ I|, the size of the symmetric difference between the features with zero relevance Z and the features the
@@ -260,8 +267,10 @@ def _shifted_params(method, method_params: dict | None, shift: float) -> dict:
 
 @register_metric("input_invariance", family="axiomatic", needs=("method",),
                  directions={"max_relative_difference": "lower", "unchanged_share": "higher"})
-def input_invariance(model, x, target, attributions, shift=-1.0, tolerance=1e-4, shift_bounds=True, method=None,
-                     method_params=None, batch_size=None):
+def input_invariance(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
+                     shift: float = -1.0, tolerance: float = 1e-4, shift_bounds: bool = True,
+                     method: str | Callable | dict | None = None, method_params: dict | None = None,
+                     batch_size: int | None = None) -> pd.DataFrame:
     """Input invariance (Kindermans et al. 2017): is the map unchanged for a model that absorbs a constant input shift?
 
     Compares R'(x + c) with R(x) ("The (un)reliability of saliency methods"), where R' explains a deep copy of the

@@ -12,7 +12,9 @@ float64 and do not change when the map is multiplied by a positive (or negative)
 """
 from __future__ import annotations
 
+import pandas as pd
 import torch
+from torch import nn
 
 from evalxai.metrics.common import scalar_rows
 from evalxai.metrics.registry import register_metric
@@ -39,13 +41,13 @@ def entropy(values: torch.Tensor) -> torch.Tensor:
 
 
 @register_metric("sparseness", family="complexity", directions={"gini": "higher"})
-def sparseness(model, x, target, attributions):
+def sparseness(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor) -> pd.DataFrame:
     """Gini index of the absolute attributions per sample (higher = sparser)."""
     return scalar_rows(gini(attributions.reshape(len(x), -1).abs()), "gini")
 
 
 @register_metric("complexity", family="complexity", directions={"entropy": "lower"})
-def complexity(model, x, target, attributions):
+def complexity(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor) -> pd.DataFrame:
     """Entropy of the fractional contributions: -sum_i p_i log p_i, p_i = |R_i| / sum_j |R_j| (Bhatt et al. 2020).
 
     Natural log over every element of the map: 0 when one feature holds all relevance, log(D) for a uniform map of D
@@ -54,7 +56,8 @@ def complexity(model, x, target, attributions):
 
 
 @register_metric("effective_complexity", family="complexity", directions={"effective_complexity": "lower"})
-def effective_complexity(model, x, target, attributions, eps=1e-5):
+def effective_complexity(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
+                         eps: float = 1e-5) -> pd.DataFrame:
     """Number of elements with |R_i| > eps * max_j |R_j| per sample (Nguyen & Martinez 2020; lower = simpler).
 
     ``eps`` is relative to the sample's largest absolute relevance, so the count does not depend on the map's scale

@@ -14,6 +14,7 @@ import math
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from evalxai.baselines import baseline_label, gaussian_blur, reference
 from evalxai.memory import chunked, images_per_chunk
@@ -94,9 +95,12 @@ def default_patch(x: torch.Tensor, per_side: int) -> int:
     return max(1, round(min(x.shape[-2:]) / per_side))
 
 
-def flip_curves(model, x, target, attributions, order="morf", patch_size=None, per_step=None, steps=None,
-                baseline="zero", score_space="logit", seed=0, batch_size=None, mean=None, low=None, high=None,
-                ties="random"):
+def flip_curves(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
+                order: str = "morf", patch_size: int | None = None, per_step: int | None = None,
+                steps: int | None = None, baseline: str | float | torch.Tensor = "zero", score_space: str = "logit",
+                seed: int = 0, batch_size: int | None = None, mean: float | torch.Tensor | None = None,
+                low: float | torch.Tensor | None = None, high: float | torch.Tensor | None = None,
+                ties: str = "random") -> tuple[torch.Tensor, torch.Tensor]:
     """Curves y (K + 1, N) and removed fractions (K + 1,) for one order.
 
     Defaults that scale with the image: ``patch_size`` None gives about 28 patches along the shorter side
@@ -133,9 +137,12 @@ def flip_curves(model, x, target, attributions, order="morf", patch_size=None, p
 
 
 @register_metric("pixel_flipping", family="faithfulness", directions=DIRECTIONS)
-def pixel_flipping(model, x, target, attributions, order=("morf", "lerf"), patch_size=None, per_step=None, steps=None,
-                   baseline="zero", score_space="logit", seed=0, batch_size=None, mean=None, low=None, high=None,
-                   ties="random"):
+def pixel_flipping(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
+                   order: str | tuple[str, ...] = ("morf", "lerf"), patch_size: int | None = None,
+                   per_step: int | None = None, steps: int | None = None, baseline: str | float | torch.Tensor = "zero",
+                   score_space: str = "logit", seed: int = 0, batch_size: int | None = None,
+                   mean: float | torch.Tensor | None = None, low: float | torch.Tensor | None = None,
+                   high: float | torch.Tensor | None = None, ties: str = "random") -> pd.DataFrame:
     """Pixel-flipping curves and AOPC / AUC (per order) and ABPC (when MoRF and LeRF both run); ties in relevance
     are broken at random per sample (``ties``, recorded in the table); ``baseline`` as in ``evalxai.baselines``."""
     check_score_space(score_space)
@@ -164,9 +171,11 @@ def pixel_flipping(model, x, target, attributions, order=("morf", "lerf"), patch
 
 @register_metric("insertion_deletion", family="faithfulness",
                  directions={"auc_deletion": "lower", "auc_insertion": "higher", "curve_*": "none"})
-def insertion_deletion(model, x, target, attributions, patch_size=None, per_step=None, steps=None,
-                       score_space="softmax", blur_sigma=5.0, blur_radius=5, batch_size=None, seed=0, ties="random",
-                       low=None):
+def insertion_deletion(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
+                       patch_size: int | None = None, per_step: int | None = None, steps: int | None = None,
+                       score_space: str = "softmax", blur_sigma: float = 5.0, blur_radius: int = 5,
+                       batch_size: int | None = None, seed: int = 0, ties: str = "random",
+                       low: float | torch.Tensor | None = None) -> pd.DataFrame:
     """RISE deletion (MoRF to black, lower AUC better) and insertion (MoRF from a blurred canvas, higher better).
 
     Petsiuk et al. 2018: features are deleted from x (set to black: ``low``, see ``evalxai.baselines``), or inserted
@@ -193,9 +202,12 @@ REGION_SIDE = 9 / 224  # Samek et al. 2017: 9 x 9 regions on 224 x 224 ImageNet 
 
 
 @register_metric("region_perturbation", family="faithfulness", directions=DIRECTIONS)
-def region_perturbation(model, x, target, attributions, order="morf", patch_size=None, per_step=1, steps=100,
-                        baseline="uniform", score_space="logit", seed=0, batch_size=None, mean=None, low=None,
-                        high=None, ties="random"):
+def region_perturbation(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
+                        order: str = "morf", patch_size: int | None = None, per_step: int = 1, steps: int = 100,
+                        baseline: str | float | torch.Tensor = "uniform", score_space: str = "logit", seed: int = 0,
+                        batch_size: int | None = None, mean: float | torch.Tensor | None = None,
+                        low: float | torch.Tensor | None = None, high: float | torch.Tensor | None = None,
+                        ties: str = "random") -> pd.DataFrame:
     """Region perturbation (Samek et al. 2017): ``pixel_flipping`` with square regions, under its own name and defaults.
 
     An alias of ``pixel_flipping`` (same rows: curve, AOPC, AUC) with the region-perturbation settings of Samek,

@@ -5,8 +5,12 @@ The mosaic's positions are its ground truth, so Focus needs no masks: it needs a
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import pandas as pd
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from evalxai._validate import check_pool
 from evalxai.metrics.common import explain_stack, explainer, scalar_rows
@@ -77,8 +81,10 @@ def quadrant_masks(shape: tuple[int, int], is_target: torch.Tensor, full_size: b
 
 
 @register_metric("focus", family="localisation", directions={"focus": "higher"}, needs=("pool", "method"))
-def focus(model, x, target, attributions, pool=None, method=None, method_params=None, batch_size=None, seed=0,
-          full_size=False):
+def focus(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
+          pool: tuple[torch.Tensor, torch.Tensor] | None = None, method: str | Callable | dict | None = None,
+          method_params: dict | None = None, batch_size: int | None = None, seed: int = 0,
+          full_size: bool = False) -> pd.DataFrame:
     """Focus (Arias-Duart et al. 2022): share of the mosaic's positive relevance that falls on the target-class tiles.
 
     Per sample a 2 x 2 mosaic holds the sample, one more pool image of its class and two of other classes, drawn

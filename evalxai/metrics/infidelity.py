@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 
 from evalxai.baselines import baseline_label, data_range, reference
 from evalxai.memory import chunked, images_per_chunk
@@ -55,9 +56,12 @@ def gaussian_perturbation(x: torch.Tensor, seed: int, draws, sigma) -> torch.Ten
 
 
 @register_metric("infidelity", family="faithfulness", directions={"infidelity": "lower", "beta": "none"})
-def infidelity(model, x, target, attributions, perturbation="square", samples=50, square_size=None, noise=0.1,
-               baseline="zero", multiply_by_inputs=True, normalize=True, score_space="logit", seed=0,
-               batch_size=None, mean=None, low=None, high=None):
+def infidelity(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
+               perturbation: str = "square", samples: int = 50, square_size: int | None = None, noise: float = 0.1,
+               baseline: str | float | torch.Tensor = "zero", multiply_by_inputs: bool = True, normalize: bool = True,
+               score_space: str = "logit", seed: int = 0, batch_size: int | None = None,
+               mean: float | torch.Tensor | None = None, low: float | torch.Tensor | None = None,
+               high: float | torch.Tensor | None = None) -> pd.DataFrame:
     """Infidelity: E_I[(I^T R - (f(x) - f(x - I)))^2] over random square removals or Gaussian noise (lower better).
 
     Yeh et al. 2019 (see the module docstring for the two perturbations and ``normalize``). ``samples`` draws per

@@ -14,6 +14,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 
 from evalxai.baselines import baseline_label, reference, to_pixels
 from evalxai.memory import chunked, images_per_chunk
@@ -91,8 +92,11 @@ def segment_order(x: torch.Tensor, labels: torch.Tensor, attributions: torch.Ten
 
 
 @register_metric("irof", family="faithfulness", directions={"irof": "higher", "curve": "none"})
-def irof(model, x, target, attributions, segmentation="slic", n_segments=100, compactness=10.0, baseline="mean",
-         score_space="softmax", seed=0, batch_size=None, low=None, high=None):
+def irof(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
+         segmentation: str = "slic", n_segments: int = 100, compactness: float = 10.0,
+         baseline: str | float | torch.Tensor = "mean", score_space: str = "softmax", seed: int = 0,
+         batch_size: int | None = None, low: float | torch.Tensor | None = None,
+         high: float | torch.Tensor | None = None) -> pd.DataFrame:
     """IROF: area over the curve y_k / y_0 as superpixels are removed by decreasing mean relevance (higher better).
 
     Rieger & Hansen 2020: segment x into K superpixels, order them by mean relevance, replace the first k by the

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from evalxai._validate import check_masks
 from evalxai.metrics.common import UNSET, scalar_rows
@@ -96,7 +97,8 @@ def bounding_box(m: torch.Tensor) -> torch.Tensor:
 
 
 @register_metric("pointing_game", family="localisation", directions={"hit": "higher"}, needs=("masks",))
-def pointing_game(model, x, target, attributions, masks=None, tolerance=0):
+def pointing_game(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
+                  masks: torch.Tensor | None = None, tolerance: float = 0) -> pd.DataFrame:
     """Pointing game (Zhang et al. 2018, IJCV): 1 if the max of sum_c R lies in the mask (within ``tolerance`` px).
 
     hit = |argmax(r) ∩ dilate(M, tolerance)| / |argmax(r)|: a hit if the most relevant pixel lies in the mask or
@@ -117,7 +119,8 @@ def pointing_game(model, x, target, attributions, masks=None, tolerance=0):
 
 @register_metric("attribution_localisation", family="localisation", needs=("masks",),
                  directions={"ratio": "higher", "weighted": "higher"})
-def attribution_localisation(model, x, target, attributions, masks=None, max_size=1.0):
+def attribution_localisation(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
+                             masks: torch.Tensor | None = None, max_size: float = 1.0) -> pd.DataFrame:
     """Attribution localisation (Kohlbrenner et al. 2020): positive relevance inside the mask / all positive relevance.
 
     mu = sum_{M} r+ / sum r+ with r = sum_c R_c (measure ``ratio``), and the size-weighted mu_w = mu * (H W) / |M|
@@ -145,7 +148,9 @@ def _rows(parts):
 
 
 @register_metric("top_k_intersection", family="localisation", directions={"ratio": "higher"}, needs=("masks",))
-def top_k_intersection(model, x, target, attributions, masks=None, k=0.02, concept_influence=False):
+def top_k_intersection(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
+                       masks: torch.Tensor | None = None, k: float = 0.02,
+                       concept_influence: bool = False) -> pd.DataFrame:
     """Top-k intersection (Theiner et al. 2021): the share of the k most relevant pixels of sum_c R in the mask.
 
     tki = |top-k(r) ∩ M| / k. ``k``: a fraction of the pixels when below 1 (default 0.02: Quantus's 1000 pixels at
@@ -173,7 +178,8 @@ def _k_pixels(k, hw: int) -> int:
 
 
 @register_metric("relevance_mass_accuracy", family="localisation", directions={"ratio": "higher"}, needs=("masks",))
-def relevance_mass_accuracy(model, x, target, attributions, masks=None):
+def relevance_mass_accuracy(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
+                            masks: torch.Tensor | None = None) -> pd.DataFrame:
     """Relevance mass accuracy (Arras, Osman & Samek 2022, CLEVR-XAI): positive relevance in the mask / in total.
 
     RMA = sum_{M} r+ / sum r+ with r = sum_c R_c (the paper's sum pooling; negative relevance is evidence against
@@ -185,7 +191,8 @@ def relevance_mass_accuracy(model, x, target, attributions, masks=None):
 
 
 @register_metric("relevance_rank_accuracy", family="localisation", directions={"ratio": "higher"}, needs=("masks",))
-def relevance_rank_accuracy(model, x, target, attributions, masks=None):
+def relevance_rank_accuracy(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
+                            masks: torch.Tensor | None = None) -> pd.DataFrame:
     """Relevance rank accuracy (Arras, Osman & Samek 2022, CLEVR-XAI): share of the top-K pixels in the mask, K = |M|.
 
     RRA = |top-K(r) ∩ M| / K with r = sum_c R_c. Ties at the K-th value count by their expected share, so a
@@ -220,7 +227,8 @@ def roc_auc(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 @register_metric("localisation_auc", family="localisation", directions={"auc": "higher"}, needs=("masks",))
-def localisation_auc(model, x, target, attributions, masks=None):
+def localisation_auc(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
+                     masks: torch.Tensor | None = None) -> pd.DataFrame:
     """ROC-AUC of the pixel scores sum_c R_c against the mask (Fawcett 2006; Quantus's ``AUC``).
 
     The probability that a random mask pixel outranks a random pixel outside it (ties count 1/2), exact and batched
@@ -231,7 +239,8 @@ def localisation_auc(model, x, target, attributions, masks=None):
 
 
 @register_metric("energy_pointing_game", family="localisation", directions={"energy": "higher"}, needs=("masks",))
-def energy_pointing_game(model, x, target, attributions, masks=None, bbox=True):
+def energy_pointing_game(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
+                         masks: torch.Tensor | None = None, bbox: bool = True) -> pd.DataFrame:
     """Energy-based pointing game (Wang et al. 2020, Score-CAM): positive energy inside the mask's bounding box.
 
     E = sum_{B} r+ / sum r+ with r = sum_c R_c and B the bounding box of the mask (``bbox=true``, as the paper's
@@ -245,7 +254,8 @@ def energy_pointing_game(model, x, target, attributions, masks=None, bbox=True):
 
 
 @register_metric("xai_tris_precision", family="localisation", directions={"precision": "higher"}, needs=("masks",))
-def xai_tris_precision(model, x, target, attributions, masks=None):
+def xai_tris_precision(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
+                       masks: torch.Tensor | None = None) -> pd.DataFrame:
     """XAI-TRIS precision (Clark, Wilming & Haufe 2024): share of the |M| largest pixels of sum_c |R_c| in the mask.
 
     P = |top-n(a) ∩ M| / n with a = sum_c |R_c| and n = |M|; as in the paper's code only non-zero pixels are
@@ -315,7 +325,8 @@ def emd_grid(a: np.ndarray, b: np.ndarray, grid: int = 16) -> float:
 
 
 @register_metric("xai_tris_emd", family="localisation", directions={"emd_score": "higher"}, needs=("masks",))
-def xai_tris_emd(model, x, target, attributions, masks=None, grid=16):
+def xai_tris_emd(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
+                 masks: torch.Tensor | None = None, grid: int = 16) -> pd.DataFrame:
     """XAI-TRIS EMD score (Clark, Wilming & Haufe 2024): 1 - EMD(|map|, mask) / D_max, higher = closer to the mask.
 
     a = sum_c |R_c| / sum |R| and g = M / |M| are distributions over pixels; EMD is the optimal transport cost

@@ -20,10 +20,12 @@ expected to change the prediction.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 
 from evalxai.baselines import baseline_label, data_range, reference
 from evalxai.memory import chunked, images_per_chunk
@@ -53,7 +55,9 @@ def features(x: torch.Tensor, attributions: torch.Tensor, patch_size: int | None
     return rel, grid, p
 
 
-def masked_scores(model, x, target, fill, select, grid, patch, score_space, batch_size, what):
+def masked_scores(model: nn.Module, x: torch.Tensor, target: torch.Tensor, fill: torch.Tensor | Callable,
+                  select: torch.Tensor, grid: tuple[int, int], patch: int, score_space: str, batch_size: int | None,
+                  what: str) -> torch.Tensor:
     """Scores (S, N) of x with the features chosen by ``select`` (S, N, P) bool replaced by ``fill``: a tensor (N, ...)
     or a callable ``fill(i, j)`` giving the fills (j - i, N, ...) of copies i..j-1 (e.g. noise draws, made per chunk);
     the S copies are forwarded in chunks of the memory budget."""
@@ -151,9 +155,12 @@ def _check_positive(name: str, value, what: str) -> int:
 
 
 @register_metric("faithfulness_correlation", family="faithfulness", directions={"faithfulness_correlation": "higher"})
-def faithfulness_correlation(model, x, target, attributions, runs=100, subset_size=0.25, patch_size=1,
-                             baseline="zero", score_space="logit", seed=0, batch_size=None, mean=None, low=None,
-                             high=None):
+def faithfulness_correlation(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
+                             runs: int = 100, subset_size: float = 0.25, patch_size: int = 1,
+                             baseline: str | float | torch.Tensor = "zero", score_space: str = "logit", seed: int = 0,
+                             batch_size: int | None = None, mean: float | torch.Tensor | None = None,
+                             low: float | torch.Tensor | None = None,
+                             high: float | torch.Tensor | None = None) -> pd.DataFrame:
     """Faithfulness correlation: Pearson over random subsets S of sum_{i in S} R_i and f(x) - f(x[S = baseline]).
 
     Bhatt, Weller & Moura 2020 ("Evaluating and aggregating feature-based model explanations", IJCAI):
@@ -182,8 +189,11 @@ def faithfulness_correlation(model, x, target, attributions, runs=100, subset_si
 
 
 @register_metric("faithfulness_estimate", family="faithfulness", directions={"faithfulness_estimate": "higher"})
-def faithfulness_estimate(model, x, target, attributions, patch_size=None, baseline="zero", score_space="softmax",
-                          seed=0, batch_size=None, mean=None, low=None, high=None):
+def faithfulness_estimate(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
+                          patch_size: int | None = None, baseline: str | float | torch.Tensor = "zero",
+                          score_space: str = "softmax", seed: int = 0, batch_size: int | None = None,
+                          mean: float | torch.Tensor | None = None, low: float | torch.Tensor | None = None,
+                          high: float | torch.Tensor | None = None) -> pd.DataFrame:
     """Faithfulness estimate: Pearson over features i of R_i and f(x) - f(x[i = baseline]), one removed at a time.
 
     Alvarez-Melis & Jaakkola 2018 ("Towards robust interpretability with self-explaining neural networks", NeurIPS):
@@ -223,9 +233,12 @@ def addition_steps(n_feat: int, per_step, steps) -> tuple[int, int]:
 
 @register_metric("monotonicity", family="faithfulness",
                  directions={"monotonicity": "higher", "monotonicity_share": "higher", "curve_insertion": "none"})
-def monotonicity(model, x, target, attributions, patch_size=None, per_step=None, steps=None, baseline="zero",
-                 score_space="softmax", tolerance=1e-6, seed=0, ties="random", batch_size=None, mean=None, low=None,
-                 high=None):
+def monotonicity(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
+                 patch_size: int | None = None, per_step: int | None = None, steps: int | None = None,
+                 baseline: str | float | torch.Tensor = "zero", score_space: str = "softmax", tolerance: float = 1e-6,
+                 seed: int = 0, ties: str = "random", batch_size: int | None = None,
+                 mean: float | torch.Tensor | None = None, low: float | torch.Tensor | None = None,
+                 high: float | torch.Tensor | None = None) -> pd.DataFrame:
     """Monotonicity: add features to the baseline in increasing relevance; 1 if the score never decreases, else 0.
 
     Arya et al. 2019 ("One explanation does not fit all", AIX360's monotonicity metric): starting from the baseline
@@ -274,8 +287,11 @@ def uniform_draws(x: torch.Tensor, seed: int, samples: int, low=None, high=None)
 
 
 @register_metric("monotonicity_correlation", family="faithfulness", directions={"monotonicity_correlation": "higher"})
-def monotonicity_correlation(model, x, target, attributions, patch_size=None, samples=10, statistic="mse",
-                             score_space="softmax", seed=0, batch_size=None, low=None, high=None):
+def monotonicity_correlation(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
+                             patch_size: int | None = None, samples: int = 10, statistic: str = "mse",
+                             score_space: str = "softmax", seed: int = 0, batch_size: int | None = None,
+                             low: float | torch.Tensor | None = None,
+                             high: float | torch.Tensor | None = None) -> pd.DataFrame:
     """Monotonicity correlation: Spearman over features i of |R|_i and the effect of drawing feature i at random.
 
     Nguyen & Martinez 2020 ("On quantitative aspects of model interpretability"): a feature with more relevance
@@ -331,8 +347,11 @@ def default_sizes(n_feat: int, count: int = 8, top: float = 0.8) -> list[int]:
 
 
 @register_metric("sensitivity_n", family="faithfulness", directions={"sensitivity_n": "higher", "curve": "none"})
-def sensitivity_n(model, x, target, attributions, sizes=None, runs=100, patch_size=1, baseline="zero",
-                  score_space="logit", seed=0, batch_size=None, mean=None, low=None, high=None):
+def sensitivity_n(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
+                  sizes: list[int] | None = None, runs: int = 100, patch_size: int = 1,
+                  baseline: str | float | torch.Tensor = "zero", score_space: str = "logit", seed: int = 0,
+                  batch_size: int | None = None, mean: float | torch.Tensor | None = None,
+                  low: float | torch.Tensor | None = None, high: float | torch.Tensor | None = None) -> pd.DataFrame:
     """Sensitivity-n: per subset size n, Pearson over random n-subsets S of sum_S R and f(x) - f(x[S = baseline]).
 
     Ancona et al. 2018 ("Towards better understanding of gradient-based attribution methods", ICLR): a map satisfies

@@ -16,6 +16,7 @@ The model itself is never touched: every randomisation works on a deep copy, see
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -108,7 +109,8 @@ CASCADE_DIRECTIONS = {"spearman_full": "lower", "spearman_abs_full": "lower", "s
 
 
 @register_metric("randomization", family="randomisation", directions=CASCADE_DIRECTIONS, needs=("method",))
-def randomization(model, x, target, attributions, seed=0, method=None, method_params=None):
+def randomization(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor, seed: int = 0,
+                  method: str | Callable | dict | None = None, method_params: dict | None = None) -> pd.DataFrame:
     """Cascading randomization: Spearman correlation (signed and absolute) per randomized layer; scalars after
     all layers are randomized (lower is better)."""
     fn = explainer(method, method_params, "randomization")
@@ -117,8 +119,10 @@ def randomization(model, x, target, attributions, seed=0, method=None, method_pa
 
 
 @register_metric("smooth_mprt", family="randomisation", directions=CASCADE_DIRECTIONS, needs=("method",))
-def smooth_mprt(model, x, target, attributions, samples=10, noise=0.1, order="bottom_up", seed=0, method=None,
-                method_params=None, batch_size=None):
+def smooth_mprt(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor, samples: int = 10,
+                noise: float = 0.1, order: str = "bottom_up", seed: int = 0,
+                method: str | Callable | dict | None = None, method_params: dict | None = None,
+                batch_size: int | None = None) -> pd.DataFrame:
     """Smooth MPRT (Hedström et al. 2023): the cascading randomisation test on noise-averaged maps,
     Spearman(E(x; theta), E(x; theta_k)) with E(x; .) = 1/S sum_s R(x + e_s; .), e_s ~ N(0, sigma^2),
     sigma = ``noise`` * (max(x) - min(x)) per sample.
@@ -171,8 +175,9 @@ def histogram_entropy(a: torch.Tensor, bins: int) -> torch.Tensor:
 
 @register_metric("efficient_mprt", family="randomisation", needs=("method",),
                  directions={"efficient_mprt": "higher", "entropy_trained": "none", "entropy_random": "none"})
-def efficient_mprt(model, x, target, attributions, bins=100, seed=0, method=None, method_params=None,
-                   batch_size=None):
+def efficient_mprt(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor, bins: int = 100,
+                   seed: int = 0, method: str | Callable | dict | None = None, method_params: dict | None = None,
+                   batch_size: int | None = None) -> pd.DataFrame:
     """Efficient MPRT (Hedström et al. 2023): relative rise of the map's complexity from the trained to the fully
     randomised model, (H(R(x; theta_rand)) - H(R(x; theta))) / H(R(x; theta)).
 
@@ -234,8 +239,9 @@ SIMILARITIES = ("ssim", "spearman")
 
 
 @register_metric("random_logit", family="randomisation", directions={"random_logit": "lower"}, needs=("method",))
-def random_logit(model, x, target, attributions, similarity="ssim", window=7, seed=0, method=None,
-                 method_params=None, batch_size=None):
+def random_logit(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
+                 similarity: str = "ssim", window: int = 7, seed: int = 0, method: str | Callable | dict | None = None,
+                 method_params: dict | None = None, batch_size: int | None = None) -> pd.DataFrame:
     """Random logit test (Sixt et al. 2020): similarity of R(x, target) and R(x, c) for a random class c != target.
 
     c is drawn uniformly from the other classes by each sample's own generator (``seed``; Quantus 0.6 seeds numpy

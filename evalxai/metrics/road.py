@@ -13,6 +13,7 @@ from __future__ import annotations
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from evalxai.memory import budget, chunked, images_per_chunk
 from evalxai.metrics.common import check_score_space, curve_rows, normalized_auc, scalar_rows, target_scores
@@ -92,8 +93,12 @@ def linear_imputation(x: torch.Tensor, missing: torch.Tensor, iters: int = 1000,
 @register_metric("road", family="faithfulness",
                  directions={"auc_morf": "lower", "auc_lerf": "higher", "auc_random": "none", "road_combined": "higher",
                              "curve_*": "none", "correct_*": "none"})
-def road(model, x, target, attributions, order=("morf", "lerf"), fractions=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7,
-         0.8, 0.9), noise=0.01, score_space="softmax", seed=0, batch_size=None, ties="random"):
+def road(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
+         order: str | tuple[str, ...] = ("morf", "lerf"),
+         fractions: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7,
+         0.8, 0.9), noise: float = 0.01,
+         score_space: str = "softmax", seed: int = 0, batch_size: int | None = None,
+         ties: str = "random") -> pd.DataFrame:
     """ROAD curves (score vs fraction removed by noisy linear imputation), AUCs, ROAD-combined, correctness; ties
     in relevance broken at random per sample (``ties``, recorded)."""
     check_score_space(score_space)

@@ -10,9 +10,12 @@ how many draws flipped.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 
 from evalxai.baselines import data_range
 from evalxai.memory import images_per_chunk
@@ -62,8 +65,10 @@ def path_continuity(rs: torch.Tensor, xs: torch.Tensor, ref: int) -> dict[str, n
 @register_metric("continuity", family="robustness", needs=("method",),
                  directions={"continuity_path": "lower", "continuity_ref": "lower", "continuity_path_aligned": "lower",
                              "continuity_ref_aligned": "lower", "quadrant_*": "none", "score": "none"})
-def continuity(model, x, target, attributions, shift=6, stride=1, axis="x", align=True, score_space="logit",
-               method=None, method_params=None, batch_size=None, low=None):
+def continuity(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor, shift: int = 6,
+               stride: int = 1, axis: str = "x", align: bool = True, score_space: str = "logit",
+               method: str | Callable | dict | None = None, method_params: dict | None = None,
+               batch_size: int | None = None, low: float | torch.Tensor | None = None) -> pd.DataFrame:
     """Continuity: max_t ||R(x_t) - R(x_t')||_1 / ||x_t - x_t'||_2 on a translation path (lower is better).
 
     Path: x translated by t = -shift..shift pixels (every ``stride``) along ``axis``, the shifted-in pixels black
@@ -171,8 +176,11 @@ def flip_rows(flipped: torch.Tensor) -> pd.DataFrame:
     return scalar_rows(flipped.double().mean(0), "flip_rate")
 
 
-def sensitivity_ratios(model, x, target, attributions, radius, samples, seed, method, method_params, batch_size,
-                       low, high, nan_on_flip, metric):
+def sensitivity_ratios(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
+                       radius: float, samples: int, seed: int, method: str | Callable | dict | None,
+                       method_params: dict | None, batch_size: int | None, low: float | torch.Tensor | None,
+                       high: float | torch.Tensor | None, nan_on_flip: bool,
+                       metric: str) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Yeh et al. (2019)'s ratios ||R(x + d_s) - R(x)||_2 / ||R(x)||_2 (S, N), d_s ~ U[-radius, radius]
     element-wise; NaN where R(x) = 0. Shared by max- and avg-sensitivity. Also the flips (or None)."""
     check_positive("radius", radius, metric, "the L-inf noise radius in input units")
@@ -198,8 +206,11 @@ _SENSITIVITY_DOC = """d ~ U[-radius, radius] element-wise (the L-inf ball; captu
 
 @register_metric("max_sensitivity", family="robustness", needs=("method",),
                  directions={"max_sensitivity": "lower", "avg_sensitivity": "lower", "flip_rate": "none"})
-def max_sensitivity(model, x, target, attributions, radius=0.02, samples=10, seed=0, nan_on_flip=False, method=None,
-                    method_params=None, batch_size=None, low=None, high=None):
+def max_sensitivity(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
+                    radius: float = 0.02, samples: int = 10, seed: int = 0, nan_on_flip: bool = False,
+                    method: str | Callable | dict | None = None, method_params: dict | None = None,
+                    batch_size: int | None = None, low: float | torch.Tensor | None = None,
+                    high: float | torch.Tensor | None = None) -> pd.DataFrame:
     """Max-sensitivity (Yeh et al. 2019): max_s ||R(x + d_s) - R(x)||_2 / ||R(x)||_2, and the mean over the same
     draws (``avg_sensitivity``).
 
@@ -215,8 +226,11 @@ def max_sensitivity(model, x, target, attributions, radius=0.02, samples=10, see
 
 @register_metric("avg_sensitivity", family="robustness", needs=("method",),
                  directions={"avg_sensitivity": "lower", "flip_rate": "none"})
-def avg_sensitivity(model, x, target, attributions, radius=0.02, samples=10, seed=0, nan_on_flip=False, method=None,
-                    method_params=None, batch_size=None, low=None, high=None):
+def avg_sensitivity(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
+                    radius: float = 0.02, samples: int = 10, seed: int = 0, nan_on_flip: bool = False,
+                    method: str | Callable | dict | None = None, method_params: dict | None = None,
+                    batch_size: int | None = None, low: float | torch.Tensor | None = None,
+                    high: float | torch.Tensor | None = None) -> pd.DataFrame:
     """Avg-sensitivity (Yeh et al. 2019): mean_s ||R(x + d_s) - R(x)||_2 / ||R(x)||_2, the same draws and code as
     ``max_sensitivity`` (whose rows also carry this mean).
 
@@ -235,8 +249,11 @@ for _f in (max_sensitivity, avg_sensitivity):
 
 @register_metric("local_lipschitz_estimate", family="robustness", needs=("method",),
                  directions={"local_lipschitz_estimate": "lower", "flip_rate": "none"})
-def local_lipschitz_estimate(model, x, target, attributions, samples=10, noise=0.1, seed=0, nan_on_flip=False,
-                             method=None, method_params=None, batch_size=None, low=None, high=None):
+def local_lipschitz_estimate(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
+                             samples: int = 10, noise: float = 0.1, seed: int = 0, nan_on_flip: bool = False,
+                             method: str | Callable | dict | None = None, method_params: dict | None = None,
+                             batch_size: int | None = None, low: float | torch.Tensor | None = None,
+                             high: float | torch.Tensor | None = None) -> pd.DataFrame:
     """Local Lipschitz estimate (Alvarez-Melis & Jaakkola 2018): max_s ||R(x) - R(x_s)||_2 / ||x - x_s||_2.
 
     x_s = x + N(0, noise^2) element-wise (Gaussian neighbours as in Quantus 0.6, ``perturb_std=0.1``), ``samples``
@@ -290,8 +307,12 @@ def _consistency_pool(model, x, attributions, reference, top_k, batch_size):
 
 @register_metric("consistency", family="robustness", needs=("method",),
                  directions={"consistency": "higher", "match_rate": "none"})
-def consistency(model, x, target, attributions, samples=10, noise=0.1, top_k=1, seed=0, reference=None, method=None,
-                method_params=None, batch_size=None, low=None, high=None):
+def consistency(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor, samples: int = 10,
+                noise: float = 0.1, top_k: int = 1, seed: int = 0,
+                reference: tuple[torch.Tensor, torch.Tensor] | None = None,
+                method: str | Callable | dict | None = None, method_params: dict | None = None,
+                batch_size: int | None = None, low: float | torch.Tensor | None = None,
+                high: float | torch.Tensor | None = None) -> pd.DataFrame:
     """Local consistency (Dasgupta et al. 2022): P[f(x') = f(x) | d(R(x')) = d(R(x))].
 
     d = top-k-sign discretisation: the set of the ``top_k`` features of largest |R| (ties: lower index first) with

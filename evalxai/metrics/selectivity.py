@@ -9,8 +9,11 @@ perturbs the whole batch, and the K + 1 perturbed inputs are scored in stacked b
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pandas as pd
 import torch
+from torch import nn
 
 from evalxai.baselines import baseline_label, reference
 from evalxai.memory import chunked
@@ -27,9 +30,12 @@ from evalxai.scoring import check_patch, require_images
 
 
 @register_metric("selectivity", family="faithfulness", directions={"auc": "lower", "curve": "none"}, needs=("method",))
-def selectivity(model, x, target, attributions, patch_size=None, steps=20, baseline="zero", score_space="logit",
-                recompute=True, method=None, method_params=None, seed=0, batch_size=None, mean=None, low=None,
-                high=None, ties="random"):
+def selectivity(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
+                patch_size: int | None = None, steps: int = 20, baseline: str | float | torch.Tensor = "zero",
+                score_space: str = "logit", recompute: bool = True, method: str | Callable | dict | None = None,
+                method_params: dict | None = None, seed: int = 0, batch_size: int | None = None,
+                mean: float | torch.Tensor | None = None, low: float | torch.Tensor | None = None,
+                high: float | torch.Tensor | None = None, ties: str = "random") -> pd.DataFrame:
     """Selectivity curve (score after each most-relevant-patch removal, relevance recomputed) and its AUC; among
     equally relevant patches the one first in ``tie_order`` (random per sample by default) goes first."""
     check_score_space(score_space)

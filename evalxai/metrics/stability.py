@@ -27,6 +27,8 @@ Cost per sample: ``samples`` explains and ``samples`` + 1 forwards (RRS: the for
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pandas as pd
 import torch
 from torch import nn
@@ -158,9 +160,12 @@ def relative_stability(kind: str, model, x, target, attributions, samples, noise
 
 @register_metric("relative_input_stability", family="robustness", needs=("method",),
                  directions={"relative_input_stability": "lower", "flip_rate": "none"})
-def relative_input_stability(model, x, target, attributions, samples=10, noise=0.05, p=2, eps_min=1e-6, seed=0,
-                             nan_on_flip=True, zero_reference="eps_min", method=None, method_params=None,
-                             batch_size=None, low=None, high=None):
+def relative_input_stability(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
+                             samples: int = 10, noise: float = 0.05, p: int = 2, eps_min: float = 1e-6, seed: int = 0,
+                             nan_on_flip: bool = True, zero_reference: str = "eps_min",
+                             method: str | Callable | dict | None = None, method_params: dict | None = None,
+                             batch_size: int | None = None, low: float | torch.Tensor | None = None,
+                             high: float | torch.Tensor | None = None) -> pd.DataFrame:
     """Relative input stability (Agarwal et al. 2022): max_s ||(R - R_s)/R||_p / max(||(x - x_s)/x||_p, eps_min).
 
     Lower is better; not invariant to rescaling the input. Definitions, division by zero, flips: module docstring.
@@ -171,9 +176,12 @@ def relative_input_stability(model, x, target, attributions, samples=10, noise=0
 
 @register_metric("relative_output_stability", family="robustness", needs=("method",),
                  directions={"relative_output_stability": "lower", "flip_rate": "none"})
-def relative_output_stability(model, x, target, attributions, samples=10, noise=0.05, p=2, eps_min=1e-6, seed=0,
-                              nan_on_flip=True, zero_reference="eps_min", method=None, method_params=None,
-                              batch_size=None, low=None, high=None):
+def relative_output_stability(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
+                              samples: int = 10, noise: float = 0.05, p: int = 2, eps_min: float = 1e-6, seed: int = 0,
+                              nan_on_flip: bool = True, zero_reference: str = "eps_min",
+                              method: str | Callable | dict | None = None, method_params: dict | None = None,
+                              batch_size: int | None = None, low: float | torch.Tensor | None = None,
+                              high: float | torch.Tensor | None = None) -> pd.DataFrame:
     """Relative output stability (Agarwal et al. 2022): max_s ||(R - R_s)/R||_p / max(||h(x) - h(x_s)||_p, eps_min).
 
     h = the logits (all classes). Lower is better. Definitions, division by zero, flips: module docstring.
@@ -184,9 +192,13 @@ def relative_output_stability(model, x, target, attributions, samples=10, noise=
 
 @register_metric("relative_representation_stability", family="robustness", needs=("method",),
                  directions={"relative_representation_stability": "lower", "flip_rate": "none"})
-def relative_representation_stability(model, x, target, attributions, samples=10, noise=0.05, p=2, eps_min=1e-6,
-                                      seed=0, nan_on_flip=True, zero_reference="eps_min", method=None,
-                                      method_params=None, batch_size=None, low=None, high=None, layer=None):
+def relative_representation_stability(model: nn.Module, x: torch.Tensor, target: torch.Tensor,
+                                      attributions: torch.Tensor, samples: int = 10, noise: float = 0.05, p: int = 2,
+                                      eps_min: float = 1e-6, seed: int = 0, nan_on_flip: bool = True,
+                                      zero_reference: str = "eps_min", method: str | Callable | dict | None = None,
+                                      method_params: dict | None = None, batch_size: int | None = None,
+                                      low: float | torch.Tensor | None = None, high: float | torch.Tensor | None = None,
+                                      layer: str | None = None) -> pd.DataFrame:
     """Relative representation stability (Agarwal et al. 2022): max_s ||(R - R_s)/R||_p / max(||(L - L_s)/L||_p,
     eps_min).
 

@@ -19,9 +19,12 @@ method (sufficiency = the base rate of kept labels) and none for another (NaN). 
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 
 from evalxai.baselines import data_range
 from evalxai.memory import chunked, images_per_chunk
@@ -66,8 +69,11 @@ APPLIES = ("nearest", "threshold")
 @register_metric("sufficiency", family="faithfulness", needs=("method",),
                  directions={"sufficiency": "higher", "sufficiency_gain": "higher", "agreement": "none",
                              "neighbours": "none"})
-def sufficiency(model, x, target, attributions, samples=20, noise=0.3, applies="nearest", nearest=0.25,
-                threshold=0.2, seed=0, method=None, method_params=None, batch_size=None, low=None, high=None):
+def sufficiency(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor, samples: int = 20,
+                noise: float = 0.3, applies: str = "nearest", nearest: float = 0.25, threshold: float = 0.2,
+                seed: int = 0, method: str | Callable | dict | None = None, method_params: dict | None = None,
+                batch_size: int | None = None, low: float | torch.Tensor | None = None,
+                high: float | torch.Tensor | None = None) -> pd.DataFrame:
     """Sufficiency: share of the noisy neighbours whose maps are closest to R(x) that keep the predicted label.
 
     Dasgupta et al. 2022, per sample against ``samples`` perturbed neighbours (see the module docstring): among the
