@@ -20,6 +20,7 @@ import ctypes.util
 import os
 import sys
 import threading
+from collections.abc import Iterator
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 MMAP_THRESHOLD = 32 * 1024 * 1024  # glibc's upper bound on 64-bit systems
@@ -43,7 +44,14 @@ def _libc():
 def tune() -> bool:
     """Apply the thresholds once per process; True where glibc accepted them (``evalxai.tune_allocator``).
 
-    Idempotent and thread-safe; does nothing (returns False) off glibc or when ``EVALXAI_MALLOC=default``."""
+    Idempotent and thread-safe; does nothing (returns False) off glibc or when ``EVALXAI_MALLOC=default``. No
+    parameters: the thresholds are ``MMAP_THRESHOLD`` and ``TRIM_THRESHOLD``.
+
+    Example:
+        >>> import evalxai
+        >>> evalxai.tune_allocator() in (True, False)
+        True
+    """
     global _done
     with _lock:
         if _done is not None:
@@ -74,7 +82,7 @@ GLIBC_DEFAULT_MMAP_THRESHOLD = 128 * 1024
 
 
 @contextlib.contextmanager
-def exact_resident_set(threshold: int = 64 * 1024):
+def exact_resident_set(threshold: int = 64 * 1024) -> Iterator[None]:
     """For memory measurements: inside the block every allocation of ``threshold`` bytes or more gets its own
     mapping, returned to the OS when freed, so the resident set follows the live tensors instead of the heap's
     layout (freed chunks inside the heap stay resident until reused). Slower (a page fault per 4 KiB). Afterwards

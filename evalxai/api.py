@@ -1,7 +1,8 @@
 """Public API: ``explain`` (attributions by method name) and ``score`` (tidy metric rows by metric name)."""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -21,6 +22,9 @@ from evalxai.memory import images_per_chunk
 from evalxai.methods.guard import frozen
 from evalxai.metrics import get_metric
 
+Target = int | Sequence[int] | torch.Tensor
+"""What ``explain`` and ``score`` take as ``target``: one class for every sample, or one per sample."""
+
 
 def _chunk(model: nn.Module, x: torch.Tensor) -> int:
     """Samples per call: what an LRP pass over them needs fits the memory budget (``evalxai.memory``); a method or
@@ -28,16 +32,29 @@ def _chunk(model: nn.Module, x: torch.Tensor) -> int:
     return images_per_chunk(model, x, "lrp", None, "explaining")
 
 
-def explain(model: nn.Module, x: torch.Tensor, target, method: str | Callable | dict = "lrp_epsilon_plus",
-            **overrides) -> torch.Tensor:
-    """Attributions of ``target`` logits for inputs ``x``, shaped like ``x``.
+def explain(model: nn.Module, x: torch.Tensor, target: Target,
+            method: str | Callable | Mapping = "lrp_epsilon_plus", **overrides: Any) -> torch.Tensor:
+    """Attributions of ``target`` logits for inputs ``x``, shaped like ``x``; the model is left as it was.
 
-    ``method`` is a config name (``conf/method/<name>.yaml``), a callable ``f(model, x, target)`` or a mapping
-    with ``_target_`` (a captum attribution class, e.g. ``{"_target_": "captum.attr.Saliency"}``);
-    ``overrides`` are config fields (``epsilon``, ``gamma``, ``steps``, ...). The model is left as it was.
-    ``low`` / ``high`` / ``mean`` (box bounds, black and uniform baselines, the mean image) are model-space values:
-    unset, they are ``evalxai.baselines.data_range``'s [0, 1] pixels; for normalised inputs pass the model-space
-    values of black and white, (0 - mean) / std and (1 - mean) / std per channel, as the pipeline does.
+    model: the classifier, inputs (N, ...) to logits (N, classes); explained in eval mode, without grads kept.
+    x: the inputs (N, C, H, W) or (N, D), float, in model space (the dtype of the model's parameters).
+    target: the class explained for each sample: one int for all, or N class indices (list or tensor).
+    method: a config name (``conf/method/<name>.yaml``, ``evalxai.methods.METHODS``), a callable
+        ``f(model, x, target)`` or a mapping with ``_target_`` (a captum attribution class, e.g.
+        ``{"_target_": "captum.attr.Saliency"}``).
+    overrides: config fields of the method (``epsilon``, ``gamma``, ``steps``, ...). ``low`` / ``high`` / ``mean``
+        (box bounds, black and uniform baselines, the mean image) are model-space values: unset, they are
+        ``evalxai.baselines.data_range``'s [0, 1] pixels; for normalised inputs pass the model-space values of black
+        and white, (0 - mean) / std and (1 - mean) / std per channel, as the pipeline does.
+
+    Example:
+        >>> import torch, evalxai
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval()
+        >>> x = torch.rand(2, 1, 4, 4)
+        >>> evalxai.explain(model, x, target=0, method="gradient").shape
+        torch.Size([2, 1, 4, 4])
+        >>> evalxai.explain(model, x, target=[0, 2], method="integrated_gradients", steps=8).shape
+        torch.Size([2, 1, 4, 4])
     """
     x, target = check_inputs(model, x, target)
     fn = resolve_method(method, overrides)
@@ -64,16 +81,30 @@ def row_major_order(sample: np.ndarray) -> np.ndarray | None:
     return None if np.array_equal(order, np.arange(len(sample))) else order
 
 
-def score(model: nn.Module, x: torch.Tensor, target, attributions: torch.Tensor, metric: str = "pixel_flipping",
-          masks=None, pool=None, **overrides) -> pd.DataFrame:
-    """Tidy rows (sample, metric, measure, step, value, direction, ...) of ``metric`` for the attributions.
+def score(model: nn.Module, x: torch.Tensor, target: Target, attributions: torch.Tensor,
+          metric: str = "pixel_flipping", masks: torch.Tensor | None = None,
+          pool: tuple[torch.Tensor, torch.Tensor] | None = None, **overrides: Any) -> pd.DataFrame:
+    """Tidy rows (metric, sample, measure, value, direction, step, ...) of ``metric`` for the attributions.
 
-    ``masks`` (N, H, W) bool, True = relevant pixel: the ground truth of localisation metrics (those that need
-    ``masks``: ``evalxai.metrics.METRICS[name].needs``), chunked with the samples. ``pool`` = (images, labels):
-    images the metric may compose with (``focus`` builds mosaics of them), the same for every chunk. Giving either
-    to a metric that does not need it is an error, as is leaving out one a metric needs. ``low`` / ``high`` /
-    ``mean``: as in ``explain`` (the data range and the mean image in model space; unset,
-    ``evalxai.baselines.data_range``'s [0, 1]). What the call receives is decided by ``evalxai.binding.bind``.
+    model, x, target: as in ``explain`` (the attributions' model, inputs and explained classes).
+    attributions: the maps to score, shaped like ``x`` (e.g. from ``explain``).
+    metric: a metric name (``conf/metric/<name>.yaml``, ``evalxai.metrics.METRICS``).
+    masks: (N, H, W) bool, True = relevant pixel: the ground truth of localisation metrics (those that need
+        ``masks``: ``evalxai.metrics.METRICS[name].needs``), chunked with the samples.
+    pool: (images, labels) the metric may compose with (``focus`` builds mosaics of them), the same for every
+        chunk. Giving ``masks`` or ``pool`` to a metric that does not need it is an error, as is leaving out one
+        a metric needs.
+    overrides: config fields of the metric (``patch_size``, ``steps``, ``method``, ...); ``low`` / ``high`` /
+        ``mean`` as in ``explain``. What the call receives is decided by ``evalxai.binding.bind``.
+
+    Example:
+        >>> import torch, evalxai
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval()
+        >>> x = torch.rand(2, 1, 4, 4)
+        >>> r = evalxai.explain(model, x, target=0, method="gradient")
+        >>> rows = evalxai.score(model, x, 0, r, metric="sparseness")
+        >>> rows[["sample", "metric", "measure"]].values.tolist()
+        [[0, 'sparseness', 'gini'], [1, 'sparseness', 'gini']]
     """
     x, target = check_inputs(model, x, target)
     check_attributions(attributions, x)

@@ -12,26 +12,43 @@ The pipeline (``pipeline.method_calls`` / ``metric_call``), the meta-evaluation,
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
+from typing import TYPE_CHECKING
 
 from evalxai._validate import DATA_NEEDS, check_needs, check_params
 from evalxai.methods import get_method
 from evalxai.methods.foreign import foreign_method
 
+if TYPE_CHECKING:
+    from evalxai.methods.registry import MethodSpec
+    from evalxai.metrics.registry import MetricSpec
 
-def unset_filled(params: dict, takes, values: dict) -> dict:
+
+def unset_filled(params: Mapping, takes: Collection[str], values: Mapping) -> dict:
     """``params`` with ``values[k]`` for every key k in ``takes`` that ``params`` leaves unset: absent or None (a
     YAML null, an override to null); a value the config sets is kept."""
     return {**params, **{k: v for k, v in values.items() if k in takes and params.get(k) is None}}
 
 
-def bind(spec, params: Mapping, *, data: Mapping | None = None, scored: tuple | None = None,
-         ground: Mapping | None = None) -> dict:
+def bind(spec: MethodSpec | MetricSpec, params: Mapping, *, data: Mapping | None = None,
+         scored: tuple[str | Callable | Mapping, dict | None] | None = None, ground: Mapping | None = None) -> dict:
     """The parameters one call of ``spec`` (a ``MethodSpec`` or ``MetricSpec``) receives besides (model, x, target[,
     attributions]): ``params`` (config fields or overrides; for a metric also ``masks`` / ``pool`` given by the
     caller) with what the module docstring lists filled in. ``scored`` = (method, method_params) of the method whose
     maps a metric scores. The registered defaults are not merged in: the caller does (so cache keys and configs keep
-    only what was set)."""
+    only what was set).
+
+    spec: the registered method or metric (``evalxai.methods.get_method`` / ``evalxai.metrics.get_metric``).
+    params: what the config or caller sets (unknown keys are errors).
+    data: the dataset's ``low`` / ``high`` / ``mean`` (model space), filled where the call takes them and is unset.
+    scored: (method, method_params) of the method whose maps a metric scores, for metrics that need ``method``.
+    ground: the run's ``masks`` / ``pool``, for metrics that need them and were not given them.
+
+    Example:
+        >>> from evalxai.metrics import get_metric
+        >>> bind(get_metric("max_sensitivity"), {"samples": 5}, scored=("gradient", {}))
+        {'samples': 5, 'method': 'gradient', 'method_params': {}}
+    """
     needs = getattr(spec, "needs", ())  # methods need nothing besides their parameters
     what = f"{'metric' if hasattr(spec, 'needs') else 'method'} '{spec.name}'"
     config = {k: v for k, v in params.items() if k not in DATA_NEEDS}
@@ -48,7 +65,7 @@ def bind(spec, params: Mapping, *, data: Mapping | None = None, scored: tuple | 
     return {**out, **{k: v for k, v in given.items() if v is not None}}
 
 
-def resolve_method(method: str | Callable | Mapping, overrides: dict) -> Callable:
+def resolve_method(method: str | Callable | Mapping, overrides: Mapping) -> Callable:
     """``f(model, x, target) -> Tensor`` for a method name (with overrides), a foreign callable, or a config
     mapping with ``_target_`` (a captum attribution class or a function; see ``evalxai.methods.foreign``)."""
     if isinstance(method, Mapping) or hasattr(method, "keys"):

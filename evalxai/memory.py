@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import re
 import weakref
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -26,7 +27,7 @@ _UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "m": 2**20, "mb": 2**20, "g": 
           "tb": 2**40, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
 
-def parse_bytes(value) -> int:
+def parse_bytes(value: int | float | str) -> int:
     """Bytes from an int or a string such as ``"1.5GB"``, ``"512MB"`` (binary units: 1 GB = 2^30 bytes)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if value <= 0:
@@ -61,16 +62,27 @@ def budget(device: torch.device | str | None = None) -> int:
 
 
 class memory_budget:  # noqa: N801 - reads as a function: memory_budget("4GB")
-    """Set the memory budget (``"4GB"``, bytes, or None for the default); as a context manager, for a block only."""
+    """Set the memory budget of ``explain``, ``score`` and ``maximize``; as a context manager, for a block only.
 
-    def __init__(self, value=None):
+    value: a size (``"4GB"``, ``"512MB"``: binary units) or a number of bytes; None: the default, a safe share of
+        the device's free memory. Work is chunked to fit; an image that does not fit alone is an error.
+
+    Example:
+        >>> import evalxai
+        >>> from evalxai.memory import budget
+        >>> with evalxai.memory_budget("1GB"):
+        ...     budget()
+        1073741824
+    """
+
+    def __init__(self, value: int | float | str | None = None) -> None:
         self.previous = _BUDGET[0]
         _BUDGET[0] = None if value is None else parse_bytes(value)
 
-    def __enter__(self):
+    def __enter__(self) -> memory_budget:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> bool:
         _BUDGET[0] = self.previous
         return False
 
@@ -124,7 +136,7 @@ def show_progress(on: bool) -> None:
 
 
 @contextlib.contextmanager
-def run_scope(limit, progress: bool):
+def run_scope(limit: int | float | str | None, progress: bool) -> Iterator[None]:
     """What one run sets for everything it calls: the memory budget ``limit`` (None: the current one) and the
     chunk progress bars; both restored on exit (progress off)."""
     show_progress(progress)
@@ -135,7 +147,7 @@ def run_scope(limit, progress: bool):
         show_progress(False)
 
 
-def chunked(total: int, step: int, desc: str):
+def chunked(total: int, step: int, desc: str) -> Iterable[int]:
     """range(0, total, step), with a progress bar per chunk when progress is on and there is more than one."""
     starts = range(0, total, max(1, step))
     if not _PROGRESS[0] or len(starts) < 2:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from evalxai.data.base import Dataset
 
@@ -16,7 +18,8 @@ DATASETS: dict[str, Callable[..., Dataset]] = {}
 WITH_MASKS: dict[str, Callable[[dict], bool]] = {}
 
 
-def register(name: str, masks: bool | Callable[[dict], bool] = False):
+def register(name: str, masks: bool | Callable[[dict], bool] = False
+             ) -> Callable[[Callable[..., Dataset]], Callable[..., Dataset]]:
     """Decorator: ``DATASETS[name] = loader``. ``masks``: whether the test split carries ground-truth masks
     (``True``), or a function of the config fields that says so (``image_folder``: when ``masks=DIR`` is given)."""
     def add(loader: Callable[..., Dataset]) -> Callable[..., Dataset]:
@@ -36,8 +39,18 @@ def provides_masks(name: str, params: dict | None = None) -> bool:
     return name in WITH_MASKS and WITH_MASKS[name](dict(params or {}))
 
 
-def load_dataset(name: str, cache_dir=None, **params) -> Dataset:
-    """Load a dataset by its config name (``conf/dataset/<name>.yaml``); every field is used or refused."""
+def load_dataset(name: str, cache_dir: str | Path | None = None, **params: Any) -> Dataset:
+    """Load a dataset by its config name (``conf/dataset/<name>.yaml``); every field is used or refused.
+
+    name: a ``DATASETS`` key (``mnist``, ``cifar10``, ``image_folder``, ``tensors``, ...).
+    cache_dir: where downloads and prepared arrays are kept; None: the loader's default.
+    params: the config fields of the loader (``root``, ``path``, ``mean``, ``std``, ...).
+
+    Example:
+        >>> x, y = load_dataset("digits").test_items([0, 1])  # doctest: +SKIP
+        >>> x.shape, y.tolist()  # doctest: +SKIP
+        (torch.Size([2, 1, 8, 8]), [3, 8])
+    """
     if name not in DATASETS:
         raise KeyError(f"unknown dataset '{name}': choose one of {sorted(DATASETS)}")
     params = {k: v for k, v in params.items() if k != "name"}

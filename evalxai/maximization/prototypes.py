@@ -15,6 +15,8 @@ in both spaces and scores how natural they are (``evalxai.maximization.naturalne
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -75,7 +77,8 @@ def _draw(shape, seed: int, target: torch.Tensor, kind: str, restart: int = 0) -
     return out
 
 
-def ascend(objective, v0: torch.Tensor, steps: int, lr: float, project=None) -> torch.Tensor:
+def ascend(objective: Callable[[torch.Tensor], torch.Tensor], v0: torch.Tensor, steps: int, lr: float,
+           project: Callable[[torch.Tensor], object] | None = None) -> torch.Tensor:
     """Maximise ``objective(v).sum()`` over v with Adam, step size cosine-annealed from ``lr`` to 0 over
     ``steps``; ``project`` (in place, no grad) after each step keeps v feasible."""
     v = v0.detach().clone().requires_grad_(True)
@@ -101,20 +104,32 @@ def _model_dtype(model: nn.Module, fallback: torch.Tensor | None):
     return (fallback.dtype, fallback.device) if fallback is not None else (torch.float32, torch.device("cpu"))
 
 
-def maximize(model: nn.Module, target, space: str = "input", generator=None, mean=None, **params) -> torch.Tensor:
-    """Prototypes of the classes ``target`` (an int or a 1-d tensor of class indices): one input per target,
-    shape (N, *input_shape), by activation maximization in input or code space (see the module docstring).
+def maximize(model: nn.Module, target: int | Sequence[int] | torch.Tensor, space: str = "input",
+             generator: nn.Module | str | None = None, mean: torch.Tensor | None = None,
+             **params: Any) -> torch.Tensor:
+    """Prototypes of the classes ``target``: one input per target, shape (N, *input_shape), by activation
+    maximization in input or code space (see the module docstring).
 
-    ``mean``: xbar of the input-space objective (an image or a batch of one, model space); None: the regulariser
-    pulls towards 0. ``generator``: for ``space="code"``, a module g mapping codes (N, latent_dim) to inputs with a
-    ``latent_dim`` attribute (``evalxai.generators.Generator``), or the name of a config in ``conf/generator/``.
-    Parameters: ``lam`` (weight of the squared-norm regulariser), ``steps``, ``lr`` (Adam's initial step size),
-    ``start`` ("mean": xbar, or z = 0; "noise": uniform in [low, high] (finite bounds, else xbar + N(0, 1)),
-    or z ~ N(0, I)), ``restarts`` (R: the chosen start and R - 1 noise starts per target, optimised together; the
-    one with the highest objective is kept), ``seed`` (noise starts, drawn per class and restart); input space also
-    ``low`` / ``high`` (the data range, floats or tensors broadcastable to one input; None: ``evalxai.baselines``'s
-    ``data_range`` default, [0, 1]; -inf / inf: unbounded) and
-    ``input_shape`` (when no mean is given).
+    model: the classifier whose logit of each target class is maximised.
+    target: an int or a 1-d sequence / tensor of class indices (N of them).
+    space: "input" (optimise the input directly) or "code" (optimise a generator's code z).
+    generator: for ``space="code"``, a module g mapping codes (N, latent_dim) to inputs with a ``latent_dim``
+        attribute (``evalxai.generators.Generator``), or the name of a config in ``conf/generator/``.
+    mean: xbar of the input-space objective (an image or a batch of one, model space); None: the regulariser
+        pulls towards 0.
+    params: ``lam`` (weight of the squared-norm regulariser), ``steps``, ``lr`` (Adam's initial step size),
+        ``start`` ("mean": xbar, or z = 0; "noise": uniform in [low, high] (finite bounds, else xbar + N(0, 1)),
+        or z ~ N(0, I)), ``restarts`` (R: the chosen start and R - 1 noise starts per target, optimised together; the
+        one with the highest objective is kept), ``seed`` (noise starts, drawn per class and restart); input space also
+        ``low`` / ``high`` (the data range, floats or tensors broadcastable to one input; None: ``evalxai.baselines``'s
+        ``data_range`` default, [0, 1]; -inf / inf: unbounded) and
+        ``input_shape`` (when no mean is given).
+
+    Example:
+        >>> import torch, evalxai
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval()
+        >>> evalxai.maximize(model, [0, 2], input_shape=(1, 4, 4), steps=5).shape
+        torch.Size([2, 1, 4, 4])
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"maximize: model must be a torch.nn.Module, got {type(model).__name__}")

@@ -56,7 +56,7 @@ class MetricSpec:
         raise KeyError(f"metric '{self.name}' wrote measure '{measure}', which its registration does not declare: add "
                        f"it to register_metric('{self.name}', directions=...)")
 
-    def with_directions(self, rows) -> pd.DataFrame:
+    def with_directions(self, rows: pd.DataFrame | Mapping | list) -> pd.DataFrame:
         """``rows`` with the ``direction`` column of their measures (in place of the column the row builders leave
         empty; after ``value`` where there is none)."""
         rows = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
@@ -93,13 +93,28 @@ def _check(name: str, fn: Callable, family: str, directions: Mapping, needs: tup
                             f"but needs={tuple(needs)}: declare needs=(..., '{need}') exactly when it takes them")
 
 
-def register_metric(name: str, *, family: str, directions: Mapping[str, str], needs: tuple[str, ...] = ()):
+def register_metric(name: str, *, family: str, directions: Mapping[str, str],
+                    needs: tuple[str, ...] = ()) -> Callable[[Callable], Callable]:
     """Decorator: register ``fn`` under ``name`` (= ``conf/metric/<name>.yaml``) with its family, the directions of
     its measures and its needs (module docstring); the defaults are the signature's. The registered function (also
-    the name the module binds) is ``fn`` with the rows' ``direction`` filled from ``directions``."""
+    the name the module binds) is ``fn`` with the rows' ``direction`` filled from ``directions``.
+
+    name: the config name, ``METRICS`` key and ``metric=`` value.
+    family: one of ``FAMILIES``.
+    directions: measure (or glob) -> ``higher`` / ``lower`` / ``none``, for every measure the rows carry.
+    needs: what the call receives besides its config fields, from ``NEEDS`` (``masks``, ``pool``, ``method``).
+
+    Example:
+        >>> from evalxai.metrics.common import scalar_rows
+        >>> @register_metric("mean_abs", family="complexity", directions={"mean_abs": "lower"})
+        ... def mean_abs(model, x, target, attributions, scale: float = 1.0):
+        ...     return scalar_rows(scale * attributions.flatten(1).abs().mean(1), "mean_abs")
+        >>> METRICS["mean_abs"].defaults, METRICS["mean_abs"].direction("mean_abs")
+        ({'scale': 1.0}, 'lower')
+    """
     needs = tuple(needs)
 
-    def wrap(fn):
+    def wrap(fn: Callable) -> Callable:
         _check(name, fn, family, directions, needs)
         data = [p for need in DATA_NEEDS if need in needs for p in NEED_PARAMS[need]]
         defaults = signature_defaults(fn, len(LEADING), skip=data, what=f"metric '{name}'")
@@ -116,6 +131,7 @@ def register_metric(name: str, *, family: str, directions: Mapping[str, str], ne
 
 
 def get_metric(name: str) -> MetricSpec:
+    """The registered metric ``name`` (``MetricSpec``); an unknown name is a KeyError."""
     if name not in METRICS:
         raise KeyError(f"unknown metric '{name}': choose one of {sorted(METRICS)}")
     return METRICS[name]

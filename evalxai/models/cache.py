@@ -13,6 +13,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -33,13 +34,16 @@ from evalxai.models.custom import (
 from evalxai.models.train import evaluate, evaluate_batches, train_model
 from evalxai.models.zoo import build_model
 
+if TYPE_CHECKING:
+    from evalxai.data.base import Dataset
+
 log = logging.getLogger(__name__)
 STATS = {"hits": 0, "misses": 0}
 # The parts of the package that determine trained weights (see ``evalxai._io.code_fingerprint``).
 MODEL_CODE = ("data", "models")
 
 
-def model_key(dataset, model_cfg: dict, train_cfg: dict, seed: int) -> str:
+def model_key(dataset: Dataset, model_cfg: dict, train_cfg: dict, seed: int) -> str:
     """Content key of a trained model."""
     return content_key({
         "dataset": dataset.name, "data": dataset.meta, "shape": list(dataset.input_shape),
@@ -57,15 +61,22 @@ def model_identity(model_cfg: dict, checkpoint_sha256: str | None) -> str:
     return content_key({**cfg, "checkpoint_sha256": checkpoint_sha256})
 
 
-def load_checkpoint(path, model: torch.nn.Module) -> None:
+def load_checkpoint(path: str | Path, model: torch.nn.Module) -> None:
     """Load a cached state dict into ``model`` with weights-only unpickling; refuse anything else clearly."""
     model.load_state_dict(load_weights(path, f"checkpoint {path}", "it is corrupt or holds more than tensors; "
                                        "delete it and the model will be retrained"))
 
 
-def get_model(dataset, model_cfg: dict, train_cfg: dict | None = None, seed: int = 0, cache_dir=None,
-              progress: bool = True) -> tuple[torch.nn.Module, dict]:
+def get_model(dataset: Dataset, model_cfg: dict, train_cfg: dict | None = None, seed: int = 0,
+              cache_dir: str | Path | None = None, progress: bool = True) -> tuple[torch.nn.Module, dict]:
     """Return (model in eval mode, info) — loaded from the cache, or trained and stored.
+
+    dataset: what the model is for and trained on (``evalxai.data.load_dataset``): input shape, classes, data.
+    model_cfg: the model config (``conf/model/<name>.yaml``), as below.
+    train_cfg: the training config; None: the one inside ``model_cfg``, else the trainer's defaults.
+    seed: initialisation and training seed (part of the cache key).
+    cache_dir: the cache root; None: the default (``evalxai._io.cache_root``).
+    progress: show training progress.
 
     ``model_cfg`` is a zoo model (``name``, ``arch``) or a user's model (``_target_``, ``kwargs``,
     ``checkpoint``, ``path``; see ``evalxai.models.custom``); unknown keys and a ``_target_`` on a zoo model are
@@ -75,6 +86,12 @@ def get_model(dataset, model_cfg: dict, train_cfg: dict | None = None, seed: int
     ``cache_hit``, the ``identity`` (``model_identity``: the same for every seed), the ``test_accuracy`` (streamed
     over the test split), and for a trained model the training time; a user's model adds ``target``, ``kwargs``,
     ``class``, ``checkpoint`` and ``checkpoint_sha256``.
+
+    Example:
+        >>> from evalxai.data import load_dataset
+        >>> model, info = get_model(load_dataset("digits"), {"name": "mlp"})  # doctest: +SKIP
+        >>> info["kind"], info["label"]  # doctest: +SKIP
+        ('zoo', 'mlp')
     """
     model_cfg = dict(model_cfg)
     kind = model_kind(model_cfg)

@@ -6,6 +6,9 @@ with a plain ``+``, global average pooling, linear: CAM-ready).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -100,8 +103,18 @@ MODELS = {"mlp": MLP, "lenet": LeNet, "vgg_bn": VGGBN, "resnet_small": ResNetSma
 MODELS["vit_tiny"] = ViT  # evalxai/models/vit.py
 
 
-def build_model(name: str, input_shape, num_classes: int = 10, **arch) -> nn.Module:
-    """Instantiate an architecture by its config name (``conf/model/<name>.yaml``)."""
+def build_model(name: str, input_shape: Sequence[int], num_classes: int = 10, **arch: Any) -> nn.Module:
+    """Instantiate an architecture by its config name (``conf/model/<name>.yaml``), untrained.
+
+    name: a ``MODELS`` key (``mlp``, ``lenet``, ``resnet_small``, ``vgg_bn``, ``vit_tiny``).
+    input_shape: one input's shape, (C, H, W).
+    num_classes: the number of logits.
+    arch: the config's ``arch`` fields (widths, depths, ...), lists read as tuples.
+
+    Example:
+        >>> build_model("mlp", (1, 8, 8), num_classes=10)(torch.zeros(2, 1, 8, 8)).shape
+        torch.Size([2, 10])
+    """
     if name not in MODELS:
         raise KeyError(f"unknown model '{name}': choose one of {sorted(MODELS)}")
     arch = {k: tuple(v) if isinstance(v, list) else v for k, v in arch.items()}
