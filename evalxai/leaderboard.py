@@ -154,7 +154,7 @@ def agreement_text(agree: pd.DataFrame) -> str:
     return text + ":\n\n" + markdown_table(dis[cols].round(3))
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m evalxai.leaderboard", description=__doc__.splitlines()[0])
     p.add_argument("dir", help="folder holding runs (searched recursively for scores.parquet)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -32,6 +33,9 @@ from evalxai._paths import CONF, EXPERIMENTS
 from evalxai.report.document import write_report
 from evalxai.report.stats import holm, wilcoxon_p
 from evalxai.report.tables import bootstrap_ci
+
+if TYPE_CHECKING:
+    from evalxai.data.base import Dataset
 
 ALPHA = 0.05
 
@@ -50,7 +54,7 @@ def compose(overrides: list[str]) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-def dataset_and_model(overrides: list[str]):
+def dataset_and_model(overrides: list[str]) -> tuple[dict, Dataset, torch.nn.Module]:
     """(config, dataset, trained model) of a composed config; the model from the cache, trained on first use."""
     from evalxai.data import load_dataset
     from evalxai.models import get_model
@@ -217,7 +221,7 @@ def reproduce(name: str, out_root: Path, overrides: list[str] | None = None, pro
     return table
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m evalxai.reproduce", description=__doc__.splitlines()[0])
     p.add_argument("name", help=f"one of {available()} or all")
     p.add_argument("--out", default="results/reproduce")

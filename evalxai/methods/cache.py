@@ -9,6 +9,8 @@ fingerprint of the explaining code (``EXPLAIN_CODE``) and the torch version; the
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 
 import torch
 
@@ -20,14 +22,16 @@ STATS = {"hits": 0, "misses": 0}
 EXPLAIN_CODE = ("methods", "api.py", "scoring.py", "baselines.py", "seeding.py")
 
 
-def attribution_key(model_key: str, method, params: dict, indices, target: torch.Tensor, dtype) -> str:
+def attribution_key(model_key: str, method: str | Mapping, params: dict, indices: Iterable[int], target: torch.Tensor,
+                    dtype: torch.dtype | str) -> str:
     """Key of one attribution tensor (everything that determines it)."""
     return content_key({"model": model_key, "method": method, "params": params, "indices": [int(i) for i in indices],
                         "target": target.tolist(), "dtype": str(dtype), "code": code_fingerprint(*EXPLAIN_CODE),
                         "format": 2})
 
 
-def cached(key: str, compute, cache_dir=None, enabled: bool = True) -> tuple[torch.Tensor, bool]:
+def cached(key: str, compute: Callable[[], torch.Tensor], cache_dir: str | Path | None = None,
+           enabled: bool = True) -> tuple[torch.Tensor, bool]:
     """(tensor, hit): load ``attributions/<key>.pt`` if present, else ``compute()`` and store it."""
     path = cache_root(cache_dir) / "attributions" / f"{key}.pt"
     if enabled and path.exists():

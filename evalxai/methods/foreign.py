@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,7 +20,7 @@ from torch import nn
 from evalxai.methods.cam import upsample
 
 
-def import_object(path: str):
+def import_object(path: str) -> Any:
     """The object at a dotted import path (``package.module.Name``)."""
     module, _, name = str(path).rpartition(".")
     if not module:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import inspect
 import operator
 import weakref
+from collections.abc import Callable, Collection
 
 import torch
 import torch.nn.functional as F
@@ -208,7 +209,7 @@ def owner(model: nn.Module, node: fx.Node) -> str:
     return f"module '{path}' ({name})"
 
 
-def refuse_tensors(model: nn.Module, node: fx.Node, args, kwargs, what: str) -> None:
+def refuse_tensors(model: nn.Module, node: fx.Node, args: tuple, kwargs: dict, what: str) -> None:
     """Raise LRPError naming the node's module if an unsupported operation receives a tensor; Python numbers
     (shape arithmetic on ``.size()``, as in a channel shuffle) carry no relevance and pass."""
     found = []
@@ -248,7 +249,7 @@ _META_FUNCS = {torch.zeros_like, torch.ones_like, torch.full_like, torch.empty_l
 _AS_METHODS = {"expand_as", "view_as", "reshape_as", "type_as"}  # data from self, only the shape of the argument
 
 
-def carrying_nodes(graph: fx.Graph, cut=frozenset()) -> dict:
+def carrying_nodes(graph: fx.Graph, cut: Collection[fx.Node] = frozenset()) -> dict:
     """Which nodes carry relevance: those whose tensor data depends on the explained input (the first placeholder),
     except through the nodes in ``cut`` (CP-LRP's attention weights, constants of the propagation). Shapes and sizes
     are not data: ``w.expand(x.shape[0], -1)`` and ``torch.zeros(x.size(0), d)`` are constants."""
@@ -367,7 +368,8 @@ def check_function(model: nn.Module, x: torch.Tensor, logits: torch.Tensor) -> N
                        "branch or explain with a gradient method")
 
 
-def execute(model: nn.Module, graph: fx.Graph, x: torch.Tensor, handle) -> torch.Tensor:
+def execute(model: nn.Module, graph: fx.Graph, x: torch.Tensor,
+            handle: Callable[[fx.Node, Callable, tuple, dict], object]) -> torch.Tensor:
     """Run a traced graph node by node; ``handle(node, call, args, kwargs)`` may return a replacement output.
 
     ``handle`` returns ``NotImplemented`` to run the node unchanged. Returns the graph's output. In-place
@@ -442,7 +444,7 @@ def _callable(model: nn.Module, node: fx.Node):
     return lambda self_, *a, **k: getattr(self_, node.target)(*a, **k)
 
 
-def bind_arguments(fn, args, kwargs) -> dict:
+def bind_arguments(fn: Callable, args: tuple, kwargs: dict) -> dict:
     """The arguments of a node's call of ``fn`` by parameter name (``F.linear``, ``F.layer_norm``, ``F.rms_norm``)."""
     try:
         return dict(inspect.signature(fn).bind(*args, **kwargs).arguments)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -18,7 +19,7 @@ def _hook_count(model: nn.Module) -> int:
 
 
 @contextlib.contextmanager
-def frozen(model: nn.Module, warn_train: bool = True):
+def frozen(model: nn.Module, warn_train: bool = True) -> Iterator[nn.Module]:
     """Run ``model`` in eval mode with ``requires_grad=False`` parameters; restore modes and flags on exit.
 
     A model handed over in training mode is switched to eval for the call (with a warning) and switched back:

@@ -41,7 +41,7 @@ from evalxai.metrics.registry import register_metric
 _REFERENCE_PARAMS = ("mean", "low", "high", "seed")
 
 
-def promised_reference(method, method_params: dict | None) -> tuple[object, dict]:
+def promised_reference(method: str | Callable | dict | None, method_params: dict | None) -> tuple[object, dict]:
     """(baseline, its parameters) of a registered method that explains against a reference input, else
     ("none", {})."""
     if not isinstance(method, str):

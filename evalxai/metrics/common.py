@@ -1,6 +1,9 @@
 """Shared pieces of metrics: score spaces, batched forwards, tidy row building."""
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import torch
@@ -15,19 +18,20 @@ from evalxai.scoring import SCORE_SPACES, batched_scores, check_score_space, tar
 UNSET = None
 
 
-def scalar_rows(values, measure: str, **extra) -> pd.DataFrame:
+def scalar_rows(values: torch.Tensor | np.ndarray | Sequence[float], measure: str, **extra: Any) -> pd.DataFrame:
     """One row per sample for a per-sample scalar."""
     v = np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values, dtype=np.float64)
     return pd.DataFrame({"sample": np.arange(len(v)), "measure": measure, "value": v, "direction": UNSET, **extra})
 
 
-def explainer(method, method_params: dict | None, metric: str):
+def explainer(method: str | Callable | Mapping | None, method_params: dict | None, metric: str) -> Callable:
     """``f(model, x, target) -> Tensor`` for the method a re-explaining metric calls (a name, callable or mapping)."""
     require_method(method, metric)
     return resolve_method(method, dict(method_params or {}))
 
 
-def explain_stack(fn, model, xs: torch.Tensor, target: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+def explain_stack(fn: Callable, model: nn.Module, xs: torch.Tensor, target: torch.Tensor,
+                  batch_size: int | None = None) -> torch.Tensor:
     """Attributions for a stack of inputs (S, N, ...) -> (S, N, ...), as many inputs per call as the memory budget
     allows for an LRP-like pass (``batch_size``: at most that many)."""
     s, n = xs.shape[:2]
@@ -39,7 +43,8 @@ def explain_stack(fn, model, xs: torch.Tensor, target: torch.Tensor, batch_size:
     return out.view_as(xs)
 
 
-def curve_rows(y: torch.Tensor, fraction, measure: str, **extra) -> pd.DataFrame:
+def curve_rows(y: torch.Tensor, fraction: torch.Tensor | np.ndarray | Sequence[float], measure: str,
+               **extra: Any) -> pd.DataFrame:
     """Curve rows from y (K + 1, N): sample, step k, fraction removed, value."""
     k1, n = y.shape
     frac = np.asarray(fraction, dtype=np.float64)
@@ -48,7 +53,7 @@ def curve_rows(y: torch.Tensor, fraction, measure: str, **extra) -> pd.DataFrame
                          "measure": measure, "direction": UNSET, **extra})
 
 
-def normalized_auc(y: torch.Tensor, fraction) -> np.ndarray:
+def normalized_auc(y: torch.Tensor, fraction: torch.Tensor | np.ndarray | Sequence[float]) -> np.ndarray:
     """Area under y (K + 1, N) over the removed fraction, divided by the fraction's span (RISE's normalised AUC)."""
     frac = np.asarray(fraction, dtype=np.float64)
     span = float(frac[-1] - frac[0]) or 1.0
@@ -56,7 +61,7 @@ def normalized_auc(y: torch.Tensor, fraction) -> np.ndarray:
 
 
 @torch.no_grad()
-def executed_layers(model, x: torch.Tensor) -> list[tuple[str, torch.nn.Module]]:
+def executed_layers(model: nn.Module, x: torch.Tensor) -> list[tuple[str, torch.nn.Module]]:
     """(name, module) of the Linear and convolution layers a forward pass of x[:1] calls, in the order it calls them
     (temporary forward pre-hooks, removed after: registration order, functional code in ``forward`` and nested
     containers do not matter); a module called twice is listed twice."""

@@ -19,7 +19,8 @@ from evalxai.scoring import require_images
 from evalxai.seeding import sample_generators
 
 
-def mosaic_plan(x: torch.Tensor, target: torch.Tensor, labels: torch.Tensor, seed: int):
+def mosaic_plan(x: torch.Tensor, target: torch.Tensor, labels: torch.Tensor,
+                seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per sample, from its own generator (seeded by ``seed`` and its bytes, so batching does not matter): the pool
     indices of one more target-class tile and two tiles of other classes, and the quadrant order.
 
@@ -69,7 +70,8 @@ def build_mosaics(x: torch.Tensor, images: torch.Tensor, tiles: torch.Tensor, fu
     return torch.cat(rows, -2)
 
 
-def quadrant_masks(shape: tuple[int, int], is_target: torch.Tensor, full_size: bool, size: tuple[int, int]):
+def quadrant_masks(shape: tuple[int, int], is_target: torch.Tensor, full_size: bool,
+                   size: tuple[int, int]) -> torch.Tensor:
     """Pixel masks (N, H', W') of the target quadrants of each mosaic."""
     h, w = size
     top, left = (h, w) if full_size else (h // 2, w // 2)

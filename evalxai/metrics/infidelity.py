@@ -21,6 +21,8 @@ beta = 0 (its best scaled version predicts no change): infidelity = E[df^2], nev
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 import torch
@@ -50,7 +52,8 @@ def square_masks(x: torch.Tensor, seed: int, samples: int, side: int) -> torch.T
     return inside.unsqueeze(2).to(x.device)
 
 
-def gaussian_perturbation(x: torch.Tensor, seed: int, draws, sigma) -> torch.Tensor:
+def gaussian_perturbation(x: torch.Tensor, seed: int, draws: Sequence[int] | torch.Tensor,
+                          sigma: float) -> torch.Tensor:
     """I for the given draw indices (len(draws), N, ...): sigma * N(0, 1), each draw from the sample's generator."""
     return sigma * noise_draws(x, seed + 17, draws, "normal").to(x.dtype)
 

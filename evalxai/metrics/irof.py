@@ -71,7 +71,8 @@ def superpixels(x: torch.Tensor, segmentation: str = "slic", n_segments: int = 1
     return torch.as_tensor(np.stack(labels), dtype=torch.long, device=x.device), "slic"
 
 
-def segment_order(x: torch.Tensor, labels: torch.Tensor, attributions: torch.Tensor, seed: int):
+def segment_order(x: torch.Tensor, labels: torch.Tensor, attributions: torch.Tensor,
+                  seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(rank (N, K) of each segment in the removal order, K_n (N,), mean relevance (N, K)): segments by decreasing
     mean relevance (over their pixels and the channels); equal means in a random order drawn per sample; padding
     segments (k >= K_n) last."""

@@ -45,7 +45,8 @@ from evalxai.seeding import noise_draws, sample_generators
 # -- shared pieces ------------------------------------------------------------------------------------------------
 
 
-def features(x: torch.Tensor, attributions: torch.Tensor, patch_size: int | None, per_side: int, what: str):
+def features(x: torch.Tensor, attributions: torch.Tensor, patch_size: int | None, per_side: int,
+             what: str) -> tuple[torch.Tensor, tuple[int, int], int]:
     """(relevance (N, P) float64, grid (Hp, Wp), patch side): the map summed over channels and p x p patches;
     ``patch_size`` None: about ``per_side`` patches along the shorter image side."""
     require_images(x, what)
@@ -73,7 +74,7 @@ def masked_scores(model: nn.Module, x: torch.Tensor, target: torch.Tensor, fill:
     return torch.cat(out)
 
 
-def feature_count(size, n_features: int, name: str = "subset_size") -> int:
+def feature_count(size: float, n_features: int, name: str = "subset_size") -> int:
     """A subset size: an int >= 1 counts features, a float in (0, 1) is a fraction of them (at least 1)."""
     if isinstance(size, bool) or not isinstance(size, (int, float)):
         raise ValueError(f"{name}={size!r} must be a count (int >= 1) or a fraction (float in (0, 1))")
@@ -219,7 +220,7 @@ def faithfulness_estimate(model: nn.Module, x: torch.Tensor, target: torch.Tenso
 # -- monotonicity (Arya et al. 2019) --------------------------------------------------------------------------------
 
 
-def addition_steps(n_feat: int, per_step, steps) -> tuple[int, int]:
+def addition_steps(n_feat: int, per_step: int | None, steps: int | None) -> tuple[int, int]:
     """(per_step, K): features added per step and the number of steps (as pixel flipping: ``MAX_STEPS`` by default)."""
     if steps is not None and int(steps) < 1:
         raise ValueError(f"steps={steps} must be >= 1")
@@ -279,7 +280,8 @@ def monotonicity(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attrib
 STATISTICS = ("mse", "variance", "mean")
 
 
-def uniform_draws(x: torch.Tensor, seed: int, samples: int, low=None, high=None) -> torch.Tensor:
+def uniform_draws(x: torch.Tensor, seed: int, samples: int, low: float | torch.Tensor | None = None,
+                  high: float | torch.Tensor | None = None) -> torch.Tensor:
     """(samples, N, ...) i.i.d. U[low, high] values (``evalxai.baselines.data_range``), draw s of sample n from its own
     generator: the values a feature takes when it is drawn at random."""
     lo, hi = data_range(low, high, x)

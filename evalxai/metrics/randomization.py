@@ -16,7 +16,7 @@ The model itself is never touched: every randomisation works on a deep copy, see
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -61,7 +61,7 @@ def spearman_rows(a: torch.Tensor, b: torch.Tensor, ranked: bool = False) -> np.
 ORDERS = ("top_down", "bottom_up")
 
 
-def cascade(model: nn.Module, seed: int, order: str = "top_down"):
+def cascade(model: nn.Module, seed: int, order: str = "top_down") -> Iterator[tuple[int, str, nn.Module]]:
     """Yield (k, layer name, copy) for k = 1..L: a deep copy of the model whose Linear / Conv layers are
     re-initialised (``reset_parameters`` under ``torch.manual_seed(seed * 7919 + k)``) one more at a time,
     cumulatively, output layer first (``top_down``, Adebayo et al.) or input layer first (``bottom_up``). The same

@@ -25,7 +25,7 @@ from evalxai.scoring import require_images
 from evalxai.seeding import per_sample_noise
 
 
-def translate(x: torch.Tensor, shift: int, axis: str = "x", fill=0.0) -> torch.Tensor:
+def translate(x: torch.Tensor, shift: int, axis: str = "x", fill: float | torch.Tensor = 0.0) -> torch.Tensor:
     """Images (..., H, W) moved by ``shift`` pixels (right / down for shift > 0); the shifted-in pixels are ``fill``
     (a number or a tensor broadcastable to x, e.g. per channel (C, 1, 1))."""
     dim = -1 if axis == "x" else -2
@@ -116,7 +116,8 @@ def continuity(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attribut
     return out
 
 
-def bounded(t: torch.Tensor, low=None, high=None) -> torch.Tensor:
+def bounded(t: torch.Tensor, low: float | torch.Tensor | None = None,
+            high: float | torch.Tensor | None = None) -> torch.Tensor:
     """t clipped into [low, high] (floats or tensors broadcastable to one input; None = unbounded)."""
     if low is None and high is None:
         return t
@@ -124,14 +125,15 @@ def bounded(t: torch.Tensor, low=None, high=None) -> torch.Tensor:
     return torch.clamp(t, lo, hi)
 
 
-def gaussian_neighbours(x: torch.Tensor, seed: int, samples: int, noise: float, low=None, high=None) -> torch.Tensor:
+def gaussian_neighbours(x: torch.Tensor, seed: int, samples: int, noise: float, low: float | torch.Tensor | None = None,
+                        high: float | torch.Tensor | None = None) -> torch.Tensor:
     """``samples`` noisy copies (S, N, ...) of x: x + N(0, noise^2) element-wise, per-sample draws from ``seed``,
     clipped into [low, high] when given."""
     return bounded(x.unsqueeze(0) + per_sample_noise(x, seed, samples, "normal") * noise, low, high)
 
 
 @torch.no_grad()
-def stack_logits(model, xs: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+def stack_logits(model: nn.Module, xs: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
     """Logits (S, N, classes) of a stack of inputs (S, N, ...), chunked by the memory budget."""
     s, n = xs.shape[:2]
     flat = xs.reshape(s * n, *xs.shape[2:])
@@ -140,7 +142,7 @@ def stack_logits(model, xs: torch.Tensor, batch_size: int | None = None) -> torc
     return out.view(s, n, -1)
 
 
-def flips(model, x: torch.Tensor, xs: torch.Tensor, batch_size: int | None = None,
+def flips(model: nn.Module, x: torch.Tensor, xs: torch.Tensor, batch_size: int | None = None,
           logits: torch.Tensor | None = None) -> torch.Tensor:
     """(S, N) bool: the predicted class (argmax) of xs[s, n] differs from that of x[n]."""
     if logits is None:

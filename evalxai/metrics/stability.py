@@ -117,8 +117,11 @@ def _check(p, eps_min, noise, samples, zero_reference, metric):
         raise ValueError(f"p={p} must be >= 1 or inf for metric '{metric}' (the L_p norm)")
 
 
-def relative_stability(kind: str, model, x, target, attributions, samples, noise, p, eps_min, seed, nan_on_flip,
-                       zero_reference, layer, method, method_params, batch_size, low, high) -> pd.DataFrame:
+def relative_stability(kind: str, model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
+                       samples: int, noise: float, p: int | float, eps_min: float, seed: int, nan_on_flip: bool,
+                       zero_reference: str, layer: str | None, method: str | Callable | dict | None,
+                       method_params: dict | None, batch_size: int | None, low: float | torch.Tensor | None,
+                       high: float | torch.Tensor | None) -> pd.DataFrame:
     """The three relative stabilities share everything but the denominator (``kind``: input, output,
     representation)."""
     metric = f"relative_{kind}_stability"

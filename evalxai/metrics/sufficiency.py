@@ -46,7 +46,8 @@ def cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(both_zero, 0.0, torch.where(one_zero, 1.0, 1.0 - cos))
 
 
-def neighbours(x: torch.Tensor, seed: int, samples: int, noise: float, low=None, high=None) -> torch.Tensor:
+def neighbours(x: torch.Tensor, seed: int, samples: int, noise: float, low: float | torch.Tensor | None = None,
+               high: float | torch.Tensor | None = None) -> torch.Tensor:
     """(samples, N, ...) noisy copies x + N(0, (noise * (high - low))^2), drawn per sample, clipped into [low, high]
     when the bounds are given (the span high - low: ``evalxai.baselines.data_range``'s, 1, when they are not)."""
     lo, hi = data_range(low, high, x)
@@ -55,7 +56,7 @@ def neighbours(x: torch.Tensor, seed: int, samples: int, noise: float, low=None,
 
 
 @torch.no_grad()
-def predicted_labels(model, xs: torch.Tensor, batch_size=None) -> torch.Tensor:
+def predicted_labels(model: nn.Module, xs: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
     """argmax of the logits for a stack (S, N, ...) -> (S, N), in chunks of the memory budget."""
     s, n = xs.shape[:2]
     flat = xs.reshape(s * n, *xs.shape[2:])

@@ -265,7 +265,7 @@ def build(root: str | Path, reference: str = REFERENCE, seed: int = 0,
     return {"methods": ranking, "agreement": agree, "per_run": per_run, "accuracy": accuracy}
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m evalxai.report.ground_truth", description=__doc__.split("\n")[0])
     parser.add_argument("root", help="folder holding the runs (e.g. results/ground_truth/multirun)")
     parser.add_argument("--reference", default=REFERENCE, help=f"metric:measure of localisation (default {REFERENCE})")

@@ -10,6 +10,8 @@ measure) family are Holm-corrected (Holm 1979).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 
@@ -22,7 +24,7 @@ IMAGE = "dataset_index"  # the cluster and the pairing unit
 ALPHA = 0.05
 
 
-def holm(pvalues) -> np.ndarray:
+def holm(pvalues: Sequence[float] | np.ndarray) -> np.ndarray:
     """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1); NaN stays NaN."""
     p = np.asarray(pvalues, dtype=np.float64)
     out = np.full_like(p, np.nan)

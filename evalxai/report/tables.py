@@ -1,6 +1,8 @@
 """The tidy schema and per-run summaries (mean, standard deviation, percentile-bootstrap 95 % interval, n)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 
@@ -22,8 +24,8 @@ def headline(table: pd.DataFrame) -> pd.DataFrame:
     return table if sub.empty else sub
 
 
-def cluster_bootstrap_ci(values, clusters=None, n_boot: int = 2000, level: float = 0.95,
-                         seed: int = 0) -> tuple[float, float]:
+def cluster_bootstrap_ci(values: Sequence[float] | np.ndarray, clusters: Sequence | np.ndarray | None = None,
+                         n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
     """Percentile cluster-bootstrap interval of the mean (Davison & Hinkley 1997, sec. 3.8; Field & Welsh 2007).
 
     Clusters (e.g. images seen under several seeds) are resampled with replacement; a replicate's statistic is
@@ -57,7 +59,8 @@ def cluster_bootstrap_ci(values, clusters=None, n_boot: int = 2000, level: float
     return float(min(lo, mean)), float(max(hi, mean))
 
 
-def bootstrap_ci(values, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+def bootstrap_ci(values: Sequence[float] | np.ndarray, n_boot: int = 2000, level: float = 0.95,
+                 seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of independent values (the one-per-cluster case of
     :func:`cluster_bootstrap_ci`)."""
     return cluster_bootstrap_ci(values, None, n_boot=n_boot, level=level, seed=seed)
