@@ -29,7 +29,8 @@ BLUR_SIGMA = 5.0
 DATA_RANGE = (0.0, 1.0)  # the input bounds [low, high] where none are given: unnormalised pixels
 
 
-def data_range(low=None, high=None, like: torch.Tensor | None = None) -> tuple:
+def data_range(low: float | torch.Tensor | None = None, high: float | torch.Tensor | None = None,
+               like: torch.Tensor | None = None) -> tuple:
     """The data range (low, high): the model-space values of a black and a white pixel (the pipeline passes the
     dataset's), ``DATA_RANGE`` for a bound given as None; the one default of every method, metric and activation
     maximisation. With ``like``: tensors of its dtype and device (broadcastable to one input)."""
@@ -39,13 +40,16 @@ def data_range(low=None, high=None, like: torch.Tensor | None = None) -> tuple:
     return tuple(torch.as_tensor(v).to(dtype=like.dtype, device=like.device) for v in (low, high))
 
 
-def to_pixels(x: torch.Tensor, low=None, high=None) -> torch.Tensor:
+def to_pixels(x: torch.Tensor, low: float | torch.Tensor | None = None,
+              high: float | torch.Tensor | None = None) -> torch.Tensor:
     """x mapped from model space to pixel space, (x - low) / (high - low): black 0, white 1 per channel."""
     lo, hi = data_range(low, high, x)
     return (x - lo) / (hi - lo)
 
 
-def reference(x: torch.Tensor, baseline, *, mean=None, low=None, high=None, seed: int = 0) -> torch.Tensor:
+def reference(x: torch.Tensor, baseline: str | float | torch.Tensor, *, mean: float | torch.Tensor | None = None,
+              low: float | torch.Tensor | None = None, high: float | torch.Tensor | None = None,
+              seed: int = 0) -> torch.Tensor:
     """The reference input for each sample of x, shaped like x (see the module docstring); ``low`` / ``high``
     as in ``data_range``."""
     low, high = data_range(low, high)
@@ -70,7 +74,7 @@ def reference(x: torch.Tensor, baseline, *, mean=None, low=None, high=None, seed
     raise ValueError(f"unknown baseline {baseline!r}: use one of {list(BASELINES)}, a number or a tensor")
 
 
-def baseline_label(baseline) -> str:
+def baseline_label(baseline: str | float | torch.Tensor) -> str:
     """How the table records a baseline: its name (``zero`` is a black image in pixel space), or its kind."""
     return baseline if isinstance(baseline, str) else "tensor" if isinstance(baseline, torch.Tensor) else str(baseline)
 

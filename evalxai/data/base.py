@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 import shutil
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +45,7 @@ class Dataset:
     def __len__(self) -> int:
         raise NotImplementedError
 
-    def test_pixels(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+    def test_pixels(self, indices: Sequence[int] | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """(images in pixel space (n, C, H, W) float32, labels (n,) int64) of the given test indices."""
         raise NotImplementedError
 
@@ -78,21 +79,21 @@ class Dataset:
         return x * self._channel(self.std).to(x) + self._channel(self.mean).to(x)
 
     @property
-    def low(self):
+    def low(self) -> float | torch.Tensor:
         """Model-space value of a black pixel (pixel 0): a float, or per-channel (C, 1, 1) when normalised."""
         return 0.0 if self.mean is None else self.normalize(torch.zeros(len(self.mean), 1, 1))
 
     @property
-    def high(self):
+    def high(self) -> float | torch.Tensor:
         """Model-space value of a white pixel (pixel 1)."""
         return 1.0 if self.mean is None else self.normalize(torch.ones(len(self.mean), 1, 1))
 
-    def test_items(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+    def test_items(self, indices: Sequence[int] | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """(model-space images, labels) of the given test indices: only these images are read."""
         x, y = self.test_pixels(np.asarray(indices, dtype=np.int64))
         return self.normalize(x), y
 
-    def test_batches(self, batch_size: int = 256):
+    def test_batches(self, batch_size: int = 256) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The test split in model space, ``batch_size`` images at a time (for streamed accuracy)."""
         for i in range(0, len(self), batch_size):
             yield self.test_items(np.arange(i, min(i + batch_size, len(self))))
@@ -102,7 +103,7 @@ class Dataset:
         """Whether the test split carries ground-truth masks."""
         return self.masks_test is not None
 
-    def test_masks(self, indices) -> torch.Tensor | None:
+    def test_masks(self, indices: Sequence[int] | np.ndarray) -> torch.Tensor | None:
         """Ground-truth masks (n, H, W) bool of the given test indices (True = relevant pixel), None without masks.
         Only these masks are read."""
         if not self.has_masks:
@@ -113,7 +114,7 @@ class Dataset:
         """Labels of the train split (int64); loaders that can read labels without images override this."""
         return self.train_pixels()[1].numpy()
 
-    def train_items(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+    def train_items(self, indices: Sequence[int] | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """(model-space images, labels) of the given train indices; loaders that read lazily override this."""
         x, y = self.train_pixels()
         idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
@@ -149,7 +150,8 @@ class ArrayDataset(Dataset):
     """A dataset held in memory: train/test tensors in pixel space ([0, 1])."""
 
     def __init__(self, name: str, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor,
-                 y_test: torch.Tensor, classes=None, meta: dict | None = None, mean=None, std=None, masks_test=None):
+                 y_test: torch.Tensor, classes=None, meta: dict | None = None, mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None, masks_test=None):
         self.name, self.x_train, self.y_train, self.x_test, self.y_test = name, x_train, y_train, x_test, y_test
         if masks_test is not None:
             masks_test = torch.as_tensor(masks_test)
@@ -168,17 +170,17 @@ class ArrayDataset(Dataset):
     def __len__(self) -> int:
         return len(self.x_test)
 
-    def test_pixels(self, indices):
+    def test_pixels(self, indices: Sequence[int] | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
         return self.x_test[idx], self.y_test[idx]
 
-    def train_pixels(self):
+    def train_pixels(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.x_train, self.y_train
 
-    def train_labels(self):
+    def train_labels(self) -> np.ndarray:
         return self.y_train.numpy()
 
-    def train_items(self, indices):
+    def train_items(self, indices: Sequence[int] | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
         return self.normalize(self.x_train[idx]), self.y_train[idx]
 
@@ -199,7 +201,8 @@ def stratified_split(y: np.ndarray, n_test: int | float, seed: int) -> tuple[np.
     return rng.permutation(train), rng.permutation(test)
 
 
-def parse_mean_std(mean, std, channels: int) -> tuple[tuple | None, tuple | None]:
+def parse_mean_std(mean: Sequence[float] | None, std: Sequence[float] | None,
+                   channels: int) -> tuple[tuple | None, tuple | None]:
     """Validate ``dataset.mean`` / ``dataset.std``: both null, or both one positive-std value per channel."""
     if mean is None and std is None:
         return None, None
@@ -223,7 +226,7 @@ def uint8_pixels(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a).astype(np.float32) / np.float32(255))
 
 
-def file_signature(paths, root: Path | None = None) -> str:
+def file_signature(paths: Iterable[Path], root: Path | None = None) -> str:
     """A content key of files by (relative) name, size and modification time: the data part of a cache key."""
     rows = []
     for p in paths:
@@ -232,7 +235,8 @@ def file_signature(paths, root: Path | None = None) -> str:
     return content_key(rows)
 
 
-def cached_arrays(key: str, build, cache_dir) -> dict[str, np.ndarray]:
+def cached_arrays(key: str, build: Callable[[], dict[str, np.ndarray]],
+                  cache_dir: str | Path | None) -> dict[str, np.ndarray]:
     """Load arrays from ``<cache>/data/<key>.npz`` or build and store them atomically."""
     path = cache_root(cache_dir) / "data" / f"{key}.npz"
     if path.exists():
@@ -245,6 +249,6 @@ def cached_arrays(key: str, build, cache_dir) -> dict[str, np.ndarray]:
     return arrays
 
 
-def clear_cache(cache_dir=None) -> None:
+def clear_cache(cache_dir: str | Path | None = None) -> None:
     """Remove cached parsed arrays."""
     shutil.rmtree(cache_root(cache_dir) / "data", ignore_errors=True)

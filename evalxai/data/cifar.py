@@ -9,6 +9,7 @@ unpickler that admits only numpy arrays besides plain containers; the train file
 from __future__ import annotations
 
 import pickle
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +74,7 @@ def _find_folder(name: str, root) -> Path:
 class CifarDataset(Dataset):
     """CIFAR-10 or CIFAR-100 from local batch files; 3 x 32 x 32 images."""
 
-    def __init__(self, name: str, root, mean=None, std=None):
+    def __init__(self, name: str, root, mean: Sequence[float] | None = None, std: Sequence[float] | None = None):
         self.name, self.spec = name, SPECS[name]
         self.folder = _find_folder(name, root)
         names = read_batch(self.folder / self.spec["meta"]).get(self.spec["names"])
@@ -109,24 +110,26 @@ class CifarDataset(Dataset):
     def __len__(self) -> int:
         return len(self.y_test)
 
-    def test_pixels(self, indices):
+    def test_pixels(self, indices: Sequence[int] | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         return uint8_pixels(self.x_test[idx]), torch.from_numpy(self.y_test[idx])
 
-    def train_pixels(self):
+    def train_pixels(self) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = self._read(self.spec["train"])
         return uint8_pixels(x), torch.from_numpy(y)
 
 
 @register("cifar10")
-def load_cifar10(root: str | None = None, mean=None, std=None, cache_dir=None) -> Dataset:
+def load_cifar10(root: str | None = None, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 cache_dir: str | Path | None = None) -> Dataset:
     """CIFAR-10 (python version) from ``root``."""
     del cache_dir  # small files, read directly
     return CifarDataset("cifar10", root, mean=mean, std=std)
 
 
 @register("cifar100")
-def load_cifar100(root: str | None = None, mean=None, std=None, cache_dir=None) -> Dataset:
+def load_cifar100(root: str | None = None, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                  cache_dir: str | Path | None = None) -> Dataset:
     """CIFAR-100 (python version, fine labels) from ``root``."""
     del cache_dir
     return CifarDataset("cifar100", root, mean=mean, std=std)

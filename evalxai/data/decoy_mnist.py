@@ -14,6 +14,8 @@ the same split.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -44,7 +46,8 @@ def add_decoy(x: torch.Tensor, grey: np.ndarray, where: np.ndarray) -> torch.Ten
 
 @register("decoy_mnist", masks=True)
 def load_decoy_mnist(root: str | None = None, n_test: int = 1000, split_seed: int = 0, mask: str = "patch",
-                     patch_size: int = 4, threshold: float = 0.5, seed: int = 0, cache_dir=None) -> Dataset:
+                     patch_size: int = 4, threshold: float = 0.5, seed: int = 0,
+                     cache_dir: str | Path | None = None) -> Dataset:
     """Decoy MNIST (see the module docstring)."""
     if mask not in MASKS:
         raise ValueError(f"dataset.mask={mask!r} is not one of {list(MASKS)} (dataset=decoy_mnist): 'patch' marks the "

@@ -32,6 +32,7 @@ image's size. Only the masks of the explained images are decoded.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -137,7 +138,8 @@ class ImageFolderDataset(Dataset):
     name = "image_folder"
 
     def __init__(self, root, n_test=None, split_seed: int = 0, resize=None, crop=None, image_size=None,
-                 channels: int = 3, mean=None, std=None, masks=None):
+                 channels: int = 3, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 masks=None):
         if not root:
             raise ValueError("dataset=image_folder needs dataset.root=DIR, laid out DIR/<class>/*.png "
                              "(or DIR/train/<class>/..., DIR/test/<class>/...)")
@@ -274,7 +276,7 @@ class ImageFolderDataset(Dataset):
         return self.mask_files is not None
 
     @property
-    def masks_test(self):
+    def masks_test(self) -> torch.Tensor | None:
         """Every test mask (N, H, W) bool (decoded on first use), or None without ``masks=DIR``."""
         if self.mask_files is None:
             return None
@@ -282,7 +284,7 @@ class ImageFolderDataset(Dataset):
             self._masks_test = self.test_masks(np.arange(len(self)))
         return self._masks_test
 
-    def test_masks(self, indices):
+    def test_masks(self, indices: Sequence[int] | np.ndarray) -> torch.Tensor | None:
         if self.mask_files is None:
             return None
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
@@ -305,31 +307,32 @@ class ImageFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.test_files)
 
-    def test_pixels(self, indices):
+    def test_pixels(self, indices: Sequence[int] | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if idx.size and (idx.min() < -len(self) or idx.max() >= len(self)):
             raise IndexError(f"test index out of range for {len(self)} images")
         return self._read([self.test_files[i] for i in idx]), torch.from_numpy(self.y_test[idx])
 
-    def train_pixels(self):
+    def train_pixels(self) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.train_files:
             raise ValueError(f"dataset.root={self.root} has no train images: training a model needs them; give a "
                              "trained model with model.checkpoint=PATH")
         return self._read(self.train_files), torch.from_numpy(self.y_train)
 
-    def train_labels(self):
+    def train_labels(self) -> np.ndarray:
         return self.y_train
 
-    def train_items(self, indices):
+    def train_items(self, indices: Sequence[int] | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         x = self._read([self.train_files[i] for i in idx])
         return self.normalize(x), torch.from_numpy(self.y_train[idx])
 
 
 @register("image_folder", masks=lambda params: bool(params.get("masks")))
-def load_image_folder(root: str | None = None, n_test=None, split_seed: int = 0, resize=None, crop=None,
-                      image_size=None, channels: int = 3, mean=None, std=None, masks=None,
-                      cache_dir=None) -> Dataset:
+def load_image_folder(root: str | None = None, n_test: int | float | None = None, split_seed: int = 0,
+                      resize: int | None = None, crop: int | None = None, image_size: int | None = None,
+                      channels: int = 3, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                      masks: str | None = None, cache_dir: str | Path | None = None) -> Dataset:
     """Images from ``root/<class>/...`` (see ``ImageFolderDataset``), decoded only when read."""
     del cache_dir  # decoded images are not cached
     return ImageFolderDataset(root, n_test=n_test, split_seed=split_seed, resize=resize, crop=crop,

@@ -79,7 +79,8 @@ def _to_dataset(name, x_tr, y_tr, x_te, y_te, scale, meta) -> Dataset:
 
 
 @register("mnist")
-def load_mnist(root: str | None = None, n_test: int = 1000, split_seed: int = 0, cache_dir=None) -> Dataset:
+def load_mnist(root: str | None = None, n_test: int = 1000, split_seed: int = 0,
+               cache_dir: str | Path | None = None) -> Dataset:
     """MNIST: bundled 5 000 images split stratified into train/test, or full IDX files from ``root``."""
     if root:
         root_path = Path(root).expanduser()
@@ -100,7 +101,7 @@ def load_mnist(root: str | None = None, n_test: int = 1000, split_seed: int = 0,
 
 
 @register("digits")
-def load_digits(n_test: int | float = 360, split_seed: int = 0, cache_dir=None) -> Dataset:
+def load_digits(n_test: int | float = 360, split_seed: int = 0, cache_dir: str | Path | None = None) -> Dataset:
     """scikit-learn's 8x8 digits (1 797 images, values 0..16 scaled to [0, 1])."""
     def build():
         from sklearn.datasets import load_digits as sk_digits  # lazy: sklearn.datasets takes seconds to import

@@ -11,6 +11,7 @@ Also the helpers the local loaders share: ``parse_mean_std``, ``uint8_pixels``, 
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +73,7 @@ class TensorFileDataset(Dataset):
 
     name = "tensors"
 
-    def __init__(self, path, mean=None, std=None):
+    def __init__(self, path, mean: Sequence[float] | None = None, std: Sequence[float] | None = None):
         if not path:
             raise ValueError("dataset=tensors needs dataset.path=FILE (a .npz or .pt holding x_test and y_test)")
         self.path = Path(path).expanduser()
@@ -145,11 +146,11 @@ class TensorFileDataset(Dataset):
     def __len__(self) -> int:
         return len(self.x_test)
 
-    def test_pixels(self, indices):
+    def test_pixels(self, indices: Sequence[int] | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         return _pixels(self.x_test[idx]), torch.from_numpy(self.y_test[idx])
 
-    def train_pixels(self):
+    def train_pixels(self) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.has_train:
             raise ValueError(
                 f"{self.path} holds no train split (x_train, y_train), which training a model (and the dataset-mean "
@@ -165,7 +166,8 @@ class TensorFileDataset(Dataset):
 
 
 @register("tensors")
-def load_tensors(path: str | None = None, mean=None, std=None, cache_dir=None) -> Dataset:
+def load_tensors(path: str | None = None, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 cache_dir: str | Path | None = None) -> Dataset:
     """Arrays from a ``.npz`` / ``.pt`` file: x_test, y_test [, x_train, y_train, classes]."""
     del cache_dir  # the file is read directly
     return TensorFileDataset(path, mean=mean, std=std)

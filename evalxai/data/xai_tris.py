@@ -29,6 +29,8 @@ the pattern(s) drawn into this image. At 64x64 a smoothed pattern's mask is ``|s
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -83,7 +85,8 @@ def _smooth(a: np.ndarray, sigma: float) -> np.ndarray:
     return gaussian_filter(a, sigma=(0, sigma, sigma))
 
 
-def patterns(scenario: str, size: int, y: np.ndarray, rng: np.random.Generator):
+def patterns(scenario: str, size: int, y: np.ndarray,
+             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(signal (N, H, W) float64, placed masks (N, H, W) bool, relevant masks (N, H, W) bool) for labels ``y``."""
     fixed_scale, moving_scale, p0, p1, _ = GEOMETRY[size]
     n = len(y)
@@ -152,7 +155,7 @@ def generate(scenario: str = "linear", background: str = "white", size: int = 8,
 @register("xai_tris", masks=True)
 def load_xai_tris(scenario: str = "linear", background: str = "white", size: int = 8, snr: float | None = None,
                   n: int = 10000, n_test: int = 1000, mask: str = "relevant", seed: int = 0,
-                  cache_dir=None) -> Dataset:
+                  cache_dir: str | Path | None = None) -> Dataset:
     """XAI-TRIS images (see the module docstring): ``n`` images, ``n_test`` of them (stratified) the test split."""
     _check(scenario, background, size, mask, snr, n, n_test)
     key = f"xai-tris-v1-{scenario}-{background}-{size}-{snr}-{n}-{seed}"

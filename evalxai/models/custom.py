@@ -24,9 +24,10 @@ import inspect
 import logging
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -70,7 +71,7 @@ def model_kind(model_cfg: Mapping) -> str:
 _IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*(:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*)?$")
 
 
-def import_target(target: str, path=None):
+def import_target(target: str, path: str | Path | None = None) -> Any:
     """The object named by ``target`` ("pkg.mod.attr" or "pkg.mod:attr"), importing with ``path`` on sys.path."""
     if not isinstance(target, str) or not _IMPORT_PATH.match(target) or ("." not in target and ":" not in target):
         raise ValueError(f"model._target_={target!r} is not an import path such as pkg.module.Class "
@@ -115,7 +116,8 @@ def import_target(target: str, path=None):
     raise ImportError(f"model._target_={target}: no module '{candidates[-1][0]}' found; {hint}")
 
 
-def build_custom(target: str, kwargs: Mapping | None = None, path=None) -> tuple[nn.Module, object]:
+def build_custom(target: str, kwargs: Mapping | None = None,
+                 path: str | Path | None = None) -> tuple[nn.Module, object]:
     """(``target(**kwargs)``, the imported ``target``); the result must be an ``nn.Module``."""
     factory = import_target(target, path)
     if not callable(factory):
@@ -130,7 +132,7 @@ def build_custom(target: str, kwargs: Mapping | None = None, path=None) -> tuple
     return model, factory
 
 
-def file_sha256(path) -> str:
+def file_sha256(path: str | Path) -> str:
     """SHA-256 of the file's bytes, read once per process for a given (path, size, modification time)."""
     st = Path(path).stat()
     return _sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
@@ -157,7 +159,7 @@ def checkpoint_sha256(model_cfg: Mapping) -> str | None:
     return file_sha256(path)
 
 
-def source_fingerprint(obj) -> dict:
+def source_fingerprint(obj: object) -> dict:
     """What identifies the code of ``target``: the SHA-256 of the file that defines it and its package version.
 
     Part of the model cache key, so an edit to the user's module retrains the model.
@@ -175,7 +177,7 @@ def source_fingerprint(obj) -> dict:
     return out
 
 
-def load_weights(path, what: str, advice: str):
+def load_weights(path: str | Path, what: str, advice: str) -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU; any failure is one error naming ``what`` and the fix."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -183,7 +185,7 @@ def load_weights(path, what: str, advice: str):
         raise RuntimeError(f"{what} cannot be loaded with weights_only=True ({type(err).__name__}): {advice}") from None
 
 
-def read_state_dict(path) -> dict:
+def read_state_dict(path: str | Path) -> dict:
     """The state dict in checkpoint ``path`` (weights-only unpickling); refuses anything else, naming the file."""
     path = Path(str(path)).expanduser()
     if not path.is_file():
@@ -206,7 +208,7 @@ def _is_state(d: Mapping) -> bool:
     return len(d) > 0 and all(isinstance(v, torch.Tensor) for v in d.values())
 
 
-def load_state(model: nn.Module, state: Mapping, source) -> None:
+def load_state(model: nn.Module, state: Mapping, source: str | Path) -> None:
     """Load ``state`` into ``model``, exactly: an error names missing / unexpected keys and shape mismatches."""
     own = model.state_dict()
     if own and not any(k.startswith("module.") for k in own) and all(k.startswith("module.") for k in state):
@@ -227,7 +229,7 @@ def load_state(model: nn.Module, state: Mapping, source) -> None:
     model.load_state_dict(state, strict=True)
 
 
-def check_output_width(model: nn.Module, input_shape, num_classes: int, target: str) -> None:
+def check_output_width(model: nn.Module, input_shape: Sequence[int], num_classes: int, target: str) -> None:
     """One input of the dataset's shape must give (1, num_classes) logits."""
     was_training = model.training
     model.eval()
@@ -247,6 +249,6 @@ def check_output_width(model: nn.Module, input_shape, num_classes: int, target: 
                          f"classes: set +model.kwargs.num_classes={num_classes} (or your class's argument for it)")
 
 
-def model_label(name, model: nn.Module) -> str:
+def model_label(name: str, model: nn.Module) -> str:
     """The readable name in tables: ``model.name``, or the class name when it is left at "custom"."""
     return type(model).__name__ if name in (None, "", CUSTOM_NAME) else str(name)

@@ -1,6 +1,8 @@
 """Seeded training (Adam, cross-entropy) and test accuracy."""
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -18,7 +20,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return correct / max(len(x), 1)
 
 
-def evaluate_batches(model: nn.Module, batches) -> float:
+def evaluate_batches(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> float:
     """Top-1 accuracy over an iterable of (x, y) batches (a test split streamed from disk), in eval mode."""
     was_training = model.training
     model.eval()

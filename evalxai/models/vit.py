@@ -24,7 +24,7 @@ class HandAttention(nn.Module):
         self.out_proj = nn.Linear(dim, dim, bias=bias)
         nn.init.xavier_uniform_(self.in_proj_weight)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, t, d = x.shape
         h = self.heads
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
@@ -54,7 +54,7 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, mlp, bias=bias), nn.GELU(), nn.Dropout(0.0),
                                  nn.Linear(mlp, dim, bias=bias))
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.norm1(x)
         if self.module_attention:
             x = x + self.attn(h, h, h, need_weights=False)[0]
@@ -90,7 +90,7 @@ class ViT(nn.Module):
         self.norm = nn.LayerNorm(dim, bias=bias)
         self.head = nn.Linear(dim, num_classes, bias=bias)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x).flatten(2).transpose(1, 2)
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)

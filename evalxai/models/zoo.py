@@ -40,7 +40,7 @@ class LeNet(nn.Module):
         self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(flat, hidden, bias=bias), nn.ReLU(),
                                         nn.Linear(hidden, num_classes, bias=bias))
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
 
 
@@ -60,7 +60,7 @@ class VGGBN(nn.Module):
         self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(flat, hidden), nn.ReLU(),
                                         nn.Linear(hidden, num_classes))
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
 
 
@@ -78,7 +78,7 @@ class BasicBlock(nn.Module):
         if stride != 1 or cin != cout:
             self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
         return torch.relu(out + self.shortcut(x))
 
@@ -95,7 +95,7 @@ class ResNetSmall(nn.Module):
         self.flatten = nn.Flatten()
         self.fc = nn.Linear(c2, num_classes)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.flatten(self.pool(self.layer2(self.layer1(self.stem(x))))))
 
 
