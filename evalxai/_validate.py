@@ -8,6 +8,8 @@ What a metric needs besides x is declared by its registration (``MetricSpec.need
 from __future__ import annotations
 
 import weakref
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -15,6 +17,10 @@ from torch import nn
 
 from evalxai.methods.guard import frozen
 from evalxai.scoring import num_classes, require_images
+
+if TYPE_CHECKING:
+    from evalxai.methods.registry import MethodSpec
+    from evalxai.metrics.registry import MetricSpec
 
 DATA_NEEDS = ("masks", "pool")  # what a metric may need from the data besides x: never a config field
 _FINITE_LOGITS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -32,7 +38,8 @@ def check_finite(t: torch.Tensor, what: str) -> None:
                          "clean the inputs or check the model and method parameters")
 
 
-def check_inputs(model: nn.Module, x: torch.Tensor, target) -> tuple[torch.Tensor, torch.Tensor]:
+def check_inputs(model: nn.Module, x: torch.Tensor,
+                 target: int | Sequence[int] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate (x, target): shapes, dtypes, finiteness, target range; returns target as int64 (N,)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -55,7 +62,7 @@ def check_inputs(model: nn.Module, x: torch.Tensor, target) -> tuple[torch.Tenso
     return x, target.long().to(x.device)
 
 
-def check_attributions(attributions, x: torch.Tensor) -> None:
+def check_attributions(attributions: object, x: torch.Tensor) -> None:
     """Attributions to score: a finite tensor shaped like x."""
     if not isinstance(attributions, torch.Tensor) or attributions.shape != x.shape:
         raise ValueError(f"attributions must have the shape of x {tuple(x.shape)}, got "
@@ -84,7 +91,7 @@ def check_params(defaults: dict, overrides: dict, what: str) -> dict:
     return {**defaults, **overrides}
 
 
-def check_config(spec, params: dict) -> None:
+def check_config(spec: MetricSpec, params: dict) -> None:
     """A config's parameters of a metric: no data (masks, pool: they come from the dataset), none it does not take."""
     given = sorted(k for k in DATA_NEEDS if params.get(k) is not None)
     if given:
@@ -93,7 +100,7 @@ def check_config(spec, params: dict) -> None:
     check_params(spec.defaults, {k: v for k, v in params.items() if k not in DATA_NEEDS}, f"metric '{spec.name}'")
 
 
-def check_needs(spec, given: dict) -> None:
+def check_needs(spec: MetricSpec, given: dict) -> None:
     """Raise unless ``given`` holds (not None) exactly the data the metric needs: masks, pool (``spec.needs``)."""
     metric = spec.name
     for need in DATA_NEEDS:
@@ -116,14 +123,14 @@ NOT_TAKEN = {
 }
 
 
-def require_method(method, metric: str) -> None:
+def require_method(method: object, metric: str) -> None:
     """A metric that re-explains needs the method to call."""
     if method is None:
         raise ValueError(f"metric '{metric}' re-explains perturbed inputs: give method=<name or callable> "
                          "(the pipeline passes the method being scored)")
 
 
-def check_masks(masks, x: torch.Tensor, metric: str, numbers: bool = False) -> torch.Tensor:
+def check_masks(masks: object, x: torch.Tensor, metric: str, numbers: bool = False) -> torch.Tensor:
     """Ground-truth masks as a bool tensor (N, H, W) on x's device, or an error saying how to fix them.
 
     ``evalxai.score`` asks for bool masks; a metric function called directly also takes numbers (``numbers``, as
@@ -154,7 +161,7 @@ def check_masks(masks, x: torch.Tensor, metric: str, numbers: bool = False) -> t
     return masks.to(x.device)
 
 
-def check_pool(pool, x: torch.Tensor, metric: str) -> tuple[torch.Tensor, torch.Tensor]:
+def check_pool(pool: object, x: torch.Tensor, metric: str) -> tuple[torch.Tensor, torch.Tensor]:
     """A pool of images ``(images (M, *x.shape[1:]), labels (M,) int)``, on x's device and dtype, or an error."""
     if pool is None:
         raise ValueError(MISSING["pool"].format(metric=metric))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import weakref
 
 import torch
+from torch import nn
 
 from evalxai.memory import images_per_chunk
 
@@ -12,7 +13,7 @@ SCORE_SPACES = ("logit", "softmax", "log_softmax")
 _NUM_CLASSES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def num_classes(model, x: torch.Tensor) -> int:
+def num_classes(model: nn.Module, x: torch.Tensor) -> int:
     """Number of model outputs: one forward of one sample, remembered per model. Call it with the model in eval mode
     (``evalxai.methods.guard.frozen``; metrics run inside ``evalxai.score``'s)."""
     n = _NUM_CLASSES.get(model)
@@ -42,7 +43,7 @@ def target_scores(logits: torch.Tensor, target: torch.Tensor, space: str) -> tor
 
 
 @torch.no_grad()
-def batched_scores(model, xs: torch.Tensor, target: torch.Tensor, space: str, batch_size: int | None = None
+def batched_scores(model: nn.Module, xs: torch.Tensor, target: torch.Tensor, space: str, batch_size: int | None = None
                    ) -> torch.Tensor:
     """Scores for a stack of inputs (S, N, ...) -> (S, N), forwarding as many images at a time as the memory
     budget allows (``batch_size``: at most that many)."""

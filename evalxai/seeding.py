@@ -6,6 +6,8 @@ same draws whatever batch it is explained or scored in.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 
@@ -22,7 +24,7 @@ def sample_generators(x: torch.Tensor, seed: int) -> list[torch.Generator]:
     return [torch.Generator().manual_seed(s) for s in _sample_seeds(x, seed)]
 
 
-def noise_draws(x: torch.Tensor, seed: int, draws, kind: str = "normal") -> torch.Tensor:
+def noise_draws(x: torch.Tensor, seed: int, draws: Sequence[int] | torch.Tensor, kind: str = "normal") -> torch.Tensor:
     """Noise of shape (len(draws), N, *x.shape[1:]): draw k of sample n comes from its own generator, seeded by
     ``seed``, the sample's bytes and k, so any subset of draws (a chunk) gives the same values as all of them at
     once. Standard normal or uniform on [0, 1); float64 for float64 inputs, else float32."""

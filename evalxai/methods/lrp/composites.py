@@ -91,8 +91,8 @@ COMPOSITES: dict[str, tuple[dict, dict, dict]] = {
 }
 
 
-def make_composite(name: str | None = None, *, layers=None, first=None, names=None, softmax="attnlrp",
-                   **params) -> Composite:
+def make_composite(name: str | None = None, *, layers: dict | None = None, first: dict | None = None,
+                   names: dict | None = None, softmax: str = "attnlrp", **params: float) -> Composite:
     """A named composite with overrides: ``params`` (epsilon, gamma, ...) and ``layers``/``first``/``names`` maps."""
     base_layers, base_first, base_params = ({}, {}, {})
     if name is not None:
