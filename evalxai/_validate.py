@@ -19,7 +19,6 @@ from evalxai.methods.guard import frozen
 from evalxai.scoring import num_classes, require_images
 
 if TYPE_CHECKING:
-    from evalxai.methods.registry import MethodSpec
     from evalxai.metrics.registry import MetricSpec
 
 DATA_NEEDS = ("masks", "pool")  # what a metric may need from the data besides x: never a config field
