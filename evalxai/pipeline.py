@@ -6,7 +6,6 @@ every file atomically (a temporary file renamed into place), so no partial file 
 """
 from __future__ import annotations
 
-import json
 import logging
 import platform
 import time
@@ -20,18 +19,18 @@ import torch
 from tqdm.auto import tqdm
 
 import evalxai
-from evalxai._io import atomic_path, code_fingerprint, content_key, write_json
 from evalxai._validate import check_config
 from evalxai.binding import bind
 from evalxai.data import load_dataset, provides_masks
 from evalxai.methods import get_method
-from evalxai.methods.cache import EXPLAIN_CODE, attribution_key, cached
 from evalxai.methods.cache import STATS as ATTR_STATS
+from evalxai.methods.cache import attribution_key, cached
 from evalxai.metrics import get_metric
 from evalxai.models import get_model
-from evalxai.models.cache import MODEL_CODE
 from evalxai.models.custom import checkpoint_sha256
 from evalxai.report import TIDY_COLUMNS, plots, summarize
+from evalxai.run_dir import RunDir
+from evalxai.run_identity import code_record, config_key, dataset_record, is_complete
 
 log = logging.getLogger("evalxai")
 
@@ -127,87 +126,28 @@ def metric_list(cfg: dict) -> list[tuple[str, dict]]:
     return [(name, dict(params or {})) for name, params in (cfg.get("metrics") or {}).items()]
 
 
-def _write_table(df: pd.DataFrame, out: Path) -> None:
-    with atomic_path(out / "scores.parquet") as tmp:
-        df.to_parquet(tmp, index=False)
-    with atomic_path(out / "scores.csv") as tmp:
-        df.to_csv(tmp, index=False)
-
-
-def run_report(out: Path, cfg: dict, run_id: str, accuracy: float, summary: pd.DataFrame, n: int,
+def run_report(run: RunDir, cfg: dict, run_id: str, accuracy: float, summary: pd.DataFrame, n: int,
                model_name: str) -> None:
     """``report.md`` / ``report.html`` of one run: config, model accuracy, headline summary, plots."""
     import yaml
 
-    from evalxai.report.document import write_report
     from evalxai.report.tables import headline
 
     head = headline(summary)
     blocks = [("p", f"Experiment {cfg.get('name', 'adhoc')}, dataset {cfg['dataset']['name']}, model "
                     f"{model_name} (test accuracy {accuracy:.4f}), {n} samples, seed {cfg.get('seed', 0)}."),
               ("h2", "Summary (mean, 95 % bootstrap interval)"), ("table", head)]
-    blocks += [("img", out / "plots" / f"{name}.png", caption) for name, caption in
+    blocks += [("img", run.plots / f"{name}.png", caption) for name, caption in
                (("summary", "per-method means with intervals"), ("pixel_flipping", "pixel-flipping curves"),
                 ("continuity", "continuity along the translation path"), ("heatmaps", "attributions"))]
     blocks += [("h2", "Configuration"), ("pre", yaml.safe_dump(cfg, sort_keys=False))]
-    write_report(out, f"evalxai run {run_id}", blocks)
-
-
-# Config fields that do not change any result (excluded from the run's identity).
-_NOT_RESULT_KEYS = ("progress", "verbose", "cache_dir", "force", "device", "attribution_cache", "memory_budget")
-
-
-def writable_dir(path: str | Path) -> Path:
-    """Create ``path`` and check that files can be written there, before any work is done."""
-    out = Path(path)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with atomic_path(out / ".write_probe") as tmp:
-            tmp.write_text("ok")
-        (out / ".write_probe").unlink()
-    except OSError as err:
-        raise OSError(f"results directory '{out}' is not writable ({err.strerror or err}): choose another "
-                      "hydra.run.dir (or hydra.sweep.dir)") from None
-    return out
-
-
-def config_key(cfg: dict, data_fingerprint: str, checkpoint_sha256: str | None) -> str:
-    """Identity of a run: the config (less the fields that change no result), what it reads (the dataset's
-    ``fingerprint()``, the SHA-256 of ``model.checkpoint``) and the code of the whole package."""
-    return content_key({"config": {k: v for k, v in cfg.items() if k not in _NOT_RESULT_KEYS},
-                        "data": data_fingerprint, "checkpoint_sha256": checkpoint_sha256,
-                        "code": code_fingerprint(), "format": 2})
+    run.report(f"evalxai run {run_id}", blocks)
 
 
 def load_run_dataset(cfg: dict):
     """The run's dataset (``cfg["dataset"]``); loaders read lazily, so this lists files but decodes none."""
     dcfg = dict(cfg["dataset"])
     return load_dataset(dcfg.pop("name"), cache_dir=cfg.get("cache_dir"), **dcfg)
-
-
-def code_record() -> dict:
-    """The code fingerprints behind a run's numbers, as recorded in run.json."""
-    return {"package": code_fingerprint(), "model": code_fingerprint(*MODEL_CODE),
-            "explain": code_fingerprint(*EXPLAIN_CODE), "torch": torch.__version__}
-
-
-def dataset_record(dataset, fingerprint: str | None = None) -> dict:
-    """run.json's (and meta.json's) account of the data a run read: name, ``meta``, ``fingerprint()`` (the
-    leaderboard tells datasets of one name apart by it), classes, normalisation and the black pixel."""
-    return {"name": dataset.name, **dataset.meta, "fingerprint": fingerprint or dataset.fingerprint(),
-            "classes": list(dataset.classes), "normalization": {"mean": dataset.mean, "std": dataset.std},
-            "black_pixel": np.asarray(dataset.low).reshape(-1).tolist()}
-
-
-def is_complete(out: Path, key: str) -> bool:
-    """Whether ``out`` holds a finished run of this config, data, checkpoint and code (run.json is written last)."""
-    meta = out / "run.json"
-    if not (meta.exists() and (out / "scores.parquet").exists() and (out / "summary.csv").exists()):
-        return False
-    try:
-        return json.loads(meta.read_text()).get("config_key") == key
-    except ValueError:
-        return False
 
 
 def ground_truth_record(ground: dict, dataset, metrics) -> dict:
@@ -300,7 +240,8 @@ def run_experiment(cfg: dict, out_dir: str | Path, progress: bool = True) -> Pat
 
 
 def _run_experiment(cfg: dict, out_dir: str | Path, progress: bool = True) -> Path:
-    out = writable_dir(out_dir)
+    run = RunDir(out_dir)
+    out = run.path
     methods, metrics = check_run(cfg)  # a misspelled name or parameter fails now, before data are read
     t_start = time.perf_counter()
     dataset = load_run_dataset(cfg)
@@ -312,7 +253,7 @@ def _run_experiment(cfg: dict, out_dir: str | Path, progress: bool = True) -> Pa
         log.info("run in %s is complete (same config, data and checkpoint): nothing to do; force=true recomputes",
                  out)
         return out
-    (out / "run.json").unlink(missing_ok=True)  # until this run finishes, the folder holds no complete run
+    run.begin()  # until this run finishes, the folder holds no complete run
     seed = int(cfg.get("seed", 0))
     torch.manual_seed(seed)
     cache_dir = cfg.get("cache_dir")
@@ -358,26 +299,24 @@ def _run_experiment(cfg: dict, out_dir: str | Path, progress: bool = True) -> Pa
     scores["fraction"] = scores["fraction"].astype("Float64")
     extra = [c for c in scores.columns if c not in TIDY_COLUMNS]
     scores = scores[TIDY_COLUMNS + extra]
-    _write_table(scores, out)
+    run.table(scores, "scores")
     if cfg.get("save_attributions", False):  # the inputs as the model saw them, and one map per method
-        arrays = {"x": x.cpu().numpy(), "target": target.cpu().numpy(), "dataset_index": np.asarray(idx)}
-        with atomic_path(out / "attributions.npz") as tmp, open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **arrays, **maps)
+        run.arrays("attributions", {"x": x.cpu().numpy(), "target": target.cpu().numpy(),
+                                    "dataset_index": np.asarray(idx), **maps})
     summary = summarize(scores, seed=seed)
-    with atomic_path(out / "summary.csv") as tmp:
-        summary.to_csv(tmp, index=False)
+    run.csv(summary, "summary")
 
     t0 = time.perf_counter()
-    pdir = out / "plots"
+    pdir = run.plots
     names = [str(dataset.classes[int(c)]) if int(c) < len(dataset.classes) else str(int(c)) for c in target.cpu()]
     plots.heatmap_grid(dataset.denormalize(x.cpu()).numpy(), maps, pdir / "heatmaps.png", labels=names)
     plots.flipping_curves(scores, pdir / "pixel_flipping.png")
     plots.summary_bars(summary, pdir / "summary.png")
     plots.continuity_curves(scores, pdir / "continuity.png")
     timings["plots_s"] = time.perf_counter() - t0
-    run_report(out, cfg, run_id, accuracy, summary, len(idx), model_name)
+    run_report(run, cfg, run_id, accuracy, summary, len(idx), model_name)
     timings["total_s"] = time.perf_counter() - t_start
-    write_json(out / "run.json", {  # written last: its presence marks a complete run
+    run.finish({  # written last: its presence marks a complete run
         "run_id": run_id, "config_key": run_key, "config": cfg, "code": code_record(),
         "cache": {"model_hit": bool(model_info.get("cache_hit")), "attribution_hits": ATTR_STATS["hits"] - hits0,
                   "attribution_misses": len(methods) - (ATTR_STATS["hits"] - hits0)},

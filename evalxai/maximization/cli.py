@@ -20,15 +20,14 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, never a window (as evalxai.report.plots)
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from evalxai._io import atomic_path, write_json  # noqa: E402
+from evalxai._io import atomic_path  # noqa: E402
 from evalxai.maximization.claims import verdicts  # noqa: E402
 from evalxai.maximization.experiment import make_prototypes  # noqa: E402
 from evalxai.maximization.naturalness import SCORES  # noqa: E402
-from evalxai.pipeline import writable_dir  # noqa: E402
+from evalxai.run_dir import RunDir  # noqa: E402
 
 log = logging.getLogger("evalxai")
 
@@ -65,32 +64,26 @@ def grid(rows: list[tuple[str, torch.Tensor]], labels: list[str], path: Path, sc
     return path
 
 
-def write_outputs(result: dict, out: Path, cfg: dict) -> dict:
+def write_outputs(result: dict, run: RunDir, cfg: dict) -> dict:
     table, dataset, classes = result["table"], result["dataset"], result["classes"]
     labels = [str(dataset.classes[int(c)]) for c in classes]
-    with atomic_path(out / "prototypes.parquet") as tmp:
-        table.to_parquet(tmp, index=False)
-    with atomic_path(out / "prototypes.csv") as tmp:
-        table.to_csv(tmp, index=False)
+    run.table(table, "prototypes")
     summ = summary(table)
-    with atomic_path(out / "summary.csv") as tmp:
-        summ.to_csv(tmp, index=False)
+    run.csv(summ, "summary")
     claims = verdicts(table)
-    with atomic_path(out / "claims.csv") as tmp:
-        claims.to_csv(tmp, index=False)
+    run.csv(claims, "claims")
     arrays = {f"{space}_seed{seed}": x.cpu().numpy() for (space, seed), x in result["images"].items()}
-    with atomic_path(out / "prototypes.npz") as tmp, open(tmp, "wb") as fh:
-        np.savez_compressed(fh, classes=classes.numpy(), **arrays)
+    run.arrays("prototypes", {"classes": classes.numpy(), **arrays})
     first = {space: x for (space, seed), x in result["images"].items() if seed == cfg_seed0(result)}
     prob = {space: table[(table["space"] == space) & (table["seed"] == cfg_seed0(result))]["independent_prob"]
             .to_numpy() for space in first}
     plots = {}
     for space, x in first.items():
         plots[space] = grid([(f"{space} space", dataset.denormalize(x.float()))], labels,
-                            out / "plots" / f"prototypes_{space}.png", {f"{space} space": prob[space]})
+                            run.plots / f"prototypes_{space}.png", {f"{space} space": prob[space]})
     rows = ([("test image", dataset.denormalize(result["reference"].float()))] if result["reference"] is not None
             else []) + [(f"{s} space", dataset.denormalize(x.float())) for s, x in first.items()]
-    plots["all"] = grid(rows, labels, out / "plots" / "prototypes.png")
+    plots["all"] = grid(rows, labels, run.plots / "prototypes.png")
     return {"summary": summ, "claims": claims, "plots": {k: str(v) for k, v in plots.items()}}
 
 
@@ -100,14 +93,13 @@ def cfg_seed0(result: dict) -> int:
 
 def run_prototypes(cfg: dict, out_dir, progress: bool = False) -> Path:
     """Make, score and plot the prototypes of a resolved config into ``out_dir``; returns the folder."""
-    out = writable_dir(out_dir)
-    (out / "run.json").unlink(missing_ok=True)
+    run = RunDir(out_dir)
+    run.begin()
     t0 = time.perf_counter()
     result = make_prototypes(cfg, progress)
-    written = write_outputs(result, out, cfg)
+    written = write_outputs(result, run, cfg)
     timings = {**result["timings"], "total_s": time.perf_counter() - t0}
-    write_json(out / "run.json", {"config": cfg, "timings": {k: round(v, 3) for k, v in timings.items()},
-                                  **result["infos"], "plots": written["plots"],
-                                  "claims": written["claims"].to_dict("records")})
-    log.info("prototypes: %s", out)
-    return out
+    run.finish({"config": cfg, "timings": {k: round(v, 3) for k, v in timings.items()}, **result["infos"],
+                "plots": written["plots"], "claims": written["claims"].to_dict("records")})
+    log.info("prototypes: %s", run.path)
+    return run.path

@@ -19,15 +19,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from evalxai._io import atomic_path, write_json
+from evalxai._io import atomic_path
 from evalxai._validate import DATA_NEEDS
 from evalxai.memory import run_scope
 from evalxai.meta.evaluate import CRITERIA, meta_evaluate
 from evalxai.meta.perturbation import default_tests
 from evalxai.metrics import get_metric
-from evalxai.pipeline import check_run, dataset_record, explain_cached, method_calls, prepare, writable_dir
+from evalxai.pipeline import check_run, explain_cached, method_calls, prepare
 from evalxai.report.agreement import disagreements, heatmap, label, metric_agreement
-from evalxai.report.document import write_report
+from evalxai.run_dir import RunDir
+from evalxai.run_identity import dataset_record
 
 log = logging.getLogger("evalxai")
 
@@ -42,11 +43,6 @@ def meta_settings(cfg: dict) -> dict:
     if unknown:
         raise ValueError(f"meta has no setting {sorted(unknown)}: it takes {sorted(META_DEFAULTS)} (evalxai.meta)")
     return {**META_DEFAULTS, **given}
-
-
-def _write_csv(df: pd.DataFrame, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False)
 
 
 def mc_plot(summary: pd.DataFrame, path: Path) -> Path | None:
@@ -102,14 +98,15 @@ def run_meta(cfg: dict, out_dir: str | Path, progress: bool = True) -> Path:
 
 def _run_meta(cfg: dict, out_dir: str | Path, progress: bool) -> Path:
     t_start = time.perf_counter()
-    out = writable_dir(out_dir)
+    run = RunDir(out_dir, "meta.json")
+    out = run.path
     settings = meta_settings(cfg)
     methods, metrics = check_run(cfg)
     with_data = sorted(m for m, _ in metrics if set(get_metric(m).needs) & set(DATA_NEEDS))
     if with_data:
         raise ValueError(f"metrics {with_data} take masks or a pool of images, which the meta-evaluation does not "
                          "carry through its perturbations yet: drop them from the meta run (metrics=...)")
-    (out / "meta.json").unlink(missing_ok=True)
+    run.begin()
     seed = int(cfg.get("seed", 0))
     torch.manual_seed(seed)
     setup = prepare(cfg, methods, metrics, seed, progress)
@@ -135,18 +132,16 @@ def _run_meta(cfg: dict, out_dir: str | Path, progress: bool) -> Path:
                "iterations": int(settings["iterations"]), "perturbations": int(settings["perturbations"]),
                "n_samples": len(idx)}
     summary = res.summary.assign(**context)
-    _write_csv(summary, out / "meta.csv")
-    _write_csv(res.detail, out / "meta_detail.csv")
-    with atomic_path(out / "meta_scores.parquet") as tmp:
-        res.scores.assign(dataset_index=idx[res.scores["sample"].to_numpy()]).to_parquet(tmp, index=False)
+    run.csv(summary, "meta")
+    run.csv(res.detail, "meta_detail")
+    run.table(res.scores.assign(dataset_index=idx[res.scores["sample"].to_numpy()]), "meta_scores", ("parquet",))
 
     t0 = time.perf_counter()
     rows0 = res.unperturbed.assign(dataset=dataset.name, model=model_name, seed=seed,
                                    dataset_index=idx[res.unperturbed["sample"].to_numpy()])
     agree = metric_agreement(rows0, n_boot=int(settings["n_boot"]), seed=seed)
-    _write_csv(agree, out / "agreement.csv")
-    plots = out / "plots"
-    plots.mkdir(exist_ok=True)
+    run.csv(agree, "agreement")
+    plots = run.plots
     mc_plot(res.summary, plots / "meta_mc.png")
     heatmap(agree, plots / "agreement.png")
     t_report = time.perf_counter() - t0
@@ -182,14 +177,12 @@ def _run_meta(cfg: dict, out_dir: str | Path, progress: bool) -> Path:
           ("table", dis.drop(columns=[c for c in ("dataset", "model") if c in dis]).round(3)),
           ("img", plots / "agreement.png", "tau between the metrics' rankings of the methods"),
           ("h2", "Cost"), ("p", cost)]
-    md_path, _ = write_report(out, f"evalxai meta-evaluation {context['experiment']}", md)
-    with atomic_path(out / "meta.md") as tmp:  # the same text under the name the leaderboard looks for
-        tmp.write_text(md_path.read_text())
-    write_json(out / "meta.json", {"config": cfg, "settings": settings, "context": context,
-                                   "model": {**model_info, "test_accuracy": model_info["test_accuracy"]},
-                                   "dataset": dataset_record(dataset),
-                                   "timings": {k: (round(v, 4) if isinstance(v, float) else v)
-                                               for k, v in timings.items()}})
+    md_path, _ = run.report(f"evalxai meta-evaluation {context['experiment']}", md)
+    run.text("meta.md", md_path.read_text())  # the same text under the name the leaderboard looks for
+    run.finish({"config": cfg, "settings": settings, "context": context,
+                "model": {**model_info, "test_accuracy": model_info["test_accuracy"]},
+                "dataset": dataset_record(dataset),
+                "timings": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in timings.items()}})
     log.info("meta-evaluation: %d estimators, ratio %.3f, %.1fs -> %s", res.summary[["metric", "measure"]]
              .drop_duplicates().shape[0], res.timings["ratio"], timings["wall_s"], out)
     return out
