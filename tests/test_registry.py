@@ -184,7 +184,7 @@ def test_the_pipeline_and_score_bind_the_same_way():
 
 
 def test_adding_a_metric_is_one_function_and_its_registration(cleanup, tmp_path):
-    """docs/configuration.md's recipe: the YAML, the catalogue row, the rows' directions and the ground-truth family
+    """docs/extending.md's recipe: the YAML, the catalogue row, the rows' directions and the ground-truth family
     all follow from the one declaration."""
     @register_metric("_test_top_share", family="complexity", directions={"top_share": "higher"})
     def top_share(model, x, target, attributions, k=2):
