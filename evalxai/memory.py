@@ -21,6 +21,10 @@ from torch import nn
 # bytes per image, relative to a plain gradient pass (its saved tensors + the input gradient)
 _KIND_FACTOR = {"forward": 0.5, "gradient": 1.5, "lrp": 3.0}
 _DEFAULT_SHARE_CPU, _DEFAULT_SHARE_GPU = 0.5, 0.8
+# Forwards of perturbation stacks on the CPU: chunks of about this many bytes of activations (at least
+# _FORWARD_MIN_IMAGES images) run faster per image than one chunk as large as the budget allows, whose activations
+# leave the caches (LeNet, 1 600 stacked MNIST images: 0.31 s in one chunk, 0.18-0.20 s in chunks of 128-512).
+_FORWARD_CHUNK_BYTES, _FORWARD_MIN_IMAGES = 32 * 2**20, 64
 _BUDGET: list[int | None] = [None]
 _COSTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "m": 2**20, "mb": 2**20, "g": 2**30, "gb": 2**30, "t": 2**40,
@@ -115,7 +119,9 @@ def image_cost(model: nn.Module, x: torch.Tensor) -> int:
 def images_per_chunk(model: nn.Module, x: torch.Tensor, kind: str = "gradient", cap: int | None = None,
                      what: str = "this step") -> int:
     """How many images of x's shape fit the budget at once for ``kind`` of work (forward, gradient, lrp);
-    ``cap`` bounds it (a user's batch_size). An image that does not fit alone is an error saying how much it needs."""
+    ``cap`` bounds it (a user's batch_size). Forwards on the CPU take at most about ``_FORWARD_CHUNK_BYTES`` of
+    activations at a time (at least ``_FORWARD_MIN_IMAGES`` images), a speed bound, not a memory one. An image that
+    does not fit alone is an error saying how much it needs."""
     per_image = max(1, int(_KIND_FACTOR[kind] * image_cost(model, x)))
     available = budget(x.device)
     if per_image > available:
@@ -123,6 +129,8 @@ def images_per_chunk(model: nn.Module, x: torch.Tensor, kind: str = "gradient", 
                           f"more than the memory budget of {available / 2**20:.0f} MB: raise memory_budget "
                           "(e.g. memory_budget=8GB) or use smaller inputs")
     n = available // per_image
+    if kind == "forward" and x.device.type == "cpu":
+        n = min(n, max(_FORWARD_MIN_IMAGES, _FORWARD_CHUNK_BYTES // per_image))
     return int(max(1, min(n, cap) if cap else n))
 
 

@@ -173,3 +173,27 @@ def test_rows_are_put_in_row_major_order_whatever_the_metric_wrote():
     assert row_major_order(np.array([0, 0, 1, 1, 2])).tolist() == [0, 2, 4, 1, 3]
     assert row_major_order(np.array([0, 1, 2, 0, 1, 2])) is None
     assert row_major_order(np.array([1, 0, 1, 0])).tolist() == [1, 0, 3, 2]
+
+
+def test_cpu_forward_chunks_stay_cache_sized_and_change_no_number():
+    """Perturbation stacks are forwarded in chunks of about 32 MB of activations on the CPU (a speed bound: one
+    chunk as large as the budget ran pixel flipping at 1.6x its bare forwards, these at 1.1x); gradients and LRP
+    keep the budget's chunks, and the scores are the same whichever bound applies."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 12 * 12, 3))
+    model, x = model.double().eval(), torch.rand(6, 1, 12, 12, dtype=torch.float64)
+    per_image = max(1, int(0.5 * memory.image_cost(model, x)))
+    with memory.memory_budget("8GB"):
+        n = memory.images_per_chunk(model, x, "forward")
+        assert n == max(memory._FORWARD_MIN_IMAGES, memory._FORWARD_CHUNK_BYTES // per_image)
+        assert memory.images_per_chunk(model, x, "gradient") > n  # only forwards take the speed bound
+        t, r = torch.tensor([0, 1, 2, 0, 1, 2]), torch.randn_like(x)
+        bounds = memory._FORWARD_CHUNK_BYTES, memory._FORWARD_MIN_IMAGES
+        scores = []
+        try:
+            for chunk in (50 * per_image, 2**62):  # 37 steps x 6 images: five chunks of 50, then one
+                memory._FORWARD_CHUNK_BYTES, memory._FORWARD_MIN_IMAGES = chunk, 1
+                scores.append(evalxai.score(model, x, t, r, metric="pixel_flipping", patch_size=1, per_step=4))
+        finally:
+            memory._FORWARD_CHUNK_BYTES, memory._FORWARD_MIN_IMAGES = bounds
+    pd.testing.assert_frame_equal(*scores, check_exact=False, rtol=1e-12, atol=1e-14)  # float64: chunking only
