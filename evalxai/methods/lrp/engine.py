@@ -76,16 +76,15 @@ def box_bounds_at_first_layer(model: nn.Module, graph: fx.Graph, plan: dict, x: 
         t = torch.as_tensor(v, dtype=x.dtype, device=x.device)
         t = t.unsqueeze(0) if t.dim() == x.dim() - 1 else t
         try:
-            t = t.expand(1, *x.shape[1:]).clone()
+            images.append(t.expand(1, *x.shape[1:]))
         except RuntimeError:
             return
-        try:
-            with torch.no_grad():
-                execute(model, graph, t, grab)
-        except _FirstLayerInput as found:
-            images.append(found.value)
-    lo, hi = torch.minimum(*images), torch.maximum(*images)
-    plan[node] = replace(plan[node], rule=replace(rule, low=lo, high=hi))
+    try:  # both bounds in one pass: a batch of two images
+        with torch.no_grad():
+            execute(model, graph, torch.cat(images), grab)
+    except _FirstLayerInput as found:
+        lo, hi = found.value[:1], found.value[1:]
+    plan[node] = replace(plan[node], rule=replace(rule, low=torch.minimum(lo, hi), high=torch.maximum(lo, hi)))
 
 
 def run_lrp(model: nn.Module, x: torch.Tensor, target: torch.Tensor, composite: Composite,
