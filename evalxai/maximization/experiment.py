@@ -12,11 +12,11 @@ import pandas as pd
 import torch
 
 from evalxai.binding import unset_filled
-from evalxai.data import load_dataset
 from evalxai.generators import available, generator_config, get_generator
 from evalxai.maximization.naturalness import get_classifier, naturalness
 from evalxai.maximization.prototypes import SPACES, maximize
 from evalxai.models import get_model
+from evalxai.pipeline import load_run_dataset
 
 BLOCK = {"classes": None, "spaces": list(SPACES), "seeds": [0], "input": {}, "code": {},
          "classifier": {"kind": "logistic"}, "reference": True}
@@ -24,8 +24,7 @@ BLOCK = {"classes": None, "spaces": list(SPACES), "seeds": [0], "input": {}, "co
 
 def load_data_model(cfg: dict, progress: bool = False):
     """(dataset, model, model info) of a resolved config, with the functions the pipeline uses."""
-    dcfg, mcfg = dict(cfg["dataset"]), dict(cfg["model"])
-    dataset = load_dataset(dcfg.pop("name"), cache_dir=cfg.get("cache_dir"), **dcfg)
+    dataset, mcfg = load_run_dataset(cfg), dict(cfg["model"])
     model, info = get_model(dataset, mcfg, dict(mcfg.pop("train", {}) or {}), seed=int(cfg.get("seed", 0)),
                             cache_dir=cfg.get("cache_dir"), progress=progress)
     return dataset, model, info

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from evalxai._io import atomic_path, cache_root, code_fingerprint, content_key, write_json
-from evalxai.maximization.prototypes import target_log_prob
+from evalxai.maximization.prototypes import log_prob_of
 from evalxai.methods.guard import frozen
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ def naturalness(model, x: torch.Tensor, target, classifier: IndependentClassifie
     target = torch.as_tensor(target).long().view(-1)
     with frozen(model, warn_train=False):
         logits = model(x)
-        logp = target_log_prob(model, x, target)
+        logp = log_prob_of(logits, target)
     pixels = dataset.denormalize(x.float()) if dataset is not None else x.float()
     proba = classifier.predict_proba(pixels.cpu().numpy())
     t = target.cpu().numpy()

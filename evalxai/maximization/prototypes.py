@@ -41,7 +41,12 @@ NO_GENERATOR = ("maximize(space='code') needs a generator: pass generator='vae_m
 
 def target_log_prob(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """log p(c|x) = log_softmax(f(x))_c per sample."""
-    return torch.log_softmax(model(x), 1).gather(1, target.view(-1, 1)).squeeze(1)
+    return log_prob_of(model(x), target)
+
+
+def log_prob_of(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """log_softmax(logits)_c per sample: ``target_log_prob`` of logits already computed."""
+    return torch.log_softmax(logits, 1).gather(1, target.view(-1, 1)).squeeze(1)
 
 
 def _targets(target, device) -> torch.Tensor:
