@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from evalxai.methods.guard import frozen
+from evalxai.guard import frozen
 from evalxai.scoring import num_classes, require_images
 
 if TYPE_CHECKING:
@@ -53,8 +53,7 @@ def check_inputs(model: nn.Module, x: torch.Tensor,
         target = target.expand(len(x))
     if target.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8) or target.shape != (len(x),):
         raise ValueError(f"target must be an int tensor of shape ({len(x)},), got {target.dtype} {tuple(target.shape)}")
-    with frozen(model, warn_train=False):
-        c = num_classes(model, x)
+    c = num_classes(model, x)
     out_of_range = torch.nonzero((target < 0) | (target >= c)).flatten().tolist()
     if out_of_range:
         raise ValueError(f"targets of samples {out_of_range[:20]} are outside [0, {c - 1}]: the model has {c} outputs")

@@ -18,8 +18,8 @@ from evalxai._validate import (
     check_pool,
 )
 from evalxai.binding import bind, resolve_method
+from evalxai.guard import frozen
 from evalxai.memory import images_per_chunk
-from evalxai.methods.guard import frozen
 from evalxai.metrics import get_metric
 
 Target = int | Sequence[int] | torch.Tensor

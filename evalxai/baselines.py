@@ -37,7 +37,7 @@ def data_range(low: float | torch.Tensor | None = None, high: float | torch.Tens
     low, high = (DATA_RANGE[0] if low is None else low), (DATA_RANGE[1] if high is None else high)
     if like is None:
         return low, high
-    return tuple(torch.as_tensor(v).to(dtype=like.dtype, device=like.device) for v in (low, high))
+    return tuple(torch.as_tensor(v, dtype=like.dtype, device=like.device) for v in (low, high))
 
 
 def to_pixels(x: torch.Tensor, low: float | torch.Tensor | None = None,
@@ -67,7 +67,7 @@ def reference(x: torch.Tensor, baseline: str | float | torch.Tensor, *, mean: fl
             m = m.view(-1, *[1] * (x.dim() - 2))
         return (m if m.dim() == x.dim() else m.unsqueeze(0)).expand_as(x)
     if baseline == "uniform":
-        lo, hi = (torch.as_tensor(v, dtype=x.dtype, device=x.device) for v in (low, high))
+        lo, hi = data_range(low, high, x)
         return lo + (hi - lo) * per_sample_noise(x, seed, 1, "uniform")[0]
     if baseline == "blur":
         return gaussian_blur(x, BLUR_SIGMA)

@@ -7,6 +7,7 @@ import weakref
 import torch
 from torch import nn
 
+from evalxai.guard import frozen
 from evalxai.memory import images_per_chunk
 
 SCORE_SPACES = ("logit", "softmax", "log_softmax")
@@ -14,11 +15,11 @@ _NUM_CLASSES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def num_classes(model: nn.Module, x: torch.Tensor) -> int:
-    """Number of model outputs: one forward of one sample, remembered per model. Call it with the model in eval mode
-    (``evalxai.methods.guard.frozen``; metrics run inside ``evalxai.score``'s)."""
+    """Number of model outputs: one forward of one sample in eval mode (``evalxai.guard.frozen``), remembered per
+    model."""
     n = _NUM_CLASSES.get(model)
     if n is None:
-        with torch.no_grad():
+        with frozen(model, warn_train=False), torch.no_grad():
             out = model(x[:1])
         if not isinstance(out, torch.Tensor) or out.dim() != 2:
             raise ValueError("the model must return a logits tensor of shape (N, classes)")

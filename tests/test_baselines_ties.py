@@ -185,3 +185,21 @@ def test_ties_and_per_channel_mean_are_checked():
     rgb = torch.rand(2, 3, 4, 5, dtype=torch.float64)
     m = reference(rgb, "mean", mean=[0.1, 0.2, 0.3])
     assert torch.equal(m[:, 1], torch.full((2, 4, 5), 0.2, dtype=torch.float64))
+
+
+def test_data_range_keeps_float64_bounds_exact():
+    """Python-float bounds become tensors of the input's dtype directly, not through float32."""
+    from evalxai.baselines import data_range
+
+    low = (0 - 0.1307) / 0.3081
+    lo, hi = data_range(low, None, torch.zeros(1, 1, 2, 2, dtype=torch.float64))
+    assert lo.item() == low and hi.item() == 1.0
+
+
+def test_num_classes_runs_its_forward_in_eval_mode_and_leaves_the_model_as_it_was():
+    from evalxai.scoring import num_classes
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 5)).train()
+    stats = model[1].running_mean.clone()
+    assert num_classes(model, torch.randn(2, 3)) == 5  # one sample through BatchNorm1d: fails in training mode
+    assert model.training and torch.equal(model[1].running_mean, stats)

@@ -7,8 +7,8 @@ import time
 import pandas as pd
 import torch
 
+from evalxai.guard import frozen
 from evalxai.methods.gradient import target_grad
-from evalxai.methods.guard import frozen
 
 
 def interleaved(calls: dict, repeats: int, warmup: bool = True) -> dict[str, list[float]]:

@@ -22,8 +22,8 @@ import pandas as pd
 import torch
 
 from evalxai._io import atomic_path, cache_root, code_fingerprint, content_key, write_json
+from evalxai.guard import frozen
 from evalxai.maximization.prototypes import log_prob_of
-from evalxai.methods.guard import frozen
 
 log = logging.getLogger(__name__)
 CLASSIFIERS = ("logistic", "mlp")

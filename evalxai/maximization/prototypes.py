@@ -23,7 +23,7 @@ from torch import nn
 
 from evalxai.baselines import data_range
 from evalxai.generators import get_generator
-from evalxai.methods.guard import frozen
+from evalxai.guard import frozen
 
 SPACES = ("input", "code")
 STARTS = ("mean", "noise")

@@ -92,8 +92,8 @@ def perturb_input(x: torch.Tensor, delta: float, seed: int, low=None, high=None,
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Predicted classes, forwarding as many images at a time as the memory budget allows."""
+    from evalxai.guard import frozen
     from evalxai.memory import images_per_chunk
-    from evalxai.methods.guard import frozen
 
     step = images_per_chunk(model, x, "forward", None, "predicting")
     with frozen(model, warn_train=False), torch.no_grad():

@@ -1,7 +1,7 @@
 """The method registry: config name -> function ``f(model, x, target, **params) -> Tensor`` and its defaults.
 
-A method's defaults are its function's keyword defaults (``signature_defaults``); ``register_method`` still accepts
-them as keywords for the registrations that repeat them, and refuses any that differ from the signature.
+A method's defaults are its function's keyword defaults (``signature_defaults``), declared nowhere else:
+``register_method`` takes only the name and the family.
 """
 from __future__ import annotations
 

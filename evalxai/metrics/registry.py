@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from evalxai._validate import DATA_NEEDS
 from evalxai.methods.registry import signature_defaults
 
 FAMILIES = ("faithfulness", "robustness", "localisation", "complexity", "axiomatic", "randomisation")  # in this order
 DIRECTIONS = ("higher", "lower", "none")
 NEEDS = ("masks", "pool", "method")
-DATA_NEEDS = ("masks", "pool")  # what comes from the data, never from a config
 # the parameters a need arrives in (and that are not config fields, unless listed in the config too)
 NEED_PARAMS = {"masks": ("masks",), "pool": ("pool",), "method": ("method", "method_params")}
 LEADING = ("model", "x", "target", "attributions")
