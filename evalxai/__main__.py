@@ -7,8 +7,8 @@ from omegaconf import DictConfig
 
 @hydra.main(version_base=None, config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    from evalxai.cli import run_command
-    from evalxai.pipeline import run_experiment
+    from evalxai.runs.cli import run_command
+    from evalxai.runs.pipeline import run_experiment
 
     run_command(cfg, run_experiment, "evalxai")
 

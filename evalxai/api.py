@@ -9,7 +9,10 @@ import pandas as pd
 import torch
 from torch import nn
 
-from evalxai._validate import (
+from evalxai.binding import bind, resolve_method
+from evalxai.core.guard import frozen
+from evalxai.core.memory import images_per_chunk
+from evalxai.core.validate import (
     check_attributions,
     check_finite,
     check_inputs,
@@ -17,9 +20,6 @@ from evalxai._validate import (
     check_masks,
     check_pool,
 )
-from evalxai.binding import bind, resolve_method
-from evalxai.guard import frozen
-from evalxai.memory import images_per_chunk
 from evalxai.metrics import get_metric
 
 Target = int | Sequence[int] | torch.Tensor
@@ -27,7 +27,7 @@ Target = int | Sequence[int] | torch.Tensor
 
 
 def _chunk(model: nn.Module, x: torch.Tensor) -> int:
-    """Samples per call: what an LRP pass over them needs fits the memory budget (``evalxai.memory``); a method or
+    """Samples per call: what an LRP pass over them needs fits the memory budget (``evalxai.core.memory``); a method or
     metric with more work per sample (IG paths, perturbation stacks) chunks further inside."""
     return images_per_chunk(model, x, "lrp", None, "explaining")
 
@@ -44,8 +44,8 @@ def explain(model: nn.Module, x: torch.Tensor, target: Target,
         ``{"_target_": "captum.attr.Saliency"}``).
     overrides: config fields of the method (``epsilon``, ``gamma``, ``steps``, ...). ``low`` / ``high`` / ``mean``
         (box bounds, black and uniform baselines, the mean image) are model-space values: unset, they are
-        ``evalxai.baselines.data_range``'s [0, 1] pixels; for normalised inputs pass the model-space values of black
-        and white, (0 - mean) / std and (1 - mean) / std per channel, as the pipeline does.
+        ``evalxai.core.baselines.data_range``'s [0, 1] pixels; for normalised inputs pass the model-space values of
+        black and white, (0 - mean) / std and (1 - mean) / std per channel, as the pipeline does.
 
     Example:
         >>> import torch, evalxai

@@ -8,14 +8,14 @@ The pipeline (``pipeline.method_calls`` / ``metric_call``), the meta-evaluation,
   ``mean`` (``data``), and for a metric that needs ``method`` the method being scored with its parameters
   (``scored``);
 - for a metric that needs ``masks`` or ``pool`` (``MetricSpec.needs``): the caller's, else the run's (``ground``);
-  missing ones, and ones given to a metric that does not need them, are errors (``evalxai._validate``).
+  missing ones, and ones given to a metric that does not need them, are errors (``evalxai.core.validate``).
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING
 
-from evalxai._validate import DATA_NEEDS, check_needs, check_params
+from evalxai.core.validate import DATA_NEEDS, check_needs, check_params
 from evalxai.methods import get_method
 from evalxai.methods.foreign import foreign_method
 

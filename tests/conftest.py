@@ -15,6 +15,6 @@ def cache_dir(tmp_path_factory):
 
 
 def no_hooks(model) -> bool:
-    from evalxai.guard import _hook_count
+    from evalxai.core.guard import _hook_count
 
     return _hook_count(model) == 0

@@ -12,9 +12,9 @@ import pytest
 import evalxai
 
 ROOT = Path(evalxai.__file__).parent
-TYPED = ["api.py", "binding.py", "memory.py", "allocator.py", "maximization/prototypes.py", "methods/registry.py",
-         "metrics/registry.py", "data/registry.py", "models/zoo.py", "models/cache.py", "baselines.py",
-         "_validate.py", "scoring.py", "seeding.py"]
+TYPED = ["api.py", "binding.py", "core/memory.py", "runs/allocator.py", "maximization/prototypes.py",
+         "methods/registry.py", "metrics/registry.py", "data/registry.py", "models/zoo.py", "models/cache.py",
+         "core/baselines.py", "core/validate.py", "core/scoring.py", "core/seeding.py"]
 
 
 def _unannotated(path: Path) -> list[str]:

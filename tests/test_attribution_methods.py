@@ -38,7 +38,7 @@ def test_deeplift_summation_to_delta_is_exact(pool, baseline):
     model = relu_net(pool)
     x, t = torch.randn(9, 1, 8, 8, dtype=torch.float64), torch.arange(9) % 3
     r = evalxai.explain(model, x, t, method="deeplift", baseline=baseline)
-    from evalxai.baselines import reference
+    from evalxai.core.baselines import reference
 
     with torch.no_grad():
         idx = torch.arange(9)

@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 import evalxai
-from evalxai.baselines import BASELINES, reference
-from evalxai.configs import CONF as CONFIGS
+from evalxai.core.baselines import BASELINES, reference
 from evalxai.metrics.faithfulness import feature_ranks, tie_order
+from evalxai.runs.configs import CONF as CONFIGS
 
 
 def small_cnn():
@@ -155,7 +155,7 @@ def test_pipeline_gives_methods_the_dataset_mean(tmp_path, cache_dir):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from evalxai.pipeline import run_experiment
+    from evalxai.runs.pipeline import run_experiment
 
     with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
         cfg = compose("config", overrides=["experiment=mnist_smoke", "n_samples=4", "progress=false",
@@ -189,7 +189,7 @@ def test_ties_and_per_channel_mean_are_checked():
 
 def test_data_range_keeps_float64_bounds_exact():
     """Python-float bounds become tensors of the input's dtype directly, not through float32."""
-    from evalxai.baselines import data_range
+    from evalxai.core.baselines import data_range
 
     low = (0 - 0.1307) / 0.3081
     lo, hi = data_range(low, None, torch.zeros(1, 1, 2, 2, dtype=torch.float64))
@@ -197,7 +197,7 @@ def test_data_range_keeps_float64_bounds_exact():
 
 
 def test_num_classes_runs_its_forward_in_eval_mode_and_leaves_the_model_as_it_was():
-    from evalxai.scoring import num_classes
+    from evalxai.core.scoring import num_classes
 
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 5)).train()
     stats = model[1].running_mean.clone()

@@ -10,7 +10,7 @@ import evalxai
 
 pytestmark = pytest.mark.slow  # end to end: runs through the CLI or the pipeline (pytest -m 'not slow' skips)
 
-CODE = "from evalxai import allocator; print(allocator.tune(), allocator.tune())"
+CODE = "from evalxai.runs import allocator; print(allocator.tune(), allocator.tune())"
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")
@@ -105,7 +105,7 @@ def test_bench_imagenet_records_a_failing_method():
 def test_tune_allocator_is_the_public_opt_in():
     """``evalxai.tune_allocator`` is the allocator tuning the command line applies (same function, idempotent)."""
     import evalxai
-    from evalxai import allocator
+    from evalxai.runs import allocator
 
     assert evalxai.tune_allocator is allocator.tune and "tune_allocator" in evalxai.__all__
     assert evalxai.tune_allocator() == evalxai.tune_allocator()

@@ -8,11 +8,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import evalxai._io as io
-from evalxai._io import atomic_path, code_fingerprint, current_umask, write_json
+import evalxai.core.files as io
+from evalxai.core.files import atomic_path, code_fingerprint, current_umask, write_json
 from evalxai.methods.cache import attribution_key
 from evalxai.models.cache import model_key
-from evalxai.pipeline import config_key, run_experiment
+from evalxai.runs.pipeline import config_key, run_experiment
 from tests.test_errors import _smoke_cfg
 
 TOY = SimpleNamespace(name="toy", meta={"source": "test"}, input_shape=(1, 4, 4), classes=["a", "b"], mean=None,
@@ -49,7 +49,7 @@ def test_keys_follow_the_code(tmp_path, monkeypatch):
     for edit in ("models/train.py", "data/mnist.py"):  # the weights' code: every key changes
         changed = keys(monkeypatch, package_copy(tmp_path, edit.replace("/", "_"), edit, src))
         assert all(changed[k] != base[k] for k in base), edit
-    for edit in ("api.py", "scoring.py", "baselines.py", "seeding.py", "methods/lrp/rules.py"):
+    for edit in ("api.py", "core/scoring.py", "core/baselines.py", "core/seeding.py", "methods/lrp/rules.py"):
         changed = keys(monkeypatch, package_copy(tmp_path, edit.replace("/", "_"), edit, src))
         assert changed["model"] == base["model"] and changed["attribution"] != base["attribution"], edit
     report = keys(monkeypatch, package_copy(tmp_path, "report", "report/stats.py", src))  # only the run's identity
@@ -64,7 +64,7 @@ def test_fingerprint_parts(tmp_path, monkeypatch):
     root = package_copy(tmp_path, "p")
     monkeypatch.setattr(io, "PACKAGE_ROOT", root)
     assert code_fingerprint("models") != code_fingerprint("data") != code_fingerprint()
-    assert code_fingerprint("api.py", "scoring.py") == code_fingerprint("scoring.py", "api.py", "api.py")
+    assert code_fingerprint("api.py", "core/scoring.py") == code_fingerprint("core/scoring.py", "api.py", "api.py")
     with pytest.warns(RuntimeWarning, match="'nope'.*will not notice code changes"):  # sources not readable
         fallback = code_fingerprint("nope")
     assert fallback not in (code_fingerprint("models"), code_fingerprint())

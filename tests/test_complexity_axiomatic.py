@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import evalxai
-from evalxai.baselines import reference
+from evalxai.core.baselines import reference
 from evalxai.metrics.axiomatic import shift_absorbing_model
 from evalxai.models.zoo import MLP, LeNet
 from tests.conftest import no_hooks

@@ -6,12 +6,12 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 
-from evalxai.configs import CONF as CONFIGS
-from evalxai.configs import write_all
 from evalxai.data import DATASETS
 from evalxai.methods import METHODS
 from evalxai.metrics import METRICS
 from evalxai.models import MODELS
+from evalxai.runs.configs import CONF as CONFIGS
+from evalxai.runs.configs import write_all
 
 CONF = CONFIGS
 
@@ -27,7 +27,7 @@ def test_config_files_mirror_registry(group, registry):
     for name, cfg in files.items():
         assert cfg.pop("name") == name
         expected = {k: _norm(v) for k, v in registry[name].defaults.items()}
-        assert cfg == expected, f"{name}: run python -m evalxai.configs"
+        assert cfg == expected, f"{name}: run python -m evalxai.runs.configs"
 
 
 @pytest.mark.parametrize("experiment", ["mnist_lrp", "mnist_smoke"])
@@ -77,7 +77,7 @@ def test_every_model_config_is_a_zoo_class_and_its_arch_fields_are_the_class_def
 
 
 def test_the_configs_written_from_the_registries_are_the_committed_ones(tmp_path):
-    """python -m evalxai.configs into an empty tree writes every conf/method and conf/metric file, equal (as YAML)
+    """python -m evalxai.runs.configs into an empty tree writes every conf/method and conf/metric file, equal (as YAML)
     to the committed one: nothing in those files is kept by hand."""
     written = write_all(tmp_path)
     assert len(written) == len(METHODS) + len(METRICS)

@@ -7,12 +7,12 @@ import torch
 import yaml
 
 import evalxai.models.cache as cache_mod
-from evalxai.configs import CONF as CONFIGS
 from evalxai.data import load_dataset
 from evalxai.models import get_model
 from evalxai.models.cache import STATS
 from evalxai.models.custom import CUSTOM_FIELDS, file_sha256
 from evalxai.models.train import evaluate, train_model
+from evalxai.runs.configs import CONF as CONFIGS
 from tests.custom_models import TinyNet
 
 TRAIN = {"epochs": 3, "batch_size": 64, "lr": 0.01}

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import evalxai
-from evalxai.configs import CONF as CONFIGS
+from evalxai.runs.configs import CONF as CONFIGS
 from tests.test_cli import run_cli
 
 
@@ -83,7 +83,7 @@ def _smoke_cfg(**over):
 
 
 def test_results_directory_not_writable(tmp_path, cache_dir):
-    from evalxai.pipeline import run_experiment
+    from evalxai.runs.pipeline import run_experiment
 
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
@@ -92,7 +92,7 @@ def test_results_directory_not_writable(tmp_path, cache_dir):
 
 
 def test_disk_full_keeps_the_previous_table(tmp_path, cache_dir, monkeypatch):
-    from evalxai.pipeline import run_experiment
+    from evalxai.runs.pipeline import run_experiment
 
     out = run_experiment(_smoke_cfg(), tmp_path, progress=False)
     before = (out / "scores.parquet").read_bytes()

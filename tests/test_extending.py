@@ -17,11 +17,11 @@ import torch
 import yaml
 
 import evalxai
-from evalxai.configs import CONF, write_all
 from evalxai.data import DATASETS, load_dataset
 from evalxai.methods import METHODS
 from evalxai.metrics import METRICS
 from evalxai.models import MODELS, build_model, get_model
+from evalxai.runs.configs import CONF, write_all
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "extending.md"
 BLOCK = re.compile(r"^```(?:python|yaml)\n# file: (\S+)\n(.*?)^```$", re.S | re.M)
@@ -70,7 +70,7 @@ def test_the_method_explains_a_batch_and_its_yaml_is_generated(mine, tmp_path):
     x, target = torch.rand(3, 1, 4, 4), torch.tensor([0, 1, 0])
     maps = evalxai.explain(model, x, target, method="gradient_sign", scale=2.0)
     assert maps.shape == x.shape and set(maps.abs().unique().tolist()) <= {0.0, 2.0}
-    write_all(tmp_path)  # python -m evalxai.configs, into a folder of its own
+    write_all(tmp_path)  # python -m evalxai.runs.configs, into a folder of its own
     assert yaml.safe_load((tmp_path / "method" / "gradient_sign.yaml").read_text()) == {"name": "gradient_sign",
                                                                                          "scale": 1.0}
     assert not (CONF / "method" / "gradient_sign.yaml").exists()
@@ -115,7 +115,7 @@ def test_one_run_uses_the_four_through_the_experiment_in_the_extra_config_folder
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from evalxai.pipeline import run_experiment
+    from evalxai.runs.pipeline import run_experiment
 
     root, _ = mine
     with initialize_config_dir(config_dir=str(CONF), version_base=None):

@@ -11,7 +11,7 @@ from scipy.stats import spearmanr
 from torch import nn
 
 import evalxai
-from evalxai import memory
+from evalxai.core import memory
 from evalxai.metrics import perturbation_correlation as pc
 from tests.test_metrics import assert_same_rows, score_in_parts
 

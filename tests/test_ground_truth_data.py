@@ -10,13 +10,13 @@ from PIL import Image
 from torch import nn
 
 import evalxai
-from evalxai import memory
+from evalxai.core import memory
 from evalxai.data import load_dataset, provides_masks
 from evalxai.data.xai_tris import SCENARIOS, generate
 from evalxai.metrics import METRICS
 from evalxai.metrics.common import scalar_rows
 from evalxai.metrics.registry import register_metric
-from evalxai.pipeline import run_experiment
+from evalxai.runs.pipeline import run_experiment
 
 T = np.array([[1, 0], [1, 1], [1, 0]], dtype=bool)
 L = np.array([[1, 0], [1, 0], [1, 1]], dtype=bool)

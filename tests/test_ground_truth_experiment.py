@@ -7,11 +7,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 from scipy.stats import spearmanr
 
-from evalxai.configs import CONF as CONFIGS
 from evalxai.methods import METHODS
 from evalxai.metrics import METRICS
-from evalxai.pipeline import run_experiment
 from evalxai.report import ground_truth as gt
+from evalxai.runs.configs import CONF as CONFIGS
+from evalxai.runs.pipeline import run_experiment
 
 CONF = CONFIGS
 

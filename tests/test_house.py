@@ -1,4 +1,4 @@
-"""The house (issue 28): no import circles, no module over 700 lines, no public name of a package ``__init__`` that
+"""The house (issue 28): no import circles, no upward import between floors, no module over 700 lines, no public name of a package ``__init__`` that
 hides a submodule. The graph is read from the sources with ``ast`` (module- and function-level imports alike) by
 ``tools/import_graph.py``; ``python tools/import_graph.py`` prints it for a person."""
 import importlib.util
@@ -49,6 +49,21 @@ def test_no_import_circles(graph):
     edges, detail = graph
     found = house.describe_cycles(edges, detail)
     assert not found, "import circles:\n" + "\n".join(found)
+
+
+def test_imports_go_down_the_floors(graph):
+    """Every module is on a floor of ``FLOORS`` and imports only from its floor or those below it."""
+    edges, detail = graph
+    up = house.upward_imports(edges, detail)
+    assert not up, "upward imports:\n" + "\n".join(up)
+
+
+def test_an_upward_import_is_found():
+    edges = {"evalxai.core.memory": {"evalxai.metrics.common"}, "evalxai.metrics.common": {"evalxai.core.memory"}}
+    assert house.upward_imports(edges) == [
+        "evalxai.core.memory (foundations) -> evalxai.metrics.common (metrics and the verbs) line "]
+    with pytest.raises(ValueError, match="evalxai_x is on no floor"):
+        house.floor_of("evalxai_x")
 
 
 def test_no_module_over_the_limit():

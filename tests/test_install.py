@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 import evalxai
-from evalxai.cli import SUBCOMMANDS, main
-from evalxai.configs import CONF, EXPERIMENTS
+from evalxai.runs.cli import SUBCOMMANDS, main
+from evalxai.runs.configs import CONF, EXPERIMENTS
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = Path(evalxai.__file__).resolve().parent
@@ -33,7 +33,7 @@ def test_configs_and_reproductions_live_in_the_package_and_the_wheel_takes_every
 def test_distribution_name_is_not_the_taken_one_and_the_console_script_is_evalxai():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["name"] != "evalxai"  # on the package index, "evalxai" is another project (EvalxNLP)
-    assert project["scripts"] == {"evalxai": "evalxai.cli:main"}
+    assert project["scripts"] == {"evalxai": "evalxai.runs.cli:main"}
     assert not any(d.replace(" ", "").startswith("torch==") for d in project["dependencies"])  # users bring torch
 
 

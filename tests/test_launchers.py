@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from evalxai.configs import CONF as CONFIGS
+from evalxai.runs.configs import CONF as CONFIGS
 from tests.test_cli import ROOT
 
 pytestmark = pytest.mark.slow  # end to end: runs through the CLI or the pipeline (pytest -m 'not slow' skips)

@@ -77,8 +77,8 @@ def test_two_checkpoints_of_one_class_are_two_rows_and_seeds_are_one(tmp_path, c
     """Runs differing in the checkpoint's weights are two models (labelled apart); runs differing in seed are one."""
     import json
 
-    from evalxai.leaderboard import write_leaderboard
-    from evalxai.pipeline import run_experiment
+    from evalxai.report.leaderboard import write_leaderboard
+    from evalxai.runs.pipeline import run_experiment
     from tests.test_cache_keys import checkpoint_cfg, tiny_checkpoint
 
     runs = {"a0": (0, 0), "a1": (0, 1), "b0": (1, 0)}  # run: (checkpoint seed, run seed)
@@ -103,7 +103,7 @@ def test_datasets_of_one_name_are_kept_apart(tmp_path):
     """Two image folders are two datasets (``image_folder@<fingerprint>``); one name with one identity stays plain."""
     import json
 
-    from evalxai.leaderboard import write_leaderboard
+    from evalxai.report.leaderboard import write_leaderboard
 
     for name, fingerprint, value in (("x", "f" * 20, 1.0), ("y", "e" * 20, 3.0), ("z", "e" * 20, 5.0)):
         run = tmp_path / name
@@ -126,9 +126,9 @@ def test_meta_runs_annotate_the_rows_of_their_own_checkpoint(tmp_path, cache_dir
     import json
     import shutil
 
-    from evalxai.leaderboard import write_leaderboard
     from evalxai.meta.run import run_meta
-    from evalxai.pipeline import run_experiment
+    from evalxai.report.leaderboard import write_leaderboard
+    from evalxai.runs.pipeline import run_experiment
     from tests.test_cache_keys import checkpoint_cfg, tiny_checkpoint
 
     root = tmp_path / "runs"
@@ -169,7 +169,7 @@ def test_meta_runs_without_identities_match_a_name_of_one_identity(tmp_path):
     identity; a meta run of another identity matches nothing (and labels the score runs apart)."""
     import json
 
-    from evalxai.leaderboard import write_leaderboard
+    from evalxai.report.leaderboard import write_leaderboard
 
     run = tmp_path / "run"
     run.mkdir()

@@ -14,7 +14,7 @@ from scipy.optimize import linprog
 from torch import nn
 
 import evalxai
-from evalxai import memory
+from evalxai.core import memory
 from evalxai.metrics import get_metric
 from evalxai.metrics.focus import mosaic_plan
 from evalxai.metrics.localisation import emd_grid

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import evalxai
-from evalxai.guard import frozen
+from evalxai.core.guard import frozen
 from evalxai.methods import get_method
 from evalxai.methods.lrp import COMPOSITES, LRPError, Recorder, make_composite, merged_weights, run_lrp
 from evalxai.methods.lrp.functions import lrn_denominator

@@ -11,13 +11,13 @@ from hydra import compose, initialize_config_dir
 from torch import nn
 
 import evalxai
-from evalxai.configs import CONF as CONFIGS
 from evalxai.data import load_dataset
 from evalxai.generators import get_generator
 from evalxai.maximization import target_log_prob
 from evalxai.maximization.claims import verdicts
 from evalxai.maximization.naturalness import get_classifier
 from evalxai.models import get_model
+from evalxai.runs.configs import CONF as CONFIGS
 from tests.conftest import no_hooks
 
 UNBOUNDED = {"low": -math.inf, "high": math.inf}  # the closed forms below have no box
@@ -111,9 +111,9 @@ def test_input_space_box_constraint_meets_kkt():
 
 
 def test_input_space_defaults_to_the_data_range_of_explain_and_score():
-    """Without low / high a prototype stays in the API's one default data range (``evalxai.baselines.DATA_RANGE``,
+    """Without low / high a prototype stays in the API's one default data range (``evalxai.core.baselines.DATA_RANGE``,
     [0, 1]: what explain's and score's black and uniform baselines assume); low=-inf, high=inf lift the bounds."""
-    from evalxai.baselines import DATA_RANGE
+    from evalxai.core.baselines import DATA_RANGE
 
     torch.manual_seed(1)
     model = nn.Linear(8, 3).double().eval()

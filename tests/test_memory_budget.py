@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 import evalxai
-from evalxai import memory
-from evalxai.configs import CONF as CONFIGS
+from evalxai.core import memory
+from evalxai.runs.configs import CONF as CONFIGS
 
 
 def cnn():
@@ -103,7 +103,7 @@ def test_pipeline_scores_do_not_depend_on_the_budget(tmp_path, cache_dir):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from evalxai.pipeline import run_experiment
+    from evalxai.runs.pipeline import run_experiment
 
     with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
         cfg = compose("config", overrides=["experiment=mnist_smoke", "n_samples=4", "attribution_cache=false",

@@ -313,7 +313,7 @@ def test_agreement_heatmap(tmp_path):
 
 
 def test_leaderboard_annotates_mc_and_lists_disagreeing_metrics(tmp_path):
-    from evalxai.leaderboard import write_leaderboard
+    from evalxai.report.leaderboard import write_leaderboard
 
     methods = ["lrp", "gradient", "random"]
     v = np.array([[3.0, 2.0, 1.0]] * 6) + np.random.default_rng(0).normal(0, 0.1, (6, 3))
@@ -344,9 +344,9 @@ def test_cli_run_writes_every_file_and_feeds_the_leaderboard(tmp_path, cache_dir
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from evalxai.leaderboard import write_leaderboard
     from evalxai.meta.run import run_meta
-    from evalxai.pipeline import run_experiment
+    from evalxai.report.leaderboard import write_leaderboard
+    from evalxai.runs.pipeline import run_experiment
 
     from .test_configs import CONF
 

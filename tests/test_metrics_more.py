@@ -58,7 +58,7 @@ def test_selectivity_without_recompute_is_morf_pixel_flipping():
 
 
 def test_insertion_deletion_equals_explicit_loop():
-    from evalxai.baselines import gaussian_blur
+    from evalxai.core.baselines import gaussian_blur
 
     model, (x, t) = small_cnn(), data(3)
     r = evalxai.explain(model, x, t, method="gradient_x_input")
@@ -227,7 +227,7 @@ def test_continuity_fills_shifted_in_columns_with_black():
 
 
 def test_max_sensitivity_equals_explicit_loop():
-    from evalxai.seeding import per_sample_noise
+    from evalxai.core.seeding import per_sample_noise
 
     model, (x, t) = small_cnn(), data(3)
     r = evalxai.explain(model, x, t, method="gradient")

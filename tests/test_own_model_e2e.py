@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 import evalxai
-from evalxai.configs import CONF as CONFIGS
 from evalxai.data import load_dataset
+from evalxai.runs.configs import CONF as CONFIGS
 from tests.test_cli import ROOT, run_cli
 
 pytestmark = pytest.mark.slow  # end to end: runs through the CLI or the pipeline (pytest -m 'not slow' skips)
@@ -123,7 +123,7 @@ def test_report_heatmaps_and_leaderboard(own_run):
     tmp, out, model, data = own_run
     for name in ("report.html", "plots/heatmaps.png", "summary.csv"):
         assert (out / name).stat().st_size > 0
-    res = subprocess.run([sys.executable, "-m", "evalxai.leaderboard", str(out)], cwd=ROOT, capture_output=True,
+    res = subprocess.run([sys.executable, "-m", "evalxai.report.leaderboard", str(out)], cwd=ROOT, capture_output=True,
                          text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     board = pd.read_csv(out / "leaderboard.csv")
@@ -137,7 +137,7 @@ def test_only_the_explained_images_are_read(tmp_path, monkeypatch, cache_dir):
     from omegaconf import OmegaConf
 
     import evalxai.data.image_folder as folder
-    from evalxai.pipeline import run_experiment
+    from evalxai.runs.pipeline import run_experiment
 
     root = tmp_path / "big"
     write_folder(root, n_per_class=(40, 667), size_of=lambda i: (8, 8))  # 120 train, 2 001 test images
@@ -233,7 +233,7 @@ def test_dropped_targets_and_unknown_keys_are_errors(tmp_path, cache_dir):
     res = run_cli(["experiment=mnist_smoke", "+model._target_=torchvision.models.resnet18", "progress=false",
                    f"hydra.run.dir={tmp_path}"], cache_dir)
     assert res.returncode == 1 and "_target_" in res.stderr and "lenet" in res.stderr
-    from evalxai.pipeline import check_run
+    from evalxai.runs.pipeline import check_run
 
     with pytest.raises(TypeError, match=r"metric 'sparseness' has no parameter \['patch_size'\]"):
         check_run({"methods": ["gradient"], "metrics": {"sparseness": {"patch_size": 2}}})
@@ -241,7 +241,7 @@ def test_dropped_targets_and_unknown_keys_are_errors(tmp_path, cache_dir):
 
 def test_more_samples_than_test_images_warns_and_records_both(tmp_path, cache_dir):
     """n_samples=100 on a 9-image test split runs on 9, says so, and run.json keeps both numbers."""
-    from evalxai.pipeline import run_experiment
+    from evalxai.runs.pipeline import run_experiment
     from tests.test_cache_keys import checkpoint_cfg, tiny_checkpoint
 
     write_folder(tmp_path / "images")

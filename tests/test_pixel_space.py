@@ -10,11 +10,11 @@ import yaml
 from torch import nn
 
 import evalxai
-import evalxai.seeding
-from evalxai.configs import CONF as CONFIGS
+import evalxai.core.seeding
 from evalxai.methods import get_method
 from evalxai.metrics import METRICS, get_metric
-from evalxai.pipeline import method_calls, metric_call
+from evalxai.runs.configs import CONF as CONFIGS
+from evalxai.runs.pipeline import method_calls, metric_call
 
 CONF = CONFIGS
 MEAN = torch.tensor([0.485, 0.456, 0.406], dtype=torch.float64).view(3, 1, 1)
@@ -161,7 +161,7 @@ def test_scores_are_the_same_in_model_space_and_pixel_space(setups, metric, para
     """Every registered metric (less NO_PIXEL_MEANING), per sample, row by row: the normalised model given the
     model-space low / high / mean, and the model with its normalisation as a first layer given 0, 1 and the pixel
     mean, with the same attributions, method (pixel gradient x input) and draws."""
-    monkeypatch.setattr(evalxai.seeding, "_sample_seeds", _affine_invariant_seeds)
+    monkeypatch.setattr(evalxai.core.seeding, "_sample_seeds", _affine_invariant_seeds)
     ms, px, target, attributions, masks = setups
     a, b = (_score(s, metric, params, target, attributions, masks) for s in (ms, px))
     assert list(a["measure"]) == list(b["measure"]) and list(a["sample"]) == list(b["sample"])

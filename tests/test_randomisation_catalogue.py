@@ -9,8 +9,8 @@ import torch
 from scipy.stats import entropy, spearmanr
 
 import evalxai
+from evalxai.core.seeding import per_sample_noise, sample_generators
 from evalxai.metrics.randomization import histogram_entropy, ssim
-from evalxai.seeding import per_sample_noise, sample_generators
 from tests.conftest import no_hooks
 from tests.test_metrics import assert_same_rows, data, score_in_parts, small_cnn
 

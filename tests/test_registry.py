@@ -11,16 +11,16 @@ from torch import nn
 
 import evalxai
 from evalxai import docs
-from evalxai._validate import DATA_NEEDS
 from evalxai.binding import bind
-from evalxai.configs import CONF, render, write_all
+from evalxai.core.validate import DATA_NEEDS
 from evalxai.methods import METHODS, get_method, register_method
 from evalxai.methods.registry import signature_defaults
 from evalxai.metrics import METRICS, get_metric, register_metric
 from evalxai.metrics.common import curve_rows, scalar_rows
 from evalxai.metrics.registry import DIRECTIONS, FAMILIES, NEEDS, families
-from evalxai.pipeline import check_run, metric_call
 from evalxai.report.ground_truth import scalar_table
+from evalxai.runs.configs import CONF, render, write_all
+from evalxai.runs.pipeline import check_run, metric_call
 
 
 @pytest.fixture

@@ -60,7 +60,7 @@ def test_leaderboard_ranks_and_flags_differences(direction):
 
 
 def test_leaderboard_files_and_report(tmp_path):
-    from evalxai.leaderboard import write_leaderboard
+    from evalxai.report.leaderboard import write_leaderboard
 
     for seed in (0, 1):
         run = tmp_path / f"sweep/{seed}"
@@ -79,7 +79,7 @@ def test_leaderboard_files_and_report(tmp_path):
 
 
 def test_leaderboard_cli_errors(tmp_path):
-    from evalxai.leaderboard import main
+    from evalxai.report.leaderboard import main
 
     assert main([str(tmp_path / "missing")]) == 1
     assert main([str(tmp_path)]) == 1  # no runs below

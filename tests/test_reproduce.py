@@ -8,7 +8,7 @@ import pytest
 import yaml
 from scipy.stats import wilcoxon
 
-from evalxai import reproduce
+from evalxai.runs import reproduce
 
 pytestmark = pytest.mark.slow  # end to end: runs through the CLI or the pipeline (pytest -m 'not slow' skips)
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import evalxai
-from evalxai.seeding import per_sample_noise
+from evalxai.core.seeding import per_sample_noise
 from tests.conftest import no_hooks
 from tests.test_metrics import assert_same_rows, data, score_in_parts, small_cnn
 

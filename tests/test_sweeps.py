@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-from evalxai.configs import CONF as CONFIGS
+from evalxai.runs.configs import CONF as CONFIGS
 from tests.test_cli import ROOT, run_cli
 
 pytestmark = pytest.mark.slow  # end to end: runs through the CLI or the pipeline (pytest -m 'not slow' skips)
@@ -58,7 +58,7 @@ def joblib_sweep(tmp_path_factory, cache_dir):
 def test_joblib_sweep_and_leaderboard(joblib_sweep):
     found = runs(joblib_sweep)
     assert len(found) == 4 and any(k.endswith("sample_seed=1,seed=0") for k in found)
-    res = subprocess.run([sys.executable, "-m", "evalxai.leaderboard", str(joblib_sweep)], cwd=ROOT,
+    res = subprocess.run([sys.executable, "-m", "evalxai.report.leaderboard", str(joblib_sweep)], cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     board = pd.read_csv(joblib_sweep / "leaderboard.csv")
@@ -114,7 +114,7 @@ def test_kill_and_resume_gives_the_same_tables(joblib_sweep, cache_dir, tmp_path
 def test_same_config_same_table(tmp_path, cache_dir):
     from omegaconf import OmegaConf
 
-    from evalxai.pipeline import run_experiment
+    from evalxai.runs.pipeline import run_experiment
 
     with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
         cfg = compose("config", overrides=["experiment=mnist_smoke", "n_samples=3", "attribution_cache=false",

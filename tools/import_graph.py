@@ -13,8 +13,11 @@ submodule but those it names in a ``not in (...)`` test. Importing ``a.b.c`` als
 ``a.b``; like grimp / import-linter, the graph leaves those implicit parent edges out (they would make every package
 a circle with its own submodules).
 
-``tests/test_house.py`` asserts on the same graph: no circles, no module over ``MAX_LINES`` lines, no public name of
-a package ``__init__`` that hides a submodule of the same name.
+``FLOORS`` orders the packages the way data flows (config -> data, model -> methods -> metrics -> tables -> reports
+-> runs); an import may go to the same floor or one below, never up (``upward_imports``).
+
+``tests/test_house.py`` asserts on the same graph: no circles, no upward import, no module over ``MAX_LINES`` lines,
+no public name of a package ``__init__`` that hides a submodule of the same name.
 """
 from __future__ import annotations
 
@@ -27,6 +30,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "evalxai"
 MAX_LINES = 700
+# Bottom to top. A module belongs to the floor of its longest listed prefix.
+FLOORS = (
+    ("foundations", ("evalxai._version", "evalxai._paths", "evalxai.core")),
+    ("data and models", ("evalxai.data", "evalxai.models", "evalxai.generators")),
+    ("methods", ("evalxai.methods", "evalxai.binding")),
+    ("metrics and the verbs", ("evalxai.metrics", "evalxai.api")),
+    ("tables and reports", ("evalxai.report",)),
+    ("runs", ("evalxai", "evalxai.runs", "evalxai.meta", "evalxai.maximization", "evalxai.bench", "evalxai.docs")),
+)
 
 
 def modules(root: Path = ROOT, package: str = PACKAGE) -> dict[str, Path]:
@@ -257,6 +269,30 @@ def hidden_submodules(root: Path = ROOT) -> list[str]:
     return out
 
 
+def floor_of(module: str) -> int:
+    """Index in ``FLOORS`` of the floor ``module`` lives on (its longest listed prefix)."""
+    best, level = -1, None
+    for i, (_, prefixes) in enumerate(FLOORS):
+        for pre in prefixes:
+            if (module == pre or module.startswith(pre + ".")) and len(pre) > best:
+                best, level = len(pre), i
+    if level is None:
+        raise ValueError(f"{module} is on no floor: add its package to FLOORS in tools/import_graph.py")
+    return level
+
+
+def upward_imports(edges: dict[str, set[str]], detail=None) -> list[str]:
+    """Every import from a floor to a higher one, as ``a (floor) -> b (floor), line``."""
+    out = []
+    for a in sorted(edges):
+        for b in sorted(edges[a]):
+            fa, fb = floor_of(a), floor_of(b)
+            if fb > fa:
+                lines = ",".join(str(ln) for ln, _ in (detail or {}).get(a, {}).get(b, []))
+                out.append(f"{a} ({FLOORS[fa][0]}) -> {b} ({FLOORS[fb][0]}) line {lines}")
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--edges", action="store_true", help="also print every edge")
@@ -272,6 +308,13 @@ def main(argv=None) -> int:
     found = describe_cycles(edges, detail)
     print(f"\nimport circles: {len(found)}  (arrow labels: line of the import; ~ = inside a function)")
     for line in found:
+        print("  " + line)
+    print("\nfloors, bottom to top (imports go down or stay on their floor):")
+    for i, (name, prefixes) in enumerate(FLOORS):
+        print(f"  {i}  {name:22} {', '.join(prefixes)}")
+    up = upward_imports(edges, detail)
+    print(f"\nupward imports: {len(up)}")
+    for line in up:
         print("  " + line)
     print(f"\nlargest modules (limit {MAX_LINES} lines):")
     for m, n in sorted(counts.items(), key=lambda kv: -kv[1])[:args.largest]:

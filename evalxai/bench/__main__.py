@@ -10,7 +10,6 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from evalxai import allocator
 from evalxai.bench import __doc__ as BENCH_DOC
 from evalxai.bench.end_to_end import bench_end_to_end
 from evalxai.bench.imagenet import IMAGENET_METHODS, IMAGENET_MODELS, bench_imagenet, imagenet_report, resolve_device
@@ -20,6 +19,7 @@ from evalxai.bench.quantus import bench_quantus, quantus_report
 from evalxai.bench.timing import markdown
 from evalxai.methods import METHODS
 from evalxai.metrics import METRICS
+from evalxai.runs import allocator
 
 
 def log(line: str) -> None:

@@ -13,13 +13,13 @@ import torch
 from torch import nn
 
 import evalxai
-from evalxai import allocator
 from evalxai.bench.methods import BENCH_UNITS, TARGETS, UNITS, units
 from evalxai.bench.timing import gradient_pass, interleaved, markdown
-from evalxai.memory import budget as memory_budget_bytes
-from evalxai.memory import images_per_chunk
+from evalxai.core.memory import budget as memory_budget_bytes
+from evalxai.core.memory import images_per_chunk
 from evalxai.methods import METHODS
 from evalxai.methods.lrp import COMPOSITES
+from evalxai.runs import allocator
 
 VGG16_CONFIG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 

@@ -22,10 +22,10 @@ import pandas as pd
 import torch
 
 import evalxai
-from evalxai._validate import check_logits
 from evalxai.bench.timing import interleaved
+from evalxai.core.validate import check_logits
 from evalxai.metrics import METRICS
-from evalxai.reproduce import dataset_and_model
+from evalxai.runs.reproduce import dataset_and_model
 
 # Settings of experiment=mnist_lrp for the metrics it runs; other metrics use their registered defaults.
 METRIC_PARAMS = {

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 import evalxai
-from evalxai._validate import check_logits
 from evalxai.bench.timing import markdown
+from evalxai.core.validate import check_logits
 from evalxai.metrics import METRICS
 
 PACKAGE = Path(__file__).resolve().parents[1]

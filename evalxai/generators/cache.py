@@ -14,9 +14,9 @@ import time
 import torch
 import yaml
 
-from evalxai._io import atomic_path, cache_root, code_fingerprint, content_key, write_json
 from evalxai._paths import CONF
 from evalxai._version import __version__
+from evalxai.core.files import atomic_path, cache_root, code_fingerprint, content_key, write_json
 from evalxai.generators.vae import VAE, Generator, train_vae
 from evalxai.models.custom import load_weights
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from evalxai.cli import run_command
 from evalxai.maximization.cli import run_prototypes
+from evalxai.runs.cli import run_command
 
 
 @hydra.main(version_base=None, config_path="../conf", config_name="maximize")

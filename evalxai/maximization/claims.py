@@ -7,7 +7,7 @@ input-space ones. Paired over (class, seed): the same class, one prototype per s
 
 Each is a two-sided paired Wilcoxon signed-rank test, Holm-corrected over the three; *holds* when significant
 (p < 0.05) in the claimed direction, *does not hold* when significant against it, else *inconclusive*.
-``python -m evalxai.reproduce montavon2018_prototypes`` reports them (check ``prototypes``).
+``python -m evalxai.runs.reproduce montavon2018_prototypes`` reports them (check ``prototypes``).
 """
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def _table(overrides: tuple[str, ...]) -> pd.DataFrame:
 
 
 def check(claim: dict, scores=None) -> dict:
-    """A ``check: prototypes`` claim of ``evalxai.reproduce``: ``params.claim`` names one of ``CLAIMS``; the
+    """A ``check: prototypes`` claim of ``evalxai.runs.reproduce``: ``params.claim`` names one of ``CLAIMS``; the
     prototypes come from ``python -m evalxai.maximization`` with the claim's overrides (computed once per process).
     Returns expected / measured / p / better; the reproduction applies Holm over the paper's claims."""
     name = claim["params"]["claim"]

@@ -23,11 +23,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from evalxai._io import atomic_path  # noqa: E402
+from evalxai.core.files import atomic_path  # noqa: E402
 from evalxai.maximization.claims import verdicts  # noqa: E402
 from evalxai.maximization.experiment import make_prototypes  # noqa: E402
 from evalxai.maximization.naturalness import SCORES  # noqa: E402
-from evalxai.run_dir import RunDir  # noqa: E402
+from evalxai.runs.run_dir import RunDir  # noqa: E402
 
 log = logging.getLogger("evalxai")
 

@@ -16,7 +16,7 @@ from evalxai.generators import available, generator_config, get_generator
 from evalxai.maximization.naturalness import get_classifier, naturalness
 from evalxai.maximization.prototypes import SPACES, maximize
 from evalxai.models import get_model
-from evalxai.pipeline import load_run_dataset
+from evalxai.runs.pipeline import load_run_dataset
 
 BLOCK = {"classes": None, "spaces": list(SPACES), "seeds": [0], "input": {}, "code": {},
          "classifier": {"kind": "logistic"}, "reference": True}

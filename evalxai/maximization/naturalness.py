@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from evalxai._io import atomic_path, cache_root, code_fingerprint, content_key, write_json
-from evalxai.guard import frozen
+from evalxai.core.files import atomic_path, cache_root, code_fingerprint, content_key, write_json
+from evalxai.core.guard import frozen
 from evalxai.maximization.prototypes import log_prob_of
 
 log = logging.getLogger(__name__)

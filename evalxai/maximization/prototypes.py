@@ -1,7 +1,7 @@
 """Activation maximization: the input a model takes as the prototype of a class (Montavon, Samek & Mueller 2018, §3).
 
 Input space (their eq. 1): ``x* = argmax_x log p(c|x) - lam ||x - xbar||^2``, xbar the data mean (0 without one),
-x kept within the data range [low, high] (projected after every step; by default ``evalxai.baselines.DATA_RANGE``,
+x kept within the data range [low, high] (projected after every step; by default ``evalxai.core.baselines.DATA_RANGE``,
 [0, 1], as explain's and score's black and uniform baselines).
 Code space (their eq. 3; Nguyen et al. 2016): ``z* = argmax_z log p(c|g(z)) - lam ||z||^2`` and ``x* = g(z*)``,
 g the decoder of a generative model of the data (``evalxai.generators``).
@@ -21,9 +21,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from evalxai.baselines import data_range
+from evalxai.core.baselines import data_range
+from evalxai.core.guard import frozen
 from evalxai.generators import get_generator
-from evalxai.guard import frozen
 
 SPACES = ("input", "code")
 STARTS = ("mean", "noise")
@@ -126,8 +126,8 @@ def maximize(model: nn.Module, target: int | Sequence[int] | torch.Tensor, space
         ``start`` ("mean": xbar, or z = 0; "noise": uniform in [low, high] (finite bounds, else xbar + N(0, 1)),
         or z ~ N(0, I)), ``restarts`` (R: the chosen start and R - 1 noise starts per target, optimised together; the
         one with the highest objective is kept), ``seed`` (noise starts, drawn per class and restart); input space also
-        ``low`` / ``high`` (the data range, floats or tensors broadcastable to one input; None: ``evalxai.baselines``'s
-        ``data_range`` default, [0, 1]; -inf / inf: unbounded) and
+        ``low`` / ``high`` (the data range, floats or tensors broadcastable to one input; None:
+        ``evalxai.core.baselines.data_range``'s default, [0, 1]; -inf / inf: unbounded) and
         ``input_shape`` (when no mean is given).
 
     Example:

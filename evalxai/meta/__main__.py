@@ -7,8 +7,8 @@ from omegaconf import DictConfig
 
 @hydra.main(version_base=None, config_path="../conf", config_name="meta")
 def main(cfg: DictConfig) -> None:
-    from evalxai.cli import run_command
     from evalxai.meta.run import run_meta
+    from evalxai.runs.cli import run_command
 
     run_command(cfg, run_meta, "evalxai.meta")
 

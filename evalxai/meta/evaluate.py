@@ -31,7 +31,7 @@ from evalxai.meta.perturbation import (
     predict,
 )
 from evalxai.methods import get_method
-from evalxai.pipeline import method_calls, metric_call
+from evalxai.runs.pipeline import method_calls, metric_call
 
 CRITERIA = ("IAC_NR", "IAC_AR", "IEC_NR", "IEC_AR")
 
@@ -147,7 +147,7 @@ def meta_evaluate(model, x: torch.Tensor, target: torch.Tensor, methods: list[tu
                   mean=None, iec_per: str = "position", maps: dict | None = None,
                   progress: bool = False) -> MetaResult:
     """Meta-evaluate every (metric, measure) of ``metrics`` over the explanations of ``methods`` (lists of
-    ``(name, params)`` as ``evalxai.pipeline.method_list`` / ``metric_list`` give them) on the samples (x, target).
+    ``(name, params)`` as ``evalxai.runs.pipeline.method_list`` / ``metric_list`` give them) on the samples (x, target).
 
     ``tests``: the four MetaQuantus tests by default; ``iterations`` x ``perturbations`` draws each (MetaQuantus:
     5 x 10); ``low`` / ``high``: the data range (model space) the input tests clip to and the metrics get;

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from evalxai.baselines import data_range
-from evalxai.seeding import noise_draws
+from evalxai.core.baselines import data_range
+from evalxai.core.seeding import noise_draws
 
 SPACES = ("model", "input")
 
@@ -79,8 +79,8 @@ class ModelNoise:
 
 def perturb_input(x: torch.Tensor, delta: float, seed: int, low=None, high=None, std=None) -> torch.Tensor:
     """clip(x + U(-delta, delta) / std, low, high) per element; the draw of a sample depends on ``seed`` and its own
-    content only (``evalxai.seeding.noise_draws``), not on the batch. ``low`` / ``high`` / ``std``: floats or
-    per-channel tensors (model space); None: the data range's default (``evalxai.baselines.data_range``), std 1."""
+    content only (``evalxai.core.seeding.noise_draws``), not on the batch. ``low`` / ``high`` / ``std``: floats or
+    per-channel tensors (model space); None: the data range's default (``evalxai.core.baselines.data_range``), std 1."""
     u = noise_draws(x, seed, [0], "uniform")[0].to(x.dtype)
     noise = (2.0 * u - 1.0) * delta
     if std is not None:
@@ -92,8 +92,8 @@ def perturb_input(x: torch.Tensor, delta: float, seed: int, low=None, high=None,
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Predicted classes, forwarding as many images at a time as the memory budget allows."""
-    from evalxai.guard import frozen
-    from evalxai.memory import images_per_chunk
+    from evalxai.core.guard import frozen
+    from evalxai.core.memory import images_per_chunk
 
     step = images_per_chunk(model, x, "forward", None, "predicting")
     with frozen(model, warn_train=False), torch.no_grad():

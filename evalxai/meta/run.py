@@ -1,5 +1,5 @@
 """A config becomes a meta-evaluation: ``run_meta(cfg, out_dir)`` loads the experiment's data, model, methods and
-metrics as ``evalxai.pipeline`` does, runs ``meta_evaluate`` with the config's ``meta`` block and writes into
+metrics as ``evalxai.runs.pipeline`` does, runs ``meta_evaluate`` with the config's ``meta`` block and writes into
 ``out_dir``: ``meta.csv`` (MC per metric and measure, model and input), ``meta_detail.csv`` (every IAC / IEC),
 ``meta_scores.parquet`` (per-sample scores, unperturbed and perturbed), ``agreement.csv`` (Kendall tau between the
 metrics' rankings of the methods), ``meta.md`` (also as ``report.md`` / ``report.html``), ``plots/meta_mc.png``,
@@ -19,16 +19,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from evalxai._io import atomic_path
-from evalxai._validate import DATA_NEEDS
-from evalxai.memory import run_scope
+from evalxai.core.files import atomic_path
+from evalxai.core.memory import run_scope
+from evalxai.core.validate import DATA_NEEDS
 from evalxai.meta.evaluate import CRITERIA, meta_evaluate
 from evalxai.meta.perturbation import default_tests
 from evalxai.metrics import get_metric
-from evalxai.pipeline import check_run, explain_cached, method_calls, prepare
 from evalxai.report.agreement import disagreements, heatmap, label, metric_agreement
-from evalxai.run_dir import RunDir
-from evalxai.run_identity import dataset_record
+from evalxai.runs.identity import dataset_record
+from evalxai.runs.pipeline import check_run, explain_cached, method_calls, prepare
+from evalxai.runs.run_dir import RunDir
 
 log = logging.getLogger("evalxai")
 

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import torch
 
-from evalxai._io import atomic_path, cache_root, code_fingerprint, content_key
+from evalxai.core.files import atomic_path, cache_root, code_fingerprint, content_key
 
 log = logging.getLogger(__name__)
 STATS = {"hits": 0, "misses": 0}
-# The parts of the package that compute a map from a trained model (see ``evalxai._io.code_fingerprint``).
-EXPLAIN_CODE = ("methods", "api.py", "scoring.py", "baselines.py", "seeding.py")
+# The parts of the package that compute a map from a trained model (see ``evalxai.core.files.code_fingerprint``).
+EXPLAIN_CODE = ("methods", "api.py", "core/scoring.py", "core/baselines.py", "core/seeding.py")
 
 
 def attribution_key(model_key: str, method: str | Mapping, params: dict, indices: Iterable[int], target: torch.Tensor,

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from evalxai.baselines import reference
+from evalxai.core.baselines import reference
 from evalxai.methods.graph import (
     PASS_FUNCS,
     PASS_MODULES,

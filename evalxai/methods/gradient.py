@@ -12,12 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from evalxai.baselines import reference
-from evalxai.memory import chunked, images_per_chunk
+from evalxai.core.baselines import reference
+from evalxai.core.memory import chunked, images_per_chunk
+from evalxai.core.scoring import require_images
+from evalxai.core.seeding import noise_draws, per_sample_noise
 from evalxai.methods.graph import check_function, execute, is_relu, trace
 from evalxai.methods.registry import register_method
-from evalxai.scoring import require_images
-from evalxai.seeding import noise_draws, per_sample_noise
 
 
 def target_grad(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -73,8 +73,8 @@ def integrated_gradients(model: nn.Module, x: torch.Tensor, target: torch.Tensor
                          mean: float | torch.Tensor | None = None) -> torch.Tensor:
     """Integrated Gradients (Sundararajan 2017): (x - x') * mean_k grad f(x' + a_k (x - x')), midpoint rule.
 
-    x' is ``evalxai.baselines.reference`` (``low``/``high``: the bounds of the ``uniform`` baseline). The path
-    points are stacked into the batch dimension in chunks sized by the memory budget (``evalxai.memory``; an int
+    x' is ``evalxai.core.baselines.reference`` (``low``/``high``: the bounds of the ``uniform`` baseline). The path
+    points are stacked into the batch dimension in chunks sized by the memory budget (``evalxai.core.memory``; an int
     ``batch_size`` caps a chunk). Completeness: sum R -> f(x) - f(x') as ``steps`` grows.
     """
     steps = _check_steps("steps", steps)
@@ -93,7 +93,7 @@ def smoothgrad(model: nn.Module, x: torch.Tensor, target: torch.Tensor, samples:
     """SmoothGrad (Smilkov 2017): mean gradient over x + N(0, s^2), s = noise * (max(x_i) - min(x_i)) per sample.
 
     The noisy copies are drawn per chunk (sized by the memory budget), never all at once; each draw comes from its
-    own seeded generator (``evalxai.seeding.noise_draws``), so the chunking does not change the map."""
+    own seeded generator (``evalxai.core.seeding.noise_draws``), so the chunking does not change the map."""
     samples = _check_steps("samples", samples)
     if noise < 0:
         raise ValueError(f"noise={noise} is negative: give the noise level as a fraction of the input range")

@@ -9,10 +9,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from evalxai.baselines import reference
-from evalxai.memory import images_per_chunk
+from evalxai.core.baselines import reference
+from evalxai.core.memory import images_per_chunk
+from evalxai.core.scoring import batched_scores, check_patch, check_score_space, require_images
 from evalxai.methods.registry import register_method
-from evalxai.scoring import batched_scores, check_patch, check_score_space, require_images
 
 
 def window_starts(size: int, patch: int, stride: int) -> list[int]:

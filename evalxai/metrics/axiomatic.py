@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from evalxai.baselines import DATA_RANGE, baseline_label
-from evalxai.baselines import reference as reference_input
-from evalxai.memory import chunked, images_per_chunk
+from evalxai.core.baselines import DATA_RANGE, baseline_label
+from evalxai.core.baselines import reference as reference_input
+from evalxai.core.memory import chunked, images_per_chunk
 from evalxai.methods import get_method
 from evalxai.methods.lrp import Recorder
 from evalxai.metrics.common import (
@@ -64,8 +64,8 @@ def conservation(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attrib
     """Rows: residual, relative_residual, abs_relative_residual (lower is better) and layer residuals.
 
     ``reference``: ``auto`` (the method's own, see the module docstring), ``none`` (f_c(x) alone) or a baseline of
-    ``evalxai.baselines`` (with ``mean``, ``low``, ``high``, ``seed``). For an LRP method the recorded run that gives
-    the layer residuals also gives f_c(x) (its own forward, with BatchNorm merged: equal to the model's logits up
+    ``evalxai.core.baselines`` (with ``mean``, ``low``, ``high``, ``seed``). For an LRP method the recorded run that
+    gives the layer residuals also gives f_c(x) (its own forward, with BatchNorm merged: equal to the model's logits up
     to rounding), so no separate forward is made."""
     rec = None
     if isinstance(method, str):
@@ -143,7 +143,7 @@ def non_sensitivity(model: nn.Module, x: torch.Tensor, target: torch.Tensor, att
     side, single pixels on MNIST; flat inputs: single elements). Its relevance r_p = sum |R| over the patch is zero
     when r_p <= ``eps`` * max_q r_q (relative to the sample's largest patch, so the count does not depend on the
     map's scale). The output is insensitive to it when replacing the patch alone by the ``baseline``
-    (``evalxai.baselines``: ``uniform`` noise U[low, high] drawn per sample from ``seed`` by default, which also
+    (``evalxai.core.baselines``: ``uniform`` noise U[low, high] drawn per sample from ``seed`` by default, which also
     tests black pixels; ``zero``, ``mean``, ``blur``, a number) moves the target score (``score_space``) by at most
     ``tolerance``. One forward per feature and sample, the perturbed copies stacked into the batch. A prediction
     that flips under the perturbation counts as a change (no NaN). Rows: ``non_sensitivity`` (the count, in
@@ -249,7 +249,7 @@ def shift_absorbing_model(model: nn.Module, x: torch.Tensor, shift: float) -> nn
 
 def _shifted_params(method, method_params: dict | None, shift: float) -> dict:
     """Method parameters that live in input space (``low``, ``high``, ``mean``, a numeric ``baseline``) moved by
-    ``shift``; unset bounds of a registered method that takes them are ``evalxai.baselines.DATA_RANGE``, moved."""
+    ``shift``; unset bounds of a registered method that takes them are ``evalxai.core.baselines.DATA_RANGE``, moved."""
     params = dict(method_params or {})
     defaults = {}
     if isinstance(method, str):

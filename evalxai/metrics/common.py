@@ -9,10 +9,10 @@ import pandas as pd
 import torch
 from torch import nn
 
-from evalxai._validate import require_method
 from evalxai.binding import resolve_method
-from evalxai.memory import chunked, images_per_chunk
-from evalxai.scoring import SCORE_SPACES, batched_scores, check_score_space, target_scores  # noqa: F401
+from evalxai.core.memory import chunked, images_per_chunk
+from evalxai.core.scoring import SCORE_SPACES, batched_scores, check_score_space, target_scores  # noqa: F401
+from evalxai.core.validate import require_method
 
 # Rows leave ``direction`` empty: the registry fills it from the metric's declared directions (metrics.registry).
 UNSET = None

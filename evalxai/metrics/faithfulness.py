@@ -16,12 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from evalxai.baselines import baseline_label, gaussian_blur, reference
-from evalxai.memory import chunked, images_per_chunk
+from evalxai.core.baselines import baseline_label, gaussian_blur, reference
+from evalxai.core.memory import chunked, images_per_chunk
+from evalxai.core.scoring import check_patch, require_images
+from evalxai.core.seeding import per_sample_permutations
 from evalxai.metrics.common import batched_scores, check_score_space, curve_rows, normalized_auc, scalar_rows
 from evalxai.metrics.registry import register_metric
-from evalxai.scoring import check_patch, require_images
-from evalxai.seeding import per_sample_permutations
 
 ORDERS = ("morf", "lerf", "random")
 # pixel flipping's measures (also region perturbation's): removing the most relevant first should drop the score
@@ -144,7 +144,7 @@ def pixel_flipping(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attr
                    mean: float | torch.Tensor | None = None, low: float | torch.Tensor | None = None,
                    high: float | torch.Tensor | None = None, ties: str = "random") -> pd.DataFrame:
     """Pixel-flipping curves and AOPC / AUC (per order) and ABPC (when MoRF and LeRF both run); ties in relevance
-    are broken at random per sample (``ties``, recorded in the table); ``baseline`` as in ``evalxai.baselines``."""
+    are broken at random per sample (``ties``, recorded in the table); ``baseline`` as in ``evalxai.core.baselines``."""
     check_score_space(score_space)
     orders = [order] if isinstance(order, str) else list(order)
     params = dict(patch_size=patch_size, per_step=per_step, steps=steps, baseline=baseline, seed=seed,
@@ -178,10 +178,10 @@ def insertion_deletion(model: nn.Module, x: torch.Tensor, target: torch.Tensor, 
                        low: float | torch.Tensor | None = None) -> pd.DataFrame:
     """RISE deletion (MoRF to black, lower AUC better) and insertion (MoRF from a blurred canvas, higher better).
 
-    Petsiuk et al. 2018: features are deleted from x (set to black: ``low``, see ``evalxai.baselines``), or inserted
-    into the blurred image (Gaussian, sigma 5, 11 taps), most relevant first, ``per_step`` at a time (default: as
-    pixel flipping, ``MAX_STEPS`` steps whatever the resolution; RISE itself took 224 pixels per step on 224 x 224
-    images); the score (softmax by default) is integrated over the fraction changed.
+    Petsiuk et al. 2018: features are deleted from x (set to black: ``low``, see ``evalxai.core.baselines``), or
+    inserted into the blurred image (Gaussian, sigma 5, 11 taps), most relevant first, ``per_step`` at a time
+    (default: as pixel flipping, ``MAX_STEPS`` steps whatever the resolution; RISE itself took 224 pixels per step
+    on 224 x 224 images); the score (softmax by default) is integrated over the fraction changed.
     """
     check_score_space(score_space)
     require_images(x, "insertion_deletion")

@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from evalxai._validate import check_pool
+from evalxai.core.scoring import require_images
+from evalxai.core.seeding import sample_generators
+from evalxai.core.validate import check_pool
 from evalxai.metrics.common import explain_stack, explainer, scalar_rows
 from evalxai.metrics.registry import register_metric
-from evalxai.scoring import require_images
-from evalxai.seeding import sample_generators
 
 
 def mosaic_plan(x: torch.Tensor, target: torch.Tensor, labels: torch.Tensor,

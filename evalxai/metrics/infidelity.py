@@ -28,12 +28,12 @@ import pandas as pd
 import torch
 from torch import nn
 
-from evalxai.baselines import baseline_label, data_range, reference
-from evalxai.memory import chunked, images_per_chunk
+from evalxai.core.baselines import baseline_label, data_range, reference
+from evalxai.core.memory import chunked, images_per_chunk
+from evalxai.core.scoring import check_patch, require_images
+from evalxai.core.seeding import noise_draws, sample_generators
 from evalxai.metrics.common import batched_scores, check_score_space, scalar_rows
 from evalxai.metrics.registry import register_metric
-from evalxai.scoring import check_patch, require_images
-from evalxai.seeding import noise_draws, sample_generators
 
 PERTURBATIONS = ("square", "gaussian")
 

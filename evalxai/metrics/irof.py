@@ -16,13 +16,13 @@ import pandas as pd
 import torch
 from torch import nn
 
-from evalxai.baselines import baseline_label, reference, to_pixels
-from evalxai.memory import chunked, images_per_chunk
+from evalxai.core.baselines import baseline_label, reference, to_pixels
+from evalxai.core.memory import chunked, images_per_chunk
+from evalxai.core.scoring import require_images
+from evalxai.core.seeding import sample_generators
 from evalxai.metrics.common import UNSET, batched_scores, check_score_space, scalar_rows
 from evalxai.metrics.faithfulness import inverse_permutation
 from evalxai.metrics.registry import register_metric
-from evalxai.scoring import require_images
-from evalxai.seeding import sample_generators
 
 SEGMENTATIONS = ("slic", "grid")
 
@@ -105,7 +105,7 @@ def irof(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: 
     (softmax) y_k; IROF = 1 - trapezoid(y_k / y_0 over k / K), i.e. the area over the normalised curve on [0, 1].
     Rows: ``curve`` (step k, fraction k / K_n, value y_k / y_0; K_n varies per image) and the scalar ``irof``;
     column ``segmentation`` records SLIC or grid. SLIC segments the image in pixel space, (x - low) / (high - low)
-    with the data range ``low`` / ``high`` (``evalxai.baselines.to_pixels``), so normalised inputs get the segments
+    with the data range ``low`` / ``high`` (``evalxai.core.baselines.to_pixels``), so normalised inputs get the segments
     of their pixels. Forwards per sample: K_n + 1 (about ``n_segments``).
     NaN: y_0 <= 0 (only possible with logits; the ratio has no meaning then). Flipped predictions are kept.
     Deviation from Quantus 0.6: Quantus sums K - trapezoid over steps 1..K (unnormalised, no y_0 point, so a

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from evalxai._validate import check_masks
+from evalxai.core.validate import check_masks
 from evalxai.metrics.common import UNSET, scalar_rows
 from evalxai.metrics.registry import register_metric
 

@@ -4,7 +4,7 @@ Five metrics of the Quantus catalogue, each defined from its paper (deviations f
 metric). A *feature* is a pixel or a p x p patch; its relevance is the sum of the map over the patch and the
 channels (as in pixel flipping). Perturbed copies of a batch are stacked into the batch dimension (S, N, ...) and
 forwarded in chunks sized by the memory budget; every random draw comes from the sample's own generator
-(``evalxai.seeding``), so a sample scores the same whatever batch it is in.
+(``evalxai.core.seeding``), so a sample scores the same whatever batch it is in.
 
 - ``faithfulness_correlation`` (Bhatt et al. 2020)
 - ``faithfulness_estimate`` (Alvarez-Melis & Jaakkola 2018)
@@ -27,8 +27,10 @@ import pandas as pd
 import torch
 from torch import nn
 
-from evalxai.baselines import baseline_label, data_range, reference
-from evalxai.memory import chunked, images_per_chunk
+from evalxai.core.baselines import baseline_label, data_range, reference
+from evalxai.core.memory import chunked, images_per_chunk
+from evalxai.core.scoring import check_patch, require_images
+from evalxai.core.seeding import noise_draws, sample_generators
 from evalxai.metrics.common import UNSET, batched_scores, check_score_space, scalar_rows
 from evalxai.metrics.faithfulness import (
     MAX_STEPS,
@@ -39,8 +41,6 @@ from evalxai.metrics.faithfulness import (
     patch_relevance,
 )
 from evalxai.metrics.registry import register_metric
-from evalxai.scoring import check_patch, require_images
-from evalxai.seeding import noise_draws, sample_generators
 
 # -- shared pieces ------------------------------------------------------------------------------------------------
 
@@ -282,8 +282,8 @@ STATISTICS = ("mse", "variance", "mean")
 
 def uniform_draws(x: torch.Tensor, seed: int, samples: int, low: float | torch.Tensor | None = None,
                   high: float | torch.Tensor | None = None) -> torch.Tensor:
-    """(samples, N, ...) i.i.d. U[low, high] values (``evalxai.baselines.data_range``), draw s of sample n from its own
-    generator: the values a feature takes when it is drawn at random."""
+    """(samples, N, ...) i.i.d. U[low, high] values (``evalxai.core.baselines.data_range``), draw s of sample n from its
+    own generator: the values a feature takes when it is drawn at random."""
     lo, hi = data_range(low, high, x)
     return lo + (hi - lo) * noise_draws(x, seed + 31, range(samples), "uniform").to(x.dtype)
 

@@ -23,10 +23,10 @@ import pandas as pd
 import torch
 from torch import nn
 
+from evalxai.core.scoring import num_classes
+from evalxai.core.seeding import per_sample_noise, sample_generators
 from evalxai.metrics.common import UNSET, explain_stack, explainer, scalar_rows
 from evalxai.metrics.registry import register_metric
-from evalxai.scoring import num_classes
-from evalxai.seeding import per_sample_noise, sample_generators
 
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 

@@ -13,7 +13,7 @@ A metric is declared once, by its registration::
   (images to compose with) come from the data, ``method`` means that the method being scored is passed as
   ``method`` / ``method_params`` (``evalxai.binding.bind``);
 - the defaults are the function's own keyword defaults (the YAML ``conf/metric/<name>.yaml`` holds them too, written
-  by ``python -m evalxai.configs``).
+  by ``python -m evalxai.runs.configs``).
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from evalxai._validate import DATA_NEEDS
+from evalxai.core.validate import DATA_NEEDS
 from evalxai.methods.registry import signature_defaults
 
 FAMILIES = ("faithfulness", "robustness", "localisation", "complexity", "axiomatic", "randomisation")  # in this order

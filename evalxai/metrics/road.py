@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from evalxai.memory import budget, chunked, images_per_chunk
+from evalxai.core.memory import budget, chunked, images_per_chunk
+from evalxai.core.scoring import require_images
+from evalxai.core.seeding import per_sample_noise
 from evalxai.metrics.common import check_score_space, curve_rows, normalized_auc, scalar_rows, target_scores
 from evalxai.metrics.faithfulness import check_ties, feature_ranks, patch_relevance
 from evalxai.metrics.registry import register_metric
-from evalxai.scoring import require_images
-from evalxai.seeding import per_sample_noise
 
 _STENCIL = ((1.0, 2.0, 1.0), (2.0, 0.0, 2.0), (1.0, 2.0, 1.0))
 

@@ -3,7 +3,7 @@ avg-sensitivity under small noise (Yeh et al. 2019; captum's ``sensitivity_max``
 (Alvarez-Melis & Jaakkola 2018) and local consistency (Dasgupta, Frost & Moshkovitz 2022).
 
 All re-explain perturbed inputs with the method being scored, stacked into the batch dimension. Noise is drawn per
-sample (``evalxai.seeding``), so values do not depend on the batch. Prediction flips: with ``nan_on_flip`` a draw
+sample (``evalxai.core.seeding``), so values do not depend on the batch. Prediction flips: with ``nan_on_flip`` a draw
 whose predicted class (argmax of the logits) differs from that of x is left out (NaN) and the sample's value is
 taken over the remaining draws; a sample whose every draw flips is NaN. ``flip_rate`` rows (direction "none") say
 how many draws flipped.
@@ -17,12 +17,12 @@ import pandas as pd
 import torch
 from torch import nn
 
-from evalxai.baselines import data_range
-from evalxai.memory import images_per_chunk
+from evalxai.core.baselines import data_range
+from evalxai.core.memory import images_per_chunk
+from evalxai.core.scoring import require_images
+from evalxai.core.seeding import per_sample_noise
 from evalxai.metrics.common import UNSET, batched_scores, check_score_space, explain_stack, explainer, scalar_rows
 from evalxai.metrics.registry import register_metric
-from evalxai.scoring import require_images
-from evalxai.seeding import per_sample_noise
 
 
 def translate(x: torch.Tensor, shift: int, axis: str = "x", fill: float | torch.Tensor = 0.0) -> torch.Tensor:
@@ -72,7 +72,7 @@ def continuity(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attribut
     """Continuity: max_t ||R(x_t) - R(x_t')||_1 / ||x_t - x_t'||_2 on a translation path (lower is better).
 
     Path: x translated by t = -shift..shift pixels (every ``stride``) along ``axis``, the shifted-in pixels black
-    (``low``, the model-space value of pixel 0; None: ``evalxai.baselines.data_range``'s 0). Two estimators,
+    (``low``, the model-space value of pixel 0; None: ``evalxai.core.baselines.data_range``'s 0). Two estimators,
     per sample: ``continuity_path`` (consecutive positions) and ``continuity_ref`` (each position against the
     untranslated x); with ``align`` also both after shifting each map back by -t (isolates change of shape from
     motion; 0 relevance fills the shifted-in columns). Curve rows (step = t in pixels): the relevance summed over

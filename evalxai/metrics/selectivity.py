@@ -15,8 +15,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-from evalxai.baselines import baseline_label, reference
-from evalxai.memory import chunked
+from evalxai.core.baselines import baseline_label, reference
+from evalxai.core.memory import chunked
+from evalxai.core.scoring import check_patch, require_images
 from evalxai.metrics.common import batched_scores, check_score_space, curve_rows, explainer, normalized_auc, scalar_rows
 from evalxai.metrics.faithfulness import (
     default_patch,
@@ -26,7 +27,6 @@ from evalxai.metrics.faithfulness import (
     tie_order,
 )
 from evalxai.metrics.registry import register_metric
-from evalxai.scoring import check_patch, require_images
 
 
 @register_metric("selectivity", family="faithfulness", directions={"auc": "lower", "curve": "none"}, needs=("method",))

@@ -8,7 +8,7 @@ the logits (ROS) change, at the worst of ``samples`` noisy neighbours that keep 
 
 R = R(x), R_s = R(x_s) (the method re-explains each neighbour), L = an internal representation, h = the logits;
 divisions inside the norms are element-wise (percent change). Neighbours: x_s = x + N(0, noise^2) element-wise,
-seeded per sample (``evalxai.seeding``), clipped into [low, high] when given. Lower is better.
+seeded per sample (``evalxai.core.seeding``), clipped into [low, high] when given. Lower is better.
 
 Division by zero. The paper bounds the denominator's norm below by ``eps_min`` (the max above): done as written
 (Quantus 0.6 instead adds eps_min only where the norm is exactly 0). Inside the norms an element with a zero
@@ -33,7 +33,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from evalxai.memory import images_per_chunk
+from evalxai.core.memory import images_per_chunk
 from evalxai.metrics.common import executed_layers, explain_stack, explainer, scalar_rows
 from evalxai.metrics.registry import register_metric
 from evalxai.metrics.robustness import (

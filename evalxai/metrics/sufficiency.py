@@ -26,12 +26,12 @@ import pandas as pd
 import torch
 from torch import nn
 
-from evalxai.baselines import data_range
-from evalxai.memory import chunked, images_per_chunk
+from evalxai.core.baselines import data_range
+from evalxai.core.memory import chunked, images_per_chunk
+from evalxai.core.seeding import per_sample_noise
 from evalxai.metrics.common import explain_stack, explainer, scalar_rows
 from evalxai.metrics.registry import register_metric
 from evalxai.metrics.robustness import bounded
-from evalxai.seeding import per_sample_noise
 
 
 def cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -49,7 +49,7 @@ def cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def neighbours(x: torch.Tensor, seed: int, samples: int, noise: float, low: float | torch.Tensor | None = None,
                high: float | torch.Tensor | None = None) -> torch.Tensor:
     """(samples, N, ...) noisy copies x + N(0, (noise * (high - low))^2), drawn per sample, clipped into [low, high]
-    when the bounds are given (the span high - low: ``evalxai.baselines.data_range``'s, 1, when they are not)."""
+    when the bounds are given (the span high - low: ``evalxai.core.baselines.data_range``'s, 1, when they are not)."""
     lo, hi = data_range(low, high, x)
     xs = x.unsqueeze(0) + noise * (hi - lo) * per_sample_noise(x, seed + 5, samples, "normal").to(x.dtype)
     return bounded(xs, low, high)

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from evalxai._io import atomic_path, cache_root, code_fingerprint, content_key, write_json
 from evalxai._version import __version__
+from evalxai.core.files import atomic_path, cache_root, code_fingerprint, content_key, write_json
 from evalxai.models.custom import (
     CUSTOM_NAME,
     build_custom,
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 STATS = {"hits": 0, "misses": 0}
-# The parts of the package that determine trained weights (see ``evalxai._io.code_fingerprint``).
+# The parts of the package that determine trained weights (see ``evalxai.core.files.code_fingerprint``).
 MODEL_CODE = ("data", "models")
 
 
@@ -75,7 +75,7 @@ def get_model(dataset: Dataset, model_cfg: dict, train_cfg: dict | None = None, 
     model_cfg: the model config (``conf/model/<name>.yaml``), as below.
     train_cfg: the training config; None: the one inside ``model_cfg``, else the trainer's defaults.
     seed: initialisation and training seed (part of the cache key).
-    cache_dir: the cache root; None: the default (``evalxai._io.cache_root``).
+    cache_dir: the cache root; None: the default (``evalxai.core.files.cache_root``).
     progress: show training progress.
 
     ``model_cfg`` is a zoo model (``name``, ``arch``) or a user's model (``_target_``, ``kwargs``,

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from evalxai._io import atomic_path
+from evalxai.core.files import atomic_path
 
 GROUP = ["dataset", "model"]
 IMAGE = "dataset_index"

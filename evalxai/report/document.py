@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from evalxai._io import write_text
+from evalxai.core.files import write_text
 
 _CSS = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
         "table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;"

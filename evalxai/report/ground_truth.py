@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from evalxai._io import atomic_path, write_text
+from evalxai.core.files import atomic_path, write_text
 from evalxai.metrics import METRICS
 from evalxai.metrics.registry import FAMILIES
 from evalxai.report.runs import gather

@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from evalxai._io import atomic_path  # noqa: E402
+from evalxai.core.files import atomic_path  # noqa: E402
 from evalxai.report.tables import SUMMARY_PANELS  # noqa: E402
 
 

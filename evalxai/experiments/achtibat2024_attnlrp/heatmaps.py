@@ -1,5 +1,5 @@
 """Heatmaps of vit_tiny (AttnLRP, CP-LRP, attention rollout, gradient x input) beside LeNet (epsilon-plus LRP,
-gradient x input) on the same MNIST test images (the first of ``evalxai.pipeline.sample_indices``, as every
+gradient x input) on the same MNIST test images (the first of ``evalxai.runs.pipeline.sample_indices``, as every
 experiment with sample_seed 0 explains them), each for its model's predicted class.
 
     python experiments/achtibat2024_attnlrp/heatmaps.py [OUT.png]
@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 
 import evalxai
-from evalxai.pipeline import sample_indices
 from evalxai.report.plots import heatmap_grid
-from evalxai.reproduce import dataset_and_model
+from evalxai.runs.pipeline import sample_indices
+from evalxai.runs.reproduce import dataset_and_model
 
 VIT_METHODS = ("attnlrp", "cp_lrp", "attention_rollout", "gradient_x_input")
 CNN_METHODS = ("lrp_epsilon_plus", "gradient_x_input")

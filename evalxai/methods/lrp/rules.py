@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from evalxai.baselines import DATA_RANGE
+from evalxai.core.baselines import DATA_RANGE
 
 
 def stabilize(z: torch.Tensor, eps: float) -> torch.Tensor:

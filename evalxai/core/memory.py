@@ -73,7 +73,7 @@ class memory_budget:  # noqa: N801 - reads as a function: memory_budget("4GB")
 
     Example:
         >>> import evalxai
-        >>> from evalxai.memory import budget
+        >>> from evalxai.core.memory import budget
         >>> with evalxai.memory_budget("1GB"):
         ...     budget()
         1073741824

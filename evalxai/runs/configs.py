@@ -3,7 +3,7 @@
 The config tree is ``evalxai/conf`` (package data: a wheel carries it; the checkout's top-level ``conf`` is a link to
 it, one copy). Paper reproductions are ``evalxai/experiments`` (``experiments`` in the checkout).
 
-``python -m evalxai.configs`` regenerates every file: registry keys equal config names, and each file holds
+``python -m evalxai.runs.configs`` regenerates every file: registry keys equal config names, and each file holds
 the registered defaults under a comment (the function's docstring; a file whose values already agree keeps
 its own comment). tests/test_configs.py checks that files and registries agree.
 """

@@ -11,7 +11,7 @@ from pathlib import Path
 
 # The evalxai package folder whose sources ``code_fingerprint`` hashes (a module attribute, so tests can point it
 # at an edited copy).
-PACKAGE_ROOT = Path(__file__).resolve().parent
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 _PROC_STATUS = "/proc/self/status"
 
 

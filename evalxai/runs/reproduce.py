@@ -1,4 +1,4 @@
-"""Paper reproductions: ``python -m evalxai.reproduce NAME`` (a folder of ``experiments/``) or ``all``.
+"""Paper reproductions: ``python -m evalxai.runs.reproduce NAME`` (a folder of ``experiments/``) or ``all``.
 
 Each folder holds ``config.yaml`` (``overrides``: Hydra overrides of ``conf/config.yaml``; ``set``: top-level
 fields replaced as a whole, e.g. ``methods`` and ``metrics``; run through the normal pipeline) and
@@ -27,12 +27,12 @@ import pandas as pd
 import torch
 import yaml
 
-from evalxai import allocator
-from evalxai._io import atomic_path
 from evalxai._paths import CONF, EXPERIMENTS
+from evalxai.core.files import atomic_path
 from evalxai.report.document import write_report
 from evalxai.report.stats import holm, wilcoxon_p
 from evalxai.report.tables import bootstrap_ci
+from evalxai.runs import allocator
 
 if TYPE_CHECKING:
     from evalxai.data.base import Dataset
@@ -166,7 +166,7 @@ CHECKS = {"max_toy": max_toy, "road_mask_leakage": road_mask_leakage, "prototype
 
 def reproduce(name: str, out_root: Path, overrides: list[str] | None = None, progress: bool = False) -> pd.DataFrame:
     """Run one paper folder and write its report; returns the claims table."""
-    from evalxai.pipeline import run_experiment
+    from evalxai.runs.pipeline import run_experiment
 
     folder = EXPERIMENTS / name
     if not (folder / "claims.yaml").exists():
@@ -222,7 +222,7 @@ def reproduce(name: str, out_root: Path, overrides: list[str] | None = None, pro
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m evalxai.reproduce", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m evalxai.runs.reproduce", description=__doc__.splitlines()[0])
     p.add_argument("name", help=f"one of {available()} or all")
     p.add_argument("--out", default="results/reproduce")
     p.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run (e.g. n_samples=8)")
@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"reproducing {name} ...", flush=True)
             tables.append(reproduce(name, out, args.overrides))
     except (FileNotFoundError, ValueError, KeyError) as err:
-        print(f"evalxai.reproduce: error: {err}", file=sys.stderr)
+        print(f"evalxai.runs.reproduce: error: {err}", file=sys.stderr)
         return 1
     table = pd.concat(tables, ignore_index=True)
     if len(names) > 1:

@@ -1,4 +1,4 @@
-"""Leaderboard across runs: ``python -m evalxai.leaderboard DIR``.
+"""Leaderboard across runs: ``python -m evalxai.report.leaderboard DIR``.
 
 Gathers every ``scores.parquet`` below DIR (one run, a sweep, several sweeps; ``report.runs.gather``), ranks the
 methods per (dataset, model, metric, measure) with cluster-bootstrap intervals over images, tests them pairwise over
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from evalxai._io import atomic_path, write_text
+from evalxai.core.files import atomic_path, write_text
 from evalxai.report.agreement import disagreements, heatmap, metric_agreement
 from evalxai.report.document import markdown_table, write_report
 from evalxai.report.plots import summary_bars
@@ -155,16 +155,16 @@ def agreement_text(agree: pd.DataFrame) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m evalxai.leaderboard", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m evalxai.report.leaderboard", description=__doc__.splitlines()[0])
     p.add_argument("dir", help="folder holding runs (searched recursively for scores.parquet)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     args = p.parse_args(argv)
     try:
         board = write_leaderboard(args.dir, seed=args.seed)
     except (FileNotFoundError, ValueError) as err:
-        print(f"evalxai.leaderboard: error: {err}", file=sys.stderr)
+        print(f"evalxai.report.leaderboard: error: {err}", file=sys.stderr)
         return 1
-    print(f"evalxai.leaderboard: {len(board)} rows -> {Path(args.dir) / 'leaderboard.csv'}, leaderboard.md, "
+    print(f"evalxai.report.leaderboard: {len(board)} rows -> {Path(args.dir) / 'leaderboard.csv'}, leaderboard.md, "
           "leaderboard.png, report.html")
     return 0
 

@@ -11,7 +11,7 @@ reference does not depend on the batch it is in:
   without one, each sample's own per-channel mean (as Quantus's "mean" perturbation).
 - ``uniform``: i.i.d. U[low, high] per element (``low`` / ``high``: the input bounds, floats or tensors
   broadcastable to one input; None: ``DATA_RANGE``, see ``data_range``), drawn per sample from ``seed`` and the
-  sample's content (``evalxai.seeding``).
+  sample's content (``evalxai.core.seeding``).
 - ``blur``: a Gaussian blur of the sample, sigma ``BLUR_SIGMA`` pixels (Sturmfels et al. 2020, "Visualizing the
   impact of feature attribution baselines"), reflect-padded, per channel.
 - a number (every element) or a tensor broadcastable to x.
@@ -21,8 +21,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from evalxai.scoring import require_images
-from evalxai.seeding import per_sample_noise
+from evalxai.core.scoring import require_images
+from evalxai.core.seeding import per_sample_noise
 
 BASELINES = ("zero", "mean", "uniform", "blur")
 BLUR_SIGMA = 5.0

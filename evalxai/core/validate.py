@@ -1,6 +1,6 @@
 """Every check of what a method or metric call is given, in one place; each error is one line naming the value and
 the fix. Used by ``evalxai.explain`` / ``evalxai.score`` (``evalxai.api``), the binding of configs and data to calls
-(``evalxai.binding``, ``evalxai.pipeline``) and the metrics that validate their own inputs (masks, pool, method).
+(``evalxai.binding``, ``evalxai.runs.pipeline``) and the metrics that validate their own inputs (masks, pool, method).
 
 What a metric needs besides x is declared by its registration (``MetricSpec.needs``): the data ``masks`` and
 ``pool`` (``DATA_NEEDS``, never config fields) and the ``method`` being scored.
@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from evalxai.guard import frozen
-from evalxai.scoring import num_classes, require_images
+from evalxai.core.guard import frozen
+from evalxai.core.scoring import num_classes, require_images
 
 if TYPE_CHECKING:
     from evalxai.metrics.registry import MetricSpec

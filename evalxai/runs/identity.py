@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from evalxai._io import code_fingerprint, content_key
+from evalxai.core.files import code_fingerprint, content_key
 from evalxai.methods.cache import EXPLAIN_CODE
 from evalxai.models.cache import MODEL_CODE
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from evalxai._io import atomic_path, write_json, write_text
+from evalxai.core.files import atomic_path, write_json, write_text
 from evalxai.report.document import write_report
 
 

@@ -7,15 +7,15 @@ import weakref
 import torch
 from torch import nn
 
-from evalxai.guard import frozen
-from evalxai.memory import images_per_chunk
+from evalxai.core.guard import frozen
+from evalxai.core.memory import images_per_chunk
 
 SCORE_SPACES = ("logit", "softmax", "log_softmax")
 _NUM_CLASSES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def num_classes(model: nn.Module, x: torch.Tensor) -> int:
-    """Number of model outputs: one forward of one sample in eval mode (``evalxai.guard.frozen``), remembered per
+    """Number of model outputs: one forward of one sample in eval mode (``evalxai.core.guard.frozen``), remembered per
     model."""
     n = _NUM_CLASSES.get(model)
     if n is None:

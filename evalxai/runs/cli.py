@@ -14,15 +14,15 @@ from collections.abc import Callable
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from evalxai import allocator
+from evalxai.runs import allocator
 
 SUBCOMMANDS = {
-    "leaderboard": ("evalxai.leaderboard", "rank methods over every run below a folder"),
-    "reproduce": ("evalxai.reproduce", "run a paper reproduction and check its claims"),
+    "leaderboard": ("evalxai.report.leaderboard", "rank methods over every run below a folder"),
+    "reproduce": ("evalxai.runs.reproduce", "run a paper reproduction and check its claims"),
     "meta": ("evalxai.meta.__main__", "meta-evaluation: which metrics to trust (Hydra overrides)"),
     "maximize": ("evalxai.maximization.__main__", "activation maximization: class prototypes (Hydra overrides)"),
     "bench": ("evalxai.bench.__main__", "time methods and metrics against their bare cost"),
-    "configs": ("evalxai.configs", "rewrite conf/method and conf/metric from the registries"),
+    "configs": ("evalxai.runs.configs", "rewrite conf/method and conf/metric from the registries"),
 }
 
 

@@ -19,8 +19,8 @@ import torch
 from tqdm.auto import tqdm
 
 import evalxai
-from evalxai._validate import check_config
 from evalxai.binding import bind
+from evalxai.core.validate import check_config
 from evalxai.data import load_dataset, provides_masks
 from evalxai.methods import get_method
 from evalxai.methods.cache import STATS as ATTR_STATS
@@ -29,8 +29,8 @@ from evalxai.metrics import get_metric
 from evalxai.models import get_model
 from evalxai.models.custom import checkpoint_sha256
 from evalxai.report import TIDY_COLUMNS, plots, summarize
-from evalxai.run_dir import RunDir
-from evalxai.run_identity import code_record, config_key, dataset_record, is_complete
+from evalxai.runs.identity import code_record, config_key, dataset_record, is_complete
+from evalxai.runs.run_dir import RunDir
 
 log = logging.getLogger("evalxai")
 
@@ -233,7 +233,7 @@ def explain_cached(setup: Setup, method, params: dict, cache_dir=None, enabled: 
 def run_experiment(cfg: dict, out_dir: str | Path, progress: bool = True) -> Path:
     """Run one experiment config into ``out_dir``; returns the folder. ``memory_budget`` (e.g. "4GB") bounds
     what methods and metrics hold at once; the numbers do not depend on it."""
-    from evalxai.memory import run_scope
+    from evalxai.core.memory import run_scope
 
     with run_scope(cfg.get("memory_budget"), progress):
         return _run_experiment(cfg, out_dir, progress)
