@@ -1,6 +1,6 @@
-"""The house (issue 28): no import circles, no upward import between floors, no module over 700 lines, no public name of a package ``__init__`` that
-hides a submodule. The graph is read from the sources with ``ast`` (module- and function-level imports alike) by
-``tools/import_graph.py``; ``python tools/import_graph.py`` prints it for a person."""
+"""The house (issue 28): no import circles, no upward import between floors, no module over 700 lines, no public name
+of a package ``__init__`` that hides a submodule. The graph is read from the sources with ``ast`` (module- and
+function-level imports alike) by ``tools/import_graph.py``; ``python tools/import_graph.py`` prints it for a person."""
 import importlib.util
 from pathlib import Path
 

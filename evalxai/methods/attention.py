@@ -17,7 +17,7 @@ HEAD_FUSIONS = ("mean", "max", "min")
 
 def attention_weights(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     """The attention weights of every attention layer, in forward order, each (N, heads, queries, keys)."""
-    graph, nodes = attention_nodes(model)
+    graph, nodes = attention_nodes(model, x)
     if not nodes:
         raise LRPError(f"{type(model).__name__} has no attention layer that evalxai recognises "
                        "(nn.MultiheadAttention, F.scaled_dot_product_attention, softmax(q k^T) @ v): attention "

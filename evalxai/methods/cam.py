@@ -97,10 +97,10 @@ def grad_cam_pp(model: nn.Module, x: torch.Tensor, target: torch.Tensor, layer: 
     return upsample((weights * a).sum(1).clamp(min=0), x)
 
 
-def _gap_linear(model: nn.Module):
+def _gap_linear(model: nn.Module, x: torch.Tensor):
     """(pooled feature node, final Linear module) if the traced model ends in global average pooling + Linear."""
     try:
-        graph = trace(model)
+        graph = trace(model, x)
     except Exception as err:  # noqa: BLE001
         raise CAMError(f"cam traces the model with torch.fx and failed ({err}); use grad_cam") from None
     out = next(n for n in graph.nodes if n.op == "output")
@@ -143,7 +143,7 @@ def _is_global_pool(model, node) -> bool:
 @register_method("cam")
 def cam(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """CAM (Zhou 2016): Σ_k w_ck A_k of the feature maps before global average pooling, upsampled to the input."""
-    pool, fc = _gap_linear(model)
+    pool, fc = _gap_linear(model, x)
     feats = {}
 
     def grab(node, call, args, kwargs):
@@ -152,7 +152,7 @@ def cam(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor
         return NotImplemented
 
     with torch.no_grad():
-        execute(model, trace(model), x, grab)
+        execute(model, trace(model, x), x, grab)
     a = feats["a"]
     w = fc.weight.detach()[target]  # (N, K)
     return upsample(torch.einsum("nk...,nk->n...", a, w), x)

@@ -123,7 +123,7 @@ def deeplift(model: nn.Module, x: torch.Tensor, target: torch.Tensor, baseline: 
     """DeepLIFT rescale (Shrikumar 2017): (x − x') times the product of rescale multipliers; Σ R = f(x) − f(x')."""
     if eps < 0:
         raise ValueError(f"eps={eps} is negative: it is the |Δz| below which the gradient is used, e.g. 1e-10")
-    graph = trace(model)
+    graph = trace(model, x)
     kinds = {node: _rescale_kind(model, node) for node in graph.nodes}
     ref = reference(x, baseline, mean=mean, low=low, high=high, seed=seed).detach()
     saved: dict = {}

@@ -127,7 +127,7 @@ class _GuidedReLU(torch.autograd.Function):
 
 
 def _relu_modified_grad(model, x, target, mode):
-    graph = trace(model)
+    graph = trace(model, x)
 
     def handle(node, call, args, kwargs):
         if is_relu(model, node):

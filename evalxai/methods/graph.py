@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from evalxai.methods.tracing import concrete_trace, is_wrapped_function
+
 _TRACES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -45,9 +47,25 @@ NORM_MODULES = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, 
 SOFTMAX_MODULES = (nn.Softmax, nn.LogSoftmax)
 
 RELU_FUNCS = {torch.relu, F.relu, torch.relu_}
-GRAD_FUNCS = {*RELU_FUNCS, torch.flatten, torch.reshape, operator.getitem, getattr, torch.cat, F.max_pool1d,
-              F.max_pool2d, F.max_pool3d, F.dropout, torch.squeeze, torch.unsqueeze, torch.transpose, torch.permute,
-              F.adaptive_max_pool2d, F.pad}
+# Data movement: operations whose output elements are elements of their tensor input (moved, selected, copied,
+# padded with constants), by name, for torch functions, torch.nn.functional, operator and tensor methods alike. They
+# keep their gradient, so relevance follows the elements (summed over copies: conserved). One list for all, so a
+# spelling (swapaxes, unflatten, roll, reshape_as, tensor_split, ...) is never missed one by one.
+SHAPE_OPS = {
+    "view", "view_as", "reshape", "reshape_as", "flatten", "unflatten", "ravel", "contiguous", "clone", "detach_copy",
+    "permute", "transpose", "swapaxes", "swapdims", "moveaxis", "movedim", "t", "adjoint", "squeeze", "unsqueeze",
+    "expand", "expand_as", "broadcast_to", "repeat", "repeat_interleave", "tile", "roll", "flip", "fliplr", "flipud",
+    "rot90", "narrow", "select", "index_select", "gather", "take_along_dim", "getitem", "split", "chunk", "unbind",
+    "tensor_split", "hsplit", "vsplit", "dsplit", "split_with_sizes", "cat", "concat", "concatenate", "stack", "hstack",
+    "vstack", "dstack", "pad", "pixel_shuffle", "pixel_unshuffle", "channel_shuffle", "native_channel_shuffle",
+    "unfold", "fold", "diagonal", "masked_fill", "to", "float", "double", "half", "bfloat16", "type", "type_as",
+    "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout",
+}
+_SHAPE_MODULES = ("torch", "torch.functional", "torch.nn.functional", "torch._C._nn", "torch._C._VariableFunctions",
+                  "_operator", "operator", "builtins", None)
+GRAD_FUNCS = {*RELU_FUNCS, F.max_pool1d, F.max_pool2d, F.max_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d,
+              F.adaptive_max_pool3d, getattr}
+GRAD_METHODS = {"relu", "relu_", "size", "dim"} | SHAPE_OPS
 SOFTMAX_FUNCS = {F.softmax, F.log_softmax, torch.softmax, torch.log_softmax}
 PASS_FUNCS = {torch.tanh, torch.tanh_, torch.sigmoid, torch.sigmoid_, F.gelu, F.silu, F.elu, F.elu_, F.leaky_relu,
               F.leaky_relu_, F.softplus, F.relu6, F.hardtanh, F.hardtanh_, F.hardswish, F.hardsigmoid, F.mish,
@@ -55,10 +73,14 @@ PASS_FUNCS = {torch.tanh, torch.tanh_, torch.sigmoid, torch.sigmoid_, F.gelu, F.
 NORM_FUNCS = {F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
               F.adaptive_avg_pool3d, torch.mean}
 ADD_FUNCS = {operator.add, torch.add, operator.iadd}
-GRAD_FUNCS |= {torch.unbind, torch.chunk, torch.split, torch.stack, torch.movedim, torch.narrow, torch.flip}
-GRAD_METHODS = {"view", "reshape", "flatten", "size", "contiguous", "permute", "transpose", "squeeze",
-                "unsqueeze", "relu", "relu_", "dim", "float", "double", "to", "clone", "expand", "expand_as",
-                "repeat", "chunk", "split", "unbind", "movedim", "narrow", "masked_fill", "type_as", "flip"}
+
+
+def is_shape_function(fn) -> bool:
+    """Whether a called function is one of ``SHAPE_OPS`` (a torch, functional or operator function by that name)."""
+    name = getattr(fn, "__name__", None)
+    return name in SHAPE_OPS and getattr(fn, "__module__", None) in _SHAPE_MODULES
+
+
 ADD_METHODS = {"add", "add_"}
 # transformer operations (LRP has rules for them; DeepLIFT and the others see them as unsupported)
 SUB_FUNCS = {operator.sub, torch.sub}
@@ -71,23 +93,65 @@ NORM_LAYER_FUNCS = {F.layer_norm, F.rms_norm}
 NEG_FUNCS = {operator.neg, torch.neg}
 
 
+# Functions that are the identity in eval mode, by (module, name) (not imported: torchvision is optional), with the
+# argument that says so: torchvision's stochastic depth (ConvNeXt, EfficientNet, MaxViT) with training=False.
+EVAL_IDENTITIES = {("torchvision.ops.stochastic_depth", "stochastic_depth"): ("training", 3)}
+
+
+def is_eval_identity(node: fx.Node) -> bool:
+    """Whether a call is one of ``EVAL_IDENTITIES`` with its training flag False: it returns its input."""
+    if node.op != "call_function":
+        return False
+    key = (getattr(node.target, "__module__", None), getattr(node.target, "__name__", None))
+    if key not in EVAL_IDENTITIES:
+        return False
+    name, position = EVAL_IDENTITIES[key]
+    flag = node.kwargs.get(name, node.args[position] if len(node.args) > position else None)
+    return flag is False
+
+
 class LRPError(TypeError):
     """The model has a part the LRP engine cannot propagate through (raised by every method of this toolkit:
     DeepLIFT, Guided Backprop and attention rollout too)."""
 
 
-def trace(model: nn.Module) -> fx.Graph:
-    """The torch.fx graph of ``model``, traced once per model object; LRPError if torch.fx cannot trace it."""
-    graph = _TRACES.get(model)
-    if graph is None:
+def trace(model: nn.Module, x: torch.Tensor | None = None) -> fx.Graph:
+    """The torch.fx graph of ``model``: symbolic (``torch.fx.Tracer``), traced once per model object (a weak cache).
+    Where symbolic tracing fails (the forward asks Python questions about its input: ``if x.dtype != ...``,
+    ``len(x)``) or records a ``torch.fx.wrap``-ped function as one opaque call (torchvision's Swin attention), and an
+    example input ``x`` is given, the concrete trace of ``evalxai.methods.tracing`` instead, one per input shape and
+    dtype. LRPError if neither traces."""
+    cache = _TRACES.setdefault(model, {})
+    if None in cache:
+        return cache[None]
+    key = None if x is None else (tuple(x.shape), x.dtype)
+    if key in cache:
+        return cache[key]
+    if "symbolic" not in cache:
         try:
             graph = fx.Tracer().trace(model)
+            opaque = [n for n in graph.nodes if n.op == "call_function" and is_wrapped_function(n.target)
+                      and not is_eval_identity(n)]
+            cache["symbolic"] = (graph, None) if not opaque else (None, f"it calls {opaque[0].target.__name__}, "
+                                                                  "which torch.fx records as one opaque call")
         except Exception as err:  # noqa: BLE001 - tracing errors come in many types
-            raise LRPError(f"LRP traces the model with torch.fx, and {type(model).__name__} cannot be traced "
-                           f"({type(err).__name__}: {err}); remove data-dependent control flow from forward, "
-                           "or use a gradient method") from None
-        _TRACES[model] = graph
-    return graph
+            cache["symbolic"] = (None, f"{type(err).__name__}: {err}")
+    graph, why = cache["symbolic"]
+    if graph is not None:
+        cache[None] = graph
+        return graph
+    if x is not None:
+        try:
+            graph = concrete_trace(model, x.detach())
+        except Exception as err:  # noqa: BLE001
+            why = f"{why}; with the example input: {type(err).__name__}: {err}"
+        else:
+            graph.example_shape = key[0]  # specialised: run it on inputs of this shape only
+            cache[key] = graph
+            return graph
+    raise LRPError(f"the methods that run a model node by node trace it with torch.fx, and {type(model).__name__} "
+                   f"cannot be traced ({why}); remove data-dependent control flow from forward, or use a gradient "
+                   "method")
 
 
 def layer_type(module: nn.Module) -> str | None:
@@ -110,6 +174,8 @@ def node_kind(model: nn.Module, node: fx.Node, what: str, transformers: bool = F
         return node.op
     if is_metadata(node):
         return "grad"  # a size or a shape-only constant: runs as it is, carries nothing
+    if is_eval_identity(node):
+        return "grad"  # stochastic depth in eval mode: returns its input
     if is_softmax(model, node):
         return "softmax"
     if transformers:
@@ -135,6 +201,8 @@ def node_kind(model: nn.Module, node: fx.Node, what: str, transformers: bool = F
         for kind, funcs in (("grad", GRAD_FUNCS), ("pass", PASS_FUNCS), ("norm", NORM_FUNCS)):
             if fn in funcs:
                 return kind
+        if is_shape_function(fn):
+            return "grad"
         return "unsupported"
     if node.target in GRAD_METHODS:
         return "grad"
@@ -154,6 +222,28 @@ def is_relu(model: nn.Module, node: fx.Node) -> bool:
     return node.op == "call_method" and node.target in ("relu", "relu_")
 
 
+GATE_MODULES = (nn.Sigmoid, nn.Hardsigmoid)
+GATE_FUNCS = {torch.sigmoid, F.sigmoid, F.hardsigmoid}
+
+
+def is_gate(model: nn.Module, node: fx.Node) -> bool:
+    """Whether a node is a sigmoid gate: a sigmoid / hard sigmoid, seen through shape operations (``view``,
+    ``expand_as``, ...), as in squeeze-and-excitation (``x * sigmoid(fc(pool(x)))``), LSTM/GLU gates and a
+    hand-written SiLU (``x * sigmoid(x)``)."""
+    while True:
+        if node.op == "call_module" and isinstance(model.get_submodule(node.target), GATE_MODULES):
+            return True
+        if node.op == "call_function" and node.target in GATE_FUNCS:
+            return True
+        if node.op == "call_method" and node.target in ("sigmoid", "sigmoid_"):
+            return True
+        shape = node.op == "call_method" and node.target in SHAPE_OPS or node.op == "call_function" and \
+            is_shape_function(node.target)
+        if not (shape and node.args and isinstance(node.args[0], fx.Node)):
+            return False
+        node = node.args[0]
+
+
 def is_softmax(model: nn.Module, node: fx.Node) -> bool:
     """Whether a traced node is a softmax or log-softmax (module, function or tensor method)."""
     if node.op == "call_module":
@@ -165,7 +255,8 @@ def is_softmax(model: nn.Module, node: fx.Node) -> bool:
 
 def transformer_kind(model: nn.Module, node: fx.Node) -> str | None:
     """The kinds of transformer parts (LRP has rules for them): layernorm, mha, encoder
-    (``nn.TransformerEncoder(Layer)``), sdpa, product, flinear (``F.linear``), sub, neg; None for other nodes."""
+    (``nn.TransformerEncoder(Layer)``), sdpa, product, flinear (``F.linear``), sub, neg, rescale (``F.normalize``:
+    the input times a norm that LRP holds constant, as AttnLRP holds LayerNorm's); None for other nodes."""
     if node.op == "call_module":
         m = model.get_submodule(node.target)
         if isinstance(m, NORM_LAYERS):
@@ -189,6 +280,8 @@ def transformer_kind(model: nn.Module, node: fx.Node) -> str | None:
             return "sub"
         if fn in NEG_FUNCS:
             return "neg"
+        if fn is F.normalize:
+            return "rescale"
         return None
     if node.target in PRODUCT_METHODS:
         return "product"
@@ -334,10 +427,11 @@ def softmax_role(node: fx.Node, kinds: dict, carries: dict) -> str:
     return "attention" if attention and not output else "output" if output and not attention else "other"
 
 
-def attention_nodes(model: nn.Module) -> tuple[fx.Graph, set]:
+def attention_nodes(model: nn.Module, x: torch.Tensor | None = None) -> tuple[fx.Graph, set]:
     """The traced graph and its attention nodes: ``nn.MultiheadAttention`` modules, ``F.scaled_dot_product_attention``
-    calls and softmaxes whose weights multiply relevance-carrying values (hand-written attention)."""
-    graph = trace(model)
+    calls and softmaxes whose weights multiply relevance-carrying values (hand-written attention). ``x``: the example
+    input of ``trace``."""
+    graph = trace(model, x)
     kinds = {node: node_kind(model, node, "LRP", transformers=True) for node in graph.nodes}  # LRP's kinds, messages
     carries = carrying_nodes(graph)
     found = set()
@@ -373,12 +467,14 @@ def execute(model: nn.Module, graph: fx.Graph, x: torch.Tensor,
     """Run a traced graph node by node; ``handle(node, call, args, kwargs)`` may return a replacement output.
 
     ``handle`` returns ``NotImplemented`` to run the node unchanged. Returns the graph's output. In-place
-    operations (``ReLU(inplace=True)``, ``F.relu_``, ...) run on a copy of their input, and later uses of the
-    overwritten node see the result, as in eager mode: a tensor that a rule keeps (a layer's output z) is never
-    overwritten, and an in-place activation never adds its gradient to a pass-through.
+    operations (``ReLU(inplace=True)``, ``F.relu_``, ...) on tensors that depend on the input run on a copy of them,
+    and later uses of the overwritten node see the result, as in eager mode: a tensor that a rule keeps (a layer's
+    output z) is never overwritten, and an in-place activation never adds its gradient to a pass-through. In-place
+    operations on constants of the run (a mask, a cloned bias) change them in place, as eager mode does.
     """
     env: dict[fx.Node, object] = {}
     order = {n: i for i, n in enumerate(graph.nodes)}
+    carries = carrying_nodes(graph)
     placeholders = 0
     for node in graph.nodes:
         args = fx.node.map_arg(node.args, lambda n: env[n])
@@ -398,6 +494,8 @@ def execute(model: nn.Module, graph: fx.Graph, x: torch.Tensor,
         else:
             call = _callable(model, node)
             inplace = is_inplace(model, node)
+            if inplace and _constant_scratch(node, args, carries):  # a mask, a cloned bias: as eager mode does
+                inplace = False
             if inplace:
                 _refuse_inplace_on_used_view(model, node, args, order)
                 call = _out_of_place(call)
@@ -420,6 +518,14 @@ def _refuse_inplace_on_used_view(model: nn.Module, node: fx.Node, args, order: d
         raise LRPError(f"in-place operation '{node.name}' in {owner(model, node)} writes into a view of a tensor "
                        "that is used afterwards: write it out of place (for example x = torch.cat([act(x[:, :k]), "
                        "x[:, k:]], 1)) so that the traced graph says what the model computes")
+
+
+def _constant_scratch(node: fx.Node, args, carries: dict) -> bool:
+    """Whether an in-place operation writes into a tensor that does not depend on the input and is not a
+    parameter: a scratch constant of the forward (``qkv_bias.clone()[k:2k].zero_()``), changed as eager mode does."""
+    t = args[0] if args and isinstance(args[0], torch.Tensor) else None
+    return t is not None and isinstance(node.args[0], fx.Node) and not carries[node.args[0]] and \
+        not isinstance(t, nn.Parameter) and not (t._is_view() and isinstance(t._base, nn.Parameter))
 
 
 def _out_of_place(call):

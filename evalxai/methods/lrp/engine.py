@@ -79,18 +79,27 @@ def box_bounds_at_first_layer(model: nn.Module, graph: fx.Graph, plan: dict, x: 
             images.append(t.expand(1, *x.shape[1:]))
         except RuntimeError:
             return
-    try:  # both bounds in one pass: a batch of two images
-        with torch.no_grad():
-            execute(model, graph, torch.cat(images), grab)
-    except _FirstLayerInput as found:
-        lo, hi = found.value[:1], found.value[1:]
+
+    def first_layer_input(batch):
+        try:
+            with torch.no_grad():
+                execute(model, graph, batch, grab)
+        except _FirstLayerInput as found:
+            return found.value
+        raise LRPError("the traced graph never reached its first layer")
+
+    if getattr(graph, "example_shape", None) is None:  # both bounds in one pass: a batch of two images
+        both = first_layer_input(torch.cat(images))
+        lo, hi = both[:1], both[1:]
+    else:  # a graph specialised to x's shape (evalxai.methods.tracing) runs on batches of that shape
+        lo, hi = (first_layer_input(image.expand_as(x))[:1] for image in images)
     plan[node] = replace(plan[node], rule=replace(rule, low=torch.minimum(lo, hi), high=torch.maximum(lo, hi)))
 
 
 def run_lrp(model: nn.Module, x: torch.Tensor, target: torch.Tensor, composite: Composite,
             recorder: Recorder | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Relevance of ``x`` for the ``target`` logits: (R shaped like x, logits). The model must be frozen."""
-    graph, plan = build_plan(model, composite)
+    graph, plan = build_plan(model, composite, x)
     box_bounds_at_first_layer(model, graph, plan, x)
     eps = composite.params.get("stabilizer", 1e-6)
 

@@ -8,6 +8,10 @@ layers get their rule from the composite (BatchNorm right after a linear/conv la
 operations keep their gradient (winner-takes-all routing). Anything else raises an error that names the node: never a
 silent pass-through.
 
+A product with a sigmoid gate (squeeze-and-excitation, LSTM/GLU gates) gives all its relevance to the signal
+and none to the gate, which is held constant: the signal-take-all rule of Arras et al. 2017 ("Explaining Recurrent
+Neural Network Predictions in Sentiment Analysis"), also how zennit-based works treat SE blocks.
+
 A softmax is an attention's (its weights multiply relevance-carrying values: the composite's softmax rule, AttnLRP or
 CP-LRP, see ``evalxai.methods.lrp.transformer``), the model's output (relevance passes unchanged, with a warning, as
 zennit does), or an error. Kinds LRP adds to those of the graph toolkit: ``skip`` (a BatchNorm merged into the layer
@@ -15,6 +19,7 @@ before it), and the transformer kinds (softmax, product, layernorm, flinear, mha
 """
 from __future__ import annotations
 
+import operator
 import warnings
 import weakref
 from dataclasses import dataclass
@@ -27,6 +32,7 @@ from evalxai.methods.graph import (
     BATCH_NORMS,
     LRPError,
     carrying_nodes,
+    is_gate,
     needed_nodes,
     node_kind,
     operands,
@@ -78,12 +84,12 @@ def _warn_pass_through(model: nn.Module, names: list[str]) -> None:
                   "avoid this", UserWarning, stacklevel=4)
 
 
-def build_plan(model: nn.Module, composite: Composite) -> tuple[fx.Graph, dict]:
+def build_plan(model: nn.Module, composite: Composite, x: torch.Tensor | None = None) -> tuple[fx.Graph, dict]:
     """Classify every node of the traced model (``node_kind``) and give linear layers their rule.
 
     A softmax is an attention's (its weights multiply relevance-carrying values: the composite's softmax rule), the
     model's output (relevance passes unchanged, with a warning, as zennit does), or an error."""
-    graph = trace(model)
+    graph = trace(model, x)
     plan: dict[fx.Node, Step] = {}
     seen_first = False
     passed = []  # softmax and BatchNorm layers that relevance passes unchanged (warned about once)
@@ -134,7 +140,12 @@ def build_plan(model: nn.Module, composite: Composite) -> tuple[fx.Graph, dict]:
             plan[node] = Step(kind, model.get_submodule(node.target))
         elif kind == "product":
             ops = operands(node)
-            plan[node] = Step("product", carries=tuple(isinstance(a, fx.Node) and carries[a] for a in ops))
+            multiply = node.target in (operator.mul, torch.mul, "mul")  # a gate multiplies (x / sigmoid: no rule)
+            gates = [multiply and isinstance(a, fx.Node) and is_gate(model, a) for a in ops]
+            if all(gates):
+                gates = [False] * len(ops)  # a product of two gates: no signal to give it all to
+            plan[node] = Step("product", carries=tuple(isinstance(a, fx.Node) and carries[a] and not g
+                                                       for a, g in zip(ops, gates)))
         elif kind == "lrn":
             plan[node] = Step("lrn", model.get_submodule(node.target))
         else:

@@ -33,7 +33,7 @@ from evalxai.methods.lrp.functions import (
 from evalxai.methods.lrp.plan import LINEAR_PROTO
 from evalxai.methods.lrp.rules import LinearOp, Rule
 
-TRANSFORMER_KINDS = {"softmax", "product", "layernorm", "flinear", "mha", "sdpa", "sub", "neg", "encoder"}
+TRANSFORMER_KINDS = {"softmax", "product", "layernorm", "flinear", "mha", "sdpa", "sub", "neg", "rescale", "encoder"}
 
 
 class TransformerOps:
@@ -243,7 +243,7 @@ def transformer_step(model, node, step, name, call, args, kwargs, ops: Transform
         return ops.encoder(name, step.module, *args, **kwargs)
     if kind == "sdpa":
         return ops.sdpa(name, *args, **kwargs)
-    if kind == "neg":
+    if kind in ("neg", "rescale"):  # -x, x / ||x|| with the norm constant (Swin V2's cosine attention): R unchanged
         return PassFn.apply(args[0], call(*args, **kwargs).detach())
     if kind == "sub":
         if not all(isinstance(a, torch.Tensor) for a in args[:2]):
