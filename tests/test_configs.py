@@ -5,6 +5,7 @@ import inspect
 import pytest
 import yaml
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from evalxai.data import DATASETS
 from evalxai.methods import METHODS
@@ -42,7 +43,9 @@ def test_experiments_compose(experiment):
 # ---------------------------------------------------------------- datasets and models: registry == conf/
 
 # conf/model files that name no zoo class, with the reason
-MODEL_EXCEPTIONS = {"custom": "the user's own class, built from its _target_ by evalxai.models.custom, not a zoo model"}
+MODEL_EXCEPTIONS = {"custom": "the user's own class, built from its _target_ by evalxai.models.custom, not a zoo model",
+                    **{lib: f"a {lib} model by name, built by evalxai.models.libraries, not a zoo model"
+                       for lib in ("torchvision", "timm", "huggingface")}}
 
 
 def _plain_default(v):
@@ -51,8 +54,10 @@ def _plain_default(v):
 
 def test_every_dataset_config_is_a_registered_loader_with_its_fields_and_defaults():
     """conf/dataset/<name>.yaml <-> evalxai.data.DATASETS[name]: the same names both ways (no exceptions), and each
-    file lists exactly the loader's fields (less cache_dir) with the loader's defaults."""
-    files = {p.stem: yaml.safe_load(p.read_text()) for p in (CONF / "dataset").glob("*.yaml")}
+    file lists exactly the loader's fields (less cache_dir) with the loader's defaults (interpolations such as
+    ``mean: ${oc.select:model.mean,null}`` resolved without a model)."""
+    files = {p.stem: OmegaConf.to_container(OmegaConf.create({"d": yaml.safe_load(p.read_text())}), resolve=True)["d"]
+             for p in (CONF / "dataset").glob("*.yaml")}
     assert set(files) == set(DATASETS)
     for name, cfg in files.items():
         assert cfg.pop("name") == name
@@ -84,3 +89,23 @@ def test_the_configs_written_from_the_registries_are_the_committed_ones(tmp_path
     for group in ("method", "metric"):
         for path in (tmp_path / group).glob("*.yaml"):
             assert yaml.safe_load(path.read_text()) == yaml.safe_load((CONF / group / path.name).read_text()), path
+
+
+def test_every_library_model_config_lists_exactly_its_fields():
+    """conf/model/{torchvision,timm,huggingface}.yaml hold the fields evalxai.models.libraries accepts, and the
+    datasets' mean / std default to the model's (ImageNet's for torchvision and timm, none for Hugging Face)."""
+    from evalxai.models import LIBRARY_FIELDS
+
+    for library, fields in LIBRARY_FIELDS.items():
+        cfg = yaml.safe_load((CONF / "model" / f"{library}.yaml").read_text())
+        assert list(cfg) == list(fields) and cfg["library"] == library and cfg["name"] is None
+    imagenet = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    for model, expected in (("torchvision", imagenet), ("timm", imagenet), ("huggingface", (None, None)),
+                            ("lenet", (None, None))):
+        with initialize_config_dir(config_dir=str(CONF), version_base=None):
+            cfg = compose("config", overrides=["dataset=image_folder", f"model={model}"])
+        resolved = OmegaConf.to_container(cfg, resolve=True)["dataset"]
+        assert (resolved["mean"], resolved["std"]) == expected, model
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        cfg = compose("config", overrides=["dataset=cifar10", "model=timm", "dataset.mean=[0.5,0.5,0.5]"])
+    assert OmegaConf.to_container(cfg, resolve=True)["dataset"]["mean"] == [0.5, 0.5, 0.5]

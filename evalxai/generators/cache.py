@@ -42,10 +42,14 @@ def generator_config(name: str) -> dict:
 
 def default_dataset(name: str, cache_dir=None):
     """The dataset of ``conf/dataset/<name>.yaml`` with its default fields."""
+    from omegaconf import OmegaConf
+
     from evalxai.data import load_dataset
 
     path = CONF / "dataset" / f"{name}.yaml"
     fields = yaml.safe_load(path.read_text()) if path.exists() else {"name": name}
+    # defaults such as mean: ${oc.select:model.mean,null} resolve as without a model (to null)
+    fields = OmegaConf.to_container(OmegaConf.create({"dataset": fields}), resolve=True)["dataset"]
     fields.pop("name", None)
     return load_dataset(name, cache_dir=cache_dir, **fields)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +22,7 @@ from evalxai._version import __version__
 from evalxai.core.files import atomic_path, cache_root, code_fingerprint, content_key, write_json
 from evalxai.models.custom import (
     CUSTOM_NAME,
+    LIBRARY_FIELDS,
     build_custom,
     check_output_width,
     file_sha256,
@@ -31,6 +33,7 @@ from evalxai.models.custom import (
     read_state_dict,
     source_fingerprint,
 )
+from evalxai.models.libraries import build_library_model, check_normalization, describe
 from evalxai.models.train import evaluate, evaluate_batches, train_model
 from evalxai.models.zoo import build_model
 
@@ -78,14 +81,16 @@ def get_model(dataset: Dataset, model_cfg: dict, train_cfg: dict | None = None, 
     cache_dir: the cache root; None: the default (``evalxai.core.files.cache_root``).
     progress: show training progress.
 
-    ``model_cfg`` is a zoo model (``name``, ``arch``) or a user's model (``_target_``, ``kwargs``,
-    ``checkpoint``, ``path``; see ``evalxai.models.custom``); unknown keys and a ``_target_`` on a zoo model are
+    ``model_cfg`` is a zoo model (``name``, ``arch``), a user's model (``_target_``, ``kwargs``,
+    ``checkpoint``, ``path``; see ``evalxai.models.custom``) or a library's (``library``: torchvision, timm,
+    huggingface; see ``evalxai.models.libraries``); unknown keys and a ``_target_`` on a zoo model are
     errors. ``train_cfg`` is ``model.train`` (it may also be left inside ``model_cfg``).
 
-    ``info`` holds ``label`` (the model's name in tables), ``kind`` ("zoo" / "custom"), the cache ``key``,
-    ``cache_hit``, the ``identity`` (``model_identity``: the same for every seed), the ``test_accuracy`` (streamed
-    over the test split), and for a trained model the training time; a user's model adds ``target``, ``kwargs``,
-    ``class``, ``checkpoint`` and ``checkpoint_sha256``.
+    ``info`` holds ``label`` (the model's name in tables), ``kind`` ("zoo", "custom" or the library), the cache
+    ``key``, ``cache_hit``, the ``identity`` (``model_identity``: the same for every seed), the ``test_accuracy``
+    (streamed over the test split), and for a trained model the training time; a user's model adds ``target``,
+    ``kwargs``, ``class``, ``checkpoint`` and ``checkpoint_sha256``; a library's model ``library``,
+    ``library_version``, its resolved weights, ``class``, ``checkpoint`` and ``checkpoint_sha256``.
 
     Example:
         >>> from evalxai.data import load_dataset
@@ -102,6 +107,8 @@ def get_model(dataset: Dataset, model_cfg: dict, train_cfg: dict | None = None, 
     if kind == "custom":
         model, info = _get_custom(dataset, model_cfg, train_cfg, seed, cache_dir, progress)
         return model, {**info, "identity": model_identity({**model_cfg, "train": train_cfg}, info["checkpoint_sha256"])}
+    if kind in LIBRARY_FIELDS:
+        return _get_library(dataset, model_cfg, train_cfg, seed, cache_dir, progress)
     identity = model_identity({**model_cfg, "train": train_cfg}, None)
     name = model_cfg.pop("name")
     arch = model_cfg.get("arch", {}) or {}
@@ -152,7 +159,8 @@ def _get_custom(dataset, cfg: dict, train_cfg: dict, seed: int, cache_dir, progr
     cls = f"{type(model).__module__}.{type(model).__qualname__}"
     label = model_label(cfg.get("name"), model)
     extra = {"target": target, "kwargs": kwargs, "class": cls, "source": source}
-    check_output_width(model, dataset.input_shape, dataset.num_classes, target)
+    check_output_width(model, dataset.input_shape, dataset.num_classes, f"model._target_={target}",
+                       f"set +model.kwargs.num_classes={dataset.num_classes} (or your class's argument for it)")
     if checkpoint is None:
         key = model_key(dataset, {"name": CUSTOM_NAME, "target": target, "kwargs": kwargs, "source": source},
                         train_cfg, seed)
@@ -168,9 +176,62 @@ def _get_custom(dataset, cfg: dict, train_cfg: dict, seed: int, cache_dir, progr
     key = model_key(dataset, {"name": CUSTOM_NAME, "target": target, "kwargs": kwargs, "source": source,
                               "checkpoint_sha256": sha}, {}, None)
     log.info("model %s from checkpoint %s (sha256 %s): no training", label, path, sha[:12])
+    return model, {**extra, "label": label, "kind": "custom", "trained": False, "checkpoint": str(path),
+                   "checkpoint_sha256": sha, **_as_is(model, dataset, key)}
+
+
+def _as_is(model: torch.nn.Module, dataset, key: str) -> dict:
+    """The info of a model used with the weights it was given (not trained, not cached): its test accuracy."""
     t0 = time.perf_counter()
     accuracy = evaluate_batches(model, dataset.test_batches())
-    return model, {**extra, "label": label, "kind": "custom", "trained": False, "checkpoint": str(path),
-                   "checkpoint_sha256": sha, "test_accuracy": accuracy,
-                   "eval_seconds": round(time.perf_counter() - t0, 2), "cache_hit": False, "key": key, "path": None,
-                   "evalxai_version": __version__, "code": code_fingerprint(*MODEL_CODE)}
+    return {"test_accuracy": accuracy, "eval_seconds": round(time.perf_counter() - t0, 2), "cache_hit": False,
+            "key": key, "path": None, "evalxai_version": __version__, "code": code_fingerprint(*MODEL_CODE)}
+
+
+def _get_library(dataset, cfg: dict, train_cfg: dict, seed: int, cache_dir, progress) -> tuple[torch.nn.Module, dict]:
+    """A torchvision, timm or Hugging Face model: a checkpoint replaces its weights (used as is, nothing
+    downloaded); complete pretrained weights are used as is; otherwise (no weights, or a new head on pretrained
+    ones) it is trained with ``train_cfg`` and cached under a key holding the library, its version and the config."""
+    checkpoint = cfg.get("checkpoint")
+    torch.manual_seed(seed)  # initialisation follows the seed (a head or a model trained here)
+    built = build_library_model(cfg, dataset.input_shape, dataset.num_classes, use_pretrained=checkpoint is None)
+    if built.folder is not None:  # weights read from a local folder: its content, file by file, names them
+        built.record["weights_sha256"] = {p.name: file_sha256(p) for p in sorted(built.folder.iterdir()) if p.is_file()}
+    model, library, what = built.model, cfg["library"], describe(cfg)
+    k = dataset.num_classes
+    if not built.pretrained:
+        fix = f"set model.num_classes={k}"
+    elif library == "torchvision":
+        fix = (f"a pretrained head keeps its classes: give a model.checkpoint fine-tuned on the dataset, or drop "
+               f"model.weights and set model.num_classes={k} to train one")
+    else:
+        fix = f"set model.num_classes={k} (a new head, trained with model.train) or give a fine-tuned model.checkpoint"
+    check_output_width(model, dataset.input_shape, dataset.num_classes, what, fix)
+    record = {**built.record, "label": built.label, "kind": library, "pretrained": built.pretrained,
+              "num_classes": k}  # the head's outputs (checked above)
+    ident = {k: v for k, v in cfg.items() if k != "train"}
+    built_id = {k: v for k, v in built.record.items() if k != "source"}  # a folder's content, not its path
+    base = {**built.record, "mean": cfg.get("mean"), "std": cfg.get("std")}
+    if checkpoint is not None:
+        path = Path(str(checkpoint)).expanduser().resolve()
+        load_state(built.inner, read_state_dict(path), path,
+                   f"build the model as it was when saved ({what}, model.num_classes, model.kwargs)")
+        model.eval()
+        sha = file_sha256(path)
+        key = model_key(dataset, {**base, "checkpoint_sha256": sha}, {}, None)
+        log.info("model %s from checkpoint %s (sha256 %s): no training", built.label, path, sha[:12])
+        return model, {**record, "trained": False, "checkpoint": str(path), "checkpoint_sha256": sha,
+                       "identity": model_identity({**ident, **built_id}, sha), **_as_is(model, dataset, key)}
+    check_normalization(built, cfg, dataset.mean, dataset.std)
+    record = {**record, "checkpoint": None, "checkpoint_sha256": None}
+    if built.complete:
+        model.eval()
+        key = model_key(dataset, base, {}, None)
+        log.info("model %s with its pretrained weights %s: no training", built.label, built.record)
+        return model, {**record, "trained": False, "identity": model_identity({**ident, **built_id}, None),
+                       **_as_is(model, dataset, key)}
+    key = model_key(dataset, base, train_cfg, seed)
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{library}-{built.label}")
+    model, info = _cached_or_trained(model, dataset, stem, key, train_cfg, seed, cache_dir, progress, built.record)
+    return model, {**info, **record, "trained": True,
+                   "identity": model_identity({**ident, **built_id, "train": train_cfg}, None)}

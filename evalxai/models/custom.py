@@ -9,12 +9,15 @@ Config fields (``conf/model/custom.yaml``)::
     path: null          # a folder put on sys.path for the import (the folder of the user's module file)
     train: {...}        # training config, used only without a checkpoint (as for the zoo models)
 
-Zoo models (``conf/model/{mlp,lenet,vgg_bn,resnet_small}.yaml``) take ``name``, ``arch`` and ``train``. Any
-other key is an error naming it, and a ``_target_`` on a zoo model is refused, never dropped.
+Zoo models (``conf/model/{mlp,lenet,vgg_bn,resnet_small}.yaml``) take ``name``, ``arch`` and ``train``; the
+library models (``model=torchvision``, ``timm``, ``huggingface``) their ``LIBRARY_FIELDS``
+(``evalxai.models.libraries``). Any other key is an error naming it, and a ``_target_`` on a zoo or library model
+is refused, never dropped.
 
 A checkpoint is read with ``torch.load(weights_only=True)``: a state dict, or a dict holding one under
-``state_dict`` or ``model`` (a training script's checkpoint). It must fit the module exactly (an error lists
-the missing and unexpected keys and the shape mismatches); a DataParallel ``module.`` prefix is stripped.
+``state_dict``, ``model`` or ``model_state_dict`` (a training script's checkpoint). It must fit the module exactly
+(an error lists the missing and unexpected keys and the shape mismatches); wrapper prefixes ``module.``
+(DataParallel, DistributedDataParallel) and ``model.`` (a Lightning module, ``LogitsOnly``) are stripped.
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from evalxai.models.libraries import LIBRARY_FIELDS
 from evalxai.models.zoo import MODELS
 
 log = logging.getLogger(__name__)
@@ -39,11 +43,29 @@ log = logging.getLogger(__name__)
 ZOO_FIELDS = ("name", "arch", "train")
 CUSTOM_FIELDS = ("name", "_target_", "kwargs", "checkpoint", "path", "train")
 CUSTOM_NAME = "custom"  # conf/model/custom.yaml's name: the model is named by its class
+STATE_KEYS = ("state_dict", "model", "model_state_dict")  # where training scripts keep the state dict
+PREFIXES = ("module.", "model.")  # wrapper prefixes stripped from a checkpoint's keys
 
 
 def model_kind(model_cfg: Mapping) -> str:
-    """"zoo" or "custom" for a model config; refuses unknown keys and a ``_target_`` on a zoo model."""
-    name, target = model_cfg.get("name"), model_cfg.get("_target_")
+    """"zoo", "custom" or the library ("torchvision", "timm", "huggingface") of a model config; refuses unknown
+    keys and a ``_target_`` on a zoo or library model."""
+    name, target, library = model_cfg.get("name"), model_cfg.get("_target_"), model_cfg.get("library")
+    if library is not None:
+        if library not in LIBRARY_FIELDS:
+            raise ValueError(f"model.library={library} is not one of {sorted(LIBRARY_FIELDS)} (model=torchvision, "
+                             "model=timm or model=huggingface set it)")
+        accepted = LIBRARY_FIELDS[library]
+        if target is not None:
+            raise ValueError(f"model={library} takes no _target_ (got _target_={target}): use model=custom "
+                             f"model._target_={target} for your own model, or drop the _target_")
+        unknown = sorted(str(k) for k in model_cfg if k not in accepted)
+        if unknown:
+            raise ValueError(f"unknown key(s) {unknown} in the model config of model={library}: accepted are "
+                             f"{list(accepted)}")
+        if not isinstance(model_cfg.get("kwargs") or {}, Mapping):
+            raise ValueError(f"model.kwargs must be a map of keyword arguments, got {model_cfg.get('kwargs')!r}")
+        return str(library)
     if target is not None and name in MODELS:
         raise ValueError(
             f"model '{name}' is a zoo model and takes no _target_ (got _target_={target}): use model=custom "
@@ -193,14 +215,15 @@ def read_state_dict(path: str | Path) -> dict:
     state = load_weights(path, f"model.checkpoint={path}", "the file is corrupt, or it is a pickle that holds more "
                          "than tensors (a whole pickled model?); save torch.save(model.state_dict(), PATH) instead")
     if isinstance(state, Mapping) and not _is_state(state):
-        for key in ("state_dict", "model"):
+        for key in STATE_KEYS:
             if isinstance(state.get(key), Mapping) and _is_state(state[key]):
                 return dict(state[key])
     if not isinstance(state, Mapping) or not _is_state(state):
         keys = sorted(map(str, state))[:10] if isinstance(state, Mapping) else None
         raise ValueError(f"model.checkpoint={path} holds no state dict (a map of tensors, or one under "
-                         f"'state_dict' or 'model'): found a {type(state).__name__}"
-                         + (f" with keys {keys}" if keys is not None else ""))
+                         f"{' / '.join(repr(k) for k in STATE_KEYS)}): found a {type(state).__name__}"
+                         + (f" with keys {keys}" if keys is not None else "")
+                         + "; save torch.save(model.state_dict(), PATH)")
     return dict(state)
 
 
@@ -208,12 +231,26 @@ def _is_state(d: Mapping) -> bool:
     return len(d) > 0 and all(isinstance(v, torch.Tensor) for v in d.values())
 
 
-def load_state(model: nn.Module, state: Mapping, source: str | Path) -> None:
-    """Load ``state`` into ``model``, exactly: an error names missing / unexpected keys and shape mismatches."""
+def strip_prefixes(state: Mapping, own: Mapping, source: str | Path = "") -> dict:
+    """``state`` without the wrapper prefixes ``PREFIXES`` that every one of its keys carries and none of the
+    model's keys (``own``) does; repeated, so ``module.model.`` goes too."""
+    state = dict(state)
+    while state:
+        prefix = next((p for p in PREFIXES if all(k.startswith(p) for k in state)
+                       and not any(k.startswith(p) for k in own)), None)
+        if prefix is None:
+            break
+        log.info("checkpoint %s: stripping the wrapper prefix %r", source, prefix)
+        state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def load_state(model: nn.Module, state: Mapping, source: str | Path,
+               fix: str = "build the model as it was when saved (model._target_ and model.kwargs)") -> None:
+    """Load ``state`` into ``model``, exactly: an error names missing / unexpected keys, shape mismatches and ``fix``.
+    Wrapper prefixes are stripped first (``strip_prefixes``)."""
     own = model.state_dict()
-    if own and not any(k.startswith("module.") for k in own) and all(k.startswith("module.") for k in state):
-        log.info("checkpoint %s: stripping the DataParallel prefix 'module.'", source)
-        state = {k[len("module."):]: v for k, v in state.items()}
+    state = strip_prefixes(state, own, source)
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
@@ -225,28 +262,29 @@ def load_state(model: nn.Module, state: Mapping, source: str | Path) -> None:
                  f"unexpected keys {few(unexpected)}" if unexpected else "",
                  f"shape mismatches {few(shapes)}" if shapes else ""]
         raise ValueError(f"checkpoint {source} does not fit the model {type(model).__name__}: "
-                         + "; ".join(p for p in parts if p))
+                         + "; ".join(p for p in parts if p) + f"; {fix}")
     model.load_state_dict(state, strict=True)
 
 
-def check_output_width(model: nn.Module, input_shape: Sequence[int], num_classes: int, target: str) -> None:
-    """One input of the dataset's shape must give (1, num_classes) logits."""
+def check_output_width(model: nn.Module, input_shape: Sequence[int], num_classes: int, what: str,
+                       fix: str) -> None:
+    """One input of the dataset's shape must give (1, num_classes) logits; ``what`` names the model in errors
+    (``model._target_=pkg.Net``), ``fix`` says how to change its number of outputs."""
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             out = model(torch.zeros(1, *input_shape))
     except Exception as err:  # noqa: BLE001 - the user's forward: name the input it could not take
-        raise RuntimeError(f"model._target_={target} cannot take one input of the dataset's shape "
+        raise RuntimeError(f"{what} cannot take one input of the dataset's shape "
                            f"{(1, *input_shape)}: {type(err).__name__}: {err}") from err
     finally:
         model.train(was_training)
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
-        what = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ValueError(f"model._target_={target} must return (batch, classes) logits, got {what}")
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"{what} must return (batch, classes) logits, got {got}")
     if out.shape[1] != num_classes:
-        raise ValueError(f"model._target_={target} gives {out.shape[1]} outputs but the dataset has {num_classes} "
-                         f"classes: set +model.kwargs.num_classes={num_classes} (or your class's argument for it)")
+        raise ValueError(f"{what} gives {out.shape[1]} outputs but the dataset has {num_classes} classes: {fix}")
 
 
 def model_label(name: str, model: nn.Module) -> str:
