@@ -1,4 +1,5 @@
-"""DeepLIFT, occlusion, CAM / Grad-CAM / Grad-CAM++ and foreign (captum) explainers: known answers, batching."""
+"""DeepLIFT, occlusion, CAM / Grad-CAM / Grad-CAM++ and foreign (captum) explainers: known answers. Batching, dtypes
+and the model left alone: every method's, in tests/test_contracts.py."""
 import pytest
 import torch
 from torch import nn
@@ -162,20 +163,6 @@ def test_cam_needs_convolutions():
     model = build_model("mlp", (1, 8, 8)).eval()
     with pytest.raises(CAMError, match="no convolution"):
         evalxai.explain(model, torch.rand(2, 1, 8, 8), torch.tensor([0, 1]), method="grad_cam")
-
-
-@pytest.mark.parametrize("method", ["deeplift", "occlusion", "cam", "grad_cam", "grad_cam_pp"])
-def test_batch_size_dtype_and_model_state(method):
-    model = Detector().double().eval()
-    model.fc.weight.requires_grad_(False)
-    x, t = _regions().repeat(2, 1, 1, 1)[:7], torch.arange(7) % 2
-    full = evalxai.explain(model, x, t, method=method)
-    parts = torch.cat([evalxai.explain(model, x[i:i + 3], t[i:i + 3], method=method) for i in range(0, 7, 3)])
-    torch.testing.assert_close(full, parts)
-    single = evalxai.explain(model.float(), x.float(), t, method=method)
-    torch.testing.assert_close(single, full.float(), rtol=1e-4, atol=1e-5)
-    assert not model.fc.weight.requires_grad and model.conv.weight.requires_grad and not model.training
-    assert no_hooks(model)
 
 
 def test_captum_classes_through_target_configs():

@@ -1,4 +1,5 @@
-"""Gradient family and controls: known answers, completeness, hand-computed ReLU variants, batching."""
+"""Gradient family and controls: known answers, completeness, hand-computed ReLU variants, seeds. Batching, dtypes and
+the model left alone: every method's, in tests/test_contracts.py."""
 import pytest
 import torch
 from torch import nn
@@ -52,16 +53,6 @@ def test_guided_backprop_and_deconvnet_by_hand():
     torch.testing.assert_close(evalxai.explain(model, x, t, method="deconvnet"),
                                torch.tensor([[-6.0, 3.0]]).double())
     assert no_hooks(model)
-
-
-@pytest.mark.parametrize("method", ["smoothgrad", "random", "integrated_gradients", "edge", "guided_backprop"])
-def test_batch_size_independence(method):
-    torch.manual_seed(2)
-    model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(48, 3)).double().eval()
-    x, t = torch.rand(7, 1, 4, 4, dtype=torch.float64), torch.arange(7) % 3
-    full = evalxai.explain(model, x, t, method=method)
-    parts = torch.cat([evalxai.explain(model, x[i:i + 3], t[i:i + 3], method=method) for i in range(0, 7, 3)])
-    torch.testing.assert_close(full, parts)
 
 
 @pytest.mark.parametrize("method", ["smoothgrad", "random"])

@@ -1,5 +1,6 @@
-"""The memory budget (issue 16): chunks sized in bytes, the same numbers at any budget, an error when one image
-does not fit, SmoothGrad noise drawn per chunk."""
+"""The memory budget (issue 16): chunks sized in bytes, the same numbers at any budget (the pipeline here; every
+method and metric in tests/test_contracts.py), an error when one image does not fit, SmoothGrad noise drawn per
+chunk."""
 import importlib
 
 import numpy as np
@@ -49,31 +50,6 @@ def test_parse_and_scope():
 def tiny_budget(model, x) -> int:
     """Room for about one LRP pass over one image: every chunk holds one or two images."""
     return int(3.5 * memory.image_cost(model, x))
-
-
-@pytest.mark.parametrize("method,params", [("integrated_gradients", {"steps": 8}), ("smoothgrad", {"samples": 6}),
-                                           ("lrp_epsilon_plus", {}), ("occlusion", {"patch": 2, "stride": 2})])
-def test_methods_give_the_same_maps_at_any_budget(method, params):
-    model, (x, t) = cnn(), data()
-    big = evalxai.explain(model, x, t, method=method, **params)
-    with evalxai.memory_budget(tiny_budget(model, x)):
-        small = evalxai.explain(model, x, t, method=method, **params)
-    torch.testing.assert_close(small, big, rtol=1e-12, atol=1e-12)
-
-
-@pytest.mark.parametrize("metric,params", [
-    ("pixel_flipping", {"patch_size": 2, "per_step": 4}), ("selectivity", {"patch_size": 2, "steps": 4}),
-    ("continuity", {"shift": 2}), ("max_sensitivity", {"samples": 3}), ("road", {"fractions": (0.2, 0.6)}),
-    ("insertion_deletion", {"patch_size": 2}), ("randomization", {}), ("conservation", {})])
-def test_metrics_give_the_same_scores_at_any_budget(metric, params):
-    model, (x, t) = cnn(), data()
-    r = evalxai.explain(model, x, t, method="gradient_x_input")
-    if metric in ("selectivity", "continuity", "max_sensitivity", "randomization", "conservation"):
-        params = {**params, "method": "gradient_x_input"}
-    big = evalxai.score(model, x, t, r, metric=metric, **params)
-    with evalxai.memory_budget(tiny_budget(model, x)):
-        small = evalxai.score(model, x, t, r, metric=metric, **params)
-    pd.testing.assert_frame_equal(small, big, rtol=1e-10, atol=1e-12)
 
 
 def test_an_image_that_does_not_fit_is_an_error_saying_how_much_it_needs():

@@ -1,4 +1,5 @@
-"""Metrics against explicit per-sample loops; batch-size independence; known answers."""
+"""Metrics against explicit per-sample loops; known answers. Batch-size and memory-budget independence of every
+metric: tests/test_contracts.py."""
 import numpy as np
 import pytest
 import torch
@@ -54,47 +55,6 @@ def test_pixel_flipping_equals_explicit_loop(order, patch, per_step):
     np.testing.assert_allclose(curve, want, rtol=1e-10, atol=1e-10)
     aopc = df[df["measure"] == f"aopc_{order}"].sort_values("sample")["value"].to_numpy()
     np.testing.assert_allclose(aopc, (want[:, :1] - want).mean(1), rtol=1e-10, atol=1e-12)
-
-
-@pytest.mark.parametrize("metric,params", [
-    ("pixel_flipping", {"patch_size": 2, "per_step": 3, "baseline": "uniform"}),
-    ("pixel_flipping", {"patch_size": 2, "order": "random", "score_space": "softmax"}),
-    ("conservation", {"reference": "zero", "method": "lrp_epsilon_plus"}),
-    ("sparseness", {}),
-])
-def test_metric_batch_size_independence(metric, params):
-    assert_batch_size_independent(metric, params, rtol=1e-9)
-
-
-def score_in_parts(model, x, t, r, metric, n, size, **params):
-    """``evalxai.score`` of the first ``n`` samples, ``size`` at a time, numbered as in the whole batch."""
-    import pandas as pd
-
-    parts = []
-    for i in range(0, n, size):
-        p = evalxai.score(model, x[i:i + size], t[i:i + size], r[i:i + size], metric=metric, **params)
-        p["sample"] += i
-        parts.append(p)
-    return pd.concat(parts)
-
-
-def assert_same_rows(got, full, n, keys=("measure", "sample", "step"), rtol=1e-10, atol=1e-12):
-    """The rows of ``got`` equal the rows of ``full`` for its first ``n`` samples (both sorted by ``keys``)."""
-    keys = list(keys)
-    got = got.sort_values(keys).reset_index(drop=True)
-    want = full[full["sample"] < n].sort_values(keys).reset_index(drop=True)
-    assert len(got) == len(want) and (got["measure"] == want["measure"]).all()
-    np.testing.assert_allclose(got["value"].to_numpy(), want["value"].to_numpy(), rtol=rtol, atol=atol)
-
-
-def assert_batch_size_independent(metric, params, rtol):
-    """Scores of 14 samples in batches of 1 and 7 equal those of one batch of 64; returns the full frame."""
-    model, (x, t) = small_cnn(), data(64)
-    r = evalxai.explain(model, x, t, method="lrp_epsilon_plus")
-    full = evalxai.score(model, x, t, r, metric=metric, **params)
-    for bs in (1, 7):
-        assert_same_rows(score_in_parts(model, x, t, r, metric, 14, bs, **params), full, 14, rtol=rtol, atol=1e-10)
-    return model, x, t, r, full
 
 
 def test_morf_of_exact_attributions_beats_random():

@@ -1,7 +1,7 @@
 """Selectivity, insertion/deletion, ROAD, continuity, max-sensitivity, randomization: each against an explicit
-per-sample loop, known answers (the max(x1, x2) toy), batch-size independence and seeds."""
+per-sample loop, known answers (the max(x1, x2) toy). Batch-size independence and repeatable draws of every
+metric: tests/test_contracts.py."""
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from scipy.stats import spearmanr
@@ -10,7 +10,7 @@ from torch import nn
 import evalxai
 from evalxai.metrics.road import linear_imputation
 from evalxai.metrics.robustness import path_continuity, translate
-from tests.test_metrics import assert_batch_size_independent, data, small_cnn
+from tests.test_metrics import data, small_cnn
 
 
 def curve(df, measure):
@@ -262,20 +262,6 @@ def test_randomization_equals_explicit_loop_and_leaves_model_alone():
     edge = evalxai.explain(model, x, t, method="edge")
     de = evalxai.score(model, x, t, edge, metric="randomization", method="edge")
     np.testing.assert_allclose(scalar(de, "spearman_full"), 1.0)
-
-
-@pytest.mark.parametrize("metric,params", [
-    ("selectivity", {"patch_size": 2, "steps": 5, "method": "lrp_epsilon_plus"}),
-    ("insertion_deletion", {"per_step": 6}),
-    ("road", {"fractions": [0.3, 0.6]}),
-    ("continuity", {"shift": 2, "method": "lrp_epsilon_plus"}),
-    ("max_sensitivity", {"samples": 3, "method": "lrp_epsilon_plus"}),
-    ("randomization", {"method": "lrp_epsilon_plus"}),
-])
-def test_batch_size_independence_and_seeds(metric, params):
-    model, x, t, r, full = assert_batch_size_independent(metric, params, rtol=1e-8)
-    again = evalxai.score(model, x, t, r, metric=metric, **params)
-    pd.testing.assert_frame_equal(again, full)
 
 
 @pytest.mark.parametrize("metric,params,match", [

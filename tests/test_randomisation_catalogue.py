@@ -1,6 +1,7 @@
 """Randomisation catalogue: random_logit (torch SSIM), smooth_mprt, efficient_mprt. Each against an explicit
 float64 per-sample loop, known answers (identical maps: SSIM 1; maps that do not depend on the parameters:
-similarity 1, no entropy rise), batch-size independence, rescaling, and the model left alone."""
+similarity 1, no entropy rise), rescaling. Batch-size independence and the model left alone: every metric's, in
+tests/test_contracts.py."""
 import copy
 
 import numpy as np
@@ -11,8 +12,7 @@ from scipy.stats import entropy, spearmanr
 import evalxai
 from evalxai.core.seeding import per_sample_noise, sample_generators
 from evalxai.metrics.randomization import histogram_entropy, ssim
-from tests.conftest import no_hooks
-from tests.test_metrics import assert_same_rows, data, score_in_parts, small_cnn
+from tests.test_metrics import data, small_cnn
 
 
 def scalar(df, measure):
@@ -160,25 +160,6 @@ def test_smooth_mprt_known_answer_and_scale():
 
 
 # --- every metric -------------------------------------------------------------------------------------------------
-
-METRICS = [
-    ("random_logit", {"method": "gradient_x_input"}),
-    ("smooth_mprt", {"method": "gradient", "samples": 2}),
-    ("efficient_mprt", {"method": "lrp_epsilon_plus"}),
-]
-
-
-@pytest.mark.parametrize("metric,params", METRICS)
-def test_batch_size_independence_and_model_left_alone(metric, params):
-    model, (x, t) = small_cnn(), data(6)
-    before = copy.deepcopy(model.state_dict())
-    flags = [p.requires_grad for p in model.parameters()]
-    r = evalxai.explain(model, x, t, method=params["method"])
-    full = evalxai.score(model, x, t, r, metric=metric, **params)
-    assert_same_rows(score_in_parts(model, x, t, r, metric, 3, 1, **params), full, 3)
-    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
-    assert not model.training and no_hooks(model) and [p.requires_grad for p in model.parameters()] == flags
-
 
 def test_bad_parameters_are_named():
     model, (x, t) = small_cnn(), data(2)

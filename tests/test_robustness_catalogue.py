@@ -1,7 +1,7 @@
 """Robustness catalogue: local Lipschitz estimate, avg-sensitivity, relative input / output / representation
 stability, consistency. Each against an explicit float64 per-sample loop with the same seeded noise, known answers
-on linear models, the flip (NaN) policy, batch-size independence, rescaling, and the model left alone."""
-import copy
+on linear models, the flip (NaN) policy, rescaling. Batch-size independence and the model left alone: every
+metric's, in tests/test_contracts.py."""
 
 import numpy as np
 import pytest
@@ -11,19 +11,11 @@ from torch import nn
 import evalxai
 from evalxai.core.seeding import per_sample_noise
 from tests.conftest import no_hooks
-from tests.test_metrics import assert_same_rows, data, score_in_parts, small_cnn
+from tests.test_metrics import data, small_cnn
 
 
 def scalar(df, measure):
     return df[df["measure"] == measure].sort_values("sample")["value"].to_numpy()
-
-
-def assert_batch_size_independent(metric, params, n=6):
-    """Scores of the first 4 samples scored one at a time equal those of one batch of n (sorted rows)."""
-    model, (x, t) = small_cnn(), data(n)
-    r = evalxai.explain(model, x, t, method=params.get("method", "gradient"))
-    full = evalxai.score(model, x, t, r, metric=metric, **params)
-    assert_same_rows(score_in_parts(model, x, t, r, metric, 4, 1, **params), full, 4, keys=("measure", "sample"))
 
 
 def neighbours(xi, seed, samples, sigma, low=None, high=None):
@@ -346,32 +338,6 @@ def test_zero_reference_skip_leaves_zero_elements_out():
 
 
 # --- every metric -------------------------------------------------------------------------------------------------
-
-METRICS = [
-    ("local_lipschitz_estimate", {"samples": 2, "method": "lrp_epsilon_plus"}),
-    ("avg_sensitivity", {"samples": 2, "method": "lrp_epsilon_plus", "nan_on_flip": True}),
-    ("relative_input_stability", {"samples": 2, "method": "lrp_epsilon_plus"}),
-    ("relative_output_stability", {"samples": 2, "method": "lrp_epsilon_plus"}),
-    ("relative_representation_stability", {"samples": 2, "method": "lrp_epsilon_plus"}),
-    ("consistency", {"samples": 2, "method": "lrp_epsilon_plus", "noise": 0.01}),
-]
-
-
-@pytest.mark.parametrize("metric,params", METRICS)
-def test_batch_size_independence(metric, params):
-    assert_batch_size_independent(metric, params)
-
-
-@pytest.mark.parametrize("metric,params", METRICS)
-def test_model_left_alone(metric, params):
-    model, (x, t) = small_cnn(), data(3)
-    r = evalxai.explain(model, x, t, method="lrp_epsilon_plus")
-    before = copy.deepcopy(model.state_dict())
-    flags = [p.requires_grad for p in model.parameters()]
-    evalxai.score(model, x, t, r, metric=metric, **params)
-    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
-    assert [p.requires_grad for p in model.parameters()] == flags and not model.training and no_hooks(model)
-
 
 def test_float32_known_answers():
     # float32 draws differ from float64 ones (other bytes, other seeds), so compare known answers
