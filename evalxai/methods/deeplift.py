@@ -19,6 +19,7 @@ from torch import nn
 from evalxai.core.baselines import reference
 from evalxai.methods.graph import (
     PASS_FUNCS,
+    PASS_METHODS,
     PASS_MODULES,
     SOFTMAX_FUNCS,
     check_function,
@@ -53,6 +54,8 @@ def _rescale_kind(model: nn.Module, node) -> str | None:
             return "maxpool"
         if node.target in PASS_FUNCS and node.target not in SOFTMAX_FUNCS:
             return "elementwise"
+    elif node.op == "call_method" and node.target in PASS_METHODS:
+        return "elementwise"
     return None
 
 

@@ -70,6 +70,7 @@ SOFTMAX_FUNCS = {F.softmax, F.log_softmax, torch.softmax, torch.log_softmax}
 PASS_FUNCS = {torch.tanh, torch.tanh_, torch.sigmoid, torch.sigmoid_, F.gelu, F.silu, F.elu, F.elu_, F.leaky_relu,
               F.leaky_relu_, F.softplus, F.relu6, F.hardtanh, F.hardtanh_, F.hardswish, F.hardsigmoid, F.mish,
               F.selu, torch.selu_, F.celu, torch.celu_, F.softsign, F.logsigmoid, F.tanhshrink, *SOFTMAX_FUNCS}
+PASS_METHODS = {"sigmoid", "sigmoid_", "tanh", "tanh_"}  # x.sigmoid() (timm's SE gate), x.tanh()
 NORM_FUNCS = {F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
               F.adaptive_avg_pool3d, torch.mean}
 ADD_FUNCS = {operator.add, torch.add, operator.iadd}
@@ -90,12 +91,24 @@ PRODUCT_METHODS = {"matmul", "bmm", "mul", "div"}
 SOFTMAX_METHODS = {"softmax", "log_softmax"}
 NORM_LAYERS = (nn.LayerNorm, nn.RMSNorm)
 NORM_LAYER_FUNCS = {F.layer_norm, F.rms_norm}
+CONV_FUNCS = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3}  # functional convolutions and their spatial dimensions
 NEG_FUNCS = {operator.neg, torch.neg}
 
 
 # Functions that are the identity in eval mode, by (module, name) (not imported: torchvision is optional), with the
 # argument that says so: torchvision's stochastic depth (ConvNeXt, EfficientNet, MaxViT) with training=False.
 EVAL_IDENTITIES = {("torchvision.ops.stochastic_depth", "stochastic_depth"): ("training", 3)}
+
+
+def is_eval_batch_norm(node: fx.Node) -> bool:
+    """Whether a call is ``F.batch_norm`` in eval mode with running statistics (timm's ``BatchNormAct2d``, a
+    hand-written BatchNorm): a per-channel affine map of its input, as ``nn.BatchNorm`` in eval mode. In training
+    mode (batch statistics; timm's ``StdConv2d`` standardising its weight) it is not."""
+    if node.op != "call_function" or node.target is not F.batch_norm:
+        return False
+    args = bind_arguments(F.batch_norm, node.args, node.kwargs)
+    return args.get("training", False) is False and args.get("running_mean") is not None and \
+        args.get("running_var") is not None
 
 
 def is_eval_identity(node: fx.Node) -> bool:
@@ -198,6 +211,8 @@ def node_kind(model: nn.Module, node: fx.Node, what: str, transformers: bool = F
         fn = node.target
         if fn in ADD_FUNCS:
             return "sum"
+        if is_eval_batch_norm(node):
+            return "pass"  # as nn.BatchNorm: LRP merges it into the layer before it where it can
         for kind, funcs in (("grad", GRAD_FUNCS), ("pass", PASS_FUNCS), ("norm", NORM_FUNCS)):
             if fn in funcs:
                 return kind
@@ -206,6 +221,8 @@ def node_kind(model: nn.Module, node: fx.Node, what: str, transformers: bool = F
         return "unsupported"
     if node.target in GRAD_METHODS:
         return "grad"
+    if node.target in PASS_METHODS:
+        return "pass"
     if node.target in ADD_METHODS:
         return "sum"
     if node.target == "mean":
@@ -254,13 +271,17 @@ def is_softmax(model: nn.Module, node: fx.Node) -> bool:
 
 
 def transformer_kind(model: nn.Module, node: fx.Node) -> str | None:
-    """The kinds of transformer parts (LRP has rules for them): layernorm, mha, encoder
-    (``nn.TransformerEncoder(Layer)``), sdpa, product, flinear (``F.linear``), sub, neg, rescale (``F.normalize``:
-    the input times a norm that LRP holds constant, as AttnLRP holds LayerNorm's); None for other nodes."""
+    """The kinds of transformer parts (LRP has rules for them): layernorm, groupnorm (``nn.GroupNorm``,
+    ``F.group_norm``), mha, encoder (``nn.TransformerEncoder(Layer)``), sdpa, product, flinear (``F.linear`` and
+    ``F.conv1d/2d/3d``: a linear layer when the weight does not depend on the input), sub, neg, rescale
+    (``F.normalize``: the input times a norm that LRP holds constant, as AttnLRP holds LayerNorm's); None for other
+    nodes."""
     if node.op == "call_module":
         m = model.get_submodule(node.target)
         if isinstance(m, NORM_LAYERS):
             return "layernorm"
+        if isinstance(m, nn.GroupNorm):
+            return "groupnorm"
         if isinstance(m, nn.MultiheadAttention):
             return "mha"
         if isinstance(m, (nn.TransformerEncoderLayer, nn.TransformerEncoder)):
@@ -272,8 +293,10 @@ def transformer_kind(model: nn.Module, node: fx.Node) -> str | None:
             return "layernorm"
         if fn is F.scaled_dot_product_attention:
             return "sdpa"
-        if fn is F.linear:
+        if fn is F.linear or fn in CONV_FUNCS:
             return "flinear"
+        if fn is F.group_norm:
+            return "groupnorm"
         if fn in PRODUCT_FUNCS:
             return "product"
         if fn in SUB_FUNCS:
@@ -551,11 +574,15 @@ def _callable(model: nn.Module, node: fx.Node):
 
 
 def bind_arguments(fn: Callable, args: tuple, kwargs: dict) -> dict:
-    """The arguments of a node's call of ``fn`` by parameter name (``F.linear``, ``F.layer_norm``, ``F.rms_norm``)."""
+    """The arguments of a node's call of ``fn`` by parameter name (``F.linear``, ``F.conv1d/2d/3d``,
+    ``F.layer_norm``, ``F.rms_norm``, ``F.group_norm``, ``F.batch_norm``), defaults included."""
     try:
-        return dict(inspect.signature(fn).bind(*args, **kwargs).arguments)
+        bound = inspect.signature(fn).bind(*args, **kwargs)
+        bound.apply_defaults()
+        return dict(bound.arguments)
     except (TypeError, ValueError):  # builtins without a signature: positional order of the documentation
+        conv = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
         names = {F.layer_norm: ("input", "normalized_shape", "weight", "bias", "eps"),
                  F.rms_norm: ("input", "normalized_shape", "weight", "eps"),
-                 F.linear: ("input", "weight", "bias")}[fn]
+                 F.linear: ("input", "weight", "bias"), F.conv1d: conv, F.conv2d: conv, F.conv3d: conv}[fn]
         return {**dict(zip(names, args)), **kwargs}

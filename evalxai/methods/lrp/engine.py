@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import replace
 
 import torch
-import torch.nn.functional as F
 from torch import fx, nn
 
 from evalxai.methods.graph import LRPError, bind_arguments, check_function, execute, refuse_tensors
@@ -68,7 +67,7 @@ def box_bounds_at_first_layer(model: nn.Module, graph: fx.Graph, plan: dict, x: 
     def grab(n, call, args, kwargs):
         if n is node:
             raise _FirstLayerInput(args[0] if n.op == "call_module" else
-                                   bind_arguments(F.linear, args, kwargs)["input"])
+                                   bind_arguments(n.target, args, kwargs)["input"])
         return NotImplemented
 
     images = []

@@ -6,6 +6,7 @@ relevance rule as the backward.
 - ``LinearizedFn``: the proportional Norm rule of a linear, bias-free operation (average pooling, mean) and the
   first-order Taylor linearisation of LocalResponseNorm (Binder et al. 2016; ``lrn_denominator``).
 - ``SumFn``: a residual addition split in proportion to the summands.
+- ``GroupNormFn``: GroupNorm with the group normaliser held constant (as ``NormLayerFn``).
 - ``ProductFn``, ``SoftmaxFn``, ``NormLayerFn``: the transformer rules (AttnLRP, Achtibat et al. 2024: the uniform
   rule for products of two relevance-carrying tensors, the epsilon rule for products with a constant, the softmax's
   Taylor rule; LayerNorm / RMSNorm with the normaliser as a constant).
@@ -214,6 +215,35 @@ class NormLayerFn(torch.autograd.Function):
         if ctx.hook is not None:
             ctx.hook(r, r_in)
         return r_in, None, None, None, None, None, None, None
+
+
+class GroupNormFn(torch.autograd.Function):
+    """GroupNorm (Wu & He 2018) with each group's normaliser sigma held constant, as AttnLRP holds LayerNorm's
+    (Achtibat et al. 2024, Sec. 3.3; Ali et al. 2022 for LayerNorm): y = C_g a / sigma_g * w + b, C_g centring over
+    the channels and positions of group g, is linear in a; the epsilon rule R_a = a * C_g^T (w / sigma_g * R /
+    stab(y)). sum R_a = sum R - sum b R / stab(y): conserved without the affine bias (up to the stabiliser)."""
+
+    @staticmethod
+    def forward(ctx, a, groups, weight, bias, norm_eps, eps, hook):
+        y = F.group_norm(a, groups, weight, bias, norm_eps)
+        g = a.reshape(a.shape[0], groups, -1)
+        inv = torch.rsqrt(g.var(-1, unbiased=False, keepdim=True).add_(norm_eps))
+        ctx.groups, ctx.eps, ctx.hook = groups, eps, hook
+        ctx.save_for_backward(a, y, inv, weight)
+        return y
+
+    @staticmethod
+    def backward(ctx, r):
+        a, y, inv, weight = ctx.saved_tensors
+        s = divide(r, y, ctx.eps)
+        if weight is not None:
+            s.mul_(weight.view(1, -1, *[1] * (a.dim() - 2)))
+        s = s.reshape(a.shape[0], ctx.groups, -1).mul_(inv)
+        s = (s - s.mean(-1, keepdim=True)).reshape(a.shape)
+        r_in = s.mul_(a)
+        if ctx.hook is not None:
+            ctx.hook(r, r_in)
+        return r_in, None, None, None, None, None, None
 
 
 def lrn_denominator(a: torch.Tensor, m: nn.LocalResponseNorm) -> torch.Tensor:

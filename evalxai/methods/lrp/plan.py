@@ -2,11 +2,13 @@
 
 The model is traced once (cached per model object, ``evalxai.methods.graph.trace``). Each node is classified: linear
 layers get their rule from the composite (BatchNorm right after a linear/conv layer is merged into it — canonization,
-``merged_weights`` — for the propagation only), average pooling and residual additions (also a plain ``+`` inside
-``forward``) use the proportional Norm rule, LocalResponseNorm is linearised by a first-order Taylor expansion
-(Binder et al. 2016), element-wise activations pass relevance unchanged (the identity rule), max-pooling and shape
-operations keep their gradient (winner-takes-all routing). Anything else raises an error that names the node: never a
-silent pass-through.
+``merged_weights`` — for the propagation only; the eval-mode ``F.batch_norm`` of timm's ``BatchNormAct2d`` too),
+functional linear layers (``F.linear``, ``F.conv1d/2d/3d`` with an input-independent weight, as timm's
+weight-standardised ``StdConv2d``) the composite's linear / conv rule, average pooling and residual additions (also a
+plain ``+`` inside ``forward``) use the proportional Norm rule, LocalResponseNorm is linearised by a first-order Taylor
+expansion (Binder et al. 2016), element-wise activations pass relevance unchanged (the identity rule), max-pooling
+and shape operations keep their gradient (winner-takes-all routing). Anything else raises an error that names the
+node: never a silent pass-through.
 
 A product with a sigmoid gate (squeeze-and-excitation, LSTM/GLU gates) gives all its relevance to the signal
 and none to the gate, which is held constant: the signal-take-all rule of Arras et al. 2017 ("Explaining Recurrent
@@ -30,9 +32,13 @@ from torch import fx, nn
 
 from evalxai.methods.graph import (
     BATCH_NORMS,
+    CONV_FUNCS,
     LRPError,
+    bind_arguments,
     carrying_nodes,
+    is_eval_batch_norm,
     is_gate,
+    is_metadata,
     needed_nodes,
     node_kind,
     operands,
@@ -44,6 +50,7 @@ from evalxai.methods.lrp.composites import Composite
 from evalxai.methods.lrp.rules import Rule
 
 LINEAR_PROTO = nn.Linear(1, 1, bias=False)  # the layer type of ``F.linear`` nodes for a composite
+CONV_PROTO = nn.Conv2d(1, 1, 1, bias=False)  # the layer type of ``F.conv1d/2d/3d`` nodes
 _WARNED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -55,21 +62,77 @@ class Step:
 
     kind: str
     module: nn.Module | None = None
-    bn: nn.Module | None = None
+    bn: BatchNormStats | None = None
     rule: Rule | None = None
     carries: tuple = ()
 
 
-def _merge_target(node: fx.Node, model: nn.Module, module: nn.Module) -> tuple[fx.Node, nn.Module] | None:
-    """The BatchNorm node that follows ``node`` alone (merged into the linear layer), if any."""
-    users = list(node.users)
-    if len(users) != 1 or users[0].op != "call_module":
+@dataclass
+class BatchNormStats:
+    """An eval-mode BatchNorm's per-channel affine map: y = (z - running_mean) / sqrt(running_var + eps) * weight +
+    bias, from an ``nn.BatchNorm`` module or the arguments of an ``F.batch_norm`` call (timm's ``BatchNormAct2d``)."""
+
+    running_mean: torch.Tensor
+    running_var: torch.Tensor
+    weight: torch.Tensor | None
+    bias: torch.Tensor | None
+    eps: float
+
+    @classmethod
+    def of_module(cls, bn: nn.Module) -> BatchNormStats:
+        return cls(bn.running_mean, bn.running_var, bn.weight if bn.affine else None, bn.bias if bn.affine else None,
+                   bn.eps)
+
+
+def _constant_value(model: nn.Module, a, carries: dict):
+    """The value of a node argument that does not depend on the input and is known before the run: a parameter or
+    buffer (``get_attr``), or an example value of the concrete trace; ``False`` if unknown."""
+    if not isinstance(a, fx.Node):
+        return a
+    if carries.get(a, True):
+        return False
+    if a.op == "get_attr":
+        obj = model
+        for part in a.target.split("."):
+            obj = getattr(obj, part)
+        return obj
+    return a.meta.get("value", False) if isinstance(a.meta.get("value"), torch.Tensor) else False
+
+
+def functional_batch_norm(model: nn.Module, node: fx.Node, carries: dict) -> BatchNormStats | None:
+    """The statistics of an eval-mode ``F.batch_norm`` node, or None where one of them is not a constant."""
+    if not is_eval_batch_norm(node):
         return None
-    bn = model.get_submodule(users[0].target)
-    out_features = module.out_features if isinstance(module, nn.Linear) else module.out_channels
-    if isinstance(bn, BATCH_NORMS) and bn.num_features == out_features and bn.running_mean is not None:
-        return users[0], bn
-    return None
+    args = bind_arguments(F.batch_norm, node.args, node.kwargs)
+    vals = [_constant_value(model, args.get(k), carries) for k in ("running_mean", "running_var", "weight", "bias")]
+    if any(v is False for v in vals) or not isinstance(args.get("eps", 1e-5), float):
+        return None
+    return BatchNormStats(*vals, args.get("eps", 1e-5))
+
+
+def _merge_target(node: fx.Node, model: nn.Module, out_features: int | None,
+                  carries: dict) -> tuple[fx.Node, BatchNormStats] | None:
+    """The eval-mode BatchNorm (module or ``F.batch_norm``) that alone uses the output of the linear layer ``node``
+    (uses for metadata, timm's ``x.ndim == 4`` assertion, aside), if any: merged into the layer. ``out_features``:
+    the layer's output features (None: a convolution, whose channels are the BatchNorm's)."""
+    users = [u for u in node.users if not is_metadata(u)]
+    if len(users) != 1:
+        return None
+    user = users[0]
+    if user.op == "call_module":
+        bn = model.get_submodule(user.target)
+        if not isinstance(bn, BATCH_NORMS) or bn.running_mean is None:
+            return None
+        stats = BatchNormStats.of_module(bn)
+    elif user.op == "call_function" and user.args and user.args[0] is node:
+        stats = functional_batch_norm(model, user, carries)
+        if stats is None:
+            return None
+    else:
+        return None
+    if out_features is not None and stats.running_mean.numel() != out_features:
+        return None
+    return user, stats
 
 
 def _warn_pass_through(model: nn.Module, names: list[str]) -> None:
@@ -123,7 +186,7 @@ def build_plan(model: nn.Module, composite: Composite, x: torch.Tensor | None = 
             kind = "grad"  # off every relevance path (e.g. a padding mask computed from the input)
         if kind == "linear":
             m = model.get_submodule(node.target)
-            merged = _merge_target(node, model, m)
+            merged = _merge_target(node, model, m.out_features if isinstance(m, nn.Linear) else None, carries)
             bn = None
             if merged is not None:
                 plan[merged[0]] = Step("skip")
@@ -131,10 +194,17 @@ def build_plan(model: nn.Module, composite: Composite, x: torch.Tensor | None = 
             plan[node] = Step("linear", m, bn, composite.rule_for(node.target, m, not seen_first))
             seen_first = True
         elif kind == "flinear":
-            if carries[node.args[1]] if isinstance(node.args[1], fx.Node) else False:
-                raise LRPError(f"F.linear (graph node '{node.name}') in {owner(model, node)} multiplies by a weight "
-                               "that depends on the input: write it as a product (torch.matmul) instead")
-            plan[node] = Step("flinear", rule=composite.rule_for(node.name, LINEAR_PROTO, not seen_first))
+            fn = node.target
+            weight = bind_arguments(fn, node.args, node.kwargs)["weight"]
+            if isinstance(weight, fx.Node) and carries[weight]:
+                raise LRPError(f"{fn.__name__} (graph node '{node.name}') in {owner(model, node)} multiplies by a "
+                               "weight that depends on the input: write it as a product (torch.matmul) instead")
+            conv = fn in CONV_FUNCS
+            merged = _merge_target(node, model, None, carries) if conv else None  # F.linear: features unknown
+            if merged is not None:
+                plan[merged[0]] = Step("skip")
+            plan[node] = Step("flinear", bn=None if merged is None else merged[1],
+                              rule=composite.rule_for(node.name, CONV_PROTO if conv else LINEAR_PROTO, not seen_first))
             seen_first = True
         elif kind in ("mha", "encoder"):
             plan[node] = Step(kind, model.get_submodule(node.target))
@@ -149,27 +219,33 @@ def build_plan(model: nn.Module, composite: Composite, x: torch.Tensor | None = 
         elif kind == "lrn":
             plan[node] = Step("lrn", model.get_submodule(node.target))
         else:
-            plan[node] = Step(kind, model.get_submodule(node.target) if kind == "layernorm" and
+            plan[node] = Step(kind, model.get_submodule(node.target) if kind in ("layernorm", "groupnorm") and
                               node.op == "call_module" else None)
-            if node in outputs or kind == "pass" and node.op == "call_module" and isinstance(
-                    model.get_submodule(node.target), BATCH_NORMS):
+            if node in outputs or kind == "pass" and (node.op == "call_module" and isinstance(
+                    model.get_submodule(node.target), BATCH_NORMS) or is_eval_batch_norm(node)):
                 passed.append(f"'{node.target}'" if node.op == "call_module" else
                               f"{node.name} in {owner(model, node)}")
     _warn_pass_through(model, passed)
     return graph, plan
 
 
-def merged_weights(module: nn.Module, bn: nn.Module | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(W, b) of a linear/conv layer with a following eval-mode BatchNorm folded in (canonization)."""
-    w = module.weight.detach()
-    b = None if module.bias is None else module.bias.detach()
+def merged_weights(module: nn.Module | None, bn: BatchNormStats | nn.Module | None, weight: torch.Tensor | None = None,
+                   bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(W, b) of a linear/conv layer with a following eval-mode BatchNorm folded in (canonization): the module's
+    parameters, or ``weight`` / ``bias`` of a functional layer (``module`` None)."""
+    w = (module.weight if module is not None else weight).detach()
+    b = module.bias if module is not None else bias
+    b = None if b is None else b.detach()
     if bn is None:
         return w, b
+    if isinstance(bn, nn.Module):
+        bn = BatchNormStats.of_module(bn)
     scale = torch.rsqrt(bn.running_var.detach() + bn.eps)
     shift = -bn.running_mean.detach() * scale
-    if bn.affine:
-        scale = scale * bn.weight.detach()
-        shift = shift * bn.weight.detach() + bn.bias.detach()
+    if bn.weight is not None:
+        scale, shift = scale * bn.weight.detach(), shift * bn.weight.detach()
+    if bn.bias is not None:
+        shift = shift + bn.bias.detach()
     w = w * scale.view(-1, *[1] * (w.dim() - 1))
     b = shift if b is None else b * scale + shift
     return w, b

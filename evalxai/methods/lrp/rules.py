@@ -43,28 +43,36 @@ def divide(r: torch.Tensor, z: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 class LinearOp:
-    """A Linear or ConvNd layer as z = W a + b: its forward and its input vector-Jacobian product."""
+    """A Linear or ConvNd layer as z = W a + b: its forward and its input vector-Jacobian product.
 
-    def __init__(self, module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None):
+    ``conv``: the geometry (``stride``, ``padding``, ``dilation``, ``groups``) of a functional convolution
+    (``F.conv2d(x, w, b, ...)`` with a weight that does not depend on the input, as timm's weight-standardised
+    ``StdConv2d`` computes it); ``module`` then only names the layer type."""
+
+    def __init__(self, module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None, conv: dict | None = None):
         self.module, self.weight, self.bias = module, weight, bias
-        self.is_conv = isinstance(module, nn.modules.conv._ConvNd)
-        if self.is_conv:
+        self.is_conv = conv is not None or isinstance(module, nn.modules.conv._ConvNd)
+        if not self.is_conv:
+            return
+        if conv is None:
             if module.transposed:
                 raise NotImplementedError(f"transposed convolution {type(module).__name__} has no LRP rule yet")
             if module.padding_mode != "zeros":
                 raise NotImplementedError(
                     f"{type(module).__name__} with padding_mode='{module.padding_mode}' has no LRP rule: use 'zeros'")
-            if isinstance(module.padding, str):
-                raise NotImplementedError(
-                    f"{type(module).__name__} with padding='{module.padding}' has no LRP rule: give integer padding")
-            self.dim = len(module.kernel_size)
-            self._conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[self.dim]
+            conv = {"stride": module.stride, "padding": module.padding, "dilation": module.dilation,
+                    "groups": module.groups}
+        self.dim = weight.dim() - 2
+        self._conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[self.dim]
+        self.stride = _ntuple(conv.get("stride", 1), self.dim)
+        self.dilation = _ntuple(conv.get("dilation", 1), self.dim)
+        self.padding = _conv_padding(conv.get("padding", 0), weight.shape[2:], self.dilation)
+        self.groups = conv.get("groups", 1)
 
     def fwd(self, a: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
         if not self.is_conv:
             return F.linear(a, w, b)
-        m = self.module
-        return self._conv(a, w, b, m.stride, m.padding, m.dilation, m.groups)
+        return self._conv(a, w, b, self.stride, self.padding, self.dilation, self.groups)
 
     def vjp(self, s: torch.Tensor, w: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         """(d z / d a)^T s for the layer with weights ``w`` (bias irrelevant), shaped like ``a``."""
@@ -81,17 +89,34 @@ class LinearOp:
                 else:
                     out.add_(s @ w)
             return out
-        m = self.module
         s, w = pairs[0]
-        if self.dim == 2 and m.groups == 1 and w.shape[1] == 1 and s[:1].numel() * w[0].numel() <= _TAPS_MAX:
-            return conv2d_input_vjp_by_taps(pairs, a.shape, m.stride, m.padding, m.dilation)
+        if self.dim == 2 and self.groups == 1 and w.shape[1] == 1 and s[:1].numel() * w[0].numel() <= _TAPS_MAX:
+            return conv2d_input_vjp_by_taps(pairs, a.shape, self.stride, self.padding, self.dilation)
         out = None
         for s, w in pairs:
             c = torch.ops.aten.convolution_backward(
-                s, a, w, None, list(m.stride), list(m.padding), list(m.dilation), False, [0] * self.dim, m.groups,
-                [True, False, False])[0]
+                s, a, w, None, list(self.stride), list(self.padding), list(self.dilation), False, [0] * self.dim,
+                self.groups, [True, False, False])[0]
             out = c if out is None else out.add_(c)
         return out
+
+
+def _ntuple(v, n: int) -> tuple:
+    return tuple(v) if isinstance(v, (tuple, list)) else (int(v),) * n
+
+
+def _conv_padding(padding, kernel, dilation) -> tuple:
+    """Integer padding per spatial dimension; ``"valid"`` is 0, ``"same"`` the symmetric padding d (k - 1) / 2
+    (refused where it is odd: torch pads one side more there, which the input gradient kernel cannot express)."""
+    if padding == "valid":
+        return (0,) * len(kernel)
+    if padding == "same":
+        total = [d * (k - 1) for k, d in zip(kernel, dilation)]
+        if any(t % 2 for t in total):
+            raise NotImplementedError("a convolution with padding='same' and an even kernel pads asymmetrically: "
+                                      "it has no LRP rule; pad explicitly (F.pad) and use padding=0")
+        return tuple(t // 2 for t in total)
+    return _ntuple(padding, len(kernel))
 
 
 _TAPS_MAX = 1 << 22  # per-sample elements of the tap buffer (output size x kernel taps): 16 MB in float32

@@ -22,6 +22,7 @@ from torch import nn
 from evalxai.methods.graph import LRPError, bind_arguments, owner, refuse_tensors
 from evalxai.methods.lrp.composites import Composite
 from evalxai.methods.lrp.functions import (
+    GroupNormFn,
     LayerFn,
     LinearizedFn,
     NormLayerFn,
@@ -30,10 +31,11 @@ from evalxai.methods.lrp.functions import (
     SoftmaxFn,
     SumFn,
 )
-from evalxai.methods.lrp.plan import LINEAR_PROTO
+from evalxai.methods.lrp.plan import CONV_PROTO, LINEAR_PROTO, merged_weights
 from evalxai.methods.lrp.rules import LinearOp, Rule
 
-TRANSFORMER_KINDS = {"softmax", "product", "layernorm", "flinear", "mha", "sdpa", "sub", "neg", "rescale", "encoder"}
+TRANSFORMER_KINDS = {"softmax", "product", "layernorm", "groupnorm", "flinear", "mha", "sdpa", "sub", "neg", "rescale",
+                     "encoder"}
 
 
 class TransformerOps:
@@ -234,9 +236,23 @@ def transformer_step(model, node, step, name, call, args, kwargs, ops: Transform
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
         return NormLayerFn.apply(args[0], shape, None if w is None else w.detach(), None if b is None else b.detach(),
                                  e, rms, eps, hook_for(name, "layernorm"))
-    if kind == "flinear":
-        bound = bind_arguments(F.linear, args, kwargs)
-        return ops.linear(name, bound["input"], bound["weight"], bound.get("bias"), rule=step.rule)
+    if kind == "flinear":  # F.linear, F.conv1d/2d/3d: the composite's linear / conv rule (BatchNorm merged)
+        bound = bind_arguments(node.target, args, kwargs)
+        w, b = merged_weights(None, step.bn, bound["weight"], bound.get("bias"))
+        if node.target is F.linear:
+            return ops.linear(name, bound["input"], w, b, rule=step.rule)
+        conv = {k: bound.get(k, d) for k, d in (("stride", 1), ("padding", 0), ("dilation", 1), ("groups", 1))}
+        layer = {"op": LinearOp(CONV_PROTO, w, b, conv), "rule": step.rule, "hook": hook_for(name, step.rule.name)}
+        return LayerFn.apply(bound["input"], layer)
+    if kind == "groupnorm":
+        if node.op == "call_module":
+            m = step.module
+            groups, w, b, e = m.num_groups, m.weight, m.bias, m.eps
+        else:
+            bound = bind_arguments(F.group_norm, args, kwargs)
+            groups, w, b, e = bound["num_groups"], bound.get("weight"), bound.get("bias"), bound.get("eps", 1e-5)
+        return GroupNormFn.apply(args[0], groups, None if w is None else w.detach(),
+                                 None if b is None else b.detach(), e, eps, hook_for(name, "groupnorm"))
     if kind == "mha":
         return ops.mha(name, step.module, *args, **kwargs)
     if kind == "encoder":
