@@ -26,6 +26,18 @@ def log(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+def _main_zoo(args, out: Path) -> pd.DataFrame:
+    from evalxai.bench.zoo import bench_zoo
+
+    table = bench_zoo(args.zoo_models, args.zoo_library, size=64, timing=not args.zoo_no_timing, log=log)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"zoo_{args.zoo_library}"
+    table.to_csv(stem.with_suffix(".csv"), index=False)
+    stem.with_suffix(".md").write_text(markdown(table.drop(columns=["trace"], errors="ignore")) + "\n")
+    print(f"wrote {stem}.csv and {stem}.md")
+    return table
+
+
 def main(argv=None) -> pd.DataFrame:
     prog = "python -m evalxai.bench" if sys.argv[0].endswith("__main__.py") else None  # else: evalxai bench
     p = argparse.ArgumentParser(prog=prog, description=BENCH_DOC.splitlines()[0])
@@ -53,6 +65,12 @@ def main(argv=None) -> pd.DataFrame:
     p.add_argument("--quantus-python", default=None,
                    help="with --quantus: a Python with quantus 0.6 installed, to re-time Quantus now (default: the "
                         "times recorded in reference.json)")
+    p.add_argument("--zoo", action="store_true",
+                   help="instead: the coverage table of the torchvision (or --zoo-library timm) classifiers: "
+                        "composites that run, LRP-0 vs gradient x input, refusals, LRP time / gradient")
+    p.add_argument("--zoo-models", nargs="+", default=None, help="with --zoo: these models (default: all of them)")
+    p.add_argument("--zoo-library", default="torchvision", choices=["torchvision", "timm"])
+    p.add_argument("--zoo-no-timing", action="store_true", help="with --zoo: skip the LRP / gradient timing")
     p.add_argument("--size", type=int, default=224, help=argparse.SUPPRESS)  # tests: smaller 224-case models
     p.add_argument("--width", type=float, default=1.0, help=argparse.SUPPRESS)
     p.add_argument("--out", default="results/bench")
@@ -63,6 +81,8 @@ def main(argv=None) -> pd.DataFrame:
     if args.quantus:  # before tune(): both processes on glibc's default allocator
         return _main_quantus(args, out)
     tuned = allocator.tune()  # as the CLI does: baseline and methods run under the same allocator
+    if args.zoo:
+        return _main_zoo(args, out)
     if args.vit:
         return _main_vit(args, out)
     if args.imagenet:
