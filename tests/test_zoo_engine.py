@@ -292,6 +292,37 @@ def test_sigmoid_method_is_a_gate_like_torch_sigmoid():
         assert rel_err(explain(net(True), x, t, method), explain(net(False), x, t, method)) < 1e-12, method
 
 
+# --- split attention (ResNeSt, SKNet) and multi-resolution fusion (HRNet): sums over a dimension, upsampling ------
+
+class FuseNet(nn.Module):
+    """Branches summed over a stacked dimension (``x.sum(1)``, ``torch.sum``: timm's SplitAttn and
+    SelectiveKernel), and low-resolution maps upsampled and added (``nn.Upsample``, ``F.interpolate``: HRNet)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.Conv2d(3, 4, 5, padding=2, bias=False)
+        self.down = nn.Conv2d(4, 4, 3, stride=2, padding=1, bias=False)
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+        self.head = nn.Linear(4, 3, bias=False)
+
+    def forward(self, x):
+        h = F.relu(torch.stack([self.a(x), self.b(x)], 1).sum(1))
+        low = F.relu(self.down(h))
+        h = h + self.up(low) + F.interpolate(low, scale_factor=2, mode="bilinear", align_corners=False)
+        h = torch.sum(h.flatten(2), dim=2) / h[0, 0].numel()
+        return self.head(h)
+
+
+def test_sums_over_a_dimension_and_upsampling_lrp_0_is_gradient_x_input():
+    torch.manual_seed(8)
+    model = FuseNet().double().eval()
+    x, t = torch.rand(2, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 2])
+    r = explain(model, x, t, "lrp_0")
+    assert rel_err(r, grad_x_input(model, x, t)) < 1e-10
+    torch.testing.assert_close(r.flatten(1).sum(1), model(x).gather(1, t.view(-1, 1)).squeeze(1), rtol=1e-10,
+                               atol=1e-12)
+
+
 # --- Hugging Face's patterns: Python branches on the input, a looked-up attention function, an output dataclass ----
 
 @dataclass
@@ -392,7 +423,7 @@ def test_hugging_face_sdpa_and_eager_attention_give_the_same_maps():
 
 TIMM_MODELS = {  # name: input size (the smallest each takes: inception_v3 needs 75 px)
     "efficientnet_b0": 32, "mobilenetv3_small_100": 32, "regnety_002": 32, "densenet121": 32,
-    "inception_v3": 75, "resnetv2_50x1_bit": 32,
+    "inception_v3": 75, "resnetv2_50x1_bit": 32, "resnest14d": 64, "skresnet18": 32, "hrnet_w18_small": 64,
 }
 
 
@@ -429,7 +460,9 @@ def bias_free(model: nn.Module) -> nn.Module:
 
 # lrp_0 = gradient x input needs a ReLU net without biases: efficientnet_b0 (SiLU, SE gates), mobilenetv3_small_100
 # (hard-swish, SE gates) and regnety_002 (SE gates: the gate takes no relevance) have other rules than the gradient
-# at their activations and gates; resnetv2_50x1_bit holds GroupNorm's normaliser constant (not its gradient).
+# at their activations and gates; resnetv2_50x1_bit holds GroupNorm's normaliser constant (not its gradient);
+# resnest14d and skresnet18 weight their branches by a softmax (AttnLRP's softmax rule); hrnet_w18_small is a ReLU
+# net but costs more than these two to run.
 @pytest.mark.reference
 @pytest.mark.parametrize("name", ["densenet121", "inception_v3"])
 def test_timm_relu_nets_lrp_0_is_gradient_x_input(name):

@@ -41,9 +41,9 @@ GRAD_MODULES = (nn.ReLU, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMa
 PASS_MODULES = (nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Softplus,
                 nn.Hardtanh, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.PReLU, nn.Softsign, nn.Tanhshrink,
                 nn.LogSigmoid, nn.Softmax, nn.LogSoftmax, *BATCH_NORMS)
-# kind "norm": linear and bias-free (average pooling, mean)
+# kind "norm": linear and bias-free (average pooling, mean, sum over a dimension, upsampling)
 NORM_MODULES = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
-                nn.AdaptiveAvgPool3d)
+                nn.AdaptiveAvgPool3d, nn.Upsample)  # upsampling: linear, bias-free (nearest: copies)
 SOFTMAX_MODULES = (nn.Softmax, nn.LogSoftmax)
 
 RELU_FUNCS = {torch.relu, F.relu, torch.relu_}
@@ -72,7 +72,7 @@ PASS_FUNCS = {torch.tanh, torch.tanh_, torch.sigmoid, torch.sigmoid_, F.gelu, F.
               F.selu, torch.selu_, F.celu, torch.celu_, F.softsign, F.logsigmoid, F.tanhshrink, *SOFTMAX_FUNCS}
 PASS_METHODS = {"sigmoid", "sigmoid_", "tanh", "tanh_"}  # x.sigmoid() (timm's SE gate), x.tanh()
 NORM_FUNCS = {F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
-              F.adaptive_avg_pool3d, torch.mean}
+              F.adaptive_avg_pool3d, torch.mean, torch.sum, F.interpolate, F.upsample}
 ADD_FUNCS = {operator.add, torch.add, operator.iadd}
 
 
@@ -225,7 +225,7 @@ def node_kind(model: nn.Module, node: fx.Node, what: str, transformers: bool = F
         return "pass"
     if node.target in ADD_METHODS:
         return "sum"
-    if node.target == "mean":
+    if node.target in ("mean", "sum"):
         return "norm"
     return "unsupported"
 
