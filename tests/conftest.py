@@ -18,3 +18,16 @@ def no_hooks(model) -> bool:
     from evalxai.core.guard import _hook_count
 
     return _hook_count(model) == 0
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_for_reference_tests(request):
+    """Tests marked ``reference`` (many small models) run on one intra-op thread: small convolutions on two threads
+    mostly wait for each other, and far more so on a busy machine (efficientnet_b0: 75 s against a few)."""
+    if request.node.get_closest_marker("reference") is None:
+        yield
+        return
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -172,12 +172,7 @@ REFUSED = {
 
 # cases that fail for a reason outside this file's reach, every contract of them: (kind, name, model) -> (the
 # exception, reason); they are expected failures (strict: one that passes fails the suite, then drop it here)
-KNOWN = {
-    ("metric", "conservation", "vit"): (RuntimeError,
-        "LRP engine bug (evalxai/methods/lrp/engine.py:40, the layer recorder of conservation's per-layer residuals): "
-        "it reshapes each input's relevance of an addition to (N, -1), and the ViT adds its positional embedding "
-        "(1, 10, 8) to the tokens: RuntimeError: shape '[3, -1]' is invalid for input of size 80"),
-}
+KNOWN: dict = {}
 
 
 def _cases(kind: str, names) -> list:

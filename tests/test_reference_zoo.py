@@ -23,15 +23,6 @@ tv = pytest.importorskip("torchvision")
 models = tv.models
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: small convolutions on two threads mostly wait for each other (and far more on a busy
-    machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 # zennit's composite for each evalxai composite (evalxai uses zennit's defaults: epsilon 1e-6, gamma 0.25)
 ZENNIT = {
     "lrp_epsilon_plus": "EpsilonPlus",

@@ -36,8 +36,18 @@ class Recorder:
         self.rows.append({
             "layer": name, "kind": kind,
             "relevance_out": r_out.detach().reshape(n, -1).sum(1),
-            "relevance_in": sum(r.detach().reshape(n, -1).sum(1) for r in r_in),
+            "relevance_in": sum(_per_sample(r.detach(), n, name) for r in r_in),
         })
+
+
+def _per_sample(r: torch.Tensor, n: int, name: str) -> torch.Tensor:
+    """Relevance summed per sample; a constant operand shared by the batch may only have received none."""
+    if r.dim() > 0 and r.shape[0] == n:
+        return r.reshape(n, -1).sum(1)
+    if not bool(r.any()):
+        return r.new_zeros(n)
+    raise LRPError(f"layer '{name}' passes relevance to an input of shape {tuple(r.shape)} that the batch of {n} "
+                   "shares: its per-sample share is lost (report this model)")
 
 
 def _first_tensor(args) -> torch.Tensor:

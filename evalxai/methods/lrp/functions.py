@@ -110,10 +110,10 @@ class SumFn(torch.autograd.Function):
     def backward(ctx, r):
         a, b = ctx.saved_tensors
         s = divide(r, torch.add(a, b, alpha=ctx.alpha), ctx.eps)
-        ra, rb = (a * s).sum_to_size(a.shape), (b * s).mul_(ctx.alpha).sum_to_size(b.shape)
+        ra, rb = a * s, (b * s).mul_(ctx.alpha)  # shaped like r: per sample also for a broadcast constant addend
         if ctx.hook is not None:
             ctx.hook(r, (ra, rb))
-        return ra, rb, None, None, None
+        return ra.sum_to_size(a.shape), rb.sum_to_size(b.shape), None, None, None
 
 
 class ProductFn(torch.autograd.Function):
