@@ -29,9 +29,10 @@ def log(line: str) -> None:
 def _main_zoo(args, out: Path) -> pd.DataFrame:
     from evalxai.bench.zoo import bench_zoo
 
-    table = bench_zoo(args.zoo_models, args.zoo_library, size=64, timing=not args.zoo_no_timing, log=log)
+    table = bench_zoo(args.zoo_models, args.zoo_library, size=args.zoo_size, timing=not args.zoo_no_timing,
+                      log=log)
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"zoo_{args.zoo_library}"
+    stem = out / f"zoo_{args.zoo_library}_{args.zoo_size}"
     table.to_csv(stem.with_suffix(".csv"), index=False)
     stem.with_suffix(".md").write_text(markdown(table.drop(columns=["trace"], errors="ignore")) + "\n")
     print(f"wrote {stem}.csv and {stem}.md")
@@ -71,6 +72,7 @@ def main(argv=None) -> pd.DataFrame:
     p.add_argument("--zoo-models", nargs="+", default=None, help="with --zoo: these models (default: all of them)")
     p.add_argument("--zoo-library", default="torchvision", choices=["torchvision", "timm"])
     p.add_argument("--zoo-no-timing", action="store_true", help="with --zoo: skip the LRP / gradient timing")
+    p.add_argument("--zoo-size", type=int, default=64, help="with --zoo: input size of models that take any (64)")
     p.add_argument("--size", type=int, default=224, help=argparse.SUPPRESS)  # tests: smaller 224-case models
     p.add_argument("--width", type=float, default=1.0, help=argparse.SUPPRESS)
     p.add_argument("--out", default="results/bench")

@@ -24,7 +24,7 @@ COMPOSITES = ("lrp_0", "lrp_epsilon_plus", "lrp_epsilon_plus_flat", "lrp_epsilon
               "lrp_epsilon_alpha2beta1", "lrp_epsilon_alpha2beta1_flat")
 ATTENTION_METHODS = ("attnlrp", "cp_lrp")
 # Models that take only one input size (their patch/window grids are fixed) and Inception's minimum.
-FIXED_SIZE = {"vit_": 224, "maxvit": 224, "inception": 75, "swin": 64}
+FIXED_SIZE = {"vit_": 224, "maxvit": 224, "inception": 75}
 GXI_MAX_PARAMS_M = 60  # the float64 copy of larger models costs more than the table is worth
 
 
