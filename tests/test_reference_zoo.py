@@ -246,3 +246,42 @@ def test_cp_lrp_equals_lxt_on_torchvision_vit(monkeypatch):
     assert err <= 1e-6, f"max |evalxai cp_lrp - LXT| / max |R| = {err:.3g}"  # the bound issue 30 sets for LXT
     attn = evalxai.explain(model, x, target, method="attnlrp", epsilon=0.0)  # another rule: the comparison can fail
     assert float((attn - theirs).abs().max() / theirs.abs().max()) > 1e-3
+
+
+@pytest.mark.parametrize("method", ["attnlrp", "cp_lrp"])
+def test_attnlrp_and_cp_lrp_equal_lxt_on_huggingface_vit(monkeypatch, method):
+    """AttnLRP and CP-LRP (epsilon 0) on Hugging Face's ViTForImageClassification (eager attention, wrapped to return
+    its logits) equal LXT 2.1's maps built from its own patch functions the way its model files apply them
+    (``models/bert.py`` for AttnLRP: LayerNorm with the std held constant, the identity rule on the activation,
+    ``wrap_attention_forward``'s gradient division at q, k, v; ``patch_cp_attention``'s ``cp_wrap_attention_forward``
+    for CP-LRP; relevance = input x gradient), ≤ 1e-6 of max |R| in float64. LXT's ``patch_attention`` replaces
+    ``ALL_ATTENTION_FUNCTIONS`` by a dict, which transformers 5 no longer accepts (it calls ``.get_interface``): the
+    eager function is wrapped instead."""
+    transformers = pytest.importorskip("transformers")
+    from transformers.activations import GELUActivation
+    from transformers.models.vit import modeling_vit
+
+    from evalxai.models import LogitsOnly
+
+    patches = lxt_patches(monkeypatch)
+    torch.manual_seed(0)
+    config = transformers.ViTConfig(image_size=16, patch_size=4, num_channels=3, hidden_size=16, num_hidden_layers=2,
+                                    num_attention_heads=2, intermediate_size=32, num_labels=5,
+                                    attn_implementation="eager")
+    model = LogitsOnly(transformers.ViTForImageClassification(config)).double().eval()
+    x = torch.rand(3, 3, 16, 16, dtype=torch.float64)
+    target = torch.tensor([0, 2, 4])
+    ours = evalxai.explain(model, x, target, method=method, epsilon=0.0)
+
+    wrap = patches.wrap_attention_forward if method == "attnlrp" else patches.cp_wrap_attention_forward
+    monkeypatch.setattr(modeling_vit, "eager_attention_forward", wrap(modeling_vit.eager_attention_forward))
+    for cls in (nn.LayerNorm, GELUActivation):
+        monkeypatch.setattr(cls, "forward", cls.forward)  # restored after the test
+    assert patches.patch_method(patches.layer_norm_forward, nn.LayerNorm)
+    assert patches.patch_method(patches.non_linear_forward, GELUActivation, keep_original=True)
+    xg = x.clone().requires_grad_(True)
+    out = model(xg)
+    out[torch.arange(len(x)), target].sum().backward()
+    theirs = (xg * xg.grad).detach()
+    err = float((ours - theirs).abs().max() / theirs.abs().max())
+    assert err <= 1e-6, f"{method}: max |evalxai - LXT| / max |R| = {err:.3g}"
