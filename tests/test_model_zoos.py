@@ -296,3 +296,36 @@ def test_run_on_an_image_folder_with_a_torchvision_checkpoint(tmp_path, cache_di
     run = json.loads((out / "run.json").read_text())
     assert run["model"]["kind"] == "torchvision" and run["model"]["trained"] is False
     assert run["dataset"]["normalization"] == {"mean": IMAGENET[0], "std": IMAGENET[1]}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("library", ["timm", "huggingface"])
+def test_rule_comparison_on_an_image_folder_with_timm_and_huggingface(tmp_path, cache_dir, hf_dir, library):
+    """The mnist_lrp-style comparison (LRP composites against gradients, pixel flipping and sparseness) on images
+    written here, with a saved timm checkpoint (resnet18) or a Hugging Face folder (a tiny ViT, also AttnLRP)."""
+    import pandas as pd
+
+    from evalxai.runs.pipeline import run_experiment
+    from tests.test_own_model_e2e import write_folder
+
+    write_folder(tmp_path / "images")
+    if library == "timm":
+        timm = pytest.importorskip("timm")
+        torch.manual_seed(0)
+        torch.save({"state_dict": timm.create_model("resnet18", num_classes=3).state_dict()}, tmp_path / "r18.pt")
+        model = ["model=timm", "model.name=resnet18", f"model.checkpoint={tmp_path / 'r18.pt'}"]
+        methods = ["gradient", "lrp_epsilon_plus", "lrp_epsilon_gamma_box"]
+    else:
+        model = ["model=huggingface", f"model.name={hf_dir}"]
+        methods = ["gradient", "lrp_epsilon_plus", "attnlrp"]
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+        cfg = compose("config", overrides=[
+            "experiment=mnist_smoke", "dataset=image_folder", f"dataset.root={tmp_path / 'images'}",
+            f"dataset.image_size={SIZE}", *model, "n_samples=4", f"methods=[{','.join(methods)}]", "~metrics",
+            "+metrics={sparseness: {}, pixel_flipping: {patch_size: 8}}", "progress=false"])
+    out = run_experiment(OmegaConf.to_container(cfg, resolve=True), tmp_path / "run", progress=False)
+    scores = pd.read_parquet(out / "scores.parquet")
+    assert set(scores["method"]) == set(methods)
+    assert {"sparseness", "pixel_flipping"} <= set(scores["metric"])
+    assert scores.groupby(["method", "metric"])["sample"].nunique().min() == 4
+    assert json.loads((out / "run.json").read_text())["model"]["kind"] == library
