@@ -36,7 +36,7 @@ from evalxai.metrics.common import (
     scalar_rows,
     target_scores,
 )
-from evalxai.metrics.registry import register_metric
+from evalxai.metrics.registry import Passes, register_metric
 
 _REFERENCE_PARAMS = ("mean", "low", "high", "seed")
 
@@ -53,7 +53,21 @@ def promised_reference(method: str | Callable | dict | None, method_params: dict
     return params["baseline"], {k: params[k] for k in _REFERENCE_PARAMS if k in params}
 
 
-@register_metric("conservation", family="axiomatic", needs=("method",),
+def _lrp_method(method: str | Callable | dict | None) -> bool:
+    return isinstance(method, str) and get_method(method).family == "lrp"
+
+
+def _conservation_cost(model: nn.Module, x: torch.Tensor, p: dict) -> Passes:
+    """An LRP method explains once more (its recorded run gives f_c(x) and the layer residuals), any other method
+    costs the forward of x; a reference other than ``none`` one more forward."""
+    reference = p["reference"]
+    if reference is None or reference == "auto":
+        reference = promised_reference(p["method"], p["method_params"])[0]
+    lrp = _lrp_method(p["method"])
+    return Passes((0 if lrp else 1) + (0 if isinstance(reference, str) and reference == "none" else 1), int(lrp))
+
+
+@register_metric("conservation", family="axiomatic", needs=("method",), cost=_conservation_cost,
                  directions={"residual": "none", "relative_residual": "none", "abs_relative_residual": "lower",
                              "layer_residual:*": "none"})
 def conservation(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
@@ -68,11 +82,10 @@ def conservation(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attrib
     gives the layer residuals also gives f_c(x) (its own forward, with BatchNorm merged: equal to the model's logits up
     to rounding), so no separate forward is made."""
     rec = None
-    if isinstance(method, str):
+    if _lrp_method(method):
         spec = get_method(method)
-        if spec.family == "lrp":
-            rec = Recorder()
-            spec.fn(model, x, target, recorder=rec, **{**spec.defaults, **(method_params or {})})
+        rec = Recorder()
+        spec.fn(model, x, target, recorder=rec, **{**spec.defaults, **(method_params or {})})
     ref_params = {"mean": mean, "low": low, "high": high, "seed": seed}
     if reference is None or reference == "auto":
         reference, own = promised_reference(method, method_params)
@@ -112,6 +125,12 @@ def _patch_grid(x: torch.Tensor, patch_size: int | None) -> tuple[int, tuple[int
     return p, (math.ceil(h / p), math.ceil(w / p))
 
 
+def _feature_count(x: torch.Tensor, patch_size: int | None) -> int:
+    """Features of ``non_sensitivity`` on inputs shaped like x: patches of the grid, or the elements of flat inputs."""
+    p, grid = _patch_grid(x, patch_size)
+    return int(x[0].numel()) if grid is None else grid[0] * grid[1]
+
+
 def _feature_masks(x: torch.Tensor, first: int, count: int, p: int, grid) -> torch.Tensor:
     """Boolean masks of features first..first+count-1, broadcastable against (S, N, *x.shape[1:])."""
     if grid is None:
@@ -126,6 +145,7 @@ def _feature_masks(x: torch.Tensor, first: int, count: int, p: int, grid) -> tor
 
 
 @register_metric("non_sensitivity", family="axiomatic",
+                 cost=lambda model, x, p: Passes(_feature_count(x, p["patch_size"]) + 1, 0),
                  directions={"non_sensitivity": "lower", "zero_but_sensitive": "lower",
                              "relevant_but_insensitive": "lower"})
 def non_sensitivity(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
@@ -265,7 +285,7 @@ def _shifted_params(method, method_params: dict | None, shift: float) -> dict:
     return params
 
 
-@register_metric("input_invariance", family="axiomatic", needs=("method",),
+@register_metric("input_invariance", family="axiomatic", needs=("method",), cost=lambda model, x, p: Passes(2, 1),
                  directions={"max_relative_difference": "lower", "unchanged_share": "higher"})
 def input_invariance(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
                      shift: float = -1.0, tolerance: float = 1e-4, shift_bounds: bool = True,

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from evalxai.metrics.common import scalar_rows
-from evalxai.metrics.registry import register_metric
+from evalxai.metrics.registry import no_passes, register_metric
 
 
 def gini(values: torch.Tensor) -> torch.Tensor:
@@ -40,13 +40,13 @@ def entropy(values: torch.Tensor) -> torch.Tensor:
     return torch.where(total.squeeze(1) > 0, h, torch.full_like(h, float("nan")))
 
 
-@register_metric("sparseness", family="complexity", directions={"gini": "higher"})
+@register_metric("sparseness", family="complexity", cost=no_passes, directions={"gini": "higher"})
 def sparseness(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor) -> pd.DataFrame:
     """Gini index of the absolute attributions per sample (higher = sparser)."""
     return scalar_rows(gini(attributions.reshape(len(x), -1).abs()), "gini")
 
 
-@register_metric("complexity", family="complexity", directions={"entropy": "lower"})
+@register_metric("complexity", family="complexity", cost=no_passes, directions={"entropy": "lower"})
 def complexity(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor) -> pd.DataFrame:
     """Entropy of the fractional contributions: -sum_i p_i log p_i, p_i = |R_i| / sum_j |R_j| (Bhatt et al. 2020).
 
@@ -55,7 +55,8 @@ def complexity(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attribut
     return scalar_rows(entropy(attributions.reshape(len(x), -1).abs()), "entropy")
 
 
-@register_metric("effective_complexity", family="complexity", directions={"effective_complexity": "lower"})
+@register_metric("effective_complexity", family="complexity",
+                 cost=no_passes, directions={"effective_complexity": "lower"})
 def effective_complexity(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
                          eps: float = 1e-5) -> pd.DataFrame:
     """Number of elements with |R_i| > eps * max_j |R_j| per sample (Nguyen & Martinez 2020; lower = simpler).

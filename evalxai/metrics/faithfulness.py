@@ -21,7 +21,7 @@ from evalxai.core.memory import chunked, images_per_chunk
 from evalxai.core.scoring import check_patch, require_images
 from evalxai.core.seeding import per_sample_permutations
 from evalxai.metrics.common import batched_scores, check_score_space, curve_rows, normalized_auc, scalar_rows
-from evalxai.metrics.registry import register_metric
+from evalxai.metrics.registry import Passes, register_metric
 
 ORDERS = ("morf", "lerf", "random")
 # pixel flipping's measures (also region perturbation's): removing the most relevant first should drop the score
@@ -95,6 +95,43 @@ def default_patch(x: torch.Tensor, per_side: int) -> int:
     return max(1, round(min(x.shape[-2:]) / per_side))
 
 
+def removal_steps(n_feat: int, per_step: int | None, steps: int | None) -> tuple[int, int]:
+    """(per_step, K): features removed per step and the number of steps K of a curve over ``n_feat`` features
+    (``flip_curves``'s defaults: ``per_step`` None removes ceil(P / ``steps``) per step, ``steps`` None then means
+    ``MAX_STEPS``; with a given ``per_step``, enough steps to remove every feature)."""
+    if steps is not None and int(steps) < 1:
+        raise ValueError(f"steps={steps} must be >= 1")
+    if per_step is None:
+        per_step = max(1, math.ceil(n_feat / (MAX_STEPS if steps is None else int(steps))))
+    if per_step < 1:
+        raise ValueError(f"per_step={per_step} must be >= 1")
+    k_max = math.ceil(n_feat / per_step) if steps is None else int(steps)
+    if k_max < 1:
+        raise ValueError(f"steps={steps} must be >= 1")
+    return per_step, k_max
+
+
+def patch_count(x: torch.Tensor, patch_size: int) -> int:
+    """Number of p x p patches of the grid over the images of x (the last row and column may be partial)."""
+    h, w = x.shape[-2:]
+    return math.ceil(h / patch_size) * math.ceil(w / patch_size)
+
+
+def flip_steps(x: torch.Tensor, patch_size: int | None, per_step: int | None, steps: int | None) -> int:
+    """K, the removal steps of one ``flip_curves`` order on images shaped like x (K + 1 forwards per image)."""
+    patch_size = default_patch(x, 28) if patch_size is None else patch_size
+    return removal_steps(patch_count(x, check_patch(x, patch_size)), per_step, steps)[1]
+
+
+def _orders(order: str | tuple[str, ...]) -> list[str]:
+    return [order] if isinstance(order, str) else list(order)
+
+
+def _flip_cost(model: nn.Module, x: torch.Tensor, p: dict) -> Passes:
+    """K + 1 forwards per order (the unperturbed input and every removal step)."""
+    return Passes(len(_orders(p["order"])) * (flip_steps(x, p["patch_size"], p["per_step"], p["steps"]) + 1), 0)
+
+
 def flip_curves(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
                 order: str = "morf", patch_size: int | None = None, per_step: int | None = None,
                 steps: int | None = None, baseline: str | float | torch.Tensor = "zero", score_space: str = "logit",
@@ -113,15 +150,7 @@ def flip_curves(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attribu
     check_ties(ties)
     rel, (hp, wp) = patch_relevance(attributions, patch_size)
     n_feat = rel.shape[1]
-    if steps is not None and int(steps) < 1:
-        raise ValueError(f"steps={steps} must be >= 1")
-    if per_step is None:
-        per_step = max(1, math.ceil(n_feat / (MAX_STEPS if steps is None else int(steps))))
-    if per_step < 1:
-        raise ValueError(f"per_step={per_step} must be >= 1")
-    k_max = math.ceil(n_feat / per_step) if steps is None else int(steps)
-    if k_max < 1:
-        raise ValueError(f"steps={steps} must be >= 1")
+    per_step, k_max = removal_steps(n_feat, per_step, steps)
     ranks = feature_ranks(rel, order, seed, x, ties)
     base = reference(x, baseline, mean=mean, low=low, high=high, seed=seed)
     removed = torch.clamp(torch.arange(k_max + 1, device=x.device) * per_step, max=n_feat)
@@ -136,7 +165,7 @@ def flip_curves(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attribu
     return torch.cat(curves), removed.cpu().double() / n_feat
 
 
-@register_metric("pixel_flipping", family="faithfulness", directions=DIRECTIONS)
+@register_metric("pixel_flipping", family="faithfulness", directions=DIRECTIONS, cost=_flip_cost)
 def pixel_flipping(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
                    order: str | tuple[str, ...] = ("morf", "lerf"), patch_size: int | None = None,
                    per_step: int | None = None, steps: int | None = None, baseline: str | float | torch.Tensor = "zero",
@@ -146,7 +175,7 @@ def pixel_flipping(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attr
     """Pixel-flipping curves and AOPC / AUC (per order) and ABPC (when MoRF and LeRF both run); ties in relevance
     are broken at random per sample (``ties``, recorded in the table); ``baseline`` as in ``evalxai.core.baselines``."""
     check_score_space(score_space)
-    orders = [order] if isinstance(order, str) else list(order)
+    orders = _orders(order)
     params = dict(patch_size=patch_size, per_step=per_step, steps=steps, baseline=baseline, seed=seed,
                   batch_size=batch_size, mean=mean, low=low, high=high, ties=ties)
     frames, curves = [], {}
@@ -170,7 +199,9 @@ def pixel_flipping(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attr
 
 
 @register_metric("insertion_deletion", family="faithfulness",
-                 directions={"auc_deletion": "lower", "auc_insertion": "higher", "curve_*": "none"})
+                 directions={"auc_deletion": "lower", "auc_insertion": "higher", "curve_*": "none"},
+                 cost=lambda model, x, p: Passes(2 * (flip_steps(x, p["patch_size"], p["per_step"], p["steps"]) + 1),
+                                                 0))
 def insertion_deletion(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
                        patch_size: int | None = None, per_step: int | None = None, steps: int | None = None,
                        score_space: str = "softmax", blur_sigma: float = 5.0, blur_radius: int = 5,
@@ -201,7 +232,24 @@ def insertion_deletion(model: nn.Module, x: torch.Tensor, target: torch.Tensor, 
 REGION_SIDE = 9 / 224  # Samek et al. 2017: 9 x 9 regions on 224 x 224 ImageNet images
 
 
-@register_metric("region_perturbation", family="faithfulness", directions=DIRECTIONS)
+def region_settings(x: torch.Tensor, patch_size: int | None, per_step: int | None,
+                    steps: int | None) -> tuple[int, int | None]:
+    """(patch side, steps) of ``region_perturbation`` on images shaped like x: the side proportionate to Samek et
+    al.'s 9 px at 224 when None, and no steps past the last region."""
+    if patch_size is None:
+        patch_size = max(1, round(min(x.shape[-2:]) * REGION_SIDE))
+    check_patch(x, patch_size)
+    if steps is not None and per_step is not None and per_step >= 1:
+        steps = min(int(steps), math.ceil(patch_count(x, patch_size) / per_step))
+    return patch_size, steps
+
+
+def _region_cost(model: nn.Module, x: torch.Tensor, p: dict) -> Passes:
+    patch_size, steps = region_settings(x, p["patch_size"], p["per_step"], p["steps"])
+    return _flip_cost(model, x, {**p, "patch_size": patch_size, "steps": steps})
+
+
+@register_metric("region_perturbation", family="faithfulness", directions=DIRECTIONS, cost=_region_cost)
 def region_perturbation(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
                         order: str = "morf", patch_size: int | None = None, per_step: int = 1, steps: int = 100,
                         baseline: str | float | torch.Tensor = "uniform", score_space: str = "logit", seed: int = 0,
@@ -219,12 +267,7 @@ def region_perturbation(model: nn.Module, x: torch.Tensor, target: torch.Tensor,
     AOPC = mean_{k=0..L} (y_0 - y_k) as the paper. Quantus 0.6 returns the drop curve without the k = 0 term.
     """
     require_images(x, "region_perturbation")
-    if patch_size is None:
-        patch_size = max(1, round(min(x.shape[-2:]) * REGION_SIDE))
-    check_patch(x, patch_size)
-    if steps is not None and per_step is not None and per_step >= 1:  # no steps past the last region
-        n_regions = math.ceil(x.shape[-2] / patch_size) * math.ceil(x.shape[-1] / patch_size)
-        steps = min(int(steps), math.ceil(n_regions / per_step))
+    patch_size, steps = region_settings(x, patch_size, per_step, steps)
     return pixel_flipping(model, x, target, attributions, order=order, patch_size=patch_size, per_step=per_step,
                           steps=steps, baseline=baseline, score_space=score_space, seed=seed, batch_size=batch_size,
                           mean=mean, low=low, high=high, ties=ties)

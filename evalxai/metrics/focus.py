@@ -16,7 +16,7 @@ from evalxai.core.scoring import require_images
 from evalxai.core.seeding import sample_generators
 from evalxai.core.validate import check_pool
 from evalxai.metrics.common import explain_stack, explainer, scalar_rows
-from evalxai.metrics.registry import register_metric
+from evalxai.metrics.registry import Passes, register_metric
 
 
 def mosaic_plan(x: torch.Tensor, target: torch.Tensor, labels: torch.Tensor,
@@ -82,7 +82,8 @@ def quadrant_masks(shape: tuple[int, int], is_target: torch.Tensor, full_size: b
     return is_target[:, quad]
 
 
-@register_metric("focus", family="localisation", directions={"focus": "higher"}, needs=("pool", "method"))
+@register_metric("focus", family="localisation", directions={"focus": "higher"}, needs=("pool", "method"),
+                 cost=lambda model, x, p: Passes(0, 1))
 def focus(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
           pool: tuple[torch.Tensor, torch.Tensor] | None = None, method: str | Callable | dict | None = None,
           method_params: dict | None = None, batch_size: int | None = None, seed: int = 0,

@@ -33,7 +33,7 @@ from evalxai.core.memory import chunked, images_per_chunk
 from evalxai.core.scoring import check_patch, require_images
 from evalxai.core.seeding import noise_draws, sample_generators
 from evalxai.metrics.common import batched_scores, check_score_space, scalar_rows
-from evalxai.metrics.registry import register_metric
+from evalxai.metrics.registry import Passes, register_metric
 
 PERTURBATIONS = ("square", "gaussian")
 
@@ -58,7 +58,8 @@ def gaussian_perturbation(x: torch.Tensor, seed: int, draws: Sequence[int] | tor
     return sigma * noise_draws(x, seed + 17, draws, "normal").to(x.dtype)
 
 
-@register_metric("infidelity", family="faithfulness", directions={"infidelity": "lower", "beta": "none"})
+@register_metric("infidelity", family="faithfulness", directions={"infidelity": "lower", "beta": "none"},
+                 cost=lambda model, x, p: Passes(int(p["samples"]) + 1, 0))
 def infidelity(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
                perturbation: str = "square", samples: int = 50, square_size: int | None = None, noise: float = 0.1,
                baseline: str | float | torch.Tensor = "zero", multiply_by_inputs: bool = True, normalize: bool = True,

@@ -26,7 +26,7 @@ from torch import nn
 
 from evalxai.core.validate import check_masks
 from evalxai.metrics.common import UNSET, scalar_rows
-from evalxai.metrics.registry import register_metric
+from evalxai.metrics.registry import no_passes, register_metric
 
 
 def channel_sum(attributions: torch.Tensor) -> torch.Tensor:
@@ -96,7 +96,7 @@ def bounding_box(m: torch.Tensor) -> torch.Tensor:
     return span(rows, ar_h, h)[:, :, None] & span(cols, ar_w, w)[:, None, :]
 
 
-@register_metric("pointing_game", family="localisation", directions={"hit": "higher"}, needs=("masks",))
+@register_metric("pointing_game", family="localisation", cost=no_passes, directions={"hit": "higher"}, needs=("masks",))
 def pointing_game(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
                   masks: torch.Tensor | None = None, tolerance: float = 0) -> pd.DataFrame:
     """Pointing game (Zhang et al. 2018, IJCV): 1 if the max of sum_c R lies in the mask (within ``tolerance`` px).
@@ -117,7 +117,7 @@ def pointing_game(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attri
     return scalar_rows(_nan_where(hit, ~m.flatten(1).any(1)), "hit")
 
 
-@register_metric("attribution_localisation", family="localisation", needs=("masks",),
+@register_metric("attribution_localisation", family="localisation", cost=no_passes, needs=("masks",),
                  directions={"ratio": "higher", "weighted": "higher"})
 def attribution_localisation(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
                              masks: torch.Tensor | None = None, max_size: float = 1.0) -> pd.DataFrame:
@@ -147,7 +147,8 @@ def _rows(parts):
                          "value": v, "direction": UNSET})
 
 
-@register_metric("top_k_intersection", family="localisation", directions={"ratio": "higher"}, needs=("masks",))
+@register_metric("top_k_intersection", family="localisation",
+                 cost=no_passes, directions={"ratio": "higher"}, needs=("masks",))
 def top_k_intersection(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
                        masks: torch.Tensor | None = None, k: float = 0.02,
                        concept_influence: bool = False) -> pd.DataFrame:
@@ -177,7 +178,8 @@ def _k_pixels(k, hw: int) -> int:
     return max(1, round(k * hw)) if k < 1 else min(int(k), hw)
 
 
-@register_metric("relevance_mass_accuracy", family="localisation", directions={"ratio": "higher"}, needs=("masks",))
+@register_metric("relevance_mass_accuracy", family="localisation",
+                 cost=no_passes, directions={"ratio": "higher"}, needs=("masks",))
 def relevance_mass_accuracy(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
                             masks: torch.Tensor | None = None) -> pd.DataFrame:
     """Relevance mass accuracy (Arras, Osman & Samek 2022, CLEVR-XAI): positive relevance in the mask / in total.
@@ -190,7 +192,8 @@ def relevance_mass_accuracy(model: nn.Module, x: torch.Tensor, target: torch.Ten
     return scalar_rows(_nan_where(rma, ~m.flatten(1).any(1)), "ratio")
 
 
-@register_metric("relevance_rank_accuracy", family="localisation", directions={"ratio": "higher"}, needs=("masks",))
+@register_metric("relevance_rank_accuracy", family="localisation",
+                 cost=no_passes, directions={"ratio": "higher"}, needs=("masks",))
 def relevance_rank_accuracy(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
                             masks: torch.Tensor | None = None) -> pd.DataFrame:
     """Relevance rank accuracy (Arras, Osman & Samek 2022, CLEVR-XAI): share of the top-K pixels in the mask, K = |M|.
@@ -226,7 +229,8 @@ def roc_auc(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return _nan_where(u / (n_pos * n_neg).clamp(min=1), (n_pos == 0) | (n_neg == 0))
 
 
-@register_metric("localisation_auc", family="localisation", directions={"auc": "higher"}, needs=("masks",))
+@register_metric("localisation_auc", family="localisation",
+                 cost=no_passes, directions={"auc": "higher"}, needs=("masks",))
 def localisation_auc(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
                      masks: torch.Tensor | None = None) -> pd.DataFrame:
     """ROC-AUC of the pixel scores sum_c R_c against the mask (Fawcett 2006; Quantus's ``AUC``).
@@ -238,7 +242,8 @@ def localisation_auc(model: nn.Module, x: torch.Tensor, target: torch.Tensor, at
     return scalar_rows(roc_auc(channel_sum(attributions).flatten(1), m.flatten(1)), "auc")
 
 
-@register_metric("energy_pointing_game", family="localisation", directions={"energy": "higher"}, needs=("masks",))
+@register_metric("energy_pointing_game", family="localisation",
+                 cost=no_passes, directions={"energy": "higher"}, needs=("masks",))
 def energy_pointing_game(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
                          masks: torch.Tensor | None = None, bbox: bool = True) -> pd.DataFrame:
     """Energy-based pointing game (Wang et al. 2020, Score-CAM): positive energy inside the mask's bounding box.
@@ -253,7 +258,8 @@ def energy_pointing_game(model: nn.Module, x: torch.Tensor, target: torch.Tensor
     return scalar_rows(_nan_where(e, ~m.flatten(1).any(1)), "energy")
 
 
-@register_metric("xai_tris_precision", family="localisation", directions={"precision": "higher"}, needs=("masks",))
+@register_metric("xai_tris_precision", family="localisation",
+                 cost=no_passes, directions={"precision": "higher"}, needs=("masks",))
 def xai_tris_precision(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
                        masks: torch.Tensor | None = None) -> pd.DataFrame:
     """XAI-TRIS precision (Clark, Wilming & Haufe 2024): share of the |M| largest pixels of sum_c |R_c| in the mask.
@@ -324,7 +330,8 @@ def emd_grid(a: np.ndarray, b: np.ndarray, grid: int = 16) -> float:
     return float(res.fun) * moved
 
 
-@register_metric("xai_tris_emd", family="localisation", directions={"emd_score": "higher"}, needs=("masks",))
+@register_metric("xai_tris_emd", family="localisation",
+                 cost=no_passes, directions={"emd_score": "higher"}, needs=("masks",))
 def xai_tris_emd(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
                  masks: torch.Tensor | None = None, grid: int = 16) -> pd.DataFrame:
     """XAI-TRIS EMD score (Clark, Wilming & Haufe 2024): 1 - EMD(|map|, mask) / D_max, higher = closer to the mask.

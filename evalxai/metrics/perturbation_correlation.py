@@ -37,10 +37,11 @@ from evalxai.metrics.faithfulness import (
     check_ties,
     default_patch,
     feature_ranks,
+    patch_count,
     patch_mask,
     patch_relevance,
 )
-from evalxai.metrics.registry import register_metric
+from evalxai.metrics.registry import Passes, register_metric
 
 # -- shared pieces ------------------------------------------------------------------------------------------------
 
@@ -54,6 +55,12 @@ def features(x: torch.Tensor, attributions: torch.Tensor, patch_size: int | None
     check_patch(x, p)
     rel, grid = patch_relevance(attributions.double(), p)
     return rel, grid, p
+
+
+def feature_total(x: torch.Tensor, patch_size: int | None, per_side: int) -> int:
+    """P, the features ``features`` makes of images shaped like x (the metrics' costs count forwards in them)."""
+    require_images(x, "this metric")
+    return patch_count(x, check_patch(x, default_patch(x, per_side) if patch_size is None else int(patch_size)))
 
 
 def masked_scores(model: nn.Module, x: torch.Tensor, target: torch.Tensor, fill: torch.Tensor | Callable,
@@ -155,7 +162,8 @@ def _check_positive(name: str, value, what: str) -> int:
 # -- faithfulness correlation (Bhatt et al. 2020) ------------------------------------------------------------------
 
 
-@register_metric("faithfulness_correlation", family="faithfulness", directions={"faithfulness_correlation": "higher"})
+@register_metric("faithfulness_correlation", family="faithfulness", directions={"faithfulness_correlation": "higher"},
+                 cost=lambda model, x, p: Passes(int(p["runs"]) + 1, 0))
 def faithfulness_correlation(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
                              runs: int = 100, subset_size: float = 0.25, patch_size: int = 1,
                              baseline: str | float | torch.Tensor = "zero", score_space: str = "logit", seed: int = 0,
@@ -189,7 +197,8 @@ def faithfulness_correlation(model: nn.Module, x: torch.Tensor, target: torch.Te
 # -- faithfulness estimate (Alvarez-Melis & Jaakkola 2018) ---------------------------------------------------------
 
 
-@register_metric("faithfulness_estimate", family="faithfulness", directions={"faithfulness_estimate": "higher"})
+@register_metric("faithfulness_estimate", family="faithfulness", directions={"faithfulness_estimate": "higher"},
+                 cost=lambda model, x, p: Passes(feature_total(x, p["patch_size"], 14) + 1, 0))
 def faithfulness_estimate(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
                           patch_size: int | None = None, baseline: str | float | torch.Tensor = "zero",
                           score_space: str = "softmax", seed: int = 0, batch_size: int | None = None,
@@ -233,6 +242,8 @@ def addition_steps(n_feat: int, per_step: int | None, steps: int | None) -> tupl
 
 
 @register_metric("monotonicity", family="faithfulness",
+                 cost=lambda model, x, p: Passes(addition_steps(feature_total(x, p["patch_size"], 28), p["per_step"],
+                                                                p["steps"])[1], 0),
                  directions={"monotonicity": "higher", "monotonicity_share": "higher", "curve_insertion": "none"})
 def monotonicity(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
                  patch_size: int | None = None, per_step: int | None = None, steps: int | None = None,
@@ -288,7 +299,8 @@ def uniform_draws(x: torch.Tensor, seed: int, samples: int, low: float | torch.T
     return lo + (hi - lo) * noise_draws(x, seed + 31, range(samples), "uniform").to(x.dtype)
 
 
-@register_metric("monotonicity_correlation", family="faithfulness", directions={"monotonicity_correlation": "higher"})
+@register_metric("monotonicity_correlation", family="faithfulness", directions={"monotonicity_correlation": "higher"},
+                 cost=lambda model, x, p: Passes(feature_total(x, p["patch_size"], 7) * int(p["samples"]) + 1, 0))
 def monotonicity_correlation(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
                              patch_size: int | None = None, samples: int = 10, statistic: str = "mse",
                              score_space: str = "softmax", seed: int = 0, batch_size: int | None = None,
@@ -348,7 +360,14 @@ def default_sizes(n_feat: int, count: int = 8, top: float = 0.8) -> list[int]:
     return sorted({int(round(v)) for v in np.geomspace(1, hi, count)})
 
 
-@register_metric("sensitivity_n", family="faithfulness", directions={"sensitivity_n": "higher", "curve": "none"})
+def _sensitivity_n_cost(model: nn.Module, x: torch.Tensor, p: dict) -> Passes:
+    n_feat = feature_total(x, p["patch_size"], 28)
+    sizes = default_sizes(n_feat) if p["sizes"] is None else [feature_count(v, n_feat, "sizes") for v in p["sizes"]]
+    return Passes(len(sizes) * int(p["runs"]) + 1, 0)
+
+
+@register_metric("sensitivity_n", family="faithfulness", directions={"sensitivity_n": "higher", "curve": "none"},
+                 cost=_sensitivity_n_cost)
 def sensitivity_n(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
                   sizes: list[int] | None = None, runs: int = 100, patch_size: int = 1,
                   baseline: str | float | torch.Tensor = "zero", score_space: str = "logit", seed: int = 0,

@@ -6,7 +6,8 @@ does.
   more at a time with their own ``reset_parameters`` (seeded); after each, the method explains the same inputs and
   the Spearman rank correlation with the trained model's map is computed per sample, on the signed maps and on
   their absolute values. A method that explains the model decorrelates (lower is better); one that does not depend
-  on the parameters (an edge detector) stays at 1.
+  on the parameters (an edge detector) stays at 1. ``skip_layers`` (Quantus 0.6 MPRT's option of that name) explains
+  the fully randomised model only: one explain per sample instead of one per layer, the same scalars.
 - ``smooth_mprt`` and ``efficient_mprt`` (Hedström et al. 2023, "Sanity checks revisited"): the same cascade with
   noise-averaged maps, and the rise of the map's entropy from the trained to the fully randomised model.
 - ``random_logit`` (Sixt et al. 2020): similarity (SSIM) of the maps for the target and for a random other class.
@@ -26,7 +27,7 @@ from torch import nn
 from evalxai.core.scoring import num_classes
 from evalxai.core.seeding import per_sample_noise, sample_generators
 from evalxai.metrics.common import UNSET, explain_stack, explainer, scalar_rows
-from evalxai.metrics.registry import register_metric
+from evalxai.metrics.registry import Passes, register_metric
 
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -61,6 +62,11 @@ def spearman_rows(a: torch.Tensor, b: torch.Tensor, ranked: bool = False) -> np.
 ORDERS = ("top_down", "bottom_up")
 
 
+def randomisable_layers(model: nn.Module) -> list[str]:
+    """Names of the Linear / Conv layers ``cascade`` re-initialises, in registration order (input side first)."""
+    return [name for name, m in model.named_modules() if isinstance(m, _LAYERS)]
+
+
 def cascade(model: nn.Module, seed: int, order: str = "top_down") -> Iterator[tuple[int, str, nn.Module]]:
     """Yield (k, layer name, copy) for k = 1..L: a deep copy of the model whose Linear / Conv layers are
     re-initialised (``reset_parameters`` under ``torch.manual_seed(seed * 7919 + k)``) one more at a time,
@@ -68,7 +74,7 @@ def cascade(model: nn.Module, seed: int, order: str = "top_down") -> Iterator[tu
     copy object is yielded each time; the model itself is never touched."""
     if order not in ORDERS:
         raise ValueError(f"order='{order}' must be one of {list(ORDERS)} (the layer order of the randomisation)")
-    layers = [name for name, m in model.named_modules() if isinstance(m, _LAYERS)]
+    layers = randomisable_layers(model)
     if not layers:
         raise ValueError(f"{type(model).__name__} has no Linear or Conv layer to randomize")
     if order == "top_down":
@@ -88,16 +94,22 @@ def fully_randomised(model: nn.Module, seed: int) -> nn.Module:
     return rand
 
 
-def _cascade_rows(maps_of, reference: torch.Tensor, model, seed, order, n) -> list[pd.DataFrame]:
-    """Spearman (signed, absolute) curve rows per randomised layer and the scalars after the last one."""
+def _cascade_rows(maps_of, reference: torch.Tensor, model, seed, order, n,
+                  skip_layers: bool = False) -> list[pd.DataFrame]:
+    """Spearman (signed, absolute) curve rows per randomised layer and the scalars after the last one; with
+    ``skip_layers`` the scalars alone, from one explanation of the last state."""
     trained = reference.reshape(n, -1).cpu()  # ranks are exact in any dtype; sorting float32 is cheaper
     ranks, ranks_abs = average_ranks(trained), average_ranks(trained.abs())
     frames = []
     signed, absolute = np.ones(n), np.ones(n)
-    for k, name, rand in cascade(model, seed, order):
+    states = cascade(model, seed, order)
+    if skip_layers:
+        *_, last = states  # re-initialising is cheap; only the explanations cost
+        states = [last]
+    for k, name, rand in states:
         r = maps_of(rand).detach().reshape(n, -1).cpu()
         signed, absolute = spearman_rows(ranks, r, ranked=True), spearman_rows(ranks_abs, r.abs(), ranked=True)
-        for measure, v in (("spearman", signed), ("spearman_abs", absolute)):
+        for measure, v in () if skip_layers else (("spearman", signed), ("spearman_abs", absolute)):
             frames.append(pd.DataFrame({"sample": np.arange(n), "step": k, "measure": measure,
                                         "direction": UNSET, "value": v, "layer": name}))
     return frames + [scalar_rows(signed, "spearman_full"), scalar_rows(absolute, "spearman_abs_full")]
@@ -108,17 +120,26 @@ CASCADE_DIRECTIONS = {"spearman_full": "lower", "spearman_abs_full": "lower", "s
                       "spearman_abs": "none"}
 
 
-@register_metric("randomization", family="randomisation", directions=CASCADE_DIRECTIONS, needs=("method",))
+@register_metric("randomization", family="randomisation", directions=CASCADE_DIRECTIONS, needs=("method",),
+                 cost=lambda model, x, p: Passes(0, 1 if p["skip_layers"] else len(randomisable_layers(model))))
 def randomization(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor, seed: int = 0,
-                  method: str | Callable | dict | None = None, method_params: dict | None = None) -> pd.DataFrame:
+                  skip_layers: bool = False, method: str | Callable | dict | None = None,
+                  method_params: dict | None = None) -> pd.DataFrame:
     """Cascading randomization: Spearman correlation (signed and absolute) per randomized layer; scalars after
-    all layers are randomized (lower is better)."""
+    all layers are randomized (lower is better).
+
+    Adebayo et al. 2018's cascade, output layer first (``cascade``, seeded by ``seed``): one explain per sample and
+    layer. ``skip_layers`` (the option of that name of Quantus 0.6's MPRT): only the fully randomised model is
+    explained, one explain per sample; the scalars ``spearman_full`` / ``spearman_abs_full`` are the same values,
+    the per-layer curve rows are left out (for large models, where a layer-by-layer cascade costs tens of
+    explains)."""
     fn = explainer(method, method_params, "randomization")
-    return pd.concat(_cascade_rows(lambda rand: fn(rand, x, target), attributions, model, seed, "top_down", len(x)),
-                     ignore_index=True)
+    return pd.concat(_cascade_rows(lambda rand: fn(rand, x, target), attributions, model, seed, "top_down", len(x),
+                                   bool(skip_layers)), ignore_index=True)
 
 
-@register_metric("smooth_mprt", family="randomisation", directions=CASCADE_DIRECTIONS, needs=("method",))
+@register_metric("smooth_mprt", family="randomisation", directions=CASCADE_DIRECTIONS, needs=("method",),
+                 cost=lambda model, x, p: Passes(0, (len(randomisable_layers(model)) + 1) * int(p["samples"])))
 def smooth_mprt(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor, samples: int = 10,
                 noise: float = 0.1, order: str = "bottom_up", seed: int = 0,
                 method: str | Callable | dict | None = None, method_params: dict | None = None,
@@ -173,7 +194,7 @@ def histogram_entropy(a: torch.Tensor, bins: int) -> torch.Tensor:
     return -(prob * torch.where(prob > 0, prob.log(), torch.zeros_like(prob))).sum(1)
 
 
-@register_metric("efficient_mprt", family="randomisation", needs=("method",),
+@register_metric("efficient_mprt", family="randomisation", needs=("method",), cost=lambda model, x, p: Passes(0, 1),
                  directions={"efficient_mprt": "higher", "entropy_trained": "none", "entropy_random": "none"})
 def efficient_mprt(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor, bins: int = 100,
                    seed: int = 0, method: str | Callable | dict | None = None, method_params: dict | None = None,
@@ -238,7 +259,8 @@ def random_other_class(x: torch.Tensor, target: torch.Tensor, classes: int, seed
 SIMILARITIES = ("ssim", "spearman")
 
 
-@register_metric("random_logit", family="randomisation", directions={"random_logit": "lower"}, needs=("method",))
+@register_metric("random_logit", family="randomisation", directions={"random_logit": "lower"}, needs=("method",),
+                 cost=lambda model, x, p: Passes(0, 1))
 def random_logit(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
                  similarity: str = "ssim", window: int = 7, seed: int = 0, method: str | Callable | dict | None = None,
                  method_params: dict | None = None, batch_size: int | None = None) -> pd.DataFrame:

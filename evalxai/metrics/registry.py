@@ -12,6 +12,9 @@ A metric is declared once, by its registration::
 - ``needs``: what a call receives besides the config's parameters (``NEEDS``): ``masks`` (ground truth) and ``pool``
   (images to compose with) come from the data, ``method`` means that the method being scored is passed as
   ``method`` / ``method_params`` (``evalxai.binding.bind``);
+- ``cost``: the model passes one call makes per explained image, from its parameters (``Passes``; what
+  ``evalxai.runs.estimate`` adds up before a run starts). Without one, a metric that takes no method is known to
+  explain nothing and its forwards are unknown; one that takes a method is unknown in both;
 - the defaults are the function's own keyword defaults (the YAML ``conf/metric/<name>.yaml`` holds them too, written
   by ``python -m evalxai.runs.configs``).
 """
@@ -24,6 +27,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import pandas as pd
+import torch
+from torch import nn
 
 from evalxai.core.validate import DATA_NEEDS
 from evalxai.methods.registry import signature_defaults
@@ -36,6 +41,20 @@ NEED_PARAMS = {"masks": ("masks",), "pool": ("pool",), "method": ("method", "met
 LEADING = ("model", "x", "target", "attributions")
 
 
+@dataclass(frozen=True)
+class Passes:
+    """Model passes per explained image of one metric call: ``forwards`` = images pushed through the model outside
+    explanations, ``explains`` = images explained with the metric's method (each costs what that method costs);
+    None = not known. Probing passes of one image per call (output size, memory per image) are not counted."""
+    forwards: float | None
+    explains: float | None
+
+
+def no_passes(model: nn.Module, x: torch.Tensor, params: Mapping) -> Passes:
+    """The ``cost`` of a metric that reads the map alone (complexity, localisation against masks)."""
+    return Passes(0, 0)
+
+
 @dataclass
 class MetricSpec:
     """A registered metric: its function and everything declared with it (``register_metric``)."""
@@ -45,6 +64,18 @@ class MetricSpec:
     directions: dict[str, str]
     needs: tuple[str, ...] = ()
     defaults: dict = field(default_factory=dict)
+    cost: Callable[..., Passes] | None = None
+
+    def passes(self, model: nn.Module, x: torch.Tensor, params: Mapping) -> Passes:
+        """``Passes`` of one call with ``params`` (over the defaults) on inputs shaped like ``x`` (N, ...), from the
+        registered ``cost(model, x, params)``; without one: no explains unless the metric takes a method, forwards
+        unknown. Parameters the call itself would refuse (a ValueError) give unknown counts."""
+        if self.cost is None:
+            return Passes(None, None if "method" in self.needs else 0)
+        try:
+            return self.cost(model, x, {**self.defaults, **params})
+        except ValueError:  # e.g. a patch larger than the image: the call will say so
+            return Passes(None, None)
 
     def direction(self, measure: str) -> str:
         """The declared direction of ``measure``: its own key, else the first glob key that matches it."""
@@ -93,16 +124,17 @@ def _check(name: str, fn: Callable, family: str, directions: Mapping, needs: tup
                             f"but needs={tuple(needs)}: declare needs=(..., '{need}') exactly when it takes them")
 
 
-def register_metric(name: str, *, family: str, directions: Mapping[str, str],
-                    needs: tuple[str, ...] = ()) -> Callable[[Callable], Callable]:
+def register_metric(name: str, *, family: str, directions: Mapping[str, str], needs: tuple[str, ...] = (),
+                    cost: Callable[..., Passes] | None = None) -> Callable[[Callable], Callable]:
     """Decorator: register ``fn`` under ``name`` (= ``conf/metric/<name>.yaml``) with its family, the directions of
-    its measures and its needs (module docstring); the defaults are the signature's. The registered function (also
-    the name the module binds) is ``fn`` with the rows' ``direction`` filled from ``directions``.
+    its measures, its needs and its cost (module docstring); the defaults are the signature's. The registered
+    function (also the name the module binds) is ``fn`` with the rows' ``direction`` filled from ``directions``.
 
     name: the config name, ``METRICS`` key and ``metric=`` value.
     family: one of ``FAMILIES``.
     directions: measure (or glob) -> ``higher`` / ``lower`` / ``none``, for every measure the rows carry.
     needs: what the call receives besides its config fields, from ``NEEDS`` (``masks``, ``pool``, ``method``).
+    cost: ``cost(model, x, params) -> Passes`` per explained image, ``params`` = the defaults with the call's values.
 
     Example:
         >>> from evalxai.metrics.common import scalar_rows
@@ -118,7 +150,7 @@ def register_metric(name: str, *, family: str, directions: Mapping[str, str],
         _check(name, fn, family, directions, needs)
         data = [p for need in DATA_NEEDS if need in needs for p in NEED_PARAMS[need]]
         defaults = signature_defaults(fn, len(LEADING), skip=data, what=f"metric '{name}'")
-        spec = MetricSpec(name, fn, family, dict(directions), needs, defaults)
+        spec = MetricSpec(name, fn, family, dict(directions), needs, defaults, cost)
 
         @functools.wraps(fn)
         def metric(*args, **kwargs):

@@ -20,7 +20,7 @@ from evalxai.core.scoring import require_images
 from evalxai.core.seeding import per_sample_noise
 from evalxai.metrics.common import check_score_space, curve_rows, normalized_auc, scalar_rows, target_scores
 from evalxai.metrics.faithfulness import check_ties, feature_ranks, patch_relevance
-from evalxai.metrics.registry import register_metric
+from evalxai.metrics.registry import Passes, register_metric
 
 _STENCIL = ((1.0, 2.0, 1.0), (2.0, 0.0, 2.0), (1.0, 2.0, 1.0))
 
@@ -90,7 +90,13 @@ def linear_imputation(x: torch.Tensor, missing: torch.Tensor, iters: int = 1000,
     return (known + mask * u).view(b, c, h, w)
 
 
-@register_metric("road", family="faithfulness",
+def _cost(model: nn.Module, x: torch.Tensor, p: dict) -> Passes:
+    """One forward per order and fraction, and one of x for every order."""
+    orders = [p["order"]] if isinstance(p["order"], str) else list(p["order"])
+    return Passes(len(orders) * len(p["fractions"]) + 1, 0)
+
+
+@register_metric("road", family="faithfulness", cost=_cost,
                  directions={"auc_morf": "lower", "auc_lerf": "higher", "auc_random": "none", "road_combined": "higher",
                              "curve_*": "none", "correct_*": "none"})
 def road(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,

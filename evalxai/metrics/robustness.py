@@ -22,7 +22,7 @@ from evalxai.core.memory import images_per_chunk
 from evalxai.core.scoring import require_images
 from evalxai.core.seeding import per_sample_noise
 from evalxai.metrics.common import UNSET, batched_scores, check_score_space, explain_stack, explainer, scalar_rows
-from evalxai.metrics.registry import register_metric
+from evalxai.metrics.registry import Passes, register_metric
 
 
 def translate(x: torch.Tensor, shift: int, axis: str = "x", fill: float | torch.Tensor = 0.0) -> torch.Tensor:
@@ -62,7 +62,19 @@ def path_continuity(rs: torch.Tensor, xs: torch.Tensor, ref: int) -> dict[str, n
             "continuity_ref": _max_ratio(l1(rs - rs[ref:ref + 1]), l2(xs - xs[ref:ref + 1]))}
 
 
+def _path_length(shift: int, stride: int) -> int:
+    """Positions t = -shift..shift (every ``stride``) of the translation path."""
+    return 2 * (int(shift) // int(stride)) + 1
+
+
+def _noise_cost(model: nn.Module, x: torch.Tensor, p: dict) -> Passes:
+    """``samples`` explains; with ``nan_on_flip`` the noisy copies and x forwarded for their predictions."""
+    return Passes(int(p["samples"]) + 1 if p["nan_on_flip"] else 0, int(p["samples"]))
+
+
 @register_metric("continuity", family="robustness", needs=("method",),
+                 cost=lambda model, x, p: Passes(_path_length(p["shift"], p["stride"]),
+                                                 _path_length(p["shift"], p["stride"])),
                  directions={"continuity_path": "lower", "continuity_ref": "lower", "continuity_path_aligned": "lower",
                              "continuity_ref_aligned": "lower", "quadrant_*": "none", "score": "none"})
 def continuity(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor, shift: int = 6,
@@ -89,7 +101,7 @@ def continuity(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attribut
     if not 1 <= stride <= shift:
         raise ValueError(f"stride={stride} must be between 1 and shift={shift}")
     fn = explainer(method, method_params, "continuity")
-    ts = [stride * j for j in range(-(shift // stride), shift // stride + 1)]
+    ts = [stride * j for j in range(-(shift // stride), shift // stride + 1)]  # _path_length of them
     black = data_range(low)[0]
     xs = torch.stack([translate(x, t, axis, black) for t in ts])  # (T, N, C, H, W)
     rs = explain_stack(fn, model, xs, target, batch_size)
@@ -206,7 +218,7 @@ _SENSITIVITY_DOC = """d ~ U[-radius, radius] element-wise (the L-inf ball; captu
     sample (+ ``samples`` + 1 forwards with ``nan_on_flip``)."""
 
 
-@register_metric("max_sensitivity", family="robustness", needs=("method",),
+@register_metric("max_sensitivity", family="robustness", needs=("method",), cost=_noise_cost,
                  directions={"max_sensitivity": "lower", "avg_sensitivity": "lower", "flip_rate": "none"})
 def max_sensitivity(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
                     radius: float = 0.02, samples: int = 10, seed: int = 0, nan_on_flip: bool = False,
@@ -226,7 +238,7 @@ def max_sensitivity(model: nn.Module, x: torch.Tensor, target: torch.Tensor, att
     return pd.concat(frames, ignore_index=True)
 
 
-@register_metric("avg_sensitivity", family="robustness", needs=("method",),
+@register_metric("avg_sensitivity", family="robustness", needs=("method",), cost=_noise_cost,
                  directions={"avg_sensitivity": "lower", "flip_rate": "none"})
 def avg_sensitivity(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
                     radius: float = 0.02, samples: int = 10, seed: int = 0, nan_on_flip: bool = False,
@@ -249,7 +261,7 @@ for _f in (max_sensitivity, avg_sensitivity):
     _f.__doc__ = _f.__doc__.rstrip() + "\n    " + _SENSITIVITY_DOC + "\n    "
 
 
-@register_metric("local_lipschitz_estimate", family="robustness", needs=("method",),
+@register_metric("local_lipschitz_estimate", family="robustness", needs=("method",), cost=_noise_cost,
                  directions={"local_lipschitz_estimate": "lower", "flip_rate": "none"})
 def local_lipschitz_estimate(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
                              samples: int = 10, noise: float = 0.1, seed: int = 0, nan_on_flip: bool = False,
@@ -264,7 +276,7 @@ def local_lipschitz_estimate(model: nn.Module, x: torch.Tensor, target: torch.Te
     ``normalise=True``, and adds 1e-10 to the denominator). NaN policy: a draw with x_s = x (clipping removed the
     noise) is left out; flipped predictions are kept by default (the paper's neighbourhood is not conditioned on the
     prediction), ``nan_on_flip`` leaves them out (module docstring). Cost: ``samples`` explains per sample
-    (+ ``samples`` forwards with ``nan_on_flip``).
+    (+ ``samples`` + 1 forwards with ``nan_on_flip``).
     """
     check_positive("noise", noise, "local_lipschitz_estimate", "the Gaussian noise sigma in input units")
     check_samples(samples, "local_lipschitz_estimate")
@@ -308,6 +320,9 @@ def _consistency_pool(model, x, attributions, reference, top_k, batch_size):
 
 
 @register_metric("consistency", family="robustness", needs=("method",),
+                 cost=lambda model, x, p: (Passes((len(p["reference"][0]) + len(x)) / len(x), 0)
+                                           if p["reference"] is not None else
+                                           Passes(int(p["samples"]) + 1, int(p["samples"]))),
                  directions={"consistency": "higher", "match_rate": "none"})
 def consistency(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor, samples: int = 10,
                 noise: float = 0.1, top_k: int = 1, seed: int = 0,

@@ -22,14 +22,24 @@ from evalxai.metrics.common import batched_scores, check_score_space, curve_rows
 from evalxai.metrics.faithfulness import (
     default_patch,
     inverse_permutation,
+    patch_count,
     patch_mask,
     patch_relevance,
     tie_order,
 )
-from evalxai.metrics.registry import register_metric
+from evalxai.metrics.registry import Passes, register_metric
 
 
-@register_metric("selectivity", family="faithfulness", directions={"auc": "lower", "curve": "none"}, needs=("method",))
+def _cost(model: nn.Module, x: torch.Tensor, p: dict) -> Passes:
+    """K + 1 forwards (the unperturbed input and every step); K - 1 explains with ``recompute`` (step 1 uses the
+    given map)."""
+    patch_size = default_patch(x, 7) if p["patch_size"] is None else p["patch_size"]
+    k_max = patch_count(x, check_patch(x, patch_size)) if p["steps"] is None else int(p["steps"])
+    return Passes(k_max + 1, k_max - 1 if p["recompute"] else 0)
+
+
+@register_metric("selectivity", family="faithfulness", directions={"auc": "lower", "curve": "none"}, needs=("method",),
+                 cost=_cost)
 def selectivity(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
                 patch_size: int | None = None, steps: int = 20, baseline: str | float | torch.Tensor = "zero",
                 score_space: str = "logit", recompute: bool = True, method: str | Callable | dict | None = None,

@@ -35,7 +35,7 @@ from torch import nn
 
 from evalxai.core.memory import images_per_chunk
 from evalxai.metrics.common import executed_layers, explain_stack, explainer, scalar_rows
-from evalxai.metrics.registry import register_metric
+from evalxai.metrics.registry import Passes, register_metric
 from evalxai.metrics.robustness import (
     check_positive,
     check_samples,
@@ -93,6 +93,11 @@ def logits_and_representation(model: nn.Module, xs: torch.Tensor, layer: str, us
 
 
 ZERO_REFERENCE = ("eps_min", "skip")
+
+
+def _cost(model: nn.Module, x: torch.Tensor, p: dict) -> Passes:
+    """``samples`` explains; x and its ``samples`` neighbours forwarded (module docstring)."""
+    return Passes(int(p["samples"]) + 1, int(p["samples"]))
 
 
 def _relative(ref: torch.Tensor, other: torch.Tensor, eps_min: float, zero_reference: str = "eps_min"
@@ -161,7 +166,7 @@ def relative_stability(kind: str, model: nn.Module, x: torch.Tensor, target: tor
     return out
 
 
-@register_metric("relative_input_stability", family="robustness", needs=("method",),
+@register_metric("relative_input_stability", family="robustness", needs=("method",), cost=_cost,
                  directions={"relative_input_stability": "lower", "flip_rate": "none"})
 def relative_input_stability(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
                              samples: int = 10, noise: float = 0.05, p: int = 2, eps_min: float = 1e-6, seed: int = 0,
@@ -177,7 +182,7 @@ def relative_input_stability(model: nn.Module, x: torch.Tensor, target: torch.Te
                               zero_reference, None, method, method_params, batch_size, low, high)
 
 
-@register_metric("relative_output_stability", family="robustness", needs=("method",),
+@register_metric("relative_output_stability", family="robustness", needs=("method",), cost=_cost,
                  directions={"relative_output_stability": "lower", "flip_rate": "none"})
 def relative_output_stability(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
                               samples: int = 10, noise: float = 0.05, p: int = 2, eps_min: float = 1e-6, seed: int = 0,
@@ -193,7 +198,7 @@ def relative_output_stability(model: nn.Module, x: torch.Tensor, target: torch.T
                               nan_on_flip, zero_reference, None, method, method_params, batch_size, low, high)
 
 
-@register_metric("relative_representation_stability", family="robustness", needs=("method",),
+@register_metric("relative_representation_stability", family="robustness", needs=("method",), cost=_cost,
                  directions={"relative_representation_stability": "lower", "flip_rate": "none"})
 def relative_representation_stability(model: nn.Module, x: torch.Tensor, target: torch.Tensor,
                                       attributions: torch.Tensor, samples: int = 10, noise: float = 0.05, p: int = 2,

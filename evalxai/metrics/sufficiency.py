@@ -30,7 +30,7 @@ from evalxai.core.baselines import data_range
 from evalxai.core.memory import chunked, images_per_chunk
 from evalxai.core.seeding import per_sample_noise
 from evalxai.metrics.common import explain_stack, explainer, scalar_rows
-from evalxai.metrics.registry import register_metric
+from evalxai.metrics.registry import Passes, register_metric
 from evalxai.metrics.robustness import bounded
 
 
@@ -68,6 +68,7 @@ APPLIES = ("nearest", "threshold")
 
 
 @register_metric("sufficiency", family="faithfulness", needs=("method",),
+                 cost=lambda model, x, p: Passes(int(p["samples"]) + 1, int(p["samples"])),
                  directions={"sufficiency": "higher", "sufficiency_gain": "higher", "agreement": "none",
                              "neighbours": "none"})
 def sufficiency(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor, samples: int = 20,

@@ -2,7 +2,8 @@
 
 ``run_experiment(cfg, out_dir)`` takes a plain dict (the resolved Hydra config) and writes
 ``scores.parquet``, ``scores.csv``, ``summary.csv``, ``run.json`` and ``plots/*.png`` into ``out_dir``,
-every file atomically (a temporary file renamed into place), so no partial file carries a final name.
+every file atomically (a temporary file renamed into place), so no partial file carries a final name. Before the
+first map it logs what the explaining and scoring will cost (``evalxai.runs.estimate``; run.json's ``estimate``).
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from evalxai.metrics import get_metric
 from evalxai.models import get_model
 from evalxai.models.custom import checkpoint_sha256
 from evalxai.report import TIDY_COLUMNS, plots, summarize
+from evalxai.runs.estimate import duration, estimate_run, time_passes
 from evalxai.runs.identity import code_record, config_key, dataset_record, is_complete
 from evalxai.runs.run_dir import RunDir
 
@@ -230,6 +232,15 @@ def explain_cached(setup: Setup, method, params: dict, cache_dir=None, enabled: 
     return maps.to(setup.device)
 
 
+def run_plan(setup: Setup, methods: list[tuple[str, dict]],
+             metrics: list[tuple[str, dict]]) -> list[tuple[str, object, dict, list[tuple[str, dict]]]]:
+    """(method name, method, its parameters, [(metric, the parameters its call receives), ...]) for every method of
+    the run, in order: what the run explains and scores, and what ``evalxai.runs.estimate`` counts."""
+    return [(name, method, params, [(metric, metric_call(metric, mparams, method, params, setup.from_data,
+                                                         setup.ground)) for metric, mparams in metrics])
+            for name, method, params in method_calls(methods, setup.from_data)]
+
+
 def run_experiment(cfg: dict, out_dir: str | Path, progress: bool = True) -> Path:
     """Run one experiment config into ``out_dir``; returns the folder. ``memory_budget`` (e.g. "4GB") bounds
     what methods and metrics hold at once; the numbers do not depend on it."""
@@ -265,21 +276,27 @@ def _run_experiment(cfg: dict, out_dir: str | Path, progress: bool = True) -> Pa
 
     frames, maps = [], {}
     hits0, use_cache = ATTR_STATS["hits"], bool(cfg.get("attribution_cache", True))
-    calls = method_calls(methods, setup.from_data)
-    bar = tqdm(calls, desc="methods", disable=not progress)
-    for name, method, params in bar:
+    plan = run_plan(setup, methods, metrics)
+    t0 = time.perf_counter()
+    estimate = estimate_run(model, x, plan, time_passes(model, x, target), model_info.get("label")
+                            or cfg["model"]["name"])
+    timings["estimate_s"] = time.perf_counter() - t0
+    log.info("%s", estimate.describe())
+    t_work = time.perf_counter()
+    bar = tqdm(plan, desc="methods", disable=not progress)
+    for name, method, params, bound in bar:
         bar.set_postfix_str(name)
         t0 = time.perf_counter()
         attributions = explain_cached(setup, method, params, cache_dir, use_cache)
         timings[f"explain:{name}_s"] = time.perf_counter() - t0
         maps[name] = attributions.cpu().numpy()
-        for metric, mparams in metrics:
-            mp = metric_call(metric, mparams, method, params, setup.from_data, setup.ground)
+        for metric, mp in bound:
             t0 = time.perf_counter()
             df = evalxai.score(model, x, target, attributions, metric=metric, **mp)
             timings[f"score:{metric}:{name}_s"] = time.perf_counter() - t0
             df["method"] = name
             frames.append(df)
+    timings["explain_and_score_s"] = time.perf_counter() - t_work
 
     scores = pd.concat(frames, ignore_index=True)
     run_id = run_key[:12]  # the same config, data, checkpoint and code give the same run id (and the same table)
@@ -327,7 +344,10 @@ def _run_experiment(cfg: dict, out_dir: str | Path, progress: bool = True) -> Pa
         "versions": {"evalxai": evalxai.__version__, "torch": torch.__version__, "numpy": np.__version__,
                      "pandas": pd.__version__, "python": platform.python_version()},
         "timings": {k: round(v, 4) for k, v in timings.items()},
+        "estimate": estimate.record(),
     })
     log.info("run %s: %d rows, model accuracy %.4f, %.1fs -> %s", run_id, len(scores), accuracy,
              timings["total_s"], out)
+    log.info("explaining and scoring took %s (estimated %s)", duration(timings["explain_and_score_s"]),
+             duration(estimate.seconds))
     return out
