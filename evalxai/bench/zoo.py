@@ -39,7 +39,7 @@ def torchvision_models() -> list[str]:
     return torchvision.models.list_models(module=torchvision.models)
 
 
-def _build(library: str, name: str) -> nn.Module:
+def _build(library: str, name: str, size: int) -> nn.Module:
     if library == "torchvision":
         import torchvision
 
@@ -47,11 +47,22 @@ def _build(library: str, name: str) -> nn.Module:
         return torchvision.models.get_model(name, num_classes=10, **kw)
     import timm
 
-    return timm.create_model(name, pretrained=False, num_classes=10)
+    try:  # fixed-grid models (ViT, DeiT, Swin, Mixer) take the input size as img_size
+        return timm.create_model(name, pretrained=False, num_classes=10, img_size=size)
+    except TypeError:
+        return timm.create_model(name, pretrained=False, num_classes=10)
 
 
 def _measured(model: nn.Module, size: int, dtype: torch.dtype) -> nn.Module:
+    """Eval mode, BatchNorm statistics of a random batch; BatchNorm scales initialised to zero (timm's
+    ``zero_init_last``: every residual branch starts as 0) drawn from U(0.5, 1.5), and zero-initialised linear heads
+    (torchvision's ViT, timm's Mixer) from N(0, 0.1²), so that every branch and logit counts."""
     torch.manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None and not bool(m.weight.any()):
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+        if isinstance(m, nn.Linear) and not bool(m.weight.any()):  # zero-initialised heads: every logit 0
+            nn.init.normal_(m.weight, std=0.1)
     model = model.to(dtype).train()
     with torch.no_grad():
         model(torch.rand(4, 3, size, size, dtype=dtype))
@@ -77,7 +88,7 @@ def zoo_row(library: str, name: str, size: int = 64, timing: bool = True) -> dic
     size = _size(name, size)
     row = {"library": library, "model": name, "input": size}
     try:
-        model = _measured(_build(library, name), size, torch.float32)
+        model = _measured(_build(library, name, size), size, torch.float32)
     except Exception as err:  # noqa: BLE001 - the table records every failure
         return {**row, "error": "build: " + _error(err)}
     row["params_M"] = round(sum(p.numel() for p in model.parameters()) / 1e6, 1)
