@@ -1,4 +1,5 @@
-"""Public API: ``explain`` (attributions by method name) and ``score`` (tidy metric rows by metric name)."""
+"""Public API: ``explain`` (attributions by method name; token ids of text classifiers: ``explain_tokens``) and
+``score`` (tidy metric rows by metric name)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
@@ -19,8 +20,10 @@ from evalxai.core.validate import (
     check_logits,
     check_masks,
     check_pool,
+    check_token_inputs,
 )
 from evalxai.metrics import get_metric
+from evalxai.models.text import EmbeddingsInput, unwrapped
 
 Target = int | Sequence[int] | torch.Tensor
 """What ``explain`` and ``score`` take as ``target``: one class for every sample, or one per sample."""
@@ -33,11 +36,17 @@ def _chunk(model: nn.Module, x: torch.Tensor) -> int:
 
 
 def explain(model: nn.Module, x: torch.Tensor, target: Target,
-            method: str | Callable | Mapping = "lrp_epsilon_plus", **overrides: Any) -> torch.Tensor:
+            method: str | Callable | Mapping = "lrp_epsilon_plus", attention_mask: torch.Tensor | None = None,
+            per_token: bool = True, **overrides: Any) -> torch.Tensor:
     """Attributions of ``target`` logits for inputs ``x``, shaped like ``x``; the model is left as it was.
 
     model: the classifier, inputs (N, ...) to logits (N, classes); explained in eval mode, without grads kept.
-    x: the inputs (N, C, H, W) or (N, D), float, in model space (the dtype of the model's parameters).
+    x: the inputs (N, C, H, W) or (N, D), float, in model space (the dtype of the model's parameters). Integer x are
+        token ids (N, T) of a text classifier (a Hugging Face ``*ForSequenceClassification`` model, or a module with
+        ``get_input_embeddings()`` and ``forward(inputs_embeds=, attention_mask=)``): the map is the relevance of each
+        token's word embedding summed over its D entries, (N, T), padding 0 (``explain_tokens``).
+    attention_mask: token ids only: (N, T), 1 = token, 0 = padding (None: all tokens).
+    per_token: token ids only: False gives the (N, T, D) map of the word embeddings.
     target: the class explained for each sample: one int for all, or N class indices (list or tensor).
     method: a config name (``conf/method/<name>.yaml``, ``evalxai.methods.METHODS``), a callable
         ``f(model, x, target)`` or a mapping with ``_target_`` (a captum attribution class, e.g.
@@ -56,6 +65,10 @@ def explain(model: nn.Module, x: torch.Tensor, target: Target,
         >>> evalxai.explain(model, x, target=[0, 2], method="integrated_gradients", steps=8).shape
         torch.Size([2, 1, 4, 4])
     """
+    if isinstance(x, torch.Tensor) and not x.is_floating_point() and not x.is_complex() and x.dtype != torch.bool:
+        return explain_tokens(model, x, target, method, attention_mask, per_token, **overrides)
+    if attention_mask is not None:
+        raise ValueError("attention_mask is for token ids (integer x): drop it for float inputs")
     x, target = check_inputs(model, x, target)
     fn = resolve_method(method, overrides)
     with frozen(model):
@@ -67,6 +80,43 @@ def explain(model: nn.Module, x: torch.Tensor, target: Target,
                          f"expected a tensor of shape {tuple(x.shape)}")
     check_finite(attributions, f"attributions of {method!r}")
     return attributions.detach()
+
+
+def explain_tokens(model: nn.Module, input_ids: torch.Tensor, target, method: str | Callable | Mapping,
+                   attention_mask: torch.Tensor | None = None, per_token: bool = True,
+                   **overrides: Any) -> torch.Tensor:
+    """Relevance of each token (N, T) (``per_token=False``: of each embedding entry, (N, T, D)) for the ``target``
+    logits of a text classifier: ``evalxai.explain`` on integer inputs (token ids).
+
+    The map is taken at the word embeddings e = ``model.get_input_embeddings()(input_ids)`` (N, T, D):
+    ``evalxai.models.EmbeddingsInput`` makes the model a function of e, and every method explains e as it explains an
+    image (LRP rules, gradients, integrated gradients from the zero embedding). A token's relevance is its
+    embedding's relevance summed over D; padding (``attention_mask`` 0) gets 0. The samples are explained in groups
+    of one attention mask (one length, when right-padded): a method that stacks perturbed copies of its samples
+    runs the wrapper on any batch, and every row needs its mask."""
+    inner = unwrapped(model)
+    input_ids, attention_mask = check_token_inputs(inner, input_ids, attention_mask)
+    embeds = EmbeddingsInput(inner).embed(input_ids)
+    # the classes from one sample: its wrapper sees the first row of the mask
+    _, target = check_inputs(EmbeddingsInput(inner, attention_mask[:1]), embeds, target)
+    fn = resolve_method(method, overrides)
+    masks, group = torch.unique(attention_mask, dim=0, return_inverse=True)
+    r = torch.empty_like(embeds)
+    with frozen(model):
+        for g, mask in enumerate(masks):
+            rows = torch.nonzero(group == g).flatten()
+            wrapped = EmbeddingsInput(inner, mask[None])
+            step = images_per_chunk(wrapped, embeds[rows], "lrp", None, "explaining")
+            for i in range(0, len(rows), step):
+                idx = rows[i:i + step]
+                part = fn(wrapped, embeds[idx], target[idx])
+                if not isinstance(part, torch.Tensor) or part.shape != embeds[idx].shape:
+                    raise ValueError(f"method {method!r} returned {getattr(part, 'shape', type(part))}, expected a "
+                                     f"tensor of shape {tuple(embeds[idx].shape)} (the word embeddings)")
+                r[idx] = part.detach().to(r.dtype)
+    check_finite(r, f"attributions of {method!r}")
+    r = r * attention_mask.unsqueeze(-1).to(r.dtype)
+    return r.sum(-1) if per_token else r
 
 
 def row_major_order(sample: np.ndarray) -> np.ndarray | None:

@@ -60,6 +60,38 @@ def check_inputs(model: nn.Module, x: torch.Tensor,
     return x, target.long().to(x.device)
 
 
+def check_token_inputs(model: nn.Module, input_ids: torch.Tensor,
+                       attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate a text classifier's inputs (``model``: the Hugging Face model, ``LogitsOnly`` unwrapped): a
+    ``get_input_embeddings()``, ``input_ids`` (N, T) integer ids within the vocabulary, an ``attention_mask`` (N, T)
+    of 0 / 1 with a token in every row (None: all 1). Returns (input_ids, attention_mask as int64); the targets are
+    checked by ``check_inputs`` on the word embeddings."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not callable(getattr(model, "get_input_embeddings", None)):
+        raise TypeError(f"integer inputs are token ids, and {type(model).__name__} has no get_input_embeddings(): "
+                        "give a Hugging Face *ForSequenceClassification model (or a module with get_input_embeddings "
+                        "and forward(inputs_embeds=, attention_mask=)), or float inputs")
+    if input_ids.dim() != 2 or input_ids.numel() == 0:
+        raise ValueError(f"input_ids must be an int tensor of shape (N, T), got {tuple(input_ids.shape)}: batch "
+                         "one sequence as input_ids[None]")
+    vocab = model.get_input_embeddings().weight.shape[0]
+    bad = torch.nonzero(((input_ids < 0) | (input_ids >= vocab)).any(1)).flatten().tolist()
+    if bad:
+        raise ValueError(f"input_ids of samples {bad[:20]} are outside [0, {vocab - 1}]: tokenize with the model's "
+                         "own tokenizer")
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != input_ids.shape or \
+            not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+        raise ValueError(f"attention_mask must be a 0/1 tensor of the shape of input_ids {tuple(input_ids.shape)}, "
+                         f"got {tuple(getattr(attention_mask, 'shape', ()))}: pass the tokenizer's attention_mask")
+    empty = torch.nonzero((attention_mask == 0).all(1)).flatten().tolist()
+    if empty:
+        raise ValueError(f"attention_mask of samples {empty[:20]} has no token (all 0): drop those samples")
+    return input_ids, attention_mask.to(input_ids.device).long()
+
+
 def check_attributions(attributions: object, x: torch.Tensor) -> None:
     """Attributions to score: a finite tensor shaped like x."""
     if not isinstance(attributions, torch.Tensor) or attributions.shape != x.shape:

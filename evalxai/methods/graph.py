@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from evalxai.methods.tracing import concrete_trace, is_wrapped_function
+from evalxai.methods.tracing import LeafTracer, concrete_trace, is_library_activation, is_rms_norm, is_wrapped_function
 
 _TRACES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -142,7 +142,7 @@ def trace(model: nn.Module, x: torch.Tensor | None = None) -> fx.Graph:
         return cache[key]
     if "symbolic" not in cache:
         try:
-            graph = fx.Tracer().trace(model)
+            graph = LeafTracer().trace(model)
             opaque = [n for n in graph.nodes if n.op == "call_function" and is_wrapped_function(n.target)
                       and not is_eval_identity(n)]
             cache["symbolic"] = (graph, None) if not opaque else (None, f"it calls {opaque[0].target.__name__}, "
@@ -199,6 +199,8 @@ def node_kind(model: nn.Module, node: fx.Node, what: str, transformers: bool = F
         m = model.get_submodule(node.target)
         if layer_type(m) is not None:
             return "linear"
+        if is_library_activation(m):
+            return "pass"
         for kind, types in (("grad", GRAD_MODULES), ("pass", PASS_MODULES), ("norm", NORM_MODULES),
                             ("lrn", nn.LocalResponseNorm)):
             if isinstance(m, types):
@@ -278,7 +280,7 @@ def transformer_kind(model: nn.Module, node: fx.Node) -> str | None:
     nodes."""
     if node.op == "call_module":
         m = model.get_submodule(node.target)
-        if isinstance(m, NORM_LAYERS):
+        if isinstance(m, NORM_LAYERS) or is_rms_norm(m):
             return "layernorm"
         if isinstance(m, nn.GroupNorm):
             return "groupnorm"
@@ -293,7 +295,7 @@ def transformer_kind(model: nn.Module, node: fx.Node) -> str | None:
             return "layernorm"
         if fn is F.scaled_dot_product_attention:
             return "sdpa"
-        if fn is F.linear or fn in CONV_FUNCS:
+        if fn is F.linear or fn in CONV_FUNCS or fn is torch.addmm:
             return "flinear"
         if fn is F.group_norm:
             return "groupnorm"
@@ -575,7 +577,12 @@ def _callable(model: nn.Module, node: fx.Node):
 
 def bind_arguments(fn: Callable, args: tuple, kwargs: dict) -> dict:
     """The arguments of a node's call of ``fn`` by parameter name (``F.linear``, ``F.conv1d/2d/3d``,
-    ``F.layer_norm``, ``F.rms_norm``, ``F.group_norm``, ``F.batch_norm``), defaults included."""
+    ``F.layer_norm``, ``F.rms_norm``, ``F.group_norm``, ``F.batch_norm``; ``torch.addmm`` as bias, input, weight
+    (in, out), beta, alpha), defaults included."""
+    if fn is torch.addmm:  # bias + input @ weight (Hugging Face's Conv1D): weight is (in, out), mat2 of addmm
+        rename = {"input": "bias", "mat1": "input", "mat2": "weight"}
+        return {"beta": 1, "alpha": 1, **dict(zip(("bias", "input", "weight", "beta", "alpha"), args)),
+                **{rename.get(k, k): v for k, v in kwargs.items()}}
     try:
         bound = inspect.signature(fn).bind(*args, **kwargs)
         bound.apply_defaults()

@@ -23,6 +23,10 @@ import torch
 from torch import fx, nn
 from torch.fx import _symbolic_trace as _fx_symbolic
 
+# tensor metadata answered from the example value (``torch.finfo(x.dtype)``, ``mask.expand(*x.size()[:2], -1)``,
+# ``x.to(other.device)`` in Hugging Face's attention-mask code): constants of the specialised graph
+CONCRETE_ATTRIBUTES = frozenset({"dtype", "device", "shape", "ndim", "layout", "is_cuda", "size", "dim"})
+
 
 def _value(a):
     """The example value behind a proxy (recursively through tuples, lists and dicts)."""
@@ -44,11 +48,40 @@ class ConcreteProxy(fx.Proxy):
     def __float__(self) -> float:
         return float(self.node.meta["value"])
 
+    def __getattr__(self, name: str):
+        if name in CONCRETE_ATTRIBUTES:  # metadata of the example: the graph is specialised to its shape and dtype
+            return getattr(self.node.meta["value"], name)
+        return super().__getattr__(name)
+
     def __setitem__(self, key, value) -> None:  # attn_mask[h0:h1, w0:w1] = count: recorded, and done on the value
         self.tracer.create_proxy("call_function", operator.setitem, (self, key, value), {})
 
 
-class ConcreteTracer(fx.Tracer):
+def is_rms_norm(m: nn.Module) -> bool:
+    """A model library's own RMSNorm class (Hugging Face's ``LlamaRMSNorm`` and its copies: ``weight`` and
+    ``variance_epsilon`` or ``eps``): traced as one layer, as ``nn.RMSNorm`` is (``evalxai.methods.lrp`` checks on
+    every call that it computes ``weight * x / rms(x)``)."""
+    eps = m.__dict__.get("variance_epsilon", m.__dict__.get("eps"))  # not getattr: tracing patches it
+    return type(m).__name__.endswith("RMSNorm") and not isinstance(m, nn.RMSNorm) and \
+        m._parameters.get("weight") is not None and isinstance(eps, float)
+
+
+def is_library_activation(m: nn.Module) -> bool:
+    """An element-wise activation of Hugging Face's ``transformers.activations`` (GPT-2's tanh-GELU written out,
+    ``NewGELUActivation``; ``SiLUActivation``; ``GELUActivation``): one layer, relevance passed unchanged (AttnLRP's
+    identity rule, LXT's ``non_linear_forward``), as torch.nn's activations."""
+    return type(m).__module__ == "transformers.activations"
+
+
+class LeafTracer(fx.Tracer):
+    """torch.fx's tracer with library RMSNorm classes (``is_rms_norm``) and activations (``is_library_activation``)
+    as leaves, like torch.nn's modules."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return is_rms_norm(m) or is_library_activation(m) or super().is_leaf_module(m, module_qualified_name)
+
+
+class ConcreteTracer(LeafTracer):
     """torch.fx tracing with the example input ``x`` run alongside (see the module docstring)."""
 
     def __init__(self, x: torch.Tensor):
@@ -84,6 +117,13 @@ class ConcreteTracer(fx.Tracer):
         if kind == "call_method":
             return getattr(a[0], target)(*a[1:], **k)
         return target(*a, **k)
+
+    def call_module(self, m, forward, args, kwargs):
+        try:
+            self.path_of_module(m)
+        except NameError:  # a module made on the fly, not the model's (a kernel hub's function as a layer): inline
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
 
     def to_bool(self, obj: fx.Proxy) -> bool:
         return bool(obj.node.meta["value"])

@@ -156,8 +156,10 @@ def build_plan(model: nn.Module, composite: Composite, x: torch.Tensor | None = 
     plan: dict[fx.Node, Step] = {}
     seen_first = False
     passed = []  # softmax and BatchNorm layers that relevance passes unchanged (warned about once)
-    kinds = {node: node_kind(model, node, "LRP", transformers=True) for node in graph.nodes}
     carries = carrying_nodes(graph)
+    # a module call that does not depend on the input (GPT-2's position embedding of arange(T)) is a constant
+    kinds = {node: "grad" if node.op == "call_module" and not carries[node] else
+             node_kind(model, node, "LRP", transformers=True) for node in graph.nodes}
     attention, outputs = set(), set()
     for node, kind in kinds.items():
         if kind != "softmax":
@@ -211,7 +213,11 @@ def build_plan(model: nn.Module, composite: Composite, x: torch.Tensor | None = 
         elif kind == "product":
             ops = operands(node)
             multiply = node.target in (operator.mul, torch.mul, "mul")  # a gate multiplies (x / sigmoid: no rule)
-            gates = [multiply and isinstance(a, fx.Node) and is_gate(model, a) for a in ops]
+            # CP-LRP also holds an activated gate constant (a SwiGLU's act(gate_proj(x)) * up_proj(x)), as LXT's
+            # cp_gated_mlp_forward does: all relevance goes to the other factor
+            cp_gate = composite.softmax == "constant"
+            gates = [multiply and isinstance(a, fx.Node) and (is_gate(model, a) or cp_gate and kinds[a] == "pass")
+                     for a in ops]
             if all(gates):
                 gates = [False] * len(ops)  # a product of two gates: no signal to give it all to
             plan[node] = Step("product", carries=tuple(isinstance(a, fx.Node) and carries[a] and not g

@@ -33,6 +33,7 @@ from evalxai.methods.lrp.functions import (
 )
 from evalxai.methods.lrp.plan import CONV_PROTO, LINEAR_PROTO, merged_weights
 from evalxai.methods.lrp.rules import LinearOp, Rule
+from evalxai.methods.tracing import is_rms_norm
 
 TRANSFORMER_KINDS = {"softmax", "product", "layernorm", "groupnorm", "flinear", "mha", "sdpa", "sub", "neg", "rescale",
                      "encoder"}
@@ -226,6 +227,8 @@ def transformer_step(model, node, step, name, call, args, kwargs, ops: Transform
     if kind == "layernorm":
         if node.op == "call_module":
             m = step.module
+            if is_rms_norm(m):  # a library's RMSNorm class: weight * x / rms(x), in its own precision
+                return library_rms_norm(name, m, args[0], eps, hook_for)
             rms = isinstance(m, nn.RMSNorm)
             shape, w, b, e = m.normalized_shape, m.weight, getattr(m, "bias", None), m.eps
         else:
@@ -238,6 +241,10 @@ def transformer_step(model, node, step, name, call, args, kwargs, ops: Transform
                                  e, rms, eps, hook_for(name, "layernorm"))
     if kind == "flinear":  # F.linear, F.conv1d/2d/3d: the composite's linear / conv rule (BatchNorm merged)
         bound = bind_arguments(node.target, args, kwargs)
+        if node.target is torch.addmm:  # bias + x @ W (GPT-2's Conv1D): F.linear(x, W^T, bias)
+            if bound["beta"] != 1 or bound["alpha"] != 1:
+                raise LRPError(f"addmm (graph node '{node.name}') with beta or alpha other than 1 has no LRP rule")
+            return ops.linear(name, bound["input"], bound["weight"].t(), bound["bias"], rule=step.rule)
         w, b = merged_weights(None, step.bn, bound["weight"], bound.get("bias"))
         if node.target is F.linear:
             return ops.linear(name, bound["input"], w, b, rule=step.rule)
@@ -301,6 +308,22 @@ def transformer_step(model, node, step, name, call, args, kwargs, ops: Transform
             return NotImplemented
         return PassFn.apply(carrier, out.detach())
     return ops.product(name, fn, vals[0], vals[1], tuple(carries))
+
+
+def library_rms_norm(name: str, m: nn.Module, x: torch.Tensor, eps: float, hook_for) -> torch.Tensor:
+    """A library's RMSNorm (``is_rms_norm``: Llama's) by ``NormLayerFn``'s rule with the normaliser held constant (as
+    LXT's ``rms_norm_forward``), the forward value the module's own (it may normalise in float32); an error where the
+    module does not compute weight * x / rms(x) (Gemma's (1 + weight), for instance)."""
+    e = getattr(m, "variance_epsilon", getattr(m, "eps", None))
+    shape = tuple(m.weight.shape)
+    y = NormLayerFn.apply(x, shape, m.weight.detach(), None, e, True, eps, hook_for(name, "layernorm"))
+    with torch.no_grad():
+        out = m(x)
+    tol = 1e-4 if x.dtype == torch.float64 else 1e-2
+    if out.shape != y.shape or not torch.allclose(out, y.detach(), rtol=tol, atol=tol * float(out.abs().max())):
+        raise LRPError(f"module '{name}' ({type(m).__name__}) does not compute weight * x / rms(x): no LRP rule for "
+                       "it; replace it by torch.nn.RMSNorm or explain with a gradient method")
+    return y + (out - y).detach()
 
 
 def _softmax_dim(model, node, args, kwargs) -> int:
