@@ -23,7 +23,7 @@ from evalxai.core.validate import (
     check_token_inputs,
 )
 from evalxai.metrics import get_metric
-from evalxai.models.text import EmbeddingsInput, unwrapped
+from evalxai.models.text import EmbeddingsInput, text_model
 
 Target = int | Sequence[int] | torch.Tensor
 """What ``explain`` and ``score`` take as ``target``: one class for every sample, or one per sample."""
@@ -94,7 +94,7 @@ def explain_tokens(model: nn.Module, input_ids: torch.Tensor, target, method: st
     embedding's relevance summed over D; padding (``attention_mask`` 0) gets 0. The samples are explained in groups
     of one attention mask (one length, when right-padded): a method that stacks perturbed copies of its samples
     runs the wrapper on any batch, and every row needs its mask."""
-    inner = unwrapped(model)
+    inner = text_model(model)
     input_ids, attention_mask = check_token_inputs(inner, input_ids, attention_mask)
     embeds = EmbeddingsInput(inner).embed(input_ids)
     # the classes from one sample: its wrapper sees the first row of the mask

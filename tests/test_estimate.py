@@ -14,7 +14,7 @@ import evalxai
 from evalxai.bench.metrics import PassCounter
 from evalxai.core.validate import check_logits
 from evalxai.metrics import METRICS, get_metric
-from evalxai.runs.estimate import MAPS, MethodCost, Timing, estimate_run, method_cost
+from evalxai.runs.estimate import LRP_PASSES, MAPS, MethodCost, Timing, estimate_run, method_cost
 from tests.custom_models import TinyNet
 
 N = 3
@@ -107,7 +107,7 @@ def test_method_cost_reads_the_parameters():
     assert method_cost("gradient", {}, x) == MethodCost(0, 1)
     assert method_cost("integrated_gradients", {"steps": 8}, x) == MethodCost(0, 8)
     assert method_cost("smoothgrad", {}, x).gradient_passes == 32  # the registered default
-    assert method_cost("lrp_epsilon_plus", {}, x).gradient_passes == 1.5
+    assert method_cost("lrp_epsilon_plus", {}, x).gradient_passes == LRP_PASSES == 2.0
     assert method_cost("random", {}, x) == MethodCost(0, 0)
     assert method_cost("occlusion", {"patch": 4, "stride": 4}, x) == MethodCost(17, 0)  # 4 x 4 windows + x
     assert method_cost({"_target_": "captum.attr.Saliency"}, {}, x) is None

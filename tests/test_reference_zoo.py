@@ -6,17 +6,13 @@ skipped elsewhere. Random weights with measured BatchNorm statistics, float64 un
 from __future__ import annotations
 
 import copy
-import functools
-import importlib
-import sys
-import types
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 import evalxai
+from tests.lxt_reference import lxt_patches, patch_class
 
 pytestmark = pytest.mark.reference
 tv = pytest.importorskip("torchvision")
@@ -207,18 +203,6 @@ def test_batch_and_dtype_independence(name):
     assert err <= FLOAT32_TOL.get(name, 1e-3), f"{name}: float32 vs float64 {err:.3g}"
 
 
-def lxt_patches(monkeypatch):
-    """LXT 2.1's ``lxt.efficient.patches`` without ``lxt.efficient/__init__``, which imports its BERT patches, and
-    those import a name transformers 5 removed (``find_pruneable_heads_and_indices``)."""
-    lxt = pytest.importorskip("lxt")
-    package = types.ModuleType("lxt.efficient")
-    package.__path__ = [str(Path(lxt.__file__).parent / "efficient")]
-    monkeypatch.setitem(sys.modules, "lxt.efficient", package)
-    for name in ("lxt.efficient.rules", "lxt.efficient.patches"):
-        monkeypatch.delitem(sys.modules, name, raising=False)
-    return importlib.import_module("lxt.efficient.patches")
-
-
 def test_cp_lrp_equals_lxt_on_torchvision_vit(monkeypatch):
     """CP-LRP with epsilon 0 on torchvision's VisionTransformer equals LXT 2.1's own map for it (its ``vit_torch``
     patch map: CP attention, LayerNorm with the std held constant, GELU by the identity rule; relevance = input x
@@ -230,13 +214,10 @@ def test_cp_lrp_equals_lxt_on_torchvision_vit(monkeypatch):
     target = torch.tensor([0, 4, 9])
     ours = evalxai.explain(model, x, target, method="cp_lrp", epsilon=0.0)
     # LXT's map for torchvision's ViT (lxt/efficient/models/vit_torch.py: cp_LRP), applied as that file applies it
-    cp_lrp_map = {nn.GELU: functools.partial(patches.patch_method, patches.non_linear_forward, keep_original=True),
-                  nn.LayerNorm: functools.partial(patches.patch_method, patches.layer_norm_forward),
-                  nn.MultiheadAttention: functools.partial(patches.patch_method,
-                                                           patches.cp_multi_head_attention_forward, keep_original=True)}
-    for cls, patch in cp_lrp_map.items():
-        monkeypatch.setattr(cls, "forward", cls.forward)  # restored after the test
-        assert patch(cls), cls
+    patch_class(monkeypatch, patches, nn.GELU, patches.non_linear_forward, keep_original=True)
+    patch_class(monkeypatch, patches, nn.LayerNorm, patches.layer_norm_forward)
+    patch_class(monkeypatch, patches, nn.MultiheadAttention, patches.cp_multi_head_attention_forward,
+                keep_original=True)
     xg = x.clone().requires_grad_(True)
     out = model(xg)
     idx = torch.arange(len(x))
@@ -275,10 +256,8 @@ def test_attnlrp_and_cp_lrp_equal_lxt_on_huggingface_vit(monkeypatch, method):
 
     wrap = patches.wrap_attention_forward if method == "attnlrp" else patches.cp_wrap_attention_forward
     monkeypatch.setattr(modeling_vit, "eager_attention_forward", wrap(modeling_vit.eager_attention_forward))
-    for cls in (nn.LayerNorm, GELUActivation):
-        monkeypatch.setattr(cls, "forward", cls.forward)  # restored after the test
-    assert patches.patch_method(patches.layer_norm_forward, nn.LayerNorm)
-    assert patches.patch_method(patches.non_linear_forward, GELUActivation, keep_original=True)
+    patch_class(monkeypatch, patches, nn.LayerNorm, patches.layer_norm_forward)
+    patch_class(monkeypatch, patches, GELUActivation, patches.non_linear_forward, keep_original=True)
     xg = x.clone().requires_grad_(True)
     out = model(xg)
     out[torch.arange(len(x)), target].sum().backward()

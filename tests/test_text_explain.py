@@ -7,10 +7,6 @@ Hugging Face BERT, GPT-2 and Llama sequence classifiers.
 from __future__ import annotations
 
 import copy
-import importlib
-import sys
-import types
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +16,7 @@ from torch import nn
 import evalxai
 from evalxai.methods.graph import LRPError
 from evalxai.models import EmbeddingsInput
+from tests.lxt_reference import lxt_patches
 
 METHODS = ["attnlrp", "cp_lrp", "gradient_x_input", "integrated_gradients", "random"]
 
@@ -305,18 +302,6 @@ def test_addmm_is_a_linear_layer():
 
 # --- reference: Hugging Face models against LXT 2.1 ---------------------------------------------------------------
 
-def _lxt_patches(monkeypatch):
-    """LXT 2.1's ``lxt.efficient.patches`` without ``lxt.efficient/__init__`` (its BERT file does not import under
-    transformers 5); as ``tests/test_reference_zoo.lxt_patches``."""
-    lxt = pytest.importorskip("lxt")
-    package = types.ModuleType("lxt.efficient")
-    package.__path__ = [str(Path(lxt.__file__).parent / "efficient")]
-    monkeypatch.setitem(sys.modules, "lxt.efficient", package)
-    for name in ("lxt.efficient.rules", "lxt.efficient.patches"):
-        monkeypatch.delitem(sys.modules, name, raising=False)
-    return importlib.import_module("lxt.efficient.patches")
-
-
 def _hf_model(name):
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
@@ -343,7 +328,7 @@ def _lxt_map(monkeypatch, name, model, method, ids, mask, target):
     for AttnLRP, cp_wrap_attention_forward for CP-LRP), LayerNorm / RMSNorm with the normaliser constant, the identity
     rule on the activations (BERT also on its pooler's tanh, as LXT's bert.py), Llama's MLP by gated_mlp_forward /
     cp_gated_mlp_forward. BERT has no CP-LRP in LXT: AttnLRP's BERT with CP's attention."""
-    patches = _lxt_patches(monkeypatch)
+    patches = lxt_patches(monkeypatch)
     from transformers.models.bert import modeling_bert
     from transformers.models.gpt2 import modeling_gpt2
     from transformers.models.llama import modeling_llama

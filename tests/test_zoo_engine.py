@@ -525,3 +525,84 @@ def test_hugging_face_resnet_lrp_0_is_gradient_x_input():
     model = bias_free(LogitsOnly(hf_models()["resnet"]()))
     x, t = torch.rand(2, 3, 32, 32, dtype=torch.float64), torch.tensor([1, 7])
     assert rel_err(explain(model, x, t, "lrp_0"), grad_x_input(model, x, t)) < 1e-10
+
+
+# Review findings (issue 27): each case failed before its fix.
+class _GateTimesConstant(nn.Module):
+    def __init__(self, form: str):
+        super().__init__()
+        self.form = form
+        self.a, self.b = nn.Linear(6, 5, bias=False), nn.Linear(5, 3, bias=False)
+
+    def forward(self, x):
+        h = self.a(x)
+        g = {"sigmoid": lambda: torch.sigmoid(h) * 2.0, "tensor": lambda: torch.full_like(h, 2.0) * torch.sigmoid(h),
+             "gelu": lambda: F.gelu(h) * 2.0}[self.form]()
+        return self.b(g)
+
+
+@pytest.mark.parametrize("form,method", [("sigmoid", "lrp_0"), ("sigmoid", "cp_lrp"), ("tensor", "lrp_0"),
+                                         ("gelu", "cp_lrp")])
+def test_a_gate_times_a_constant_conserves_relevance(form, method):
+    """A sigmoid (or, for CP-LRP, an activated) factor times a constant is no gated product: relevance passes as
+    through any activation, sum R = f_c (it was scaled by the constant)."""
+    torch.manual_seed(0)
+    model = _GateTimesConstant(form).double().eval()
+    x = torch.rand(4, 6, dtype=torch.float64)
+    r = evalxai.explain(model, x, [0, 1, 2, 0], method=method, **({} if method == "lrp_0" else {"epsilon": 0.0}))
+    logits = model(x)[torch.arange(4), torch.tensor([0, 1, 2, 0])]
+    assert torch.allclose(r.sum(1), logits, rtol=1e-9, atol=1e-12)
+
+
+class _Fold(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3, padding=1, bias=False)
+        self.fc = nn.Linear(2 * 6 * 6, 3, bias=False)
+
+    def forward(self, x):
+        cols = F.unfold(torch.relu(self.conv(x)), kernel_size=3, padding=1)  # overlapping patches
+        return self.fc(F.fold(cols, (6, 6), kernel_size=3, padding=1).flatten(1))
+
+
+def test_fold_sums_overlapping_patches_and_conserves():
+    """F.fold adds overlapping patches: the proportional rule (it duplicated relevance as a 'copy': sum R = 8 f)."""
+    torch.manual_seed(0)
+    model = _Fold().double().eval()
+    x = torch.rand(2, 1, 6, 6, dtype=torch.float64)
+    r = evalxai.explain(model, x, [0, 2], method="lrp_0")
+    logits = model(x)[torch.arange(2), torch.tensor([0, 2])]
+    assert torch.allclose(r.flatten(1).sum(1), logits, rtol=1e-9)
+    gxi = evalxai.explain(model, x, [0, 2], method="gradient_x_input")
+    assert torch.allclose(evalxai.explain(model, x, [0, 2], method="lrp_0"), gxi, rtol=0, atol=1e-12)
+
+
+class _InputBias(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+        self.w = nn.Parameter(torch.randn(4, 3))
+
+    def forward(self, x):
+        return torch.addmm(self.lin(x), x, self.w)
+
+
+class _SliceWrite(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin, self.out = nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = self.lin(x)
+        h[:, 0] = 0
+        return self.out(h)
+
+
+def test_an_input_dependent_bias_and_a_slice_write_are_refused_in_one_line():
+    from evalxai.methods.graph import LRPError
+
+    x = torch.rand(2, 4, dtype=torch.float64)
+    with pytest.raises(LRPError, match="adds a bias that depends on the input"):
+        evalxai.explain(_InputBias().double().eval(), x, [0, 1], method="lrp_0")
+    with pytest.raises(LRPError, match="slice assignment .* writes into a tensor computed from the input"):
+        evalxai.explain(_SliceWrite().double().eval(), x, [0, 1], method="lrp_0")

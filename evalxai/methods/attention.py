@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from evalxai.methods.graph import LRPError, attention_nodes, execute
+from evalxai.methods.graph import LRPError, attention_nodes, check_function, execute
 from evalxai.methods.registry import register_method
 
 HEAD_FUSIONS = ("mean", "max", "min")
@@ -41,7 +41,7 @@ def attention_weights(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
         return out
 
     with torch.no_grad():
-        execute(model, graph, x, handle)
+        check_function(model, x, execute(model, graph, x, handle))
     return maps
 
 

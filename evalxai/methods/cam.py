@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from evalxai.methods.graph import execute, trace
+from evalxai.methods.graph import check_function, execute, trace
 from evalxai.methods.registry import register_method
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -152,7 +152,7 @@ def cam(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor
         return NotImplemented
 
     with torch.no_grad():
-        execute(model, trace(model, x), x, grab)
+        check_function(model, x, execute(model, trace(model, x), x, grab))
     a = feats["a"]
     w = fc.weight.detach()[target]  # (N, K)
     return upsample(torch.einsum("nk...,nk->n...", a, w), x)

@@ -144,7 +144,7 @@ def deeplift(model: nn.Module, x: torch.Tensor, target: torch.Tensor, baseline: 
         return NotImplemented
 
     with torch.no_grad():
-        execute(model, graph, ref, record)
+        check_function(model, ref, execute(model, graph, ref, record))  # the reference runs the model's function
 
     def rescale(node, call, args, kwargs):
         kind = kinds[node]

@@ -58,7 +58,7 @@ SHAPE_OPS = {
     "rot90", "narrow", "select", "index_select", "gather", "take_along_dim", "getitem", "split", "chunk", "unbind",
     "tensor_split", "hsplit", "vsplit", "dsplit", "split_with_sizes", "cat", "concat", "concatenate", "stack", "hstack",
     "vstack", "dstack", "pad", "pixel_shuffle", "pixel_unshuffle", "channel_shuffle", "native_channel_shuffle",
-    "unfold", "fold", "diagonal", "masked_fill", "to", "float", "double", "half", "bfloat16", "type", "type_as",
+    "unfold", "diagonal", "masked_fill", "to", "float", "double", "half", "bfloat16", "type", "type_as",
     "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout",
 }
 _SHAPE_MODULES = ("torch", "torch.functional", "torch.nn.functional", "torch._C._nn", "torch._C._VariableFunctions",
@@ -72,7 +72,8 @@ PASS_FUNCS = {torch.tanh, torch.tanh_, torch.sigmoid, torch.sigmoid_, F.gelu, F.
               F.selu, torch.selu_, F.celu, torch.celu_, F.softsign, F.logsigmoid, F.tanhshrink, *SOFTMAX_FUNCS}
 PASS_METHODS = {"sigmoid", "sigmoid_", "tanh", "tanh_"}  # x.sigmoid() (timm's SE gate), x.tanh()
 NORM_FUNCS = {F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
-              F.adaptive_avg_pool3d, torch.mean, torch.sum, F.interpolate, F.upsample}
+              F.adaptive_avg_pool3d, torch.mean, torch.sum, F.interpolate, F.upsample,
+              F.fold}  # fold (col2im) sums overlapping patches: the proportional rule, not a copy
 ADD_FUNCS = {operator.add, torch.add, operator.iadd}
 
 
@@ -137,7 +138,7 @@ def trace(model: nn.Module, x: torch.Tensor | None = None) -> fx.Graph:
     cache = _TRACES.setdefault(model, {})
     if None in cache:
         return cache[None]
-    key = None if x is None else (tuple(x.shape), x.dtype)
+    key = None if x is None else (tuple(x.shape), x.dtype, x.device)
     if key in cache:
         return cache[key]
     if "symbolic" not in cache:
@@ -518,6 +519,10 @@ def execute(model: nn.Module, graph: fx.Graph, x: torch.Tensor,
             return args[0]
         else:
             call = _callable(model, node)
+            if node.op == "call_function" and node.target is operator.setitem and carries.get(node.args[0]):
+                raise LRPError(f"slice assignment (graph node '{node.name}') in {owner(model, node)} writes into a "
+                               "tensor computed from the input: write it out of place (torch.where, torch.cat) so "
+                               "that the traced graph says what the model computes")
             inplace = is_inplace(model, node)
             if inplace and _constant_scratch(node, args, carries):  # a mask, a cloned bias: as eager mode does
                 inplace = False

@@ -159,4 +159,7 @@ def concrete_trace(model: nn.Module, x: torch.Tensor) -> fx.Graph:
     if any(p.kind is p.VAR_POSITIONAL for p in sig.parameters.values()):
         raise TypeError(f"{type(model).__name__}.forward takes *args: give it one named input")
     with unwrapped():
-        return ConcreteTracer(x).trace(model)
+        graph = ConcreteTracer(x).trace(model)
+    for node in graph.nodes:  # the example's activations are not kept with the cached graph
+        node.meta.pop("value", None)
+    return graph

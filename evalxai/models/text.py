@@ -3,7 +3,7 @@
 Token ids are integers: no gradient or relevance reaches them. ``EmbeddingsInput(model, attention_mask)`` is the
 model as a function of the word embeddings e (N, T, D) = ``model.get_input_embeddings()(input_ids)`` to logits
 (N, classes), so every method (LRP, gradients, integrated gradients) explains e unchanged; ``evalxai.explain`` on
-integer input ids builds it (``evalxai.text.explain_tokens``).
+integer input ids builds it (``evalxai.api.explain_tokens``).
 
 What the model must offer: ``get_input_embeddings()`` (the word-embedding layer) and a forward taking
 ``inputs_embeds=`` and ``attention_mask=`` (1 = token, 0 = padding) that returns logits or an output object with
@@ -19,7 +19,7 @@ import torch
 from torch import fx, nn
 
 
-def unwrapped(model: nn.Module) -> nn.Module:
+def text_model(model: nn.Module) -> nn.Module:
     """The Hugging Face model inside ``LogitsOnly`` (a ``.model`` attribute with input embeddings), else ``model``."""
     inner = getattr(model, "model", None)
     if isinstance(inner, nn.Module) and not hasattr(model, "get_input_embeddings") \
@@ -50,7 +50,7 @@ class EmbeddingsInput(nn.Module):
 
     def __init__(self, model: nn.Module, attention_mask: torch.Tensor | None = None, pooling: str | None = None):
         super().__init__()
-        self.model = unwrapped(model)
+        self.model = text_model(model)
         self.attention_mask = attention_mask
         self.pooling = pooling or ("last" if last_token_head(self.model) else "model")
         self.last = None if attention_mask is None else last_positions(attention_mask)

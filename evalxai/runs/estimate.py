@@ -25,7 +25,7 @@ from evalxai.methods import get_method
 from evalxai.methods.occlusion import window_starts
 from evalxai.metrics import get_metric
 
-LRP_PASSES = 1.5  # gradient passes one LRP explain costs (1.0-2.5 measured: docs/benchmarks.md, at ImageNet size)
+LRP_PASSES = 2.0  # gradient passes one LRP explain costs (1.7-3.0 measured at 224 px: docs/zoo.md, lrp_epsilon_plus)
 DEEPLIFT_PASSES = 2.0  # its multipliers on every activation: 1.65-2.6 gradient passes (docs/benchmarks.md)
 TIMED_BATCH = 16  # images per timed call: per-image cost at the batch sizes chunks run at, not a lone image's
 

@@ -85,8 +85,8 @@ class BatchNormStats:
 
 
 def _constant_value(model: nn.Module, a, carries: dict):
-    """The value of a node argument that does not depend on the input and is known before the run: a parameter or
-    buffer (``get_attr``), or an example value of the concrete trace; ``False`` if unknown."""
+    """The value of a node argument that does not depend on the input and is known before the run: a Python value, a
+    parameter or a buffer (``get_attr``); ``False`` otherwise."""
     if not isinstance(a, fx.Node):
         return a
     if carries.get(a, True):
@@ -96,7 +96,7 @@ def _constant_value(model: nn.Module, a, carries: dict):
         for part in a.target.split("."):
             obj = getattr(obj, part)
         return obj
-    return a.meta.get("value", False) if isinstance(a.meta.get("value"), torch.Tensor) else False
+    return False  # computed statistics: not merged (a trace-time value could be stale when the model changes)
 
 
 def functional_batch_norm(model: nn.Module, node: fx.Node, carries: dict) -> BatchNormStats | None:
@@ -197,10 +197,15 @@ def build_plan(model: nn.Module, composite: Composite, x: torch.Tensor | None = 
             seen_first = True
         elif kind == "flinear":
             fn = node.target
-            weight = bind_arguments(fn, node.args, node.kwargs)["weight"]
+            bound = bind_arguments(fn, node.args, node.kwargs)
+            weight, bias = bound["weight"], bound.get("bias")  # addmm: its first operand
             if isinstance(weight, fx.Node) and carries[weight]:
                 raise LRPError(f"{fn.__name__} (graph node '{node.name}') in {owner(model, node)} multiplies by a "
                                "weight that depends on the input: write it as a product (torch.matmul) instead")
+            if isinstance(bias, fx.Node) and carries[bias]:
+                raise LRPError(f"{fn.__name__} (graph node '{node.name}') in {owner(model, node)} adds a bias that "
+                               "depends on the input, which the linear rule would absorb: write it as "
+                               "F.linear(x, w) + b so that the addition splits the relevance")
             conv = fn in CONV_FUNCS
             merged = _merge_target(node, model, None, carries) if conv else None  # F.linear: features unknown
             if merged is not None:
@@ -218,8 +223,9 @@ def build_plan(model: nn.Module, composite: Composite, x: torch.Tensor | None = 
             cp_gate = composite.softmax == "constant"
             gates = [multiply and isinstance(a, fx.Node) and (is_gate(model, a) or cp_gate and kinds[a] == "pass")
                      for a in ops]
-            if all(gates):
-                gates = [False] * len(ops)  # a product of two gates: no signal to give it all to
+            signal = [isinstance(a, fx.Node) and carries[a] and not g for a, g in zip(ops, gates)]
+            if all(gates) or not any(signal):
+                gates = [False] * len(ops)  # two gates, or a gate times a constant: no signal to give it all to
             plan[node] = Step("product", carries=tuple(isinstance(a, fx.Node) and carries[a] and not g
                                                        for a, g in zip(ops, gates)))
         elif kind == "lrn":
