@@ -82,7 +82,7 @@ def explain(model: nn.Module, x: torch.Tensor, target: Target,
     return attributions.detach()
 
 
-def explain_tokens(model: nn.Module, input_ids: torch.Tensor, target, method: str | Callable | Mapping,
+def explain_tokens(model: nn.Module, input_ids: torch.Tensor, target: Target, method: str | Callable | Mapping,
                    attention_mask: torch.Tensor | None = None, per_token: bool = True,
                    **overrides: Any) -> torch.Tensor:
     """Relevance of each token (N, T) (``per_token=False``: of each embedding entry, (N, T, D)) for the ``target``
