@@ -184,6 +184,8 @@ def _cases(kind: str, names) -> list:
                 continue
             error, reason = KNOWN.get((kind, name, model), (None, None))
             marks = [pytest.mark.xfail(strict=True, raises=error, reason=reason)] if reason else []
+            if kind == "metric" and model == "vit":  # the second model of every metric: the full suite, not the quick
+                marks.append(pytest.mark.slow)     # check (pytest -m "not slow" stays under 90 s)
             out.append(pytest.param(name, model, marks=marks, id=f"{name}-{model}"))
     return out
 

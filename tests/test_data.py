@@ -9,6 +9,7 @@ from evalxai.data import load_dataset
 from evalxai.data.mnist import read_idx
 
 
+@pytest.mark.slow
 def test_bundled_mnist_shapes_ranges_and_split(cache_dir):
     d = load_dataset("mnist", cache_dir=cache_dir)
     assert d.x_train.shape == (4000, 1, 28, 28) and d.x_test.shape == (1000, 1, 28, 28)

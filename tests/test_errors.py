@@ -91,6 +91,7 @@ def test_results_directory_not_writable(tmp_path, cache_dir):
         run_experiment(_smoke_cfg(), blocker / "run", progress=False)
 
 
+@pytest.mark.slow
 def test_disk_full_keeps_the_previous_table(tmp_path, cache_dir, monkeypatch):
     from evalxai.runs.pipeline import run_experiment
 
@@ -141,6 +142,7 @@ def random_relu_net(seed, widths, conv, pool, bias):
 
 
 @settings(max_examples=25, deadline=None)
+@pytest.mark.slow
 @given(seed=st.integers(0, 10_000), widths=st.lists(st.integers(1, 8), min_size=1, max_size=3),
        conv=st.booleans(), pool=st.sampled_from(["max", "avg"]), bias=st.booleans(), n=st.integers(1, 5),
        scale=st.floats(0.01, 10.0))

@@ -32,6 +32,7 @@ def test_cluster_interval_is_as_wide_as_the_per_image_interval():
     assert 0.3 < naive / width < 0.6  # ~ 1 / sqrt(5)
 
 
+@pytest.mark.slow
 def test_cluster_interval_covers_the_true_mean():
     rng = np.random.default_rng(1)
     mu, n_sim, n_img, n_seed = 0.3, 200, 10, 4
