@@ -1,3 +1,4 @@
+import contextlib
 import os
 
 import pytest
@@ -20,14 +21,30 @@ def no_hooks(model) -> bool:
     return _hook_count(model) == 0
 
 
+@contextlib.contextmanager
+def one_intra_op_thread():
+    """torch on one intra-op thread, restored afterwards: small tensors on two threads mostly wait for each other,
+    and far more so on a busy machine (efficientnet_b0: 75 s against a few)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """A module's tests on one intra-op thread (``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    with one_intra_op_thread():
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _one_thread_for_reference_tests(request):
-    """Tests marked ``reference`` (many small models) run on one intra-op thread: small convolutions on two threads
-    mostly wait for each other, and far more so on a busy machine (efficientnet_b0: 75 s against a few)."""
+    """Tests marked ``reference`` (many small models) run on one intra-op thread."""
     if request.node.get_closest_marker("reference") is None:
         yield
         return
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with one_intra_op_thread():
+        yield

@@ -27,13 +27,7 @@ TINY_VAE = {"name": "vae_tiny", "kind": "vae", "dataset": "mnist", "arch": {"lat
             "train": {"epochs": 5, "batch_size": 128, "lr": 0.002}, "seed": 0}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The optimisations here run on tiny tensors: one intra-op thread (restored afterwards)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread (conftest)
 
 
 def newton(grad_hess, v0: np.ndarray, iters: int = 60) -> np.ndarray:

@@ -133,31 +133,21 @@ def trace(model: nn.Module, x: torch.Tensor | None = None) -> fx.Graph:
     """The torch.fx graph of ``model``: symbolic (``torch.fx.Tracer``), traced once per model object (a weak cache).
     Where symbolic tracing fails (the forward asks Python questions about its input: ``if x.dtype != ...``,
     ``len(x)``) or records a ``torch.fx.wrap``-ped function as one opaque call (torchvision's Swin attention), and an
-    example input ``x`` is given, the concrete trace of ``evalxai.methods.tracing`` instead, one per input shape and
-    dtype. LRPError if neither traces."""
+    example input ``x`` is given, the concrete trace of ``evalxai.methods.tracing`` instead, one per input shape,
+    dtype and device. LRPError if neither traces."""
     cache = _TRACES.setdefault(model, {})
-    if None in cache:
-        return cache[None]
-    key = None if x is None else (tuple(x.shape), x.dtype, x.device)
-    if key in cache:
-        return cache[key]
-    if "symbolic" not in cache:
-        try:
-            graph = LeafTracer().trace(model)
-            opaque = [n for n in graph.nodes if n.op == "call_function" and is_wrapped_function(n.target)
-                      and not is_eval_identity(n)]
-            cache["symbolic"] = (graph, None) if not opaque else (None, f"it calls {opaque[0].target.__name__}, "
-                                                                  "which torch.fx records as one opaque call")
-        except Exception as err:  # noqa: BLE001 - tracing errors come in many types
-            cache["symbolic"] = (None, f"{type(err).__name__}: {err}")
+    if "symbolic" not in cache:  # (graph, None) or (None, why it cannot serve)
+        cache["symbolic"] = _symbolic_trace(model)
     graph, why = cache["symbolic"]
     if graph is not None:
-        cache[None] = graph
         return graph
     if x is not None:
+        key = (tuple(x.shape), x.dtype, x.device)
+        if key in cache:
+            return cache[key]
         try:
             graph = concrete_trace(model, x.detach())
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:  # noqa: BLE001 - tracing errors come in many types
             why = f"{why}; with the example input: {type(err).__name__}: {err}"
         else:
             graph.example_shape = key[0]  # specialised: run it on inputs of this shape only
@@ -166,6 +156,19 @@ def trace(model: nn.Module, x: torch.Tensor | None = None) -> fx.Graph:
     raise LRPError(f"the methods that run a model node by node trace it with torch.fx, and {type(model).__name__} "
                    f"cannot be traced ({why}); remove data-dependent control flow from forward, or use a gradient "
                    "method")
+
+
+def _symbolic_trace(model: nn.Module) -> tuple[fx.Graph | None, str | None]:
+    """(the symbolic graph, None), or (None, why it cannot serve: a tracing error, or an opaque wrapped call)."""
+    try:
+        graph = LeafTracer().trace(model)
+    except Exception as err:  # noqa: BLE001 - tracing errors come in many types
+        return None, f"{type(err).__name__}: {err}"
+    opaque = [n for n in graph.nodes if n.op == "call_function" and is_wrapped_function(n.target)
+              and not is_eval_identity(n)]
+    if opaque:
+        return None, f"it calls {opaque[0].target.__name__}, which torch.fx records as one opaque call"
+    return graph, None
 
 
 def layer_type(module: nn.Module) -> str | None:
