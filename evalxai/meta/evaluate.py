@@ -28,6 +28,7 @@ from evalxai.meta.perturbation import (
     draw_seed,
     kept,
     perturb_input,
+    perturb_tokens,
     predict,
 )
 from evalxai.methods import get_method
@@ -115,25 +116,27 @@ class _Clock:
 
 
 def _explain_and_score(model, x, target, calls, metrics, from_data, clock: _Clock, maps=None,
-                       keep_maps: dict | None = None) -> list[pd.DataFrame]:
+                       keep_maps: dict | None = None, inputs: dict | None = None,
+                       ground: dict | None = None) -> list[pd.DataFrame]:
     """Every method's maps of (model, x) (``maps``: given ones to reuse; ``keep_maps``: a dict that receives them)
-    and every metric's rows for them."""
+    and every metric's rows for them; ``inputs``: the attention mask of token ids; ``ground``: the samples' masks."""
+    inputs = inputs or {}
     frames = []
     for name, method, params in calls:
         if maps is not None and name in maps:
             attributions = maps[name]
         else:
             t0 = time.perf_counter()
-            attributions = evalxai.explain(model, x, target, method=method, **params)
+            attributions = evalxai.explain(model, x, target, method=method, **inputs, **params)
             clock.explain += time.perf_counter() - t0
             clock.explain_calls += 1
             clock.explained += len(x)
         if keep_maps is not None:
             keep_maps[name] = attributions
         for metric, mparams in metrics:
-            mp = metric_call(metric, mparams, method, params, from_data)
+            mp = metric_call(metric, mparams, method, params, from_data, ground)
             t0 = time.perf_counter()
-            df = evalxai.score(model, x, target, attributions, metric=metric, **mp)
+            df = evalxai.score(model, x, target, attributions, metric=metric, **inputs, **mp)
             clock.score += time.perf_counter() - t0
             clock.score_calls += 1
             df["method"] = name
@@ -144,31 +147,43 @@ def _explain_and_score(model, x, target, calls, metrics, from_data, clock: _Cloc
 def meta_evaluate(model, x: torch.Tensor, target: torch.Tensor, methods: list[tuple[str, dict]],
                   metrics: list[tuple[str, dict]], *, tests: list[PerturbationTest] | None = None,
                   iterations: int = 5, perturbations: int = 10, seed: int = 0, low=None, high=None, std=None,
-                  mean=None, iec_per: str = "position", maps: dict | None = None,
-                  progress: bool = False) -> MetaResult:
+                  mean=None, iec_per: str = "position", maps: dict | None = None, progress: bool = False,
+                  attention_mask: torch.Tensor | None = None, masks: torch.Tensor | None = None,
+                  token_ids: dict | None = None, replacements: torch.Tensor | None = None) -> MetaResult:
     """Meta-evaluate every (metric, measure) of ``metrics`` over the explanations of ``methods`` (lists of
     ``(name, params)`` as ``evalxai.runs.pipeline.method_list`` / ``metric_list`` give them) on the samples (x, target).
 
     ``tests``: the four MetaQuantus tests by default; ``iterations`` x ``perturbations`` draws each (MetaQuantus:
     5 x 10); ``low`` / ``high``: the data range (model space) the input tests clip to and the metrics get;
     ``std``: the dataset's per-channel std (input noise is in pixel units); ``mean``: the dataset's mean image for
-    methods and metrics that take it; ``maps``: unperturbed attributions already computed (name -> tensor).
+    methods and metrics that take it; ``maps``: unperturbed attributions already computed (name -> tensor);
+    ``masks``: ground-truth masks of the samples (they mark positions, which neither test moves), for the metrics that
+    take them. Token ids: ``attention_mask`` (N, T), ``token_ids`` (pad / mask / unk ids for the methods and metrics
+    that take them) and ``replacements`` (the ordinary token ids the input tests draw from, ``perturb_tokens``).
     Draws are seeded by ``seed``; the model is copied, never changed."""
     if iterations < 1 or perturbations < 1:
         raise ValueError(f"iterations={iterations} and perturbations={perturbations} must be >= 1 (evalxai.meta)")
     tests = default_tests() if tests is None else list(tests)
     t_start = time.perf_counter()
-    from_data = {"low": low, "high": high, "mean": mean}
+    text = attention_mask is not None
+    if text and replacements is None and any(t.space == "input" for t in tests):
+        raise ValueError("the input tests on token ids need the replacement tokens: pass replacements= (evalxai.meta)")
+    from_data = dict(token_ids or {}) if text else {"low": low, "high": high, "mean": mean}
     calls = method_calls(methods, from_data)
+
+    def rows_of(idx=None):  # the attention mask and masks of the samples idx (all: None)
+        pick = (lambda t: t) if idx is None else (lambda t: t[idx])
+        return ({} if attention_mask is None else {"attention_mask": pick(attention_mask)},
+                None if masks is None else {"masks": pick(masks)})
     names = [name for name, _, _ in calls]
     if len(set(names)) != len(names):
         raise ValueError(f"methods {names} name one method twice: give each a distinct name (evalxai.meta)")
     n, k = len(x), len(calls)
     clock = _Clock()
-    pred0 = predict(model, x)
+    pred0 = predict(model, x, attention_mask)
 
     maps0: dict = {}
-    frames = _explain_and_score(model, x, target, calls, metrics, from_data, clock, maps, keep_maps=maps0)
+    frames = _explain_and_score(model, x, target, calls, metrics, from_data, clock, maps, maps0, *rows_of())
     # maps that do not depend on the model (the controls: random, edge) stay valid on a perturbed model
     model_free = [name for name, method, _ in calls
                   if isinstance(method, str) and get_method(method).family == "control"]
@@ -190,15 +205,18 @@ def meta_evaluate(model, x: torch.Tensor, target: torch.Tensor, methods: list[tu
         s = draw_seed(seed, t, i * perturbations + p)
         if t.space == "model":
             m_, x_ = noisy(t.noise, s), x
+        elif text:
+            m_, x_ = model, perturb_tokens(x, attention_mask, t.noise, s, replacements)
         else:
             m_, x_ = model, perturb_input(x, t.noise, s, low, high, std)
-        keep = kept(t, pred0, predict(m_, x_))
+        keep = kept(t, pred0, predict(m_, x_, attention_mask))
         kept_[t.name][i, p] = keep.cpu().numpy()
         idx = torch.nonzero(keep).flatten()
         if len(idx) == 0:
             continue
         reuse = {name: maps0[name][idx] for name in model_free} if t.space == "model" else None
-        frames = _explain_and_score(m_, x_[idx], target[idx], calls, metrics, from_data, clock, reuse)
+        frames = _explain_and_score(m_, x_[idx], target[idx], calls, metrics, from_data, clock, reuse, None,
+                                    *rows_of(idx))
         rows = pd.concat(frames, ignore_index=True)
         where = idx.cpu().numpy()
         for m, name in enumerate(names):

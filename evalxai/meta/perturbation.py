@@ -4,7 +4,9 @@
 - model tests: every parameter w of a copy of the model becomes w * e, e ~ N(1, sigma) element-wise (the user's
   model is never changed); MetaQuantus's sigma: 0.001 (resilience), 2.0 on MNIST-scale models (adversary).
 - input tests: x + U(-delta, delta) in pixel units (divided by the dataset's std in model space), clipped to the
-  data range [low, high]; delta 0.001 (resilience) and 5 (adversary).
+  data range [low, high]; delta 0.001 (resilience) and 5 (adversary). Token ids have no small additive noise: each
+  real token that is not a special one is replaced, with probability ``rate``, by a token drawn uniformly from the
+  vocabulary's ordinary tokens (``perturb_tokens``; evalxai's analogue for text, rates 0.02 and 0.5 by default).
 - a resilience test keeps the samples whose predicted class is unchanged, an adversary test those whose class
   changed (compared with the unperturbed model's prediction on the unperturbed input).
 """
@@ -89,15 +91,30 @@ def perturb_input(x: torch.Tensor, delta: float, seed: int, low=None, high=None,
     return torch.maximum(torch.minimum(x + noise, hi), lo)
 
 
+def perturb_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, rate: float, seed: int,
+                   replacements: torch.Tensor) -> torch.Tensor:
+    """``input_ids`` with each real token (mask 1) whose id is in ``replacements`` (the ordinary tokens: specials such
+    as [CLS] and padding stay) replaced, with probability ``rate``, by an id drawn uniformly from ``replacements``;
+    per sample from ``seed`` and its own ids (``noise_draws``), not from the batch."""
+    u = noise_draws(input_ids, seed, [0, 1], "uniform")
+    ordinary = torch.isin(input_ids, replacements.to(input_ids.device)) & (attention_mask != 0)
+    pick = replacements.to(input_ids.device)[(u[1] * len(replacements)).long().clamp(max=len(replacements) - 1)]
+    return torch.where(ordinary & (u[0] < rate), pick, input_ids)
+
+
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Predicted classes, forwarding as many images at a time as the memory budget allows."""
+def predict(model: nn.Module, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Predicted classes (of token ids with their ``attention_mask``), forwarding as many inputs at a time as the
+    memory budget allows."""
     from evalxai.core.guard import frozen
     from evalxai.core.memory import images_per_chunk
 
     step = images_per_chunk(model, x, "forward", None, "predicting")
     with frozen(model, warn_train=False), torch.no_grad():
-        return torch.cat([model(x[i:i + step]).argmax(1) for i in range(0, len(x), step)])
+        if attention_mask is None:
+            return torch.cat([model(x[i:i + step]).argmax(1) for i in range(0, len(x), step)])
+        outs = [model(input_ids=x[i:i + step], attention_mask=attention_mask[i:i + step]) for i in range(0, len(x), step)]
+        return torch.cat([getattr(o, "logits", o).argmax(1) for o in outs])
 
 
 def kept(test: PerturbationTest, pred0: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,6 @@ import torch
 
 from evalxai.core.files import atomic_path
 from evalxai.core.memory import run_scope
-from evalxai.core.validate import DATA_NEEDS
 from evalxai.meta.evaluate import CRITERIA, meta_evaluate
 from evalxai.meta.perturbation import default_tests
 from evalxai.metrics import get_metric
@@ -33,7 +32,8 @@ from evalxai.runs.run_dir import RunDir
 log = logging.getLogger("evalxai")
 
 META_DEFAULTS = {"iterations": 5, "perturbations": 10, "model_resilience": 0.001, "model_adversary": 2.0,
-                 "input_resilience": 0.001, "input_adversary": 5.0, "iec_ranking": "position", "n_boot": 1000}
+                 "input_resilience": 0.001, "input_adversary": 5.0, "token_resilience": 0.02, "token_adversary": 0.5,
+                 "iec_ranking": "position", "n_boot": 1000}
 
 
 def meta_settings(cfg: dict) -> dict:
@@ -90,6 +90,16 @@ def mc_table(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def ordinary_tokens(dataset, model: torch.nn.Module) -> torch.Tensor:
+    """The ids the input tests on text draw replacements from: the model's vocabulary without the special tokens
+    (padding, [MASK], UNK, [CLS])."""
+    from evalxai.models.text import text_model
+
+    size = text_model(model).get_input_embeddings().num_embeddings
+    special = {v for v in (*dataset.token_ids.values(), getattr(dataset.tokenizer, "cls_id", None)) if v is not None}
+    return torch.tensor([i for i in range(size) if i not in special], dtype=torch.long)
+
+
 def run_meta(cfg: dict, out_dir: str | Path, progress: bool = True) -> Path:
     """Run the meta-evaluation of the experiment ``cfg`` into ``out_dir``; returns the folder."""
     with run_scope(cfg.get("memory_budget"), progress):
@@ -102,10 +112,10 @@ def _run_meta(cfg: dict, out_dir: str | Path, progress: bool) -> Path:
     out = run.path
     settings = meta_settings(cfg)
     methods, metrics = check_run(cfg)
-    with_data = sorted(m for m, _ in metrics if set(get_metric(m).needs) & set(DATA_NEEDS))
-    if with_data:
-        raise ValueError(f"metrics {with_data} take masks or a pool of images, which the meta-evaluation does not "
-                         "carry through its perturbations yet: drop them from the meta run (metrics=...)")
+    with_pool = sorted(m for m, _ in metrics if "pool" in get_metric(m).needs)
+    if with_pool:
+        raise ValueError(f"metrics {with_pool} take a pool of images, which the meta-evaluation does not carry "
+                         "through its perturbations: drop them from the meta run (metrics=...)")
     run.begin()
     seed = int(cfg.get("seed", 0))
     torch.manual_seed(seed)
@@ -121,12 +131,15 @@ def _run_meta(cfg: dict, out_dir: str | Path, progress: bool) -> Path:
                 maps[name] = explain_cached(setup, method, params, cfg.get("cache_dir"))
     t_setup = time.perf_counter() - t_start
 
-    tests = default_tests(settings["model_resilience"], settings["model_adversary"], settings["input_resilience"],
-                          settings["input_adversary"])
+    text = setup.attention_mask is not None
+    inputs = ("token_resilience", "token_adversary") if text else ("input_resilience", "input_adversary")
+    tests = default_tests(settings["model_resilience"], settings["model_adversary"], *(settings[k] for k in inputs))
     res = meta_evaluate(model, x, target, methods, metrics, tests=tests, iterations=int(settings["iterations"]),
                         perturbations=int(settings["perturbations"]), seed=seed, low=dataset.low,
                         high=dataset.high, std=std, mean=mean, iec_per=settings["iec_ranking"], maps=maps,
-                        progress=progress)
+                        progress=progress, attention_mask=setup.attention_mask, masks=setup.ground.get("masks"),
+                        token_ids=setup.from_data if text else None,
+                        replacements=ordinary_tokens(dataset, model) if text else None)
     model_name = model_info.get("label") or cfg["model"]["name"]
     context = {"experiment": cfg.get("name", "adhoc"), "dataset": dataset.name, "model": model_name, "seed": seed,
                "iterations": int(settings["iterations"]), "perturbations": int(settings["perturbations"]),
@@ -156,9 +169,12 @@ def _run_meta(cfg: dict, out_dir: str | Path, progress: bool) -> Path:
              f"{settings['iterations']} iterations x {settings['perturbations']} perturbations per test. Model "
              f"tests: weights x N(1, {settings['model_resilience']}) (resilience, unchanged predictions kept) and "
              f"N(1, {settings['model_adversary']}) (adversary, changed predictions kept); input tests: "
-             f"x + U(-{settings['input_resilience']}, {settings['input_resilience']}) and U(-"
-             f"{settings['input_adversary']}, {settings['input_adversary']}) in pixel units, clipped to the data "
-             f"range. IAC: Wilcoxon p (resilience) or 1 - p (adversary) per method; IEC: same ranking of methods "
+             + (f"each ordinary token replaced by a random one with probability {settings['token_resilience']} "
+                f"(resilience) and {settings['token_adversary']} (adversary)" if text else
+                f"x + U(-{settings['input_resilience']}, {settings['input_resilience']}) and U(-"
+                f"{settings['input_adversary']}, {settings['input_adversary']}) in pixel units, clipped to the data "
+                "range")
+             + f". IAC: Wilcoxon p (resilience) or 1 - p (adversary) per method; IEC: same ranking of methods "
              f"({settings['iec_ranking']}) / share of scores that got worse; MC: mean of the four (1 = ideal), "
              f"± spread over iterations.")
     kept = res.summary.groupby("space")[["kept_resilience", "kept_adversary"]].mean().round(3).reset_index()

@@ -62,9 +62,10 @@ def heatmap_grid(images: np.ndarray, maps: dict[str, np.ndarray], path: Path, n:
     return _save(fig, path, tight=False)
 
 
-def flipping_curves(scores: pd.DataFrame, path: Path) -> Path | None:
-    """Mean pixel-flipping curve per method with a 95 % normal band, one panel per order."""
-    curves = scores[(scores["metric"] == "pixel_flipping") & scores["measure"].str.startswith("curve_")]
+def flipping_curves(scores: pd.DataFrame, path: Path, metric: str = "pixel_flipping") -> Path | None:
+    """Mean perturbation curve per method of ``metric`` (``pixel_flipping``, ``token_flipping``) with a 95 % normal
+    band, one panel per order."""
+    curves = scores[(scores["metric"] == metric) & scores["measure"].str.startswith("curve_")]
     if curves.empty:
         return None
     orders = sorted(curves["measure"].unique())

@@ -29,7 +29,9 @@ from evalxai.methods.cache import attribution_key, cached
 from evalxai.metrics import get_metric
 from evalxai.models import get_model
 from evalxai.models.custom import checkpoint_sha256
+from evalxai.models.text import EmbeddingsInput
 from evalxai.report import TIDY_COLUMNS, plots, summarize
+from evalxai.report.tokens import token_html, token_png
 from evalxai.runs.estimate import duration, estimate_run, time_passes
 from evalxai.runs.identity import code_record, config_key, dataset_record, is_complete
 from evalxai.runs.run_dir import RunDir
@@ -129,7 +131,7 @@ def metric_list(cfg: dict) -> list[tuple[str, dict]]:
 
 
 def run_report(run: RunDir, cfg: dict, run_id: str, accuracy: float, summary: pd.DataFrame, n: int,
-               model_name: str) -> None:
+               model_name: str, text: bool = False) -> None:
     """``report.md`` / ``report.html`` of one run: config, model accuracy, headline summary, plots."""
     import yaml
 
@@ -139,9 +141,11 @@ def run_report(run: RunDir, cfg: dict, run_id: str, accuracy: float, summary: pd
     blocks = [("p", f"Experiment {cfg.get('name', 'adhoc')}, dataset {cfg['dataset']['name']}, model "
                     f"{model_name} (test accuracy {accuracy:.4f}), {n} samples, seed {cfg.get('seed', 0)}."),
               ("h2", "Summary (mean, 95 % bootstrap interval)"), ("table", head)]
-    blocks += [("img", run.plots / f"{name}.png", caption) for name, caption in
+    figures = ((("summary", "per-method means with intervals"), ("token_flipping", "token-flipping curves"),
+                ("token_heatmaps", "token relevance (tokens.html: every sample)")) if text else
                (("summary", "per-method means with intervals"), ("pixel_flipping", "pixel-flipping curves"),
-                ("continuity", "continuity along the translation path"), ("heatmaps", "attributions"))]
+                ("continuity", "continuity along the translation path"), ("heatmaps", "attributions")))
+    blocks += [("img", run.plots / f"{name}.png", caption) for name, caption in figures]
     blocks += [("h2", "Configuration"), ("pre", yaml.safe_dump(cfg, sort_keys=False))]
     run.report(f"evalxai run {run_id}", blocks)
 
@@ -177,6 +181,16 @@ class Setup:
     from_data: dict
     ground: dict
     device: torch.device
+    attention_mask: torch.Tensor | None = None  # text: (n, T), 1 = token, 0 = padding; None for images
+
+    @property
+    def text(self) -> bool:
+        return self.attention_mask is not None
+
+    @property
+    def inputs(self) -> dict:
+        """What ``evalxai.explain`` / ``evalxai.score`` take besides (model, x, target): the attention mask of text."""
+        return {} if self.attention_mask is None else {"attention_mask": self.attention_mask}
 
 
 def prepare(cfg: dict, methods, metrics, seed: int, progress: bool = True, timings: dict | None = None,
@@ -201,14 +215,18 @@ def prepare(cfg: dict, methods, metrics, seed: int, progress: bool = True, timin
     idx = sample_indices(len(dataset), int(cfg.get("n_samples", 128)), int(cfg.get("sample_seed", 0)))
     x, labels = dataset.test_items(idx)
     x = x.to(device)
+    text = getattr(dataset, "modality", "image") == "text"
+    attention_mask = dataset.attention_mask(x).to(device) if text else None
     if cfg.get("target", "predicted") == "predicted":
         with torch.no_grad():
-            target = model(x).argmax(1)
+            target = logits(model, x, attention_mask).argmax(1)
     else:
         target = labels.to(device)
-    # the training-set mean image is read (the whole train split) only when a baseline or reference asks for it
-    mean = dataset.mean_image() if _asks_for_mean(methods, metrics) else None
-    from_data = {"low": dataset.low, "high": dataset.high, "mean": mean}
+    if text:  # token ids: the baseline tokens (pad, [MASK], UNK) of methods and metrics that take them
+        mean, from_data = None, dict(dataset.token_ids)
+    else:  # the training-set mean image is read (the whole train split) only when a baseline or reference asks
+        mean = dataset.mean_image() if _asks_for_mean(methods, metrics) else None
+        from_data = {"low": dataset.low, "high": dataset.high, "mean": mean}
     ground = {}
     if any("masks" in get_metric(m).needs for m, _ in metrics):
         if not dataset.has_masks:
@@ -217,7 +235,39 @@ def prepare(cfg: dict, methods, metrics, seed: int, progress: bool = True, timin
         ground["masks"] = dataset.test_masks(idx).to(device)
     if any("pool" in get_metric(m).needs for m, _ in metrics):
         ground["pool"] = tuple(t.to(device) for t in dataset.pool(POOL_SIZE, seed=0))
-    return Setup(dataset, model, model_info, idx, x, labels, target, mean, from_data, ground, device)
+    return Setup(dataset, model, model_info, idx, x, labels, target, mean, from_data, ground, device, attention_mask)
+
+
+def logits(model: torch.nn.Module, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The model's logits for images, or for token ids with their attention mask (a Hugging Face output object is
+    read through ``.logits``)."""
+    if attention_mask is None:
+        return model(x)
+    out = model(input_ids=x, attention_mask=attention_mask)
+    return out if isinstance(out, torch.Tensor) else out.logits
+
+
+def timing_inputs(setup: Setup) -> tuple[torch.nn.Module, torch.Tensor]:
+    """(model, inputs) whose forward and input gradient the cost estimate times: the model itself on images; for text
+    the model as a function of its word embeddings (``EmbeddingsInput``, the first sample's mask), on the embeddings."""
+    if not setup.text:
+        return setup.model, setup.x
+    wrapped = EmbeddingsInput(setup.model, setup.attention_mask[:1])
+    return wrapped, wrapped.embed(setup.x)
+
+
+def token_heatmaps(setup: Setup, maps: dict[str, np.ndarray], names: list[str], run: RunDir, n: int = 6) -> None:
+    """``tokens.html`` (every sample of the run) and ``plots/token_heatmaps.png`` (the first ``n``): each method's
+    relevance per token as coloured text, the ground-truth rationale underlined where the data carry one."""
+    lengths = setup.attention_mask.sum(1).cpu().tolist()
+    tokens = [setup.dataset.tokenizer.decode(row[:k]) for row, k in zip(setup.x.cpu().tolist(), lengths)]
+    titles = [f"sample {int(i)}: label {setup.dataset.classes[int(y)]}, explained class {name}"
+              for i, y, name in zip(setup.idx, setup.labels, names)]
+    rationale = setup.ground["masks"].cpu().numpy() if "masks" in setup.ground else None
+    token_html(tokens, maps, run.path / "tokens.html", titles, rationale,
+               title=f"Token relevance: {setup.model_info.get('label', 'model')} on {setup.dataset.name}")
+    token_png(tokens[:n], {k: v[:n] for k, v in maps.items()}, run.plots / "token_heatmaps.png", titles[:n],
+              None if rationale is None else rationale[:n])
 
 
 def explain_cached(setup: Setup, method, params: dict, cache_dir=None, enabled: bool = True) -> torch.Tensor:
@@ -227,8 +277,8 @@ def explain_cached(setup: Setup, method, params: dict, cache_dir=None, enabled: 
     key_params = {k: "dataset mean image" if k == "mean" and v is setup.mean and v is not None else v
                   for k, v in params.items()}
     key = attribution_key(setup.model_info["key"], method, key_params, setup.idx, setup.target, setup.x.dtype)
-    maps, _ = cached(key, lambda: evalxai.explain(setup.model, setup.x, setup.target, method=method, **params),
-                     cache_dir, enabled=enabled)
+    maps, _ = cached(key, lambda: evalxai.explain(setup.model, setup.x, setup.target, method=method, **setup.inputs,
+                                                  **params), cache_dir, enabled=enabled)
     return maps.to(setup.device)
 
 
@@ -278,8 +328,9 @@ def _run_experiment(cfg: dict, out_dir: str | Path, progress: bool = True) -> Pa
     hits0, use_cache = ATTR_STATS["hits"], bool(cfg.get("attribution_cache", True))
     plan = run_plan(setup, methods, metrics)
     t0 = time.perf_counter()
-    estimate = estimate_run(model, x, plan, time_passes(model, x, target), model_info.get("label")
-                            or cfg["model"]["name"])
+    timed_model, timed_x = timing_inputs(setup)
+    estimate = estimate_run(timed_model, timed_x, plan, time_passes(timed_model, timed_x, target),
+                            model_info.get("label") or cfg["model"]["name"])
     timings["estimate_s"] = time.perf_counter() - t0
     log.info("%s", estimate.describe())
     t_work = time.perf_counter()
@@ -292,7 +343,7 @@ def _run_experiment(cfg: dict, out_dir: str | Path, progress: bool = True) -> Pa
         maps[name] = attributions.cpu().numpy()
         for metric, mp in bound:
             t0 = time.perf_counter()
-            df = evalxai.score(model, x, target, attributions, metric=metric, **mp)
+            df = evalxai.score(model, x, target, attributions, metric=metric, **setup.inputs, **mp)
             timings[f"score:{metric}:{name}_s"] = time.perf_counter() - t0
             df["method"] = name
             frames.append(df)
@@ -326,12 +377,16 @@ def _run_experiment(cfg: dict, out_dir: str | Path, progress: bool = True) -> Pa
     t0 = time.perf_counter()
     pdir = run.plots
     names = [str(dataset.classes[int(c)]) if int(c) < len(dataset.classes) else str(int(c)) for c in target.cpu()]
-    plots.heatmap_grid(dataset.denormalize(x.cpu()).numpy(), maps, pdir / "heatmaps.png", labels=names)
-    plots.flipping_curves(scores, pdir / "pixel_flipping.png")
+    if setup.text:
+        token_heatmaps(setup, maps, names, run)
+        plots.flipping_curves(scores, pdir / "token_flipping.png", metric="token_flipping")
+    else:
+        plots.heatmap_grid(dataset.denormalize(x.cpu()).numpy(), maps, pdir / "heatmaps.png", labels=names)
+        plots.flipping_curves(scores, pdir / "pixel_flipping.png")
     plots.summary_bars(summary, pdir / "summary.png")
     plots.continuity_curves(scores, pdir / "continuity.png")
     timings["plots_s"] = time.perf_counter() - t0
-    run_report(run, cfg, run_id, accuracy, summary, len(idx), model_name)
+    run_report(run, cfg, run_id, accuracy, summary, len(idx), model_name, setup.text)
     timings["total_s"] = time.perf_counter() - t_start
     run.finish({  # written last: its presence marks a complete run
         "run_id": run_id, "config_key": run_key, "config": cfg, "code": code_record(),
