@@ -19,10 +19,14 @@ from evalxai.core.validate import (
     check_inputs,
     check_logits,
     check_masks,
+    check_metric_inputs,
     check_pool,
+    check_token_attributions,
     check_token_inputs,
+    check_token_masks,
 )
 from evalxai.metrics import get_metric
+from evalxai.metrics.tokens import why_not_tokens
 from evalxai.models.text import EmbeddingsInput, text_model
 
 Target = int | Sequence[int] | torch.Tensor
@@ -102,18 +106,21 @@ def explain_tokens(model: nn.Module, input_ids: torch.Tensor, target: Target, me
     fn = resolve_method(method, overrides)
     masks, group = torch.unique(attention_mask, dim=0, return_inverse=True)
     r = torch.empty_like(embeds)
+    # one wrapper for the masks with padding and one for those without: the mask is an input of its traced graph,
+    # so groups of one shape share one trace (a model may branch on whether there is padding at all)
+    wrappers = {False: EmbeddingsInput(inner), True: EmbeddingsInput(inner)}
     with frozen(model):
         for g, mask in enumerate(masks):
             rows = torch.nonzero(group == g).flatten()
-            wrapped = EmbeddingsInput(inner, mask[None])
-            step = images_per_chunk(wrapped, embeds[rows], "lrp", None, "explaining")
-            for i in range(0, len(rows), step):
-                idx = rows[i:i + step]
-                part = fn(wrapped, embeds[idx], target[idx])
-                if not isinstance(part, torch.Tensor) or part.shape != embeds[idx].shape:
-                    raise ValueError(f"method {method!r} returned {getattr(part, 'shape', type(part))}, expected a "
-                                     f"tensor of shape {tuple(embeds[idx].shape)} (the word embeddings)")
-                r[idx] = part.detach().to(r.dtype)
+            with wrappers[bool(mask.all())].masked(mask[None]) as wrapped:
+                step = images_per_chunk(wrapped, embeds[rows], "lrp", None, "explaining")
+                for i in range(0, len(rows), step):
+                    idx = rows[i:i + step]
+                    part = fn(wrapped, embeds[idx], target[idx])
+                    if not isinstance(part, torch.Tensor) or part.shape != embeds[idx].shape:
+                        raise ValueError(f"method {method!r} returned {getattr(part, 'shape', type(part))}, expected "
+                                         f"a tensor of shape {tuple(embeds[idx].shape)} (the word embeddings)")
+                    r[idx] = part.detach().to(r.dtype)
     check_finite(r, f"attributions of {method!r}")
     r = r * attention_mask.unsqueeze(-1).to(r.dtype)
     return r.sum(-1) if per_token else r
@@ -133,10 +140,12 @@ def row_major_order(sample: np.ndarray) -> np.ndarray | None:
 
 def score(model: nn.Module, x: torch.Tensor, target: Target, attributions: torch.Tensor,
           metric: str = "pixel_flipping", masks: torch.Tensor | None = None,
-          pool: tuple[torch.Tensor, torch.Tensor] | None = None, **overrides: Any) -> pd.DataFrame:
+          pool: tuple[torch.Tensor, torch.Tensor] | None = None, attention_mask: torch.Tensor | None = None,
+          **overrides: Any) -> pd.DataFrame:
     """Tidy rows (metric, sample, measure, value, direction, step, ...) of ``metric`` for the attributions.
 
-    model, x, target: as in ``explain`` (the attributions' model, inputs and explained classes).
+    model, x, target: as in ``explain`` (the attributions' model, inputs and explained classes). Integer x are token
+        ids (N, T) of a text classifier, scored by ``score_tokens`` (``attention_mask``: (N, T), 1 = token).
     attributions: the maps to score, shaped like ``x`` (e.g. from ``explain``).
     metric: a metric name (``conf/metric/<name>.yaml``, ``evalxai.metrics.METRICS``).
     masks: (N, H, W) bool, True = relevant pixel: the ground truth of localisation metrics (those that need
@@ -156,9 +165,14 @@ def score(model: nn.Module, x: torch.Tensor, target: Target, attributions: torch
         >>> rows[["sample", "metric", "measure"]].values.tolist()
         [[0, 'sparseness', 'gini'], [1, 'sparseness', 'gini']]
     """
+    if isinstance(x, torch.Tensor) and not x.is_floating_point() and not x.is_complex() and x.dtype != torch.bool:
+        return score_tokens(model, x, target, attributions, metric, attention_mask, masks, pool, **overrides)
+    if attention_mask is not None:
+        raise ValueError("attention_mask is for token ids (integer x): drop it for float inputs")
     x, target = check_inputs(model, x, target)
     check_attributions(attributions, x)
     spec = get_metric(metric)
+    check_metric_inputs(spec, tokens=False)
     params = {**spec.defaults, **bind(spec, {**overrides, "masks": masks, "pool": pool})}
     if "masks" in spec.needs:
         masks = check_masks(params.pop("masks"), x, metric)
@@ -175,6 +189,55 @@ def score(model: nn.Module, x: torch.Tensor, target: Target, attributions: torch
             if i:
                 part["sample"] = part["sample"] + i
             frames.append(part)
+    return _tidy(frames, metric)
+
+
+def score_tokens(model: nn.Module, input_ids: torch.Tensor, target: Target, attributions: torch.Tensor,
+                 metric: str = "token_flipping", attention_mask: torch.Tensor | None = None,
+                 masks: torch.Tensor | None = None, pool: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 **overrides: Any) -> pd.DataFrame:
+    """Tidy rows of ``metric`` for token maps of a text classifier: ``evalxai.score`` on integer inputs.
+
+    input_ids: (N, T) token ids; attention_mask: (N, T), 1 = token, 0 = padding (None: all tokens);
+    attributions: (N, T), one value per token (e.g. ``evalxai.explain(model, input_ids, target, method,
+    attention_mask=...)``), or (N, T, D) (summed over D); masks: (N, T) bool, True = a token of the ground-truth
+    rationale (for the metrics that need ``masks``). The model: as ``explain_tokens`` takes it.
+
+    Padding is never a feature. A token metric (``token_flipping``, ``comprehensiveness``, ``eraser_sufficiency``:
+    ``MetricSpec.reads_tokens``) gets the ids, maps and attention mask; a metric that reads the map (and masks)
+    alone gets each sequence's real tokens as a 1 x L map of one channel, the sequences grouped by attention mask;
+    a metric without a meaning for token ids is refused with the reason (``evalxai.metrics.tokens``)."""
+    spec = get_metric(metric)
+    check_metric_inputs(spec, True, why_not_tokens(spec.name, spec.family))
+    inner = text_model(model)
+    input_ids, attention_mask = check_token_inputs(inner, input_ids, attention_mask)
+    attributions = check_token_attributions(attributions, input_ids)
+    embeds = EmbeddingsInput(inner).embed(input_ids)
+    _, target = check_inputs(EmbeddingsInput(inner, attention_mask[:1]), embeds, target)
+    params = {**spec.defaults, **bind(spec, {**overrides, "masks": masks, "pool": pool})}
+    if "masks" in spec.needs:
+        params["masks"] = check_token_masks(params["masks"], input_ids, metric)
+    attributions = attributions.to(embeds.dtype)
+    with frozen(model):
+        if spec.reads_tokens:
+            return _tidy([pd.DataFrame(spec.fn(model, input_ids, target, attributions, attention_mask=attention_mask,
+                                               **params))], metric)
+        frames = []
+        groups, group = torch.unique(attention_mask, dim=0, return_inverse=True)
+        for g, mask in enumerate(groups):
+            rows = torch.nonzero(group == g).flatten()
+            keep = mask.bool()
+            maps = attributions[rows][:, keep][:, None, None, :]  # (n, 1, 1, L): one channel, one row
+            given = {**params, "masks": params["masks"][rows][:, keep][:, None, :]} if "masks" in params else params
+            part = pd.DataFrame(spec.fn(model, torch.zeros_like(maps), target[rows], maps, **given))
+            part["sample"] = rows.cpu().numpy()[part["sample"].to_numpy()]
+            frames.append(part)
+    return _tidy(frames, metric)
+
+
+def _tidy(frames: list[pd.DataFrame], metric: str) -> pd.DataFrame:
+    """One table of the metric's row frames (each with batch-wide ``sample`` numbers), in the order the metric writes
+    them for one batch, with the ``metric``, ``step`` and ``measure`` columns."""
     df = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
     # rows in the order the metric writes them for one batch (row k of every sample, then row k + 1), whatever
     # the chunks: the table does not depend on the memory budget

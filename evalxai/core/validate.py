@@ -92,6 +92,38 @@ def check_token_inputs(model: nn.Module, input_ids: torch.Tensor,
     return input_ids, attention_mask.to(input_ids.device).long()
 
 
+def check_token_attributions(attributions: object, input_ids: torch.Tensor) -> torch.Tensor:
+    """Token maps to score: a finite float tensor (N, T) shaped like ``input_ids``, or (N, T, D) (summed over D)."""
+    shape = tuple(getattr(attributions, "shape", ()))
+    if not isinstance(attributions, torch.Tensor) or not attributions.is_floating_point() or \
+            shape[:2] != tuple(input_ids.shape) or len(shape) not in (2, 3):
+        raise ValueError(f"attributions of token ids must be a float tensor (N, T) = {tuple(input_ids.shape)} (one value "
+                         f"per token) or (N, T, D), got {shape}: explain with evalxai.explain(model, input_ids, ...)")
+    check_finite(attributions, "attributions")
+    return attributions.sum(-1) if attributions.dim() == 3 else attributions
+
+
+def check_token_masks(masks: object, input_ids: torch.Tensor, metric: str) -> torch.Tensor:
+    """Rationale masks of token ids: a bool tensor (N, T), True = a token of the ground-truth rationale."""
+    if masks is None:
+        raise ValueError(MISSING["masks"].format(metric=metric))
+    if not isinstance(masks, torch.Tensor) or tuple(masks.shape) != tuple(input_ids.shape) or masks.dtype != torch.bool:
+        raise ValueError(f"metric '{metric}': masks of token ids must be a bool tensor (N, T) = "
+                         f"{tuple(input_ids.shape)}, True = a rationale token, got {getattr(masks, 'dtype', '')} "
+                         f"{tuple(getattr(masks, 'shape', ()))}")
+    return masks.to(input_ids.device)
+
+
+def check_metric_inputs(spec: MetricSpec, tokens: bool, why_not: str = "") -> None:
+    """Raise unless the metric scores the kind of input given: token ids (``tokens``) or float inputs
+    (``MetricSpec.inputs``); ``why_not`` is the reason a metric refuses token ids."""
+    if tokens and "tokens" not in spec.inputs:
+        raise ValueError(why_not or f"metric '{spec.name}' does not score token ids: use a token metric")
+    if not tokens and "float" not in spec.inputs:
+        raise ValueError(f"metric '{spec.name}' takes token ids (integer input_ids (N, T) of a text classifier, maps "
+                         "(N, T), attention_mask), not float inputs: score token maps, or choose a metric for images")
+
+
 def check_attributions(attributions: object, x: torch.Tensor) -> None:
     """Attributions to score: a finite tensor shaped like x."""
     if not isinstance(attributions, torch.Tensor) or attributions.shape != x.shape:

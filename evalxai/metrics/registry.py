@@ -12,6 +12,11 @@ A metric is declared once, by its registration::
 - ``needs``: what a call receives besides the config's parameters (``NEEDS``): ``masks`` (ground truth) and ``pool``
   (images to compose with) come from the data, ``method`` means that the method being scored is passed as
   ``method`` / ``method_params`` (``evalxai.binding.bind``);
+- ``inputs``: what the metric scores (``INPUTS``): ``float`` inputs (images, vectors) and / or ``tokens`` (integer
+  token ids (N, T) of a text classifier, maps (N, T); ``evalxai.api.score_tokens``). A token metric that perturbs
+  the text takes ``attention_mask`` (1 = token, 0 = padding: data, not a config field); one that reads the map
+  alone (localisation, complexity; no ``attention_mask`` parameter) is handed each sequence's real tokens as a
+  1 x L map of one channel (``accept_tokens`` declares such metrics registered elsewhere);
 - ``cost``: the model passes one call makes per explained image, from its parameters (``Passes``; what
   ``evalxai.runs.estimate`` adds up before a run starts). Without one, a metric that takes no method is known to
   explain nothing and its forwards are unknown; one that takes a method is unknown in both;
@@ -36,6 +41,8 @@ from evalxai.methods.registry import signature_defaults
 FAMILIES = ("faithfulness", "robustness", "localisation", "complexity", "axiomatic", "randomisation")  # in this order
 DIRECTIONS = ("higher", "lower", "none")
 NEEDS = ("masks", "pool", "method")
+INPUTS = ("float", "tokens")  # float inputs (images, vectors); integer token ids of a text classifier
+TOKEN_PARAMS = ("attention_mask",)  # what a metric that perturbs token ids receives with them (never a config field)
 # the parameters a need arrives in (and that are not config fields, unless listed in the config too)
 NEED_PARAMS = {"masks": ("masks",), "pool": ("pool",), "method": ("method", "method_params")}
 LEADING = ("model", "x", "target", "attributions")
@@ -65,6 +72,13 @@ class MetricSpec:
     needs: tuple[str, ...] = ()
     defaults: dict = field(default_factory=dict)
     cost: Callable[..., Passes] | None = None
+    inputs: tuple[str, ...] = ("float",)
+
+    @property
+    def reads_tokens(self) -> bool:
+        """Whether the function takes token ids itself (with ``attention_mask``), rather than each sequence's map of
+        real tokens as a 1 x L image (``accept_tokens``)."""
+        return "attention_mask" in inspect.signature(self.fn).parameters
 
     def passes(self, model: nn.Module, x: torch.Tensor, params: Mapping) -> Passes:
         """``Passes`` of one call with ``params`` (over the defaults) on inputs shaped like ``x`` (N, ...), from the
@@ -104,7 +118,7 @@ class MetricSpec:
 METRICS: dict[str, MetricSpec] = {}
 
 
-def _check(name: str, fn: Callable, family: str, directions: Mapping, needs: tuple) -> None:
+def _check(name: str, fn: Callable, family: str, directions: Mapping, needs: tuple, inputs: tuple) -> None:
     if family not in FAMILIES:
         raise ValueError(f"metric '{name}': family '{family}' is not one of {list(FAMILIES)}")
     wrong = {m: d for m, d in directions.items() if d not in DIRECTIONS}
@@ -114,6 +128,11 @@ def _check(name: str, fn: Callable, family: str, directions: Mapping, needs: tup
     params = inspect.signature(fn).parameters
     if list(params)[:len(LEADING)] != list(LEADING):
         raise TypeError(f"metric '{name}' must take ({', '.join(LEADING)}, ...) first, got {list(params)}")
+    if not inputs or set(inputs) - set(INPUTS):
+        raise ValueError(f"metric '{name}': inputs {list(inputs)} must be some of {list(INPUTS)}")
+    if "attention_mask" in params and inputs != ("tokens",):
+        raise TypeError(f"metric '{name}' takes attention_mask, so it scores token ids alone: declare "
+                        f"inputs=('tokens',), not {tuple(inputs)}")
     unknown = sorted(set(needs) - set(NEEDS))
     if unknown:
         raise ValueError(f"metric '{name}': needs {unknown} are not among {list(NEEDS)}")
@@ -125,7 +144,8 @@ def _check(name: str, fn: Callable, family: str, directions: Mapping, needs: tup
 
 
 def register_metric(name: str, *, family: str, directions: Mapping[str, str], needs: tuple[str, ...] = (),
-                    cost: Callable[..., Passes] | None = None) -> Callable[[Callable], Callable]:
+                    cost: Callable[..., Passes] | None = None,
+                    inputs: tuple[str, ...] = ("float",)) -> Callable[[Callable], Callable]:
     """Decorator: register ``fn`` under ``name`` (= ``conf/metric/<name>.yaml``) with its family, the directions of
     its measures, its needs and its cost (module docstring); the defaults are the signature's. The registered
     function (also the name the module binds) is ``fn`` with the rows' ``direction`` filled from ``directions``.
@@ -135,6 +155,8 @@ def register_metric(name: str, *, family: str, directions: Mapping[str, str], ne
     directions: measure (or glob) -> ``higher`` / ``lower`` / ``none``, for every measure the rows carry.
     needs: what the call receives besides its config fields, from ``NEEDS`` (``masks``, ``pool``, ``method``).
     cost: ``cost(model, x, params) -> Passes`` per explained image, ``params`` = the defaults with the call's values.
+    inputs: from ``INPUTS``: ``("float",)`` (images, vectors), ``("tokens",)`` (token ids: the function takes
+        ``attention_mask``) or both (a map-only metric that also scores token maps).
 
     Example:
         >>> from evalxai.metrics.common import scalar_rows
@@ -144,13 +166,14 @@ def register_metric(name: str, *, family: str, directions: Mapping[str, str], ne
         >>> METRICS["mean_abs"].defaults, METRICS["mean_abs"].direction("mean_abs")
         ({'scale': 1.0}, 'lower')
     """
-    needs = tuple(needs)
+    needs, inputs = tuple(needs), tuple(inputs)
 
     def wrap(fn: Callable) -> Callable:
-        _check(name, fn, family, directions, needs)
+        _check(name, fn, family, directions, needs, inputs)
         data = [p for need in DATA_NEEDS if need in needs for p in NEED_PARAMS[need]]
+        data += [p for p in TOKEN_PARAMS if "tokens" in inputs and p in inspect.signature(fn).parameters]
         defaults = signature_defaults(fn, len(LEADING), skip=data, what=f"metric '{name}'")
-        spec = MetricSpec(name, fn, family, dict(directions), needs, defaults, cost)
+        spec = MetricSpec(name, fn, family, dict(directions), needs, defaults, cost, inputs)
 
         @functools.wraps(fn)
         def metric(*args, **kwargs):
@@ -160,6 +183,17 @@ def register_metric(name: str, *, family: str, directions: Mapping[str, str], ne
         METRICS[name] = spec
         return metric
     return wrap
+
+
+def accept_tokens(*names: str) -> None:
+    """Declare that the registered metrics ``names``, which read the map (and masks) alone, also score token maps:
+    each sequence's real tokens as a map of one channel, 1 x L (``evalxai.api.score_tokens``)."""
+    for name in names:
+        spec = get_metric(name)
+        if spec.cost is not no_passes or "method" in spec.needs or "pool" in spec.needs:
+            raise ValueError(f"metric '{name}' uses the model or other inputs, not the map alone: it cannot score "
+                             "token maps as 1 x L maps; write a token metric taking attention_mask instead")
+        spec.inputs = tuple(dict.fromkeys((*spec.inputs, "tokens")))
 
 
 def get_metric(name: str) -> MetricSpec:
