@@ -145,8 +145,9 @@ def score(model: nn.Module, x: torch.Tensor, target: Target, attributions: torch
     """Tidy rows (metric, sample, measure, value, direction, step, ...) of ``metric`` for the attributions.
 
     model, x, target: as in ``explain`` (the attributions' model, inputs and explained classes). Integer x are token
-        ids (N, T) of a text classifier, scored by ``score_tokens`` (``attention_mask``: (N, T), 1 = token).
+        ids (N, T) of a text classifier, scored by ``score_tokens`` (maps (N, T), masks (N, T)).
     attributions: the maps to score, shaped like ``x`` (e.g. from ``explain``).
+    attention_mask: token ids only: (N, T), 1 = token, 0 = padding (None: all tokens).
     metric: a metric name (``conf/metric/<name>.yaml``, ``evalxai.metrics.METRICS``).
     masks: (N, H, W) bool, True = relevant pixel: the ground truth of localisation metrics (those that need
         ``masks``: ``evalxai.metrics.METRICS[name].needs``), chunked with the samples.

@@ -5,9 +5,9 @@ checkout:
 
 - ``methods`` in ``docs/methods.md``: the method list of ``evalxai.methods.METHODS`` (name, family, parameters
   with their registered defaults, the docstring's first sentence);
-- ``metrics`` in ``docs/metrics.md``: the metric catalogue of ``evalxai.metrics.METRICS`` (name, family, what it
-  needs besides x, parameters with defaults, its measures with their directions, the docstring's first sentence:
-  all as the metric's registration declares them);
+- ``metrics`` in ``docs/metrics.md``: the metric catalogue of ``evalxai.metrics.METRICS`` (name, family, inputs
+  (float, token ids), what it needs besides x, parameters with defaults, its measures with their directions, the
+  docstring's first sentence: all as the metric's registration declares them);
 - ``results`` in ``README.md``: the front page's results table, read from the committed run
   ``docs/runs/mnist_lrp/{summary.csv,run.json}``.
 
@@ -120,6 +120,9 @@ def render_metrics() -> str:
         "`evalxai.score`; family, needs and measures are what the metric's `@register_metric` declares, the "
         "parameters its function's defaults.",
         "",
+        "- **inputs**: `float`: images (N, C, H, W) or vectors (N, D); `tokens`: token ids (N, T) of a text "
+        "classifier with maps (N, T) and an `attention_mask` ([text](#text)); other metrics refuse token ids with "
+        "the reason.",
         "- **needs**: `method`: the pipeline passes the method being scored (to re-explain, or for `conservation` "
         "to choose the reference), with `method_params`; `masks`: ground-truth masks; `pool`: training images.",
         "- **null** means the metric chooses (see its section) or the pipeline fills it in (`low`, `high`, `mean`: "
@@ -127,11 +130,12 @@ def render_metrics() -> str:
         "- **measures**: the `measure` of its rows, with the `direction` they carry: ↑ higher is better, ↓ lower is "
         "better, unmarked none (curves, diagnostics); `*` stands for a part named at run time (an order, a layer).",
         "",
-        "| metric | family | needs | parameters (defaults) | measures | what it computes |",
-        "|---|---|---|---|---|---|",
+        "| metric | family | inputs | needs | parameters (defaults) | measures | what it computes |",
+        "|---|---|---|---|---|---|---|",
     ]
     for s in specs:
-        lines.append(f"| `{s.name}` | {s.family} | {_needs(s)} | {_params(s.defaults, PIPELINE_KEYS)} | "
+        lines.append(f"| `{s.name}` | {s.family} | {', '.join(s.inputs)} | {_needs(s)} | "
+                     f"{_params(s.defaults, PIPELINE_KEYS)} | "
                      f"{_directions(s)} | {_cell(summary(s.fn, s.name))} |")
     return "\n".join(lines)
 

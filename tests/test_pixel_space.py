@@ -130,7 +130,8 @@ SETTINGS = {
     "selectivity": {"steps": 6},
     "irof": {"n_segments": 10},  # about 10 superpixels of 10 px: SLIC's boundaries then follow the colours
 }
-VARIANTS = [(name, {}) for name in sorted(METRICS) if name not in NO_PIXEL_MEANING] + [
+VARIANTS = [(name, {}) for name in sorted(METRICS)
+            if name not in NO_PIXEL_MEANING and "float" in METRICS[name].inputs] + [  # token metrics: no pixels
     ("pixel_flipping", {"baseline": "mean"}), ("pixel_flipping", {"baseline": "uniform"}),
     ("pixel_flipping", {"baseline": "blur"}), ("conservation", {"reference": "zero"}),
     ("infidelity", {"perturbation": "gaussian"}), ("irof", {"segmentation": "grid"}),

@@ -17,7 +17,7 @@ from evalxai.methods import METHODS, get_method, register_method
 from evalxai.methods.registry import signature_defaults
 from evalxai.metrics import METRICS, get_metric, register_metric
 from evalxai.metrics.common import curve_rows, scalar_rows
-from evalxai.metrics.registry import DIRECTIONS, FAMILIES, NEEDS, families
+from evalxai.metrics.registry import DIRECTIONS, FAMILIES, NEEDS, TOKEN_PARAMS, families
 from evalxai.report.ground_truth import scalar_table
 from evalxai.runs.configs import CONF, render, write_all
 from evalxai.runs.pipeline import check_run, metric_call
@@ -43,7 +43,8 @@ def test_every_metric_declares_family_directions_needs_and_takes_its_defaults_fr
     assert any(d != "none" for d in spec.directions.values()), "a metric with no scored measure ranks nothing"
     assert set(spec.needs) <= set(NEEDS)
     params = inspect.signature(spec.fn).parameters
-    assert spec.defaults == {k: p.default for k, p in list(params.items())[4:] if k not in DATA_NEEDS}
+    data = (*DATA_NEEDS, *(TOKEN_PARAMS if "tokens" in spec.inputs else ()))  # attention_mask: data of token ids
+    assert spec.defaults == {k: p.default for k, p in list(params.items())[4:] if k not in data}
     for need in DATA_NEEDS:
         assert (need in spec.needs) == (need in params)
     assert ("method" in spec.needs) == ("method" in spec.defaults) == ("method_params" in spec.defaults)
@@ -199,7 +200,7 @@ def test_adding_a_metric_is_one_function_and_its_registration(cleanup, tmp_path)
                                                                                            "k": 2}
     assert render("_test_top_share", top_share, {"k": 2}).startswith("# Share of |R|")
     row = [line for line in docs.render_metrics().splitlines() if line.startswith("| `_test_top_share` |")]
-    assert row == ["| `_test_top_share` | complexity | – | `k=2` | `top_share` ↑ | Share of \\|R\\| on the k largest "
+    assert row == ["| `_test_top_share` | complexity | float | – | `k=2` | `top_share` ↑ | Share of \\|R\\| on the k largest "
                    "elements (a test metric). |"]
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2)).double().eval()
     x = torch.rand(3, 4, dtype=torch.float64)
