@@ -31,7 +31,10 @@ Every call receives what the pipeline would give it (``evalxai.binding.bind``): 
 method being scored for metrics that need ``method``, ground-truth masks and a pool of images for those that need
 ``masks`` / ``pool``.
 
-Models: ``cnn``, LeNet-like (two conv-ReLU stages, the first with BatchNorm and max pooling, then global average
+Models: ``text``, a tiny transformer text classifier (``tests.test_text_explain.TinyTextClassifier``) on token ids
+(N, T) with right padding and an attention mask, for the metrics that score token maps (``MetricSpec.inputs``;
+methods on token ids are tested in tests/test_text_explain.py); every other metric must refuse it, and the token-only
+metrics must refuse images. ``cnn``, LeNet-like (two conv-ReLU stages, the first with BatchNorm and max pooling, then global average
 pooling and one Linear layer, so that CAM applies), 1 x 12 x 12 pixels; ``vit``, ``evalxai.models.vit.ViT`` (two
 blocks, 4 x 4 patches) on 3 x 12 x 12 normalised inputs, for the methods that need attention. Both are float64,
 handed over in eval mode with one submodule in training mode, one frozen parameter and a forward hook, a forward
@@ -60,7 +63,9 @@ from evalxai.core import memory
 from evalxai.methods import METHODS, get_method, register_method
 from evalxai.metrics import METRICS, get_metric, register_metric
 from evalxai.metrics.common import curve_rows, scalar_rows
+from evalxai.models.text import EmbeddingsInput
 from evalxai.models.vit import ViT
+from tests.test_text_explain import TinyTextClassifier
 
 N = 3  # samples per batch
 CLASSES = 3
@@ -98,20 +103,27 @@ class Setup:
     x: torch.Tensor          # model-space inputs (N, C, H, W), float64
     target: torch.Tensor
     data: dict               # low / high / mean, as the pipeline passes a dataset's
-    masks: torch.Tensor      # (N, H, W) bool
-    pool: tuple              # (images, labels)
+    masks: torch.Tensor      # (N, H, W) bool; token ids: (N, T), the rationale
+    pool: tuple | None       # (images, labels)
+    attention_mask: torch.Tensor | None = None  # token ids only: (N, T), 1 = token
+
+    @property
+    def inputs(self) -> str:
+        """What the setup's x are, as ``MetricSpec.inputs`` names it: ``float`` or ``tokens``."""
+        return "float" if self.x.is_floating_point() else "tokens"
 
     def __post_init__(self):
         self.pristine = copy.deepcopy(self.given())
 
     def given(self) -> dict:
         """What every call is given besides the model: it must come back unchanged."""
-        return {"x": self.x, "target": self.target, "data": self.data, "masks": self.masks, "pool": self.pool}
+        return {"x": self.x, "target": self.target, "data": self.data, "masks": self.masks, "pool": self.pool,
+                "attention_mask": self.attention_mask}
 
     def model(self, dtype=torch.float64) -> nn.Module:
         """A fresh model as a user hands it over: eval mode but for one submodule, a frozen parameter, hooks."""
         model = self.build().to(dtype).eval()
-        first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+        first = next(m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None)
         first.bias.requires_grad_(False)
         norm = next(m for m in model.modules() if isinstance(m, (nn.BatchNorm2d, nn.LayerNorm)))
         norm.train()  # only what runs outside evalxai's eval mode would see it
@@ -148,7 +160,30 @@ def _setup(build, channels: int, normalised: bool) -> Setup:
     return Setup(build, x, torch.arange(N) % CLASSES, data, _masks(g, 12, 12), (images, torch.arange(12) % CLASSES))
 
 
-SETUPS = {"cnn": functools.partial(_setup, cnn, 1, False), "vit": functools.partial(_setup, vit, 3, True)}
+def text() -> nn.Module:
+    torch.manual_seed(0)
+    return TinyTextClassifier(vocab=30, d=16, t=12, classes=CLASSES)
+
+
+def _text_setup() -> Setup:
+    """Token ids (N, 8), right-padded to 8, 5 and 3 tokens with id 0; the rationale: tokens 1 and 2 (and a padding
+    position, which must not count); pad / mask / unk ids as a dataset's ``token_ids``."""
+    g = torch.Generator().manual_seed(5)
+    ids = torch.randint(3, 30, (N, 8), generator=g)
+    mask = torch.ones(N, 8, dtype=torch.long)
+    mask[1, 5:] = 0
+    mask[2, 3:] = 0
+    ids[mask == 0] = 0
+    rationale = torch.zeros(N, 8, dtype=torch.bool)
+    rationale[:, 1:3] = True
+    rationale[2, 6] = True
+    return Setup(text, ids, torch.arange(N) % CLASSES, {"pad_id": 0, "mask_id": 1, "unk_id": 2}, rationale, None,
+                 mask)
+
+
+SETUPS = {"cnn": functools.partial(_setup, cnn, 1, False), "vit": functools.partial(_setup, vit, 3, True),
+          "text": _text_setup}
+
 
 
 @functools.cache
@@ -175,7 +210,9 @@ def _cases(kind: str, names) -> list:
     out = []
     for name in names:
         for model in SETUPS:
-            if kind == "method" and (name, model) in REFUSED:
+            if kind == "method" and ((name, model) in REFUSED or model == "text"):
+                continue
+            if kind == "metric" and setup(model).inputs not in get_metric(name).inputs:
                 continue
             error, reason = KNOWN.get((kind, name, model), (None, None))
             marks = [pytest.mark.xfail(strict=True, raises=error, reason=reason)] if reason else []
@@ -244,7 +281,11 @@ def tiny_budget(kind: str) -> int:
     its own: ``image_cost`` runs a forward, which the handed-over model (one submodule in training mode) must only
     see through evalxai."""
     s = setup(kind)
-    return int(3.5 * memory.image_cost(s.build().double().eval(), s.x))
+    model = s.build().double().eval()
+    if s.attention_mask is not None:  # token ids: the cost of one sequence's word embeddings
+        wrapped = EmbeddingsInput(model, s.attention_mask[:1])
+        return int(3.5 * memory.image_cost(wrapped, wrapped.embed(s.x[:1])))
+    return int(3.5 * memory.image_cost(model, s.x))
 
 
 # ---------------------------------------------------------------- methods
@@ -267,15 +308,18 @@ def explain(name: str, kind: str, x: torch.Tensor | None = None, target: torch.T
     """``evalxai.explain`` with what the pipeline binds (the data range and mean image) on ``kind``'s data."""
     s = setup(kind)
     x = s.x if x is None else x
-    model = s.model(x.dtype) if model is None else model
+    model = s.model(x.dtype if x.is_floating_point() else torch.float64) if model is None else model
     params = bind(get_method(name), overrides, data=s.data)
+    if s.attention_mask is not None:  # the whole batch of token ids (methods are not run on them sample by sample)
+        params["attention_mask"] = s.attention_mask
     return evalxai.explain(model, x, s.target if target is None else target, method=name, **params)
 
 
 @functools.cache
 def maps(name: str, kind: str, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """The method's maps of the whole batch (computed once per module)."""
-    return explain(name, kind, setup(kind).x.to(dtype))
+    x = setup(kind).x
+    return explain(name, kind, x.to(dtype) if x.is_floating_point() else x)
 
 
 @functools.cache
@@ -363,7 +407,7 @@ def test_every_method_runs_on_some_model():
 
 # ---------------------------------------------------------------- metrics
 
-SCORED = {"cnn": "lrp_epsilon_plus", "vit": "attnlrp"}  # the method whose maps are scored (and re-explained)
+SCORED = {"cnn": "lrp_epsilon_plus", "vit": "attnlrp", "text": "attnlrp"}  # the method whose maps are scored (and re-explained)
 # batch and budget independence of the tables, by family: relative per value (absolute 1e-12 for scores near 0).
 # The largest relative difference seen is 4e-12 (ROAD's AUCs, from scores of imputed images); complexity and
 # localisation are functions of each sample's map (and mask) alone: bit for bit.
@@ -381,6 +425,10 @@ VARIANTS = {
     "consistency": [{"noise": 0.01}],
     "selectivity": [{"recompute": False}],
     "sufficiency": [{"applies": "threshold"}],
+    "token_flipping": [{"order": "random", "per_step": 0.3, "score_space": "softmax", "baseline": "pad"}],
+    "comprehensiveness": [{"removal": "delete", "baseline": "mask"}],
+    "eraser_sufficiency": [{"removal": "delete", "bins": [0.3, 1.0]}],
+    "token_f1": [{"k": 2}],
 }
 # parameters that only say how many random draws or perturbation steps a metric takes, where it has them: fewer keep
 # the module fast (the contracts do not depend on how many; 3 draws leave consistency without a match, NaN)
@@ -420,6 +468,8 @@ def score(name: str, kind: str, variant: int = 0, rows: slice = slice(None), mod
     r = levels(maps(SCORED[kind], kind)) if attributions is None else attributions
     bound = bind(spec, params, data=s.data, scored=(SCORED[kind], {}),
                  ground={"masks": s.masks[rows], "pool": s.pool})
+    if s.attention_mask is not None:
+        bound["attention_mask"] = s.attention_mask[rows]
     return evalxai.score(s.model() if model is None else model, s.x[rows], s.target[rows], r[rows], metric=name,
                          **bound)
 
@@ -501,6 +551,20 @@ def test_metric_leaves_model_untouched_and_repeats(name, kind, variant):
 @pytest.mark.parametrize("name,kind,variant", _metric_cases())
 def test_metric_rows_finite_and_as_declared(name, kind, variant):
     check_metric_rows(name, kind, variant)
+
+
+@pytest.mark.parametrize("name", sorted(METRICS))
+def test_a_metric_refuses_the_inputs_it_does_not_take(name):
+    """A metric that does not score token ids refuses them in one line with the reason and the text metrics to use;
+    a token-only metric refuses float inputs."""
+    spec = get_metric(name)
+    for kind, error in (("text", f"metric '{name}' does not score token ids: .+; for text use token_flipping"),
+                        ("cnn", f"metric '{name}' takes token ids")):
+        s = setup(kind)
+        if s.inputs not in spec.inputs:
+            with pytest.raises(ValueError, match=error):  # before anything else is asked of the call
+                evalxai.score(s.model(), s.x, s.target, levels(maps(SCORED[kind], kind)), metric=name,
+                              attention_mask=s.attention_mask)
 
 
 def test_variants_and_exceptions_name_registered_things():
