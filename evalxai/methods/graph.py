@@ -13,7 +13,8 @@ Deconvnet, CAM, attention rollout): tracing, node classification, relevance-carr
   relevance-carrying values: attention).
 - Running: ``execute`` runs the graph node by node with a handler that may replace any node's output (in-place
   operations on a copy, as eager mode computes them); ``check_function`` compares the traced logits with
-  ``model(x)``; ``refuse_tensors`` and ``owner`` name an unsupported node and the module it sits in.
+  ``model(x)`` (once per key for a symbolic trace); ``refuse_tensors`` and ``owner`` name an unsupported node and
+  the module it sits in.
 
 Nothing here knows a relevance rule: the methods give the kinds their meaning. The model itself is never modified.
 """
@@ -470,10 +471,25 @@ def attention_nodes(model: nn.Module, x: torch.Tensor | None = None) -> tuple[fx
     return graph, found
 
 
-def check_function(model: nn.Module, x: torch.Tensor, logits: torch.Tensor) -> None:
+_CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # symbolic graph -> keys check_function passed
+
+
+def check_function(model: nn.Module, x: torch.Tensor, logits: torch.Tensor, graph: fx.Graph | None = None,
+                   tag: str = "") -> None:
     """Raise LRPError unless the logits computed from the traced graph equal ``model(x)`` (without gradients, as the
     model predicts) up to float rounding: an explanation of another function (a fast path that tracing cannot see,
-    a forward that branches on the grad mode) would be wrong without a word. Costs one forward."""
+    a forward that branches on the grad mode) would be wrong without a word. Costs one forward.
+
+    Given the symbolic ``graph`` the logits came from (and ``tag``, the method's handling of it), the check runs
+    once per tag, input shape past the batch, dtype, device and training flags of the modules: a symbolic trace
+    cannot bake in the data (a Python branch on a traced tensor fails to trace), only Python state, which these
+    keys cover. A concrete trace (``graph.example_shape`` set) may have baked in a branch on the data: checked on
+    every call."""
+    key = None
+    if graph is not None and getattr(graph, "example_shape", None) is None:
+        key = (tag, tuple(x.shape[1:]), x.dtype, x.device, tuple(m.training for m in model.modules()))
+        if key in _CHECKED.get(graph, ()):
+            return
     with torch.no_grad():
         ref = model(x.detach())
     if not isinstance(ref, torch.Tensor) or ref.shape != logits.shape:
@@ -489,6 +505,8 @@ def check_function(model: nn.Module, x: torch.Tensor, logits: torch.Tensor) -> N
                        f"difference {float(err[i]):.3g} > {tol:g}): a path torch.fx cannot see (a fast path, a branch "
                        "on the grad mode or on a Python value) would be explained instead of the model; remove the "
                        "branch or explain with a gradient method")
+    if key is not None:
+        _CHECKED.setdefault(graph, set()).add(key)
 
 
 def execute(model: nn.Module, graph: fx.Graph, x: torch.Tensor,

@@ -158,7 +158,7 @@ def run_lrp(model: nn.Module, x: torch.Tensor, target: torch.Tensor, composite: 
     out = execute(model, graph, x, handle)
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         raise LRPError("LRP needs a model whose forward returns one logits tensor of shape (N, classes)")
-    check_function(model, x, out)
+    check_function(model, x, out, graph, f"lrp:{composite.softmax}")
     if recorder is not None:
         recorder.logits = out.detach()
     seed = torch.zeros_like(out)

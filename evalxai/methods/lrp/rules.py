@@ -171,6 +171,12 @@ class Rule:
     def forward(self, op: LinearOp, a, z0):
         return None
 
+    def output_and_state(self, op: LinearOp, a):
+        """(the layer's output z0 = W a + b, the state for ``backward``); a rule whose own passes sum to z0
+        overrides it and skips the plain forward."""
+        z0 = op.fwd(a, op.weight, op.bias)
+        return z0, self.forward(op, a, z0)
+
     def backward(self, op: LinearOp, a, state, r):
         raise NotImplementedError
 
@@ -223,16 +229,27 @@ class AlphaBeta(Rule):
                              "and alpha, beta >= 0 (for example alpha=2, beta=1)")
 
     def forward(self, op, a, z0):
+        if _nonneg(a):
+            return self._nonneg_state(op, a)
         w, b = op.weight, op.bias
-        if _nonneg(a):  # a- = 0: z+ = a W+ + b+, z- = a W- + b-, each by its own pass (z- as z0 - z+ would carry
-            # z0's rounding error into a z- that may be tiny: float32 then disagrees with float64)
-            zp = op.fwd(a, _pos(w), _pos(b))
-            zn = None if self.beta == 0 else op.fwd(a, _neg(w), _neg(b))
-            return True, zp, zn
         ap, an = a.clamp(min=0), a.clamp(max=0)
         zp = op.fwd(ap, _pos(w), _pos(b)) + op.fwd(an, _neg(w))
         zn = None if self.beta == 0 else op.fwd(ap, _neg(w), _neg(b)) + op.fwd(an, _pos(w))
         return False, zp, zn
+
+    def _nonneg_state(self, op, a):
+        """a- = 0: z+ = a W+ + b+, z- = a W- + b-, each by its own pass (z- as z0 - z+ would carry z0's rounding
+        error into a z- that may be tiny: float32 then disagrees with float64)."""
+        w, b = op.weight, op.bias
+        zp = op.fwd(a, _pos(w), _pos(b))
+        return True, zp, None if self.beta == 0 else op.fwd(a, _neg(w), _neg(b))
+
+    def output_and_state(self, op, a):
+        """On a non-negative input z0 = z+ + z- (b = b+ + b-): two signed forwards and no plain one (Bach 2015)."""
+        if self.beta == 0 or not _nonneg(a):
+            return super().output_and_state(op, a)
+        state = self._nonneg_state(op, a)
+        return state[1] + state[2], state
 
     def backward(self, op, a, state, r):
         fast, zp, zn = state
@@ -280,12 +297,9 @@ class Gamma(Rule):
 
     def forward(self, op, a, z0):
         g, w, b = self.gamma, op.weight, op.bias
-        bshape = (-1, *[1] * (z0.dim() - 2))
-        if _nonneg(a):  # zp = z0 + g (P + b+), zn = z0 + g (z0 - P - b+), P = F(a, W+)
-            p = op.fwd(a, _pos(w))
-            if b is not None:
-                p = p + b.clamp(min=0).view(bshape)
-            return True, z0 + g * p, z0 + g * (z0 - p), z0
+        if _nonneg(a):  # P = a W+ + b+; the branches zp = z0 + g P and zn = z0 + g (z0 - P) are formed in backward
+            p = op.fwd(a, _pos(w), _pos(b))
+            return True, z0, p
         ap, an = a.clamp(min=0), a.clamp(max=0)
         wp, wn = w + g * w.clamp(min=0), w + g * w.clamp(max=0)
         bp = None if b is None else b + g * b.clamp(min=0)
@@ -296,11 +310,18 @@ class Gamma(Rule):
 
     def backward(self, op, a, state, r):
         g, w = self.gamma, op.weight
-        fast, zp, zn, z0 = state
+        if state[0]:  # a >= 0: R_in = a ((W + g W+)^T sp + (W + g W-)^T sn)
+            _, z0, p = state
+            sp = _where_positive(divide(r, torch.add(z0, p, alpha=g), self.stabilizer), z0)
+            neg = z0.neg()
+            rn = _where_positive(r, neg)  # R at negative outputs: none behind a ReLU (the next rule's R_in = a ...)
+            if not bool(rn.any()):
+                return a * op.vjp(sp, w + g * _pos(w), a)
+            sn = _where_positive(divide(rn, torch.add(z0, z0 - p, alpha=g), self.stabilizer), neg)
+            return a * op.vjp_sum(((sp, w + g * _pos(w)), (sn, w + g * _neg(w))), a)
+        _, zp, zn, z0 = state
         sp = _where_positive(divide(r, zp, self.stabilizer), z0)
         sn = _where_positive(divide(r, zn, self.stabilizer), -z0)
-        if fast:  # a (W^T (sp + (1+g) sn) + g W+^T (sp - sn))
-            return a * op.vjp_sum(((sp + (1 + g) * sn, w), (sp.sub_(sn), g * _pos(w))), a)
         ap, an = a.clamp(min=0), a.clamp(max=0)
         wp, wn = w + g * w.clamp(min=0), w + g * w.clamp(max=0)
         return ap * op.vjp_sum(((sp, wp), (sn, wn)), a) + an * op.vjp_sum(((sp, wn), (sn, wp)), a)
