@@ -18,6 +18,7 @@ from evalxai.core.scoring import require_images
 from evalxai.core.seeding import noise_draws, per_sample_noise
 from evalxai.methods.graph import check_function, execute, is_relu, trace
 from evalxai.methods.registry import register_method
+from evalxai.models.text import EmbeddingsInput
 
 
 def target_grad(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -47,9 +48,20 @@ def sensitivity(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torc
 
 
 @register_method("gradient_x_input")
-def gradient_x_input(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Gradient x input (simple Taylor decomposition at 0)."""
-    return target_grad(model, x, target) * x
+def gradient_x_input(model: nn.Module, x: torch.Tensor, target: torch.Tensor, baseline: str = "zero",
+                     pad_id: int | None = None, mask_id: int | None = None, unk_id: int | None = None) -> torch.Tensor:
+    """Gradient x input (simple Taylor decomposition at 0).
+
+    Token ids: grad x (e - e'), e' the ``baseline``'s word embeddings (``zero``, or the ``pad`` / ``mask`` / ``unk``
+    token's at every real token, see ``EmbeddingsInput.reference``); images take ``zero`` only."""
+    grad = target_grad(model, x, target)
+    if isinstance(model, EmbeddingsInput):
+        return grad * (x - model.reference(x, baseline, "gradient_x_input", pad_id=pad_id, mask_id=mask_id,
+                                           unk_id=unk_id))
+    if baseline != "zero":
+        raise ValueError(f"gradient_x_input: baseline={baseline!r} is for token ids (pad, mask, unk); on float inputs "
+                         "it is x times the gradient (baseline 'zero'): use integrated_gradients for a reference")
+    return grad * x
 
 
 def _path_gradients(model, x, target, n_points: int, points, images_per_call: int) -> torch.Tensor:
@@ -70,15 +82,21 @@ def integrated_gradients(model: nn.Module, x: torch.Tensor, target: torch.Tensor
                          baseline: str | float | torch.Tensor = "zero", steps: int = 32, batch_size: int | None = None,
                          seed: int = 0, low: float | torch.Tensor | None = None,
                          high: float | torch.Tensor | None = None,
-                         mean: float | torch.Tensor | None = None) -> torch.Tensor:
+                         mean: float | torch.Tensor | None = None, pad_id: int | None = None,
+                         mask_id: int | None = None, unk_id: int | None = None) -> torch.Tensor:
     """Integrated Gradients (Sundararajan 2017): (x - x') * mean_k grad f(x' + a_k (x - x')), midpoint rule.
 
-    x' is ``evalxai.core.baselines.reference`` (``low``/``high``: the bounds of the ``uniform`` baseline). The path
+    x' is ``evalxai.core.baselines.reference`` (``low``/``high``: the bounds of the ``uniform`` baseline); for token
+    ids the word embeddings of ``baseline`` ``zero`` or the ``pad`` / ``mask`` / ``unk`` token (id ``pad_id`` /
+    ``mask_id`` / ``unk_id``, else the model config's) at every real token (``EmbeddingsInput.reference``). The path
     points are stacked into the batch dimension in chunks sized by the memory budget (``evalxai.core.memory``; an int
     ``batch_size`` caps a chunk). Completeness: sum R -> f(x) - f(x') as ``steps`` grows.
     """
     steps = _check_steps("steps", steps)
-    ref = reference(x, baseline, mean=mean, low=low, high=high, seed=seed)
+    if isinstance(model, EmbeddingsInput):
+        ref = model.reference(x, baseline, "integrated_gradients", pad_id=pad_id, mask_id=mask_id, unk_id=unk_id)
+    else:
+        ref = reference(x, baseline, mean=mean, low=low, high=high, seed=seed)
     alphas = (torch.arange(steps, dtype=x.dtype, device=x.device) + 0.5) / steps
     diff = x - ref
     shape = (-1, *[1] * (x.dim() - 1))
@@ -92,13 +110,19 @@ def smoothgrad(model: nn.Module, x: torch.Tensor, target: torch.Tensor, samples:
                batch_size: int | None = None, seed: int = 0) -> torch.Tensor:
     """SmoothGrad (Smilkov 2017): mean gradient over x + N(0, s^2), s = noise * (max(x_i) - min(x_i)) per sample.
 
-    The noisy copies are drawn per chunk (sized by the memory budget), never all at once; each draw comes from its
-    own seeded generator (``evalxai.core.seeding.noise_draws``), so the chunking does not change the map."""
+    Token ids: x are the word embeddings and the range is that of the real tokens' embedding entries (padding
+    excluded). The noisy copies are drawn per chunk (sized by the memory budget), never all at once; each draw comes
+    from its own seeded generator (``evalxai.core.seeding.noise_draws``), so the chunking does not change the map."""
     samples = _check_steps("samples", samples)
     if noise < 0:
         raise ValueError(f"noise={noise} is negative: give the noise level as a fraction of the input range")
     flat = x.reshape(len(x), -1)
-    sigma = (noise * (flat.amax(1) - flat.amin(1))).view(-1, *[1] * (x.dim() - 1))
+    if isinstance(model, EmbeddingsInput):  # the range of the real tokens' embeddings
+        real = model.tokens(x).unsqueeze(-1).expand_as(x).reshape(len(x), -1)
+        hi, lo = flat.masked_fill(~real, float("-inf")).amax(1), flat.masked_fill(~real, float("inf")).amin(1)
+    else:
+        hi, lo = flat.amax(1), flat.amin(1)
+    sigma = (noise * (hi - lo)).view(-1, *[1] * (x.dim() - 1))
 
     def noisy(ks, ns):
         out = torch.empty((len(ks), *x.shape[1:]), dtype=x.dtype, device=x.device)
