@@ -303,6 +303,24 @@ def test_declared_cost_is_the_counted_forwards(metric, params):
     assert declared.explains == 0 and 0 <= sum(seen) - 3 * declared.forwards <= 3, (sum(seen), declared)
 
 
+def test_bind_fills_the_token_ids_a_run_takes_from_its_dataset():
+    """A run passes its dataset's token_ids as data: filled where the metric takes them and the config leaves them
+    unset; a direct call falls back on the model's own ids (a Hugging Face config's mask_token_id, or a mask_id
+    attribute as here)."""
+    from evalxai.binding import bind
+
+    ids = {"pad_id": 0, "mask_id": 1, "unk_id": 2}
+    assert bind(get_metric("token_flipping"), {"mask_id": 5}, data=ids) == {"mask_id": 5, "pad_id": 0, "unk_id": 2}
+    assert bind(get_metric("sparseness"), {}, data=ids) == {}
+    model, (ids_, mask, target) = bag(), batch()
+    model.mask_id = 7
+    r = contributions(model, ids_, target)
+    a = evalxai.score(model, ids_, target, r, metric="comprehensiveness", attention_mask=mask, baseline="mask")
+    b = evalxai.score(model, ids_, target, r, metric="comprehensiveness", attention_mask=mask, baseline="pad",
+                      pad_id=7)
+    pd.testing.assert_series_equal(a["value"], b["value"])
+
+
 # ---------------------------------------------------------------- refusals
 
 
@@ -337,3 +355,60 @@ def test_token_metrics_on_float_inputs_and_bad_token_arguments_are_refused():
         evalxai.score(model, ids, target, r, metric="token_f1", attention_mask=mask, masks=mask)
     with pytest.raises(ValueError, match="attributions of token ids must be a float tensor"):
         evalxai.score(model, ids, target, r[:, :3], metric="sparseness", attention_mask=mask)
+
+
+# ---------------------------------------------------------------- reference: Hugging Face models
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("name", ["bert", "gpt2", "llama"])
+def test_huggingface_removal_is_the_model_on_the_edited_text(name):
+    """On tiny BERT / GPT-2 / Llama classifiers (right-padded batch): comprehensiveness with ``baseline='mask'`` is
+    the model, through its own input_ids, on the text with the top tokens' ids replaced by the mask id (attention
+    mask kept; not the pad id: GPT-2 / Llama find their last token from input_ids != pad, while the metric keeps a
+    replaced token a token and classifies at the mask's last one); with ``removal='delete'`` on the text without them, re-padded (GPT-2 / Llama
+    then classify from the new last token); sufficiency likewise with only the top tokens; every token metric gives
+    a sequence the same rows alone and in the padded batch (1e-8)."""
+    from tests.test_text_explain import _hf_model, _tokens
+
+    model = _hf_model(name)
+    ids, mask, target = _tokens()
+    r = evalxai.explain(model, ids, target, method="gradient_x_input", attention_mask=mask)
+    bins = [0.2, 0.5]
+
+    def p(edited, m):
+        with torch.no_grad():
+            return model(input_ids=edited, attention_mask=m).logits.softmax(-1)[torch.arange(len(ids)), target]
+
+    full = p(ids, mask)
+    for keep_top, metric in ((False, "comprehensiveness"), (True, "eraser_sufficiency")):
+        for removal in ("replace", "delete"):
+            df = evalxai.score(model, ids, target, r, metric=metric, attention_mask=mask, bins=bins,
+                               baseline="mask", mask_id=3, removal=removal)
+            per_bin = df[df["measure"].str.endswith("_bin")].sort_values(["sample", "step"])
+            want = []
+            for b in bins:
+                k = torch.ceil(b * mask.sum(1).double()).long().clamp(min=1)
+                rank = torch.argsort(torch.argsort(-r.masked_fill(mask == 0, -math.inf), dim=1, stable=True), dim=1)
+                top = (rank < k[:, None]) & (mask == 1)
+                gone = (mask == 1) & (~top if keep_top else top)
+                if removal == "replace":
+                    want.append(full - p(ids.masked_fill(gone, 3), mask))
+                else:
+                    kept = [ids[n][(mask[n] == 1) & ~gone[n]] for n in range(len(ids))]
+                    edited = torch.zeros_like(ids)
+                    m = torch.zeros_like(mask)
+                    for n, t in enumerate(kept):
+                        edited[n, :len(t)], m[n, :len(t)] = t, 1
+                    want.append(full - p(edited, m))
+            want = torch.stack(want, 1).reshape(-1).numpy()
+            np.testing.assert_allclose(per_bin["value"].to_numpy(), want, atol=1e-10, err_msg=f"{metric} {removal}")
+    for metric in TOKEN_METRICS:
+        both = evalxai.score(model, ids, target, r, metric=metric, attention_mask=mask, baseline="pad")  # config's
+        for n in range(len(ids)):
+            t = int(mask[n].sum())
+            alone = evalxai.score(model, ids[n:n + 1, :t], target[n:n + 1], r[n:n + 1, :t], metric=metric,
+                                  baseline="pad")
+            want = both[both["sample"] == n].reset_index(drop=True).assign(sample=0)
+            pd.testing.assert_frame_equal(alone, want, check_exact=False, rtol=1e-8, atol=1e-10,
+                                          obj=f"{name} {metric} sample {n}")
