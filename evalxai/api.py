@@ -94,10 +94,13 @@ def explain_tokens(model: nn.Module, input_ids: torch.Tensor, target: Target, me
 
     The map is taken at the word embeddings e = ``model.get_input_embeddings()(input_ids)`` (N, T, D):
     ``evalxai.models.EmbeddingsInput`` makes the model a function of e, and every method explains e as it explains an
-    image (LRP rules, gradients, integrated gradients from the zero embedding). A token's relevance is its
-    embedding's relevance summed over D; padding (``attention_mask`` 0) gets 0. The samples are explained in groups
-    of one attention mask (one length, when right-padded): a method that stacks perturbed copies of its samples
-    runs the wrapper on any batch, and every row needs its mask."""
+    image (LRP rules, gradients, integrated gradients from the zero or a pad / [MASK] token's embedding); occlusion
+    and attention rollout have token versions (one token at a time; the classifying token's rollout row). A token's
+    relevance is its embedding's relevance summed over D; padding (``attention_mask`` 0) gets 0. The samples are
+    explained in groups of one attention mask (one length, when right-padded): a method that stacks perturbed copies
+    of its samples runs the wrapper on any batch, and every row needs its mask. The mask is an input of the
+    wrapper's traced graph (``EmbeddingsInput.masked``), so the groups of one shape share one trace: one wrapper for
+    the masks with padding and one for the mask without (a model may branch on whether there is padding at all)."""
     inner = text_model(model)
     input_ids, attention_mask = check_token_inputs(inner, input_ids, attention_mask)
     embeds = EmbeddingsInput(inner).embed(input_ids)
@@ -106,8 +109,6 @@ def explain_tokens(model: nn.Module, input_ids: torch.Tensor, target: Target, me
     fn = resolve_method(method, overrides)
     masks, group = torch.unique(attention_mask, dim=0, return_inverse=True)
     r = torch.empty_like(embeds)
-    # one wrapper for the masks with padding and one for those without: the mask is an input of its traced graph,
-    # so groups of one shape share one trace (a model may branch on whether there is padding at all)
     wrappers = {False: EmbeddingsInput(inner), True: EmbeddingsInput(inner)}
     with frozen(model):
         for g, mask in enumerate(masks):
