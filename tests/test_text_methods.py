@@ -278,18 +278,21 @@ def test_smoothgrad_noise_scale_is_the_real_tokens_range(monkeypatch):
     size leave it alone (the draws held fixed here, as they are seeded by the sample's content)."""
     from evalxai.methods import gradient
 
-    monkeypatch.setattr(gradient, "noise_draws", lambda x, seed, ks: torch.ones(len(ks), *x.shape, dtype=x.dtype))
+    def draws(x, seed, ks):
+        return torch.randn(len(ks), *x.shape, dtype=x.dtype, generator=torch.Generator().manual_seed(0))
+
+    monkeypatch.setattr(gradient, "noise_draws", draws)
     model = _model()
     with torch.no_grad():
         model.embed.weight[0] *= 1000  # the pad token's embedding far outside the others' range
     ids, mask, target = _batch()
-    r = evalxai.explain(model, ids, target, method="smoothgrad", attention_mask=mask, samples=2, noise=0.1)
+    r = evalxai.explain(model, ids, target, method="smoothgrad", attention_mask=mask, samples=2, noise=0.1,
+                        per_token=False)
     e = model.embed(ids).detach()
     real = e[1, :5]
-    shifted = e[1:2] + 0.1 * (real.max() - real.min())
-    shifted.requires_grad_(True)
-    model(inputs_embeds=shifted, attention_mask=mask[1:2])[0, target[1]].backward()
-    assert torch.allclose(r[1], shifted.grad[0].sum(-1) * mask[1], atol=1e-12)
+    noisy = (e[1:2] + 0.1 * (real.max() - real.min()) * draws(e[1:2], 0, [0])[0]).requires_grad_(True)
+    model(inputs_embeds=noisy, attention_mask=mask[1:2])[0, target[1]].backward()
+    assert torch.allclose(r[1], noisy.grad[0] * mask[1, :, None], atol=1e-12)
 
 
 # --- one traced graph for the groups of one shape -----------------------------------------------------------------
