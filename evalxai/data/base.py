@@ -34,6 +34,7 @@ class Dataset:
     """
 
     name: str = "dataset"
+    modality: str = "image"  # "image" (pixels (C, H, W)) or "text" (token ids (T,): evalxai.data.text.TextDataset)
     classes: list = []
     input_shape: tuple = ()
     meta: dict = {}

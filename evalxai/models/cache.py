@@ -35,7 +35,7 @@ from evalxai.models.custom import (
 )
 from evalxai.models.libraries import build_library_model, check_normalization, describe
 from evalxai.models.train import evaluate, evaluate_batches, train_model
-from evalxai.models.zoo import build_model
+from evalxai.models.zoo import build_model, data_inputs
 
 if TYPE_CHECKING:
     from evalxai.data.base import Dataset
@@ -112,9 +112,10 @@ def get_model(dataset: Dataset, model_cfg: dict, train_cfg: dict | None = None, 
     identity = model_identity({**model_cfg, "train": train_cfg}, None)
     name = model_cfg.pop("name")
     arch = model_cfg.get("arch", {}) or {}
-    key = model_key(dataset, {"name": name, **model_cfg}, train_cfg, seed)
+    inputs = data_inputs(name, dataset)
+    key = model_key(dataset, {"name": name, **model_cfg, **({"inputs": inputs} if inputs else {})}, train_cfg, seed)
     torch.manual_seed(seed)
-    model = build_model(name, dataset.input_shape, dataset.num_classes, **arch)
+    model = build_model(name, dataset.input_shape, dataset.num_classes, **inputs, **arch)
     model, info = _cached_or_trained(model, dataset, name, key, train_cfg, seed, cache_dir, progress, {})
     return model, {**info, "label": name, "kind": "zoo", "identity": identity}
 

@@ -53,6 +53,9 @@ def train_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int 
 
     Initialisation, shuffling and augmentation all follow ``seed``.
     """
+    if augment_shift and not x.is_floating_point():
+        raise ValueError(f"augment_shift={augment_shift} shifts images, but the inputs are {x.dtype} (token ids): set "
+                         "model.train.augment_shift=0 (evalxai.models.train)")
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * -(-len(x) // batch_size))

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from evalxai.models.text_transformer import TextTransformer
 from evalxai.models.vit import ViT
 
 
@@ -101,6 +102,7 @@ class ResNetSmall(nn.Module):
 
 MODELS = {"mlp": MLP, "lenet": LeNet, "vgg_bn": VGGBN, "resnet_small": ResNetSmall}
 MODELS["vit_tiny"] = ViT  # evalxai/models/vit.py
+MODELS["text_transformer"] = TextTransformer  # evalxai/models/text_transformer.py: token ids (T,), a text dataset
 
 
 def build_model(name: str, input_shape: Sequence[int], num_classes: int = 10, **arch: Any) -> nn.Module:
@@ -119,3 +121,19 @@ def build_model(name: str, input_shape: Sequence[int], num_classes: int = 10, **
         raise KeyError(f"unknown model '{name}': choose one of {sorted(MODELS)}")
     arch = {k: tuple(v) if isinstance(v, list) else v for k, v in arch.items()}
     return MODELS[name](tuple(input_shape), num_classes, **arch)
+
+
+def data_inputs(name: str, dataset) -> dict:
+    """What a zoo model takes from its dataset besides shape and classes: a text model the tokenizer's
+    ``vocab_size`` and ``pad_id``; nothing for an image model. A model and a dataset of different modalities are
+    refused."""
+    if name not in MODELS:
+        raise KeyError(f"unknown model '{name}': choose one of {sorted(MODELS)}")
+    want, have = getattr(MODELS[name], "modality", "image"), getattr(dataset, "modality", "image")
+    if want != have:
+        fits = sorted(k for k, v in MODELS.items() if getattr(v, "modality", "image") == have)
+        raise ValueError(f"model={name} takes {want} inputs but dataset={dataset.name} is {have}: choose one of "
+                         f"{fits} (or model=huggingface / custom) for it")
+    if have != "text":
+        return {}
+    return {"vocab_size": len(dataset.tokenizer.vocab), "pad_id": int(dataset.tokenizer.pad_id)}
