@@ -170,6 +170,10 @@ def test_token_baseline_ids_and_errors():
     by_arg = evalxai.explain(model, ids, target, method="occlusion", attention_mask=mask, baseline="pad", pad_id=4)
     other = evalxai.explain(model, ids, target, method="occlusion", attention_mask=mask, baseline="pad", pad_id=0)
     assert torch.equal(by_attr, by_arg) and not torch.equal(by_arg, other)
+    assert torch.equal(by_arg, evalxai.explain(model, ids, target, method="occlusion", attention_mask=mask,
+                                               baseline="pad", pad_id=torch.tensor(4)))
+    with pytest.raises(ValueError, match="pad_id='4' is not a token id"):
+        evalxai.explain(model, ids, target, method="occlusion", attention_mask=mask, baseline="pad", pad_id="4")
     with pytest.raises(ValueError, match="pass mask_id="):
         evalxai.explain(model, ids, target, method="integrated_gradients", attention_mask=mask, baseline="mask")
     with pytest.raises(ValueError, match="unk_id=99 is outside the vocabulary \\[0, 29\\]"):

@@ -16,6 +16,7 @@ position), so a padded batch gives each sequence the logits it has alone.
 from __future__ import annotations
 
 import contextlib
+import operator
 from collections.abc import Iterator
 
 import torch
@@ -99,6 +100,13 @@ class EmbeddingsInput(nn.Module):
         ``pad_id``); ``what`` (the method) names the caller in errors."""
         weight = self.model.get_input_embeddings().weight
         config = getattr(self.model, "config", None)
+        if token_id is not None:
+            try:
+                if isinstance(token_id, bool):
+                    raise TypeError
+                token_id = operator.index(token_id)  # an int, a numpy integer or a 0-d integer tensor
+            except TypeError:
+                raise ValueError(f"{what}: {which}_id={token_id!r} is not a token id: give an int") from None
         for found in (token_id, getattr(config, f"{which}_token_id", None), getattr(self.model, f"{which}_id", None)):
             if isinstance(found, int) and not isinstance(found, bool):
                 token_id = found
