@@ -107,7 +107,7 @@ def image_cost(model: nn.Module, x: torch.Tensor) -> int:
                 saved[ptr] = t.untyped_storage().nbytes()
             return t
 
-        one = x[:1].detach().requires_grad_(True)
+        one = x[:1].detach().clone().requires_grad_(True)  # own storage: a view would count its whole base
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             out = model(one)
             if isinstance(out, torch.Tensor) and out.requires_grad:
