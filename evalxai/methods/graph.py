@@ -246,6 +246,35 @@ def is_relu(model: nn.Module, node: fx.Node) -> bool:
     return node.op == "call_method" and node.target in ("relu", "relu_")
 
 
+# Operations whose output is non-negative wherever their first input is (pooling, reshapes, dropout; not upsampling:
+# bicubic overshoots)
+_SIGN_KEEPING_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
+                         nn.AdaptiveMaxPool3d, *NORM_MODULES[:-1], nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d,
+                         nn.Dropout2d, nn.Dropout3d, nn.Identity, nn.ZeroPad2d)
+_SIGN_KEEPING_FUNCS = {F.max_pool1d, F.max_pool2d, F.max_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d,
+                       F.adaptive_max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d,
+                       F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, torch.flatten, F.dropout}
+_SIGN_KEEPING_METHODS = {"view", "reshape", "flatten", "contiguous", "permute", "transpose", "squeeze", "unsqueeze"}
+
+
+def nonnegative_nodes(model: nn.Module, graph: fx.Graph) -> set[fx.Node]:
+    """The nodes whose value is non-negative for every input: ReLUs, and pooling / reshapes / dropout of such a
+    node (the sign-split LRP rules then skip the passes of a negative input part)."""
+    found: set[fx.Node] = set()
+    for node in graph.nodes:
+        if node.op not in ("call_module", "call_function", "call_method"):
+            continue
+        if is_relu(model, node):
+            found.add(node)
+            continue
+        keeps = (node.op == "call_module" and type(model.get_submodule(node.target)) in _SIGN_KEEPING_MODULES or
+                 node.op == "call_function" and node.target in _SIGN_KEEPING_FUNCS or
+                 node.op == "call_method" and node.target in _SIGN_KEEPING_METHODS)
+        if keeps and node.args and node.args[0] in found:
+            found.add(node)
+    return found
+
+
 GATE_MODULES = (nn.Sigmoid, nn.Hardsigmoid)
 GATE_FUNCS = {torch.sigmoid, F.sigmoid, F.hardsigmoid}
 
@@ -549,7 +578,7 @@ def execute(model: nn.Module, graph: fx.Graph, x: torch.Tensor,
                 inplace = False
             if inplace:
                 _refuse_inplace_on_used_view(model, node, args, order)
-                call = _out_of_place(call)
+                call = _out_of_place(model, node, call)
             out = handle(node, call, args, kwargs)
             env[node] = call(*args, **kwargs) if out is NotImplemented else out
             if inplace and node.args and isinstance(node.args[0], fx.Node):
@@ -579,7 +608,17 @@ def _constant_scratch(node: fx.Node, args, carries: dict) -> bool:
         not isinstance(t, nn.Parameter) and not (t._is_view() and isinstance(t._base, nn.Parameter))
 
 
-def _out_of_place(call):
+_RELU_INPLACE = {torch.relu_, F.relu_}
+
+
+def _out_of_place(model: nn.Module, node: fx.Node, call):
+    """``call`` as an out-of-place operation: an in-place ReLU by ``torch.relu`` (one pass over memory), anything
+    else on a copy of its first argument (the same dtype and aliasing semantics as in place)."""
+    if (node.op == "call_module" and type(model.get_submodule(node.target)) is nn.ReLU or
+            node.op == "call_function" and (node.target in _RELU_INPLACE or node.target is F.relu) or
+            node.op == "call_method" and node.target == "relu_"):
+        return lambda a, *rest, **kwargs: torch.relu(a)
+
     def run(*args, **kwargs):
         if args and isinstance(args[0], torch.Tensor):
             args = (args[0].clone(), *args[1:])

@@ -24,7 +24,7 @@ from __future__ import annotations
 import operator
 import warnings
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -39,8 +39,10 @@ from evalxai.methods.graph import (
     is_eval_batch_norm,
     is_gate,
     is_metadata,
+    is_relu,
     needed_nodes,
     node_kind,
+    nonnegative_nodes,
     operands,
     owner,
     softmax_role,
@@ -58,13 +60,17 @@ _WARNED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 class Step:
     """How one graph node runs: kind in {linear, skip, grad, pass, norm, sum, lrn, unsupported} (``node_kind``)
     and, for transformers, {softmax, product, layernorm, flinear, mha, encoder, sdpa, sub, neg}; ``carries`` says which
-    operands of a product carry relevance (depend on the input, and not only through a CP-LRP constant)."""
+    operands of a product carry relevance (depend on the input, and not only through a CP-LRP constant); for linear
+    layers ``nonneg_in`` (the input is a ReLU's output, maybe pooled or reshaped) and ``relu_out`` (only ReLUs read
+    the output, BatchNorm merged)."""
 
     kind: str
     module: nn.Module | None = None
     bn: BatchNormStats | None = None
     rule: Rule | None = None
     carries: tuple = ()
+    nonneg_in: bool = False
+    relu_out: bool = False
 
 
 @dataclass
@@ -238,7 +244,24 @@ def build_plan(model: nn.Module, composite: Composite, x: torch.Tensor | None = 
                 passed.append(f"'{node.target}'" if node.op == "call_module" else
                               f"{node.name} in {owner(model, node)}")
     _warn_pass_through(model, passed)
+    _sign_facts(model, graph, plan)
     return graph, plan
+
+
+def _sign_facts(model: nn.Module, graph: fx.Graph, plan: dict) -> None:
+    """Mark linear layers whose input is non-negative and whose output only ReLUs read (their sign-split rules then
+    take their cheaper forms)."""
+    nonneg = nonnegative_nodes(model, graph)
+    for node, step in plan.items():
+        if step.kind not in ("linear", "flinear"):
+            continue
+        inp = node.args[0] if node.op == "call_module" else bind_arguments(node.target, node.args, node.kwargs)["input"]
+        out = node
+        if step.bn is not None:
+            out = next(u for u in node.users if u in plan and plan[u].kind == "skip")
+        users = [u for u in out.users if not is_metadata(u)]
+        relu_out = bool(users) and all(is_relu(model, u) and plan[u].kind == "grad" for u in users)
+        plan[node] = replace(step, nonneg_in=inp in nonneg, relu_out=relu_out)
 
 
 def merged_weights(module: nn.Module | None, bn: BatchNormStats | nn.Module | None, weight: torch.Tensor | None = None,

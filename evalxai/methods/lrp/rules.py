@@ -47,10 +47,14 @@ class LinearOp:
 
     ``conv``: the geometry (``stride``, ``padding``, ``dilation``, ``groups``) of a functional convolution
     (``F.conv2d(x, w, b, ...)`` with a weight that does not depend on the input, as timm's weight-standardised
-    ``StdConv2d`` computes it); ``module`` then only names the layer type."""
+    ``StdConv2d`` computes it); ``module`` then only names the layer type. ``nonneg_in``: the input is known to be
+    non-negative (a ReLU's output, ``graph.nonnegative_nodes``); ``relu_out``: only ReLUs read the output, so the
+    relevance of an output z0 <= 0 is zero (the ReLU's gradient)."""
 
-    def __init__(self, module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None, conv: dict | None = None):
+    def __init__(self, module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None, conv: dict | None = None,
+                 nonneg_in: bool = False, relu_out: bool = False):
         self.module, self.weight, self.bias = module, weight, bias
+        self.nonneg_in, self.relu_out = nonneg_in, relu_out
         self.is_conv = conv is not None or isinstance(module, nn.modules.conv._ConvNd)
         if not self.is_conv:
             return
@@ -158,8 +162,9 @@ def _neg(t):
     return None if t is None else t.clamp(max=0)
 
 
-def _nonneg(a: torch.Tensor) -> bool:
-    return bool(a.min() >= 0)
+def _nonneg(op: LinearOp, a: torch.Tensor) -> bool:
+    """Whether the layer input is non-negative: known from the graph, else checked."""
+    return op.nonneg_in or bool(a.min() >= 0)
 
 
 @dataclass
@@ -196,7 +201,7 @@ class Epsilon(Rule):
             raise ValueError(f"epsilon={self.epsilon} is negative: LRP-epsilon needs epsilon >= 0")
 
     def backward(self, op, a, z0, r):
-        return a * op.vjp(divide(r, z0, self.epsilon), op.weight, a)
+        return op.vjp(divide(r, z0, self.epsilon), op.weight, a).mul_(a)
 
     def forward(self, op, a, z0):
         return z0
@@ -229,7 +234,7 @@ class AlphaBeta(Rule):
                              "and alpha, beta >= 0 (for example alpha=2, beta=1)")
 
     def forward(self, op, a, z0):
-        if _nonneg(a):
+        if _nonneg(op, a):
             return self._nonneg_state(op, a)
         w, b = op.weight, op.bias
         ap, an = a.clamp(min=0), a.clamp(max=0)
@@ -246,7 +251,7 @@ class AlphaBeta(Rule):
 
     def output_and_state(self, op, a):
         """On a non-negative input z0 = z+ + z- (b = b+ + b-): two signed forwards and no plain one (Bach 2015)."""
-        if self.beta == 0 or not _nonneg(a):
+        if self.beta == 0 or not _nonneg(op, a):
             return super().output_and_state(op, a)
         state = self._nonneg_state(op, a)
         return state[1] + state[2], state
@@ -258,14 +263,14 @@ class AlphaBeta(Rule):
         if self.alpha != 1:
             sp.mul_(self.alpha)
         if self.beta == 0:
-            return a * op.vjp(sp, _pos(w), a) if fast else (
+            return op.vjp(sp, _pos(w), a).mul_(a) if fast else (
                 a.clamp(min=0) * op.vjp(sp, _pos(w), a) + a.clamp(max=0) * op.vjp(sp, _neg(w), a))
         sn = divide(r, zn, self.stabilizer)
         if self.beta != 1:
             sn.mul_(self.beta)
         if fast:  # a (W+^T sp - W-^T sn), each product on its own sign: where z- = 0, sn = R / stabilizer is huge,
             # and a form like W+^T (sp + sn) - W^T sn would cancel it catastrophically in float32
-            return a * op.vjp_sum(((sp, _pos(w)), (sn, -_neg(w))), a)
+            return op.vjp_sum(((sp, _pos(w)), (sn, -_neg(w))), a).mul_(a)
         return (a.clamp(min=0) * op.vjp_sum(((sp, _pos(w)), (sn, -_neg(w))), a)
                 + a.clamp(max=0) * op.vjp_sum(((sp, _neg(w)), (sn, -_pos(w))), a))
 
@@ -297,9 +302,9 @@ class Gamma(Rule):
 
     def forward(self, op, a, z0):
         g, w, b = self.gamma, op.weight, op.bias
-        if _nonneg(a):  # P = a W+ + b+; the branches zp = z0 + g P and zn = z0 + g (z0 - P) are formed in backward
-            p = op.fwd(a, _pos(w), _pos(b))
-            return True, z0, p
+        if _nonneg(op, a):  # P = a W+ + b+; the branches zp = z0 + g P and zn = z0 + g (z0 - P) are formed in backward
+            wp = _pos(w)
+            return True, z0, op.fwd(a, wp, _pos(b)), wp
         ap, an = a.clamp(min=0), a.clamp(max=0)
         wp, wn = w + g * w.clamp(min=0), w + g * w.clamp(max=0)
         bp = None if b is None else b + g * b.clamp(min=0)
@@ -311,14 +316,19 @@ class Gamma(Rule):
     def backward(self, op, a, state, r):
         g, w = self.gamma, op.weight
         if state[0]:  # a >= 0: R_in = a ((W + g W+)^T sp + (W + g W-)^T sn)
-            _, z0, p = state
-            sp = _where_positive(divide(r, torch.add(z0, p, alpha=g), self.stabilizer), z0)
+            _, z0, p, wp = state
+            # where z0 > 0, zp = z0 + g P > 0 (P >= 0): stab(zp) = zp + eps
+            zp = torch.add(z0, p, alpha=g).add_(self.stabilizer)
+            sp = _where_positive(torch.div(r, zp, out=zp), z0)
+            w_up = torch.add(w, wp, alpha=g)  # W + g W+
+            if op.relu_out:  # no relevance at outputs z0 <= 0
+                return op.vjp(sp, w_up, a).mul_(a)
             neg = z0.neg()
-            rn = _where_positive(r, neg)  # R at negative outputs: none behind a ReLU (the next rule's R_in = a ...)
+            rn = _where_positive(r, neg)  # R at negative outputs (none where a residual sum is negative too)
             if not bool(rn.any()):
-                return a * op.vjp(sp, w + g * _pos(w), a)
+                return op.vjp(sp, w_up, a).mul_(a)
             sn = _where_positive(divide(rn, torch.add(z0, z0 - p, alpha=g), self.stabilizer), neg)
-            return a * op.vjp_sum(((sp, w + g * _pos(w)), (sn, w + g * _neg(w))), a)
+            return op.vjp_sum(((sp, w_up), (sn, w + g * _neg(w))), a).mul_(a)
         _, zp, zn, z0 = state
         sp = _where_positive(divide(r, zp, self.stabilizer), z0)
         sn = _where_positive(divide(r, zn, self.stabilizer), -z0)
