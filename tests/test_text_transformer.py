@@ -125,3 +125,51 @@ def test_learns_text_synthetic_and_is_cached(tmp_path):
     x, _ = d.test_items(range(8))
     r = evalxai.explain(model, x, model(x).argmax(1), method="attnlrp", attention_mask=d.attention_mask(x))
     assert r.shape == x.shape and (r[d.attention_mask(x) == 0] == 0).all()
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("arch", ["bert", "gpt2"])
+def test_huggingface_sequence_classifier_from_a_local_folder(tmp_path, arch):
+    """model=huggingface model.name=<folder> on a text dataset: a tiny random BERT / GPT-2 sequence classifier saved
+    to tmp_path is read with local_files_only (its saved weights: no training), called on the dataset's ids with the
+    mask from the pad id, and explained; each row of a padded batch gets its map alone (float64, <= 1e-6)."""
+    transformers = pytest.importorskip("transformers")
+    import pandas as pd
+
+    texts = ["a good film", "great plot and good acting", "a bad film", "awful plot , bad acting, boring", "fun",
+             "not good at all , bad", "really great fun", "boring bad plot", "good", "bad"] * 2
+    labels = ["pos", "pos", "neg", "neg", "pos", "neg", "pos", "neg", "pos", "neg"] * 2
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted({w for t in texts for w in t.replace(",", " ,")
+                                                                    .split()})]
+    tok_dir, model_dir = tmp_path / "tok", tmp_path / arch
+    transformers.BertTokenizer(vocab={w: i for i, w in enumerate(vocab)}).save_pretrained(tok_dir)
+    torch.manual_seed(0)
+    if arch == "bert":
+        config = transformers.BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=2,
+                                         num_attention_heads=2, intermediate_size=32, max_position_embeddings=32,
+                                         num_labels=2, attn_implementation="eager")
+        hf = transformers.BertForSequenceClassification(config)
+    else:
+        config = transformers.GPT2Config(vocab_size=len(vocab), n_embd=16, n_layer=2, n_head=2, n_positions=32,
+                                         num_labels=2, attn_implementation="eager")
+        hf = transformers.GPT2ForSequenceClassification(config)
+    hf.save_pretrained(model_dir)
+    pd.DataFrame({"text": texts, "label": labels}).to_csv(tmp_path / "t.csv", index=False)
+    d = load_dataset("text_files", path=str(tmp_path / "t.csv"), n_test=6, length=12, tokenizer=str(tok_dir))
+    model, info = get_model(d, {"library": "huggingface", "name": str(model_dir)}, {}, seed=0, cache_dir=tmp_path,
+                            progress=False)
+    assert info["kind"] == "huggingface" and not info["trained"] and info["class"].endswith("ForSequenceClassification")
+    x, _ = d.test_items(range(6))
+    mask = d.attention_mask(x)
+    inner = model.model
+    assert torch.allclose(model(x), inner(input_ids=x, attention_mask=mask).logits, atol=1e-6)
+    model = model.double()
+    target = torch.zeros(6, dtype=torch.long)
+    r = evalxai.explain(model, x, target, method="attnlrp", attention_mask=mask)
+    assert (r[mask == 0] == 0).all() and torch.isfinite(r).all()
+    for i in range(6):
+        t = int(mask[i].sum())
+        alone = evalxai.explain(model, x[i:i + 1, :t], target[i:i + 1], method="attnlrp")
+        assert float((r[i, :t] - alone[0]).abs().max() / alone.abs().max()) <= 1e-6
+    with pytest.raises(ValueError, match="classifies images, the dataset is text"):
+        get_model(d, {"library": "timm", "name": "resnet18"}, {}, cache_dir=tmp_path, progress=False)

@@ -160,7 +160,7 @@ def _get_custom(dataset, cfg: dict, train_cfg: dict, seed: int, cache_dir, progr
     cls = f"{type(model).__module__}.{type(model).__qualname__}"
     label = model_label(cfg.get("name"), model)
     extra = {"target": target, "kwargs": kwargs, "class": cls, "source": source}
-    check_output_width(model, dataset.input_shape, dataset.num_classes, f"model._target_={target}",
+    output_width(model, dataset, f"model._target_={target}",
                        f"set +model.kwargs.num_classes={dataset.num_classes} (or your class's argument for it)")
     if checkpoint is None:
         key = model_key(dataset, {"name": CUSTOM_NAME, "target": target, "kwargs": kwargs, "source": source},
@@ -189,13 +189,39 @@ def _as_is(model: torch.nn.Module, dataset, key: str) -> dict:
             "key": key, "path": None, "evalxai_version": __version__, "code": code_fingerprint(*MODEL_CODE)}
 
 
+def output_width(model: torch.nn.Module, dataset: Dataset, what: str, fix: str) -> None:
+    """One input of the dataset must give (1, classes) logits: an image of its shape, or for text one row of token
+    ids with its attention mask (``model(input_ids=, attention_mask=)``, as runs call a text model)."""
+    if getattr(dataset, "modality", "image") != "text":
+        check_output_width(model, dataset.input_shape, dataset.num_classes, what, fix)
+        return
+    ids = torch.full((1, *dataset.input_shape), int(dataset.tokenizer.pad_id), dtype=torch.int64)
+    ids[0, 0] = dataset.tokenizer.cls_id if dataset.tokenizer.cls_id is not None else dataset.tokenizer.unk_id or 0
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            out = model(input_ids=ids, attention_mask=dataset.attention_mask(ids))
+    except Exception as err:  # noqa: BLE001 - the model's forward: name the input it could not take
+        raise RuntimeError(f"{what} cannot take one row of token ids {tuple(ids.shape)} as "
+                           f"model(input_ids=, attention_mask=): {type(err).__name__}: {err}") from err
+    finally:
+        model.train(was_training)
+    out = getattr(out, "logits", out)
+    if not isinstance(out, torch.Tensor) or out.shape != (1, dataset.num_classes):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"{what} gives {got} for one sequence, the dataset has {dataset.num_classes} classes: {fix}")
+
+
 def _get_library(dataset, cfg: dict, train_cfg: dict, seed: int, cache_dir, progress) -> tuple[torch.nn.Module, dict]:
     """A torchvision, timm or Hugging Face model: a checkpoint replaces its weights (used as is, nothing
     downloaded); complete pretrained weights are used as is; otherwise (no weights, or a new head on pretrained
     ones) it is trained with ``train_cfg`` and cached under a key holding the library, its version and the config."""
     checkpoint = cfg.get("checkpoint")
     torch.manual_seed(seed)  # initialisation follows the seed (a head or a model trained here)
-    built = build_library_model(cfg, dataset.input_shape, dataset.num_classes, use_pretrained=checkpoint is None)
+    text = data_inputs(None, dataset) or None  # a text dataset: a sequence classifier on its token ids
+    built = build_library_model(cfg, dataset.input_shape, dataset.num_classes, use_pretrained=checkpoint is None,
+                                text=text)
     if built.folder is not None:  # weights read from a local folder: its content, file by file, names them
         built.record["weights_sha256"] = {p.name: file_sha256(p) for p in sorted(built.folder.iterdir()) if p.is_file()}
     model, library, what = built.model, cfg["library"], describe(cfg)
@@ -207,7 +233,7 @@ def _get_library(dataset, cfg: dict, train_cfg: dict, seed: int, cache_dir, prog
                f"model.weights and set model.num_classes={k} to train one")
     else:
         fix = f"set model.num_classes={k} (a new head, trained with model.train) or give a fine-tuned model.checkpoint"
-    check_output_width(model, dataset.input_shape, dataset.num_classes, what, fix)
+    output_width(model, dataset, what, fix)
     record = {**built.record, "label": built.label, "kind": library, "pretrained": built.pretrained,
               "num_classes": k}  # the head's outputs (checked above)
     ident = {k: v for k, v in cfg.items() if k != "train"}

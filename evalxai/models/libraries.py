@@ -51,6 +51,23 @@ class LogitsOnly(nn.Module):
         return self.model(x).logits
 
 
+class TextLogitsOnly(nn.Module):
+    """A Hugging Face sequence classifier as a module of token ids returning its logits tensor:
+    ``forward(input_ids=None, attention_mask=None, inputs_embeds=None)``, the mask ``input_ids != pad_id`` when not
+    given (the trainer and accuracy call ``model(input_ids)``). It has no ``get_input_embeddings`` of its own, so
+    ``evalxai.explain`` reaches the Hugging Face model through ``.model`` (``evalxai.models.text.text_model``)."""
+
+    def __init__(self, model: nn.Module, pad_id: int):
+        super().__init__()
+        self.model, self.pad_id = model, int(pad_id)
+
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        if attention_mask is None and input_ids is not None:
+            attention_mask = (input_ids != self.pad_id).to(torch.int64)
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds).logits
+
+
 def import_library(library: str) -> Any:
     """The library's module, imported now; an error naming the pip command when it is missing or broken."""
     module = _MODULE[library]
@@ -90,12 +107,17 @@ def describe(cfg: Mapping) -> str:
 
 
 def build_library_model(cfg: Mapping, input_shape: Sequence[int], num_classes: int,
-                        use_pretrained: bool = True) -> Built:
+                        use_pretrained: bool = True, text: Mapping | None = None) -> Built:
     """Build the config's model for inputs of ``input_shape`` (C, H, W) and a dataset of ``num_classes`` classes.
 
     use_pretrained: False (a checkpoint will replace every weight): build the architecture without downloading.
+    text: for a text dataset, its tokenizer's ``vocab_size`` and ``pad_id``: a Hugging Face sequence classifier
+        (``AutoModelForSequenceClassification``) on token ids of shape ``input_shape`` (T,), in ``TextLogitsOnly``.
     """
     library, name = cfg["library"], cfg.get("name")
+    if text is not None and library != "huggingface":
+        raise ValueError(f"model={library} classifies images, the dataset is text: use model=text_transformer or "
+                         "model=huggingface model.name=<folder of a sequence classifier>")
     if not name:
         hint = {"torchvision": "e.g. resnet18 (torchvision.models.list_models(torchvision.models))",
                 "timm": "e.g. resnet18 (timm.list_models())",
@@ -104,7 +126,10 @@ def build_library_model(cfg: Mapping, input_shape: Sequence[int], num_classes: i
     kwargs = dict(cfg.get("kwargs") or {})
     lib = import_library(library)
     build = {"torchvision": _torchvision, "timm": _timm, "huggingface": _huggingface}[library]
-    built = build(lib, cfg, str(name), kwargs, tuple(input_shape), num_classes, use_pretrained)
+    if text is not None:
+        built = _huggingface_text(lib, cfg, str(name), kwargs, num_classes, use_pretrained, text)
+    else:
+        built = build(lib, cfg, str(name), kwargs, tuple(input_shape), num_classes, use_pretrained)
     built.record = {"library": library, "library_version": str(getattr(lib, "__version__", None)), **built.record,
                     "kwargs": kwargs, "class": f"{type(built.inner).__module__}.{type(built.inner).__qualname__}"}
     return built
@@ -224,6 +249,50 @@ def _huggingface(transformers, cfg, name, kwargs, input_shape, num_classes, use_
     return Built(LogitsOnly(model), model, label, use_pretrained, use_pretrained and not new_head, expected,
                  folder.resolve() if local and use_pretrained else None,
                  {"name": name, "source": source, "num_classes": n_out})
+
+
+def _huggingface_text(transformers, cfg, name, kwargs, num_classes, use_pretrained, text: Mapping) -> Built:
+    """A sequence classifier from a local folder (``local_files_only``): its saved weights, or its architecture with
+    a new head of ``model.num_classes`` outputs; the dataset's tokens must fit its embedding."""
+    folder = Path(name).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"model.name={name} is not a folder: a text model=huggingface takes a folder written by "
+                                "save_pretrained (AutoModelForSequenceClassification), read with local_files_only")
+    source = str(folder.resolve())
+    auto = transformers.AutoModelForSequenceClassification
+    config = _call(f"transformers.AutoConfig.from_pretrained({source!r})", transformers.AutoConfig.from_pretrained,
+                   source, local_files_only=True)
+    n_out = cfg.get("num_classes")
+    new_head = n_out is not None and int(n_out) != int(config.num_labels)
+    if config.pad_token_id is None:  # GPT-2 style: the last non-pad token is found through pad_token_id
+        config.pad_token_id = int(text["pad_id"])
+    if not use_pretrained:
+        n_out = num_classes if n_out is None else n_out
+        _labels(config, int(n_out))
+        model = _call(f"AutoModelForSequenceClassification.from_config({source!r} config)", auto.from_config, config,
+                      **kwargs)
+    else:
+        args = {**kwargs, "config": config, "local_files_only": True}
+        if new_head:  # a new head of n_out outputs on the saved body
+            _labels(config, int(n_out))
+            args["ignore_mismatched_sizes"] = True
+        model = _call(f"AutoModelForSequenceClassification.from_pretrained({source!r})", auto.from_pretrained, source,
+                      **args)
+    model.eval()
+    size = model.get_input_embeddings().num_embeddings
+    if int(text["vocab_size"]) > size:
+        raise ValueError(f"model.name={name} embeds {size} tokens but the dataset's tokenizer has "
+                         f"{text['vocab_size']}: tokenize with the model's own tokenizer (dataset.tokenizer={name})")
+    return Built(TextLogitsOnly(model, text["pad_id"]), model, folder.resolve().name, use_pretrained,
+                 use_pretrained and not new_head, None, folder.resolve() if use_pretrained else None,
+                 {"name": name, "source": source, "num_classes": n_out, "task": "sequence classification"})
+
+
+def _labels(config, n: int) -> None:
+    """Give a Hugging Face config ``n`` output labels."""
+    config.num_labels = n
+    config.id2label = {i: f"LABEL_{i}" for i in range(n)}
+    config.label2id = {v: k for k, v in config.id2label.items()}
 
 
 def check_normalization(built: Built, cfg: Mapping, mean, std) -> None:

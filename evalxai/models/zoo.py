@@ -123,17 +123,19 @@ def build_model(name: str, input_shape: Sequence[int], num_classes: int = 10, **
     return MODELS[name](tuple(input_shape), num_classes, **arch)
 
 
-def data_inputs(name: str, dataset) -> dict:
-    """What a zoo model takes from its dataset besides shape and classes: a text model the tokenizer's
-    ``vocab_size`` and ``pad_id``; nothing for an image model. A model and a dataset of different modalities are
-    refused."""
-    if name not in MODELS:
-        raise KeyError(f"unknown model '{name}': choose one of {sorted(MODELS)}")
-    want, have = getattr(MODELS[name], "modality", "image"), getattr(dataset, "modality", "image")
-    if want != have:
-        fits = sorted(k for k, v in MODELS.items() if getattr(v, "modality", "image") == have)
-        raise ValueError(f"model={name} takes {want} inputs but dataset={dataset.name} is {have}: choose one of "
-                         f"{fits} (or model=huggingface / custom) for it")
+def data_inputs(name: str | None, dataset) -> dict:
+    """What a model takes from its dataset besides shape and classes: for text the tokenizer's ``vocab_size`` and
+    ``pad_id``; nothing for images. A zoo model ``name`` of another modality than the dataset's is refused (None:
+    a model from elsewhere, not checked here)."""
+    have = getattr(dataset, "modality", "image")
+    if name is not None:
+        if name not in MODELS:
+            raise KeyError(f"unknown model '{name}': choose one of {sorted(MODELS)}")
+        want = getattr(MODELS[name], "modality", "image")
+        if want != have:
+            fits = sorted(k for k, v in MODELS.items() if getattr(v, "modality", "image") == have)
+            raise ValueError(f"model={name} takes {want} inputs but dataset={dataset.name} is {have}: choose one of "
+                             f"{fits} (or model=huggingface / custom) for it")
     if have != "text":
         return {}
     return {"vocab_size": len(dataset.tokenizer.vocab), "pad_id": int(dataset.tokenizer.pad_id)}
