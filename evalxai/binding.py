@@ -5,8 +5,8 @@ The pipeline (``pipeline.method_calls`` / ``metric_call``), the meta-evaluation,
 
 - the parameters its config or caller gives, checked against the registered defaults (an unknown one is an error);
 - for every parameter it takes that those leave unset (absent or None): the dataset's ``low``, ``high`` and
-  ``mean`` (``data``; for token ids the dataset's ``token_ids``: ``pad_id``, ``mask_id``, ``unk_id``), and for a metric that needs ``method`` the method being scored with its parameters
-  (``scored``);
+  ``mean`` (``data``; for token ids the dataset's ``token_ids``: ``pad_id``, ``mask_id``, ``unk_id``), and for a
+  metric that needs ``method`` the method being scored with its parameters (``scored``);
 - for a metric that needs ``masks`` or ``pool`` (``MetricSpec.needs``): the caller's, else the run's (``ground``);
   missing ones, and ones given to a metric that does not need them, are errors (``evalxai.core.validate``).
 """

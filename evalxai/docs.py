@@ -121,8 +121,8 @@ def render_metrics() -> str:
         "parameters its function's defaults.",
         "",
         "- **inputs**: `float`: images (N, C, H, W) or vectors (N, D); `tokens`: token ids (N, T) of a text "
-        "classifier with maps (N, T) and an `attention_mask` ([text](#text)); other metrics refuse token ids with "
-        "the reason.",
+        "classifier with maps (N, T) and an `attention_mask` ([text](#text)); other metrics refuse token ids "
+        "with the reason.",
         "- **needs**: `method`: the pipeline passes the method being scored (to re-explain, or for `conservation` "
         "to choose the reference), with `method_params`; `masks`: ground-truth masks; `pool`: training images.",
         "- **null** means the metric chooses (see its section) or the pipeline fills it in (`low`, `high`, `mean`: "

@@ -34,9 +34,10 @@ method being scored for metrics that need ``method``, ground-truth masks and a p
 Models: ``text``, a tiny transformer text classifier (``tests.test_text_explain.TinyTextClassifier``) on token ids
 (N, T) with right padding and an attention mask, for the metrics that score token maps (``MetricSpec.inputs``;
 methods on token ids are tested in tests/test_text_explain.py); every other metric must refuse it, and the token-only
-metrics must refuse images. ``cnn``, LeNet-like (two conv-ReLU stages, the first with BatchNorm and max pooling, then global average
-pooling and one Linear layer, so that CAM applies), 1 x 12 x 12 pixels; ``vit``, ``evalxai.models.vit.ViT`` (two
-blocks, 4 x 4 patches) on 3 x 12 x 12 normalised inputs, for the methods that need attention. Both are float64,
+metrics must refuse images. ``cnn``, LeNet-like (two conv-ReLU stages, the first with BatchNorm and max pooling, then
+global average pooling and one Linear layer, so that CAM applies), 1 x 12 x 12 pixels; ``vit``,
+``evalxai.models.vit.ViT`` (two blocks, 4 x 4 patches) on 3 x 12 x 12 normalised inputs, for the methods that need
+attention. All are float64,
 handed over in eval mode with one submodule in training mode, one frozen parameter and a forward hook, a forward
 pre-hook and a full backward hook that change nothing. The module runs single-threaded: on inputs this small two
 threads only wait for each other (20 ms per convolution on a busy 2-core machine instead of 0.1 ms).
@@ -407,7 +408,8 @@ def test_every_method_runs_on_some_model():
 
 # ---------------------------------------------------------------- metrics
 
-SCORED = {"cnn": "lrp_epsilon_plus", "vit": "attnlrp", "text": "attnlrp"}  # the method whose maps are scored (and re-explained)
+# the method whose maps are scored (and re-explained)
+SCORED = {"cnn": "lrp_epsilon_plus", "vit": "attnlrp", "text": "attnlrp"}
 # batch and budget independence of the tables, by family: relative per value (absolute 1e-12 for scores near 0).
 # The largest relative difference seen is 4e-12 (ROAD's AUCs, from scores of imputed images); complexity and
 # localisation are functions of each sample's map (and mask) alone: bit for bit.

@@ -200,8 +200,8 @@ def test_adding_a_metric_is_one_function_and_its_registration(cleanup, tmp_path)
                                                                                            "k": 2}
     assert render("_test_top_share", top_share, {"k": 2}).startswith("# Share of |R|")
     row = [line for line in docs.render_metrics().splitlines() if line.startswith("| `_test_top_share` |")]
-    assert row == ["| `_test_top_share` | complexity | float | – | `k=2` | `top_share` ↑ | Share of \\|R\\| on the k largest "
-                   "elements (a test metric). |"]
+    assert row == ["| `_test_top_share` | complexity | float | – | `k=2` | `top_share` ↑ | Share of \\|R\\| on the k "
+                   "largest elements (a test metric). |"]
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2)).double().eval()
     x = torch.rand(3, 4, dtype=torch.float64)
     df = evalxai.score(model, x, torch.zeros(3, dtype=torch.long), x, metric="_test_top_share", k=1)

@@ -345,7 +345,8 @@ def test_token_metrics_on_float_inputs_and_bad_token_arguments_are_refused():
         evalxai.score(lin, x, 0, x, metric="sparseness", attention_mask=torch.ones(2, 16))
     model, (ids, mask, target) = bag(), batch()
     r = contributions(model, ids, target)
-    with pytest.raises(ValueError, match="baseline='mask' needs the mask token's id: pass mask_id="):
+    with pytest.raises(ValueError, match="metric 'token_flipping': baseline='mask' needs the mask token's id.* pass "
+                                         "mask_id="):
         evalxai.score(model, ids, target, r, metric="token_flipping", attention_mask=mask, baseline="mask")
     with pytest.raises(ValueError, match="bins=\\[0, 0.5\\] of metric 'comprehensiveness'"):
         evalxai.score(model, ids, target, r, metric="comprehensiveness", attention_mask=mask, bins=[0, 0.5])
@@ -366,9 +367,9 @@ def test_huggingface_removal_is_the_model_on_the_edited_text(name):
     """On tiny BERT / GPT-2 / Llama classifiers (right-padded batch): comprehensiveness with ``baseline='mask'`` is
     the model, through its own input_ids, on the text with the top tokens' ids replaced by the mask id (attention
     mask kept; not the pad id: GPT-2 / Llama find their last token from input_ids != pad, while the metric keeps a
-    replaced token a token and classifies at the mask's last one); with ``removal='delete'`` on the text without them, re-padded (GPT-2 / Llama
-    then classify from the new last token); sufficiency likewise with only the top tokens; every token metric gives
-    a sequence the same rows alone and in the padded batch (1e-8)."""
+    replaced token a token and classifies at the mask's last one); with ``removal='delete'`` on the text without
+    them, re-padded (GPT-2 / Llama then classify from the new last token); sufficiency likewise with only the top
+    tokens; every token metric gives a sequence the same rows alone and in the padded batch (1e-8)."""
     from tests.test_text_explain import _hf_model, _tokens
 
     model = _hf_model(name)

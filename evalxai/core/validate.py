@@ -97,8 +97,9 @@ def check_token_attributions(attributions: object, input_ids: torch.Tensor) -> t
     shape = tuple(getattr(attributions, "shape", ()))
     if not isinstance(attributions, torch.Tensor) or not attributions.is_floating_point() or \
             shape[:2] != tuple(input_ids.shape) or len(shape) not in (2, 3):
-        raise ValueError(f"attributions of token ids must be a float tensor (N, T) = {tuple(input_ids.shape)} (one value "
-                         f"per token) or (N, T, D), got {shape}: explain with evalxai.explain(model, input_ids, ...)")
+        raise ValueError(f"attributions of token ids must be a float tensor (N, T) = {tuple(input_ids.shape)} (one "
+                         f"value per token) or (N, T, D), got {shape}: explain with evalxai.explain(model, input_ids, "
+                         "...)")
     check_finite(attributions, "attributions")
     return attributions.sum(-1) if attributions.dim() == 3 else attributions
 

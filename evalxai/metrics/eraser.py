@@ -11,8 +11,9 @@ the softmax probability of the target:
 with B = ``bins``, [0.01, 0.05, 0.1, 0.2, 0.5] by default (ERASER's "AOPC" over these bins; ferret's default is 0.1 to
 1.0 in steps of 0.1, so numbers differ by library: the bins are recorded in the table). Removal: ``replace`` (the
 default) replaces a removed token's word embedding by the ``baseline``: zero (the default, as token flipping; every
-model has it) or the pad / [MASK] / UNK token's embedding, keeping the sequence's length and positions; ``delete`` deletes it, as ERASER does (the kept tokens shift left and
-are re-padded; a sequence left empty is one baseline token). Rows: one per bin (measure ``*_bin``, step = the bin's
+model has it) or the pad / [MASK] / UNK token's embedding, keeping the sequence's length and positions; ``delete``
+deletes it, as ERASER does (the kept tokens shift left and are re-padded; a sequence left empty is one baseline
+token). Rows: one per bin (measure ``*_bin``, step = the bin's
 index from 1, ``fraction`` = the bin, ``k`` = tokens in r_b; no direction) and the aggregate per sequence.
 """
 from __future__ import annotations

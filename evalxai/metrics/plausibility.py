@@ -113,8 +113,8 @@ def average_precision(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     return torch.where(g > 0, ap, torch.full_like(ap, float("nan")))
 
 
-@register_metric("auprc", family="localisation", cost=no_passes, directions={"auprc": "higher"}, needs=("masks",),
-                 inputs=("float", "tokens"))
+@register_metric("auprc", family="localisation", cost=no_passes, directions={"auprc": "higher"},
+                 needs=("masks",), inputs=("float", "tokens"))
 def auprc(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor,
           masks: torch.Tensor | None = None) -> pd.DataFrame:
     """Area under the precision-recall curve of sum_c R_c against the mask (average precision; ERASER's AUPRC of

@@ -19,7 +19,6 @@ right-padded batch give the same rows.
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
 from torch import nn
@@ -66,26 +65,16 @@ BASELINES = ("pad", "mask", "unk", "zero")
 
 
 def baseline_embedding(model: nn.Module, baseline: str, ids: dict[str, int | None], metric: str) -> torch.Tensor:
-    """The word embedding (D,) that replaces a removed token: the embedding of the pad / [MASK] / UNK token (its id
-    from ``ids`` = {"pad": pad_id, ...}, else the Hugging Face ``model.config.<which>_token_id``, else the model's
-    ``<which>_id`` attribute), or zeros."""
+    """The word embedding (D,) that replaces a removed token: zeros, or the embedding of the pad / [MASK] / UNK token
+    (its id from ``ids`` = {"pad": pad_id, ...}, else the model's own: ``EmbeddingsInput.token_embedding``, the
+    lookup the methods use)."""
     if baseline not in BASELINES:
         raise ValueError(f"metric '{metric}': baseline={baseline!r} is not one of {list(BASELINES)}")
-    inner = text_model(model)
-    weight = inner.get_input_embeddings().weight
+    wrapped = EmbeddingsInput(text_model(model))
+    weight = wrapped.model.get_input_embeddings().weight
     if baseline == "zero":
         return torch.zeros(weight.shape[1], dtype=weight.dtype, device=weight.device)
-    config = getattr(inner, "config", None)
-    for token in (ids.get(baseline), getattr(config, f"{baseline}_token_id", None), getattr(inner, f"{baseline}_id", None)):
-        if isinstance(token, numbers.Integral) and not isinstance(token, bool):
-            break
-    else:
-        raise ValueError(f"metric '{metric}': baseline='{baseline}' needs the {baseline} token's id: pass "
-                         f"{baseline}_id=<the tokenizer's {baseline}_token_id> (a run takes it from dataset.token_ids), "
-                         "or use baseline='zero'")
-    if not 0 <= int(token) < weight.shape[0]:
-        raise ValueError(f"metric '{metric}': {baseline}_id={token} is outside the vocabulary [0, {weight.shape[0] - 1}]")
-    return EmbeddingsInput(inner).embed(torch.tensor([int(token)], device=weight.device))[0]
+    return wrapped.token_embedding(baseline, ids.get(baseline), f"metric '{metric}'")
 
 
 def tie_orders(input_ids: torch.Tensor, attention_mask: torch.Tensor, seed: int) -> torch.Tensor:
