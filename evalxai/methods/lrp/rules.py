@@ -78,6 +78,17 @@ class LinearOp:
             return F.linear(a, w, b)
         return self._conv(a, w, b, self.stride, self.padding, self.dilation, self.groups)
 
+    @property
+    def channel_dim(self) -> int | None:
+        """The output dimension along which weights may be stacked into one pass (a dense layer's features, a
+        convolution's channels when groups = 1), or None."""
+        return -1 if not self.is_conv else 1 if self.groups == 1 else None
+
+    def fwd_stacked(self, a: torch.Tensor, ws, bs) -> torch.Tensor:
+        """The outputs of the layer with weights ``ws`` and biases ``bs`` (all None or none), stacked along
+        ``channel_dim`` by one pass over the input: one convolution / matmul with the weights concatenated."""
+        return self.fwd(a, torch.cat(ws), None if bs[0] is None else torch.cat(bs))
+
     def vjp(self, s: torch.Tensor, w: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         """(d z / d a)^T s for the layer with weights ``w`` (bias irrelevant), shaped like ``a``."""
         return self.vjp_sum(((s, w),), a)
@@ -243,20 +254,28 @@ class AlphaBeta(Rule):
         return False, zp, zn
 
     def _nonneg_state(self, op, a):
-        """a- = 0: z+ = a W+ + b+, z- = a W- + b-, each by its own pass (z- as z0 - z+ would carry z0's rounding
-        error into a z- that may be tiny: float32 then disagrees with float64)."""
+        """a- = 0: z+ = a W+ + b+, z- = a W- + b-, each by its own weights (z- as z0 - z+ would carry z0's rounding
+        error into a z- that may be tiny: float32 then disagrees with float64); both from one pass over stacked
+        weights [W+; W-] where the layer allows (``stacked`` state: the (N, 2C, ...) outputs)."""
         w, b = op.weight, op.bias
+        if self.beta != 0 and op.channel_dim is not None:
+            return "stacked", op.fwd_stacked(a, (_pos(w), _neg(w)), (_pos(b), _neg(b)))
         zp = op.fwd(a, _pos(w), _pos(b))
         return True, zp, None if self.beta == 0 else op.fwd(a, _neg(w), _neg(b))
 
     def output_and_state(self, op, a):
-        """On a non-negative input z0 = z+ + z- (b = b+ + b-): two signed forwards and no plain one (Bach 2015)."""
+        """On a non-negative input z0 = z+ + z- (b = b+ + b-): the signed forwards and no plain one (Bach 2015)."""
         if self.beta == 0 or not _nonneg(op, a):
             return super().output_and_state(op, a)
         state = self._nonneg_state(op, a)
+        if state[0] == "stacked":
+            zp, zn = state[1].chunk(2, op.channel_dim)
+            return zp + zn, state
         return state[1] + state[2], state
 
     def backward(self, op, a, state, r):
+        if state[0] == "stacked":
+            return self._stacked_backward(op, a, state[1], r)
         fast, zp, zn = state
         w = op.weight
         sp = divide(r, zp, self.stabilizer)
@@ -273,6 +292,20 @@ class AlphaBeta(Rule):
             return op.vjp_sum(((sp, _pos(w)), (sn, -_neg(w))), a).mul_(a)
         return (a.clamp(min=0) * op.vjp_sum(((sp, _pos(w)), (sn, -_neg(w))), a)
                 + a.clamp(max=0) * op.vjp_sum(((sp, _neg(w)), (sn, -_pos(w))), a))
+
+    def _stacked_backward(self, op, a, z, r):
+        """a ([W+; W-]^T [alpha R / stab(z+); -beta R / stab(z-)]): one input-gradient pass over the stacked weights,
+        each product still on its own sign."""
+        eps = self.stabilizer
+        s = torch.empty_like(z) if eps == 0 else stabilize(z, eps)
+        for zh, sh, k in zip(z.chunk(2, op.channel_dim), s.chunk(2, op.channel_dim), (self.alpha, -self.beta)):
+            torch.div(r, zh if eps == 0 else sh, out=sh)
+            if eps == 0:
+                sh.nan_to_num_(0.0, 0.0, 0.0)
+            if k != 1:
+                sh.mul_(k)
+        w = op.weight
+        return op.vjp(s, torch.cat((_pos(w), _neg(w))), a).mul_(a)
 
 
 @dataclass
