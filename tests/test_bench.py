@@ -83,7 +83,7 @@ def test_bench_imagenet_table(tmp_path):
             assert pd.isna(r["error"])
             if sys.platform.startswith("linux"):
                 assert r["peak_mb"] > 0 and r["peak_mb"] >= r["extra_mb"], method
-        assert rows.loc["lrp_epsilon_plus", "target"] == imagenet.LRP_TARGET_224
+        assert rows.loc["lrp_epsilon_plus", "target"] == imagenet.LRP_TARGETS_224["lrp_epsilon_plus"] == 1.6
     csv = pd.read_csv(tmp_path / "bench_imagenet.csv")
     assert len(csv) == len(df)
     text = (tmp_path / "bench_imagenet.md").read_text()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
 import statistics
 import time
 
@@ -118,7 +119,10 @@ def _init(model: nn.Module) -> nn.Module:
 IMAGENET_MODELS = {"vgg16": vgg16, "resnet50": ResNet50}
 # gradient through evalxai.explain (the plain pass is the reference), the two multi-pass methods, every composite
 IMAGENET_METHODS = ("gradient", "integrated_gradients", "smoothgrad", *COMPOSITES)
-LRP_TARGET_224 = 1.5  # issue: every LRP composite within 1.5 gradient passes at 224x224
+# Issue 29: the composites at their convolution count (plain gradient: forward + input gradient = 2 per layer; LRP-0/
+# epsilon the same; z+ and gamma behind a ReLU one more forward; alpha-beta two signed forwards and two backwards)
+LRP_TARGETS_224 = {"lrp_0": 1.15, "lrp_epsilon": 1.15, "lrp_epsilon_plus": 1.6, "lrp_epsilon_plus_flat": 1.6,
+                   "lrp_epsilon_gamma_box": 1.6, "lrp_epsilon_alpha2beta1": 2.1}
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -220,13 +224,15 @@ def _bench_imagenet(model_name, methods, batch, repeats, dev, size, width, log) 
         if log is not None:
             log(f"  {model_name} {name}: {time.perf_counter() - t0:.1f} s" + (f" FAILED {errors[name]}"
                                                                                if name in errors else ""))
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     times = interleaved(calls, repeats, warmup=False)
+    load = None if load is None else max(load, os.getloadavg()[0])  # the higher of before and after the rounds
     base = statistics.median(times["<gradient pass>"])
     rows = []
     for name in ["<gradient pass>", *methods]:
         row = {"model": model_name, "device": dev.type, "size": size, "batch": batch, "method": name,
                "model_mb": round(model_mb, 1), "budget_mb": round(budget_mb),
-               "images_per_call": batch if name == "<gradient pass>" else per_call}
+               "images_per_call": batch if name == "<gradient pass>" else per_call, "load": load}
         if name in times:
             med = statistics.median(times[name])
             n_units = units(name) if name in METHODS else 1
@@ -235,7 +241,7 @@ def _bench_imagenet(model_name, methods, batch, repeats, dev, size, width, log) 
         if name in memory and memory[name][0] is not None:
             row.update(peak_mb=memory[name][0], extra_mb=memory[name][1],
                        within_budget=bool(memory[name][1] <= 1.1 * budget_mb))
-        row["target"] = LRP_TARGET_224 if name in COMPOSITES else TARGETS.get(name)
+        row["target"] = LRP_TARGETS_224.get(name) if name in COMPOSITES else TARGETS.get(name)
         row["error"] = errors.get(name)
         rows.append(row)
     df = pd.DataFrame(rows)
@@ -255,7 +261,8 @@ def imagenet_report(df: pd.DataFrame, seconds: float, repeats: int) -> str:
            "peak resident set of the bench process during the method's first call (VmHWM reset after handing freed "
            "heap back to the OS; model, inputs and torch included), extra = above the resident set before the call")
     text = (f"224 case: {int(df['size'].iloc[0])}x{int(df['size'].iloc[0])} inputs, batch {int(df['batch'].iloc[0])}, "
-            f"device {dev}, torch {torch.__version__}, {torch.get_num_threads()} threads; time per image and ratio "
+            f"device {dev}, torch {torch.__version__}, {torch.get_num_threads()} threads, load average "
+            f"{df['load'].max():.1f} on {os.cpu_count()} cores; time per image and ratio "
             f"to a plain gradient pass (per pass for integrated_gradients / smoothgrad: {BENCH_UNITS} steps / samples "
             f"in chunks of the batch), median of {repeats} interleaved rounds after a warm-up round that measures "
             f"peak memory: {how}; within_budget: extra <= 1.1 x the memory budget of {df['budget_mb'].iloc[0]:.0f} MB; "
