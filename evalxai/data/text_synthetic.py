@@ -67,29 +67,31 @@ def generate(variant: str, n: int, length: int, min_length: int, n_keys: int, co
     """(token id rows with [CLS] first, unpadded; labels (n,) int64; the positions of each row's decisive key words).
 
     confounder_rate: P(confounder | class 1) = rate, P(confounder | class 0) = 1 - rate; None: 0.5 for both (test).
+    Every random draw is made for all rows at once; the rows are then assembled from their shuffled units.
     """
     index = {w: i for i, w in enumerate(VOCAB)}
-    keys = [np.array([index[w] for w in ks]) for ks in KEYS]
+    keys = np.array([[index[w] for w in ks] for ks in KEYS])
     filler = np.array([index[w] for w in FILLER])
     cls, neg, conf = index["[CLS]"], index[NEGATION], index[CONFOUNDER]
     y = rng.permutation(np.arange(n) % 2).astype(np.int64)
+    words = rng.integers(min_length, length + 1, n) - 1
+    n_key = rng.integers(1, n_keys + 1, n)
+    key_words = keys[y[:, None], rng.integers(0, keys.shape[1], (n, n_keys))]
+    n_neg = rng.integers(1, n_keys + 1, n) if variant == "distractor" else np.zeros(n, dtype=np.int64)
+    neg_words = keys[rng.integers(0, 2, (n, n_keys)), rng.integers(0, keys.shape[1], (n, n_keys))]
+    p = np.full(n, 0.5) if confounder_rate is None else np.where(y == 1, confounder_rate, 1 - confounder_rate)
+    has_conf = (rng.random(n) < p) if variant == "confounder" else np.zeros(n, dtype=bool)
+    fill = filler[rng.integers(0, len(filler), (n, length))]
+    order = np.argsort(rng.random((n, length)), axis=1)  # a random order of each row's units
     rows, decisive = [], []
-    for label in y:
-        words = int(rng.integers(min_length, length + 1)) - 1
-        units: list[tuple[int, ...]] = [(int(rng.choice(keys[label])),) for _ in range(rng.integers(1, n_keys + 1))]
-        k = len(units)  # the first k units are the decisive key words
-        if variant == "distractor":
-            for _ in range(rng.integers(1, n_keys + 1)):
-                units.append((neg, int(rng.choice(keys[rng.integers(0, 2)]))))
-        if variant == "confounder":
-            p = 0.5 if confounder_rate is None else (confounder_rate if label == 1 else 1 - confounder_rate)
-            if rng.random() < p:
-                units.append((conf,))
-        used = sum(len(u) for u in units)
-        units += [(int(w),) for w in rng.choice(filler, words - used)]
+    for i in range(n):
+        units: list[tuple[int, ...]] = [(int(w),) for w in key_words[i, :n_key[i]]]  # the decisive ones first
+        units += [(neg, int(w)) for w in neg_words[i, :n_neg[i]]]
+        units += [(conf,)] * int(has_conf[i])
+        units += [(int(w),) for w in fill[i, :words[i] - n_key[i] - 2 * n_neg[i] - int(has_conf[i])]]
         row, marks = [cls], []
-        for j in rng.permutation(len(units)):
-            if j < k:
+        for j in order[i][order[i] < len(units)]:
+            if j < n_key[i]:
                 marks.append(len(row))
             row.extend(units[j])
         rows.append(row)
