@@ -46,7 +46,8 @@ def read_texts(path: Path, text_column: str, label_column: str, rationale_column
         labels = [c for c in classes for _ in files[c]]
         return texts, labels, None, [f for c in classes for f in files[c]]
     if path.suffix.lower() not in SUFFIXES:
-        raise ValueError(f"dataset.path={path} is neither a folder nor a {' / '.join(SUFFIXES)} file (dataset=text_files)")
+        raise ValueError(f"dataset.path={path} is neither a folder nor a {' / '.join(SUFFIXES)} file "
+                         "(dataset=text_files)")
     import pandas as pd
 
     frame = pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_json(path, lines=True)

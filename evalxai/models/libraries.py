@@ -256,8 +256,8 @@ def _huggingface_text(transformers, cfg, name, kwargs, num_classes, use_pretrain
     a new head of ``model.num_classes`` outputs; the dataset's tokens must fit its embedding."""
     folder = Path(name).expanduser()
     if not folder.is_dir():
-        raise FileNotFoundError(f"model.name={name} is not a folder: a text model=huggingface takes a folder written by "
-                                "save_pretrained (AutoModelForSequenceClassification), read with local_files_only")
+        raise FileNotFoundError(f"model.name={name} is not a folder: a text model=huggingface takes a folder written "
+                                "by save_pretrained (AutoModelForSequenceClassification), read with local_files_only")
     source = str(folder.resolve())
     auto = transformers.AutoModelForSequenceClassification
     config = _call(f"transformers.AutoConfig.from_pretrained({source!r})", transformers.AutoConfig.from_pretrained,
