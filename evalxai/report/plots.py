@@ -62,6 +62,22 @@ def heatmap_grid(images: np.ndarray, maps: dict[str, np.ndarray], path: Path, n:
     return _save(fig, path, tight=False)
 
 
+def on_common_fractions(curves: pd.DataFrame, points: int = 21) -> pd.DataFrame:
+    """Curve rows (sample, fraction, value) on fractions every sample has: as they are when all samples share their
+    fractions (images of one size), else each sample's curve linearly interpolated at ``points`` even fractions of
+    [0, 1] (sequences of different lengths remove different fractions per step)."""
+    per_sample = curves.groupby("sample")["fraction"].apply(lambda f: tuple(np.sort(f.to_numpy(dtype=float))))
+    if per_sample.nunique() <= 1:
+        return curves
+    grid = np.linspace(0.0, 1.0, points)
+    parts = []
+    for sample, g in curves.groupby("sample"):
+        g = g.sort_values("fraction")
+        values = np.interp(grid, g["fraction"].to_numpy(dtype=float), g["value"].to_numpy(dtype=float))
+        parts.append(pd.DataFrame({"sample": sample, "fraction": grid, "value": values}))
+    return pd.concat(parts, ignore_index=True)
+
+
 def flipping_curves(scores: pd.DataFrame, path: Path, metric: str = "pixel_flipping") -> Path | None:
     """Mean perturbation curve per method of ``metric`` (``pixel_flipping``, ``token_flipping``) with a 95 % normal
     band, one panel per order."""
@@ -75,7 +91,7 @@ def flipping_curves(scores: pd.DataFrame, path: Path, metric: str = "pixel_flipp
     for ax, measure in zip(axes[0], orders):
         sub = curves[curves["measure"] == measure]
         for method, g in sub.groupby("method"):
-            stats = g.groupby("fraction")["value"].agg(["mean", "std", "count"])
+            stats = on_common_fractions(g).groupby("fraction")["value"].agg(["mean", "std", "count"])
             half = 1.96 * stats["std"].fillna(0) / np.sqrt(stats["count"])
             ax.plot(stats.index, stats["mean"], label=method, lw=1.2, color=colors[method])
             ax.fill_between(stats.index, stats["mean"] - half, stats["mean"] + half, alpha=0.15, color=colors[method])

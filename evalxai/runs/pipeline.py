@@ -26,7 +26,7 @@ from evalxai.data import load_dataset, provides_masks
 from evalxai.methods import get_method
 from evalxai.methods.cache import STATS as ATTR_STATS
 from evalxai.methods.cache import attribution_key, cached
-from evalxai.metrics import get_metric
+from evalxai.metrics import METRICS, get_metric
 from evalxai.models import get_model
 from evalxai.models.custom import checkpoint_sha256
 from evalxai.models.text import EmbeddingsInput
@@ -124,10 +124,24 @@ def metric_call(metric: str, mparams: dict, method, method_params: dict, from_da
 
 
 def metric_list(cfg: dict) -> list[tuple[str, dict]]:
+    """(name, overrides) for every metric of the run: ``metric`` (one, with params) or ``metrics`` (name -> params;
+    ``{}`` = the metric's defaults, ``null`` = not run: how an experiment drops a metric of ``conf/config.yaml``'s
+    defaults, as ``experiment=text_lrp`` drops the image metrics)."""
     if cfg.get("metric"):
         m = dict(cfg["metric"])
         return [(m.pop("name"), m)]
-    return [(name, dict(params or {})) for name, params in (cfg.get("metrics") or {}).items()]
+    return [(name, dict(params)) for name, params in (cfg.get("metrics") or {}).items() if params is not None]
+
+
+def check_modality(metrics: list[tuple[str, dict]], dataset) -> None:
+    """Every metric of the run scores the dataset's inputs (images or other float inputs, or token ids): checked
+    before a model is trained or loaded."""
+    kind = "tokens" if getattr(dataset, "modality", "image") == "text" else "float"
+    wrong = [m for m, _ in metrics if kind not in get_metric(m).inputs]
+    if wrong:
+        fits = [m for m in METRICS if kind in get_metric(m).inputs]
+        raise ValueError(f"metrics {wrong} do not score the {'token ids' if kind == 'tokens' else 'float inputs'} of "
+                         f"dataset={dataset.name}: drop them (metrics.NAME=null) or use metrics that do: {fits}")
 
 
 def run_report(run: RunDir, cfg: dict, run_id: str, accuracy: float, summary: pd.DataFrame, n: int,
@@ -306,6 +320,7 @@ def _run_experiment(cfg: dict, out_dir: str | Path, progress: bool = True) -> Pa
     methods, metrics = check_run(cfg)  # a misspelled name or parameter fails now, before data are read
     t_start = time.perf_counter()
     dataset = load_run_dataset(cfg)
+    check_modality(metrics, dataset)
     timings: dict[str, float] = {"data_s": time.perf_counter() - t_start}
     checkpoint_sha = checkpoint_sha256(cfg["model"])
     data_fingerprint = dataset.fingerprint()
