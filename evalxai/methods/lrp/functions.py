@@ -145,14 +145,15 @@ class ProductFn(torch.autograd.Function):
         if ctx.fn is None:
             a, b, y = ctx.saved_tensors
             s = divide(r, y, ctx.eps * abs(ctx.scale))  # = R / stab(a @ b) * scale: epsilon on the unscaled product
-            if ctx.scale != 1.0:
-                s.mul_(ctx.scale)
+            w = wa or wb  # the uniform rule's 1/2 (or 1 for a constant factor) folded into s: one pass for both
+            if ctx.scale * w != 1.0:
+                s.mul_(ctx.scale * w)
             ra = None if not wa else torch.matmul(s, b.mT).sum_to_size(a.shape).mul_(a)
             rb = None if not wb else torch.matmul(a.mT, s).sum_to_size(b.shape).mul_(b)
-            if ra is not None and wa != 1:
-                ra.mul_(wa)
-            if rb is not None and wb != 1:
-                rb.mul_(wb)
+            if ra is not None and wa != w:
+                ra.mul_(wa / w)
+            if rb is not None and wb != w:
+                rb.mul_(wb / w)
             out = [ra, rb]
         else:
             a, b, y = ctx.a, ctx.b, ctx.y
