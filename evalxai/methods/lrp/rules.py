@@ -84,10 +84,19 @@ class LinearOp:
         convolution's channels when groups = 1), or None."""
         return -1 if not self.is_conv else 1 if self.groups == 1 else None
 
-    def fwd_stacked(self, a: torch.Tensor, ws, bs) -> torch.Tensor:
-        """The outputs of the layer with weights ``ws`` and biases ``bs`` (all None or none), stacked along
-        ``channel_dim`` by one pass over the input: one convolution / matmul with the weights concatenated."""
-        return self.fwd(a, torch.cat(ws), None if bs[0] is None else torch.cat(bs))
+    def sign_stack(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """([W+; W-], [b+; b-] or None): the weights and biases split by sign, stacked along the output features /
+        channels (written in place: one pass over the weights each)."""
+        out = []
+        for t in (self.weight, self.bias):
+            if t is None:
+                out.append(None)
+                continue
+            st = t.new_empty((2 * t.shape[0], *t.shape[1:]))
+            torch.clamp(t, min=0, out=st[:t.shape[0]])
+            torch.clamp(t, max=0, out=st[t.shape[0]:])
+            out.append(st)
+        return out[0], out[1]
 
     def vjp(self, s: torch.Tensor, w: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         """(d z / d a)^T s for the layer with weights ``w`` (bias irrelevant), shaped like ``a``."""
@@ -256,10 +265,11 @@ class AlphaBeta(Rule):
     def _nonneg_state(self, op, a):
         """a- = 0: z+ = a W+ + b+, z- = a W- + b-, each by its own weights (z- as z0 - z+ would carry z0's rounding
         error into a z- that may be tiny: float32 then disagrees with float64); both from one pass over stacked
-        weights [W+; W-] where the layer allows (``stacked`` state: the (N, 2C, ...) outputs)."""
+        weights [W+; W-] where the layer allows (``stacked`` state: the (N, 2C, ...) outputs and the stack)."""
         w, b = op.weight, op.bias
         if self.beta != 0 and op.channel_dim is not None:
-            return "stacked", op.fwd_stacked(a, (_pos(w), _neg(w)), (_pos(b), _neg(b)))
+            ws, bs = op.sign_stack()
+            return "stacked", op.fwd(a, ws, bs), ws
         zp = op.fwd(a, _pos(w), _pos(b))
         return True, zp, None if self.beta == 0 else op.fwd(a, _neg(w), _neg(b))
 
@@ -275,7 +285,7 @@ class AlphaBeta(Rule):
 
     def backward(self, op, a, state, r):
         if state[0] == "stacked":
-            return self._stacked_backward(op, a, state[1], r)
+            return self._stacked_backward(op, a, state[1], state[2], r)
         fast, zp, zn = state
         w = op.weight
         sp = divide(r, zp, self.stabilizer)
@@ -293,7 +303,7 @@ class AlphaBeta(Rule):
         return (a.clamp(min=0) * op.vjp_sum(((sp, _pos(w)), (sn, -_neg(w))), a)
                 + a.clamp(max=0) * op.vjp_sum(((sp, _neg(w)), (sn, -_pos(w))), a))
 
-    def _stacked_backward(self, op, a, z, r):
+    def _stacked_backward(self, op, a, z, ws, r):
         """a ([W+; W-]^T [alpha R / stab(z+); -beta R / stab(z-)]): one input-gradient pass over the stacked weights,
         each product still on its own sign."""
         eps = self.stabilizer
@@ -304,8 +314,7 @@ class AlphaBeta(Rule):
                 sh.nan_to_num_(0.0, 0.0, 0.0)
             if k != 1:
                 sh.mul_(k)
-        w = op.weight
-        return op.vjp(s, torch.cat((_pos(w), _neg(w))), a).mul_(a)
+        return op.vjp(s, ws, a).mul_(a)
 
 
 @dataclass
