@@ -70,7 +70,8 @@ class EmbeddingsInput(nn.Module):
 
     @contextlib.contextmanager
     def masked(self, attention_mask: torch.Tensor | None) -> Iterator[EmbeddingsInput]:
-        """The wrapper with ``attention_mask`` for the duration of the block (the previous one restored after)."""
+        """The wrapper with ``attention_mask`` for the duration of the block (the previous one restored after); keep
+        the masks of one wrapper one shape, as a trace is specialised to the shapes it saw."""
         saved, self.attention_mask = self.attention_mask, attention_mask
         try:
             yield self
