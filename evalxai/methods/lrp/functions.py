@@ -102,13 +102,14 @@ class SumFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a, b, alpha, eps, hook):
         ctx.alpha, ctx.eps, ctx.hook = alpha, eps, hook
-        ctx.save_for_backward(a, b)
-        return torch.add(a, b, alpha=alpha)
+        z = torch.add(a, b, alpha=alpha)
+        ctx.save_for_backward(a, b, z)  # z kept, not recomputed (the executor never overwrites a kept tensor)
+        return z
 
     @staticmethod
     def backward(ctx, r):
-        a, b = ctx.saved_tensors
-        s = divide(r, torch.add(a, b, alpha=ctx.alpha), ctx.eps)
+        a, b, z = ctx.saved_tensors
+        s = divide(r, z, ctx.eps)
         ra, rb = a * s, (b * s).mul_(ctx.alpha)  # shaped like r: per sample also for a broadcast constant addend
         if ctx.hook is not None:
             ctx.hook(r, (ra, rb))
