@@ -7,13 +7,16 @@ with a plain ``+``, global average pooling, linear: CAM-ready).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from evalxai.models.text_transformer import TextTransformer
 from evalxai.models.vit import ViT
+
+if TYPE_CHECKING:
+    from evalxai.data.base import Dataset
 
 
 class MLP(nn.Sequential):
@@ -123,7 +126,7 @@ def build_model(name: str, input_shape: Sequence[int], num_classes: int = 10, **
     return MODELS[name](tuple(input_shape), num_classes, **arch)
 
 
-def data_inputs(name: str | None, dataset) -> dict:
+def data_inputs(name: str | None, dataset: Dataset) -> dict:
     """What a model takes from its dataset besides shape and classes: for text the tokenizer's ``vocab_size`` and
     ``pad_id``; nothing for images. A zoo model ``name`` of another modality than the dataset's is refused (None:
     a model from elsewhere, not checked here)."""
