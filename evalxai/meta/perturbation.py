@@ -20,6 +20,7 @@ from torch import nn
 
 from evalxai.core.baselines import data_range
 from evalxai.core.seeding import noise_draws
+from evalxai.models.text import EmbeddingsInput
 
 SPACES = ("model", "input")
 
@@ -109,7 +110,11 @@ def predict(model: nn.Module, x: torch.Tensor, attention_mask: torch.Tensor | No
     from evalxai.core.guard import frozen
     from evalxai.core.memory import images_per_chunk
 
-    step = images_per_chunk(model, x, "forward", None, "predicting")
+    if attention_mask is None:
+        step = images_per_chunk(model, x, "forward", None, "predicting")
+    else:  # the cost of a sequence, measured on the model as a function of its embeddings
+        wrapped = EmbeddingsInput(model, attention_mask[:1])
+        step = images_per_chunk(wrapped, wrapped.embed(x[:1]), "forward", None, "predicting")
     with frozen(model, warn_train=False), torch.no_grad():
         if attention_mask is None:
             return torch.cat([model(x[i:i + step]).argmax(1) for i in range(0, len(x), step)])

@@ -14,7 +14,11 @@ TIDY_COLUMNS = ["run_id", "experiment", "dataset", "model", "model_accuracy", "m
 SUMMARY_PANELS = [("pixel_flipping", "aopc_morf"), ("pixel_flipping", "abpc"), ("selectivity", "auc"),
                   ("continuity", "continuity_ref"), ("randomization", "spearman_abs_full"),
                   ("conservation", "abs_relative_residual"), ("sparseness", "gini"),
-                  ("insertion_deletion", "auc_insertion"), ("road", "road_combined")]
+                  ("insertion_deletion", "auc_insertion"), ("road", "road_combined"),
+                  # text (token ids)
+                  ("token_flipping", "abpc"), ("comprehensiveness", "comprehensiveness"),
+                  ("eraser_sufficiency", "sufficiency"), ("token_f1", "f1"),
+                  ("relevance_mass_accuracy", "ratio")]
 
 
 def headline(table: pd.DataFrame) -> pd.DataFrame:

@@ -171,10 +171,11 @@ def load_run_dataset(cfg: dict):
 
 
 def ground_truth_record(ground: dict, dataset, metrics) -> dict:
-    """run.json's account of the ground truth a run used: masks (what they mark, mean relevant pixels), pool size."""
+    """run.json's account of the ground truth a run used: masks (what they mark, mean relevant pixels, or tokens of
+    text), pool size."""
     masks = ground.get("masks")
     return {"masks": masks is not None, "mask_meta": dict(dataset.mask_meta) if masks is not None else None,
-            "relevant_pixels_mean": None if masks is None else float(masks.sum((1, 2)).double().mean()),
+            "relevant_pixels_mean": None if masks is None else float(masks.flatten(1).sum(1).double().mean()),
             "pool": len(ground["pool"][1]) if "pool" in ground else None,
             "metrics": sorted({m for m, _ in metrics if set(get_metric(m).needs) & set(ground)})}
 
