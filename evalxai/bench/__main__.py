@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -10,12 +11,14 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+import evalxai
+
 from evalxai.bench import __doc__ as BENCH_DOC
 from evalxai.bench.end_to_end import bench_end_to_end
 from evalxai.bench.imagenet import IMAGENET_METHODS, IMAGENET_MODELS, bench_imagenet, imagenet_report, resolve_device
 from evalxai.bench.methods import BENCH_UNITS, TARGETS, VIT_METHODS, bench_api, bench_methods, bench_vit
-from evalxai.bench.metrics import bench_all_metrics, mnist_case
-from evalxai.bench.quantus import bench_quantus, quantus_report
+from evalxai.bench.metrics import bench_all_metrics, bench_flip_race, mnist_case
+from evalxai.bench.quantus import bench_quantus, bench_quantus_realistic, quantus_report
 from evalxai.bench.timing import markdown
 from evalxai.methods import METHODS
 from evalxai.metrics import METRICS
@@ -65,7 +68,13 @@ def main(argv=None) -> pd.DataFrame:
                    help="instead: evalxai vs Quantus 0.6 on the batch of tests/fixtures/quantus (matched parameters)")
     p.add_argument("--quantus-python", default=None,
                    help="with --quantus: a Python with quantus 0.6 installed, to re-time Quantus now (default: the "
-                        "times recorded in reference.json)")
+                        "times recorded in reference.json); in the default run: Quantus joins the pixel-flipping race")
+    p.add_argument("--quantus-model", default="fixture", choices=["fixture", "resnet18"],
+                   help="with --quantus: the fixture CNN (default) or a ResNet-18 shape at --size 64 (batch --batch 8, "
+                        "random weights; needs --quantus-python)")
+    p.add_argument("--no-flip", action="store_true",
+                   help="skip the pixel-flipping race (LeNet, 32 MNIST images, 49 steps of 16 pixels: time / its bare "
+                        "per-step forwards, and against Quantus with --quantus-python)")
     p.add_argument("--zoo", action="store_true",
                    help="instead: the coverage table of the torchvision (or --zoo-library timm) classifiers: "
                         "composites that run, LRP-0 vs gradient x input, refusals, LRP time / gradient")
@@ -73,7 +82,7 @@ def main(argv=None) -> pd.DataFrame:
     p.add_argument("--zoo-library", default="torchvision", choices=["torchvision", "timm"])
     p.add_argument("--zoo-no-timing", action="store_true", help="with --zoo: skip the LRP / gradient timing")
     p.add_argument("--zoo-size", type=int, default=64, help="with --zoo: input size of models that take any (64)")
-    p.add_argument("--size", type=int, default=224, help=argparse.SUPPRESS)  # tests: smaller 224-case models
+    p.add_argument("--size", type=int, default=None, help=argparse.SUPPRESS)  # tests: smaller 224-case models
     p.add_argument("--width", type=float, default=1.0, help=argparse.SUPPRESS)
     p.add_argument("--out", default="results/bench")
     args = p.parse_args(argv)
@@ -81,6 +90,8 @@ def main(argv=None) -> pd.DataFrame:
     if args.api:
         return _main_api(args, out)
     if args.quantus:  # before tune(): both processes on glibc's default allocator
+        if args.quantus_model == "resnet18":
+            return _main_quantus_realistic(args, p, out)
         return _main_quantus(args, out)
     tuned = allocator.tune()  # as the CLI does: baseline and methods run under the same allocator
     if args.zoo:
@@ -99,6 +110,7 @@ def main(argv=None) -> pd.DataFrame:
         p.error(f"unknown methods/metrics {unknown}: choose from {sorted(METHODS)} / {sorted(METRICS)}")
     # End to end first: the child processes then share the machine with a small parent, not with one that holds
     # the memory of vgg_bn's batched Integrated Gradients (with it, a warm run read 55 s instead of 25 s here).
+    load_start, t_start = os.getloadavg(), time.perf_counter()
     e2e = None if args.no_e2e else bench_end_to_end()
     df = pd.concat([bench_methods(m, methods, batch, repeats) for m in models])
     df["meets_target"] = [None if pd.isna(tg) else bool(r <= tg) for r, tg in zip(df["ratio"], df["target"])]
@@ -106,7 +118,8 @@ def main(argv=None) -> pd.DataFrame:
     df.to_csv(out / "bench.csv", index=False)
     table = df.pivot(index="method", columns="model", values="ratio").round(2)
     table["target"] = [TARGETS.get(m, "") for m in table.index]
-    text = (f"Methods: time per batch of {batch} / k plain gradient passes (k = {BENCH_UNITS} for "
+    text = (f"Machine load (1, 5, 15 min) at the start: {_load(load_start)}\n\n"
+            f"Methods: time per batch of {batch} / k plain gradient passes (k = {BENCH_UNITS} for "
             f"integrated_gradients and smoothgrad, run with steps / samples = {BENCH_UNITS}, else 1; "
             f"median of {repeats} interleaved rounds, "
             f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
@@ -117,11 +130,52 @@ def main(argv=None) -> pd.DataFrame:
         text += (f"\nMetrics (lenet, lrp_epsilon_plus maps, batch {batch}): time / bare cost, the forwards and "
                  "explains each metric makes (counted, per image) at the time of one batch forward / explain\n\n"
                  + markdown(mdf.round(2)) + "\n")
+    if not args.no_flip:
+        flip = flip_race(args.quantus_python, repeats, tuned)
+        flip.to_csv(out / "bench_flip.csv", index=False)
+        text += ("\nPixel flipping (LeNet, the first 32 MNIST test images, lrp_epsilon_plus maps, 1-pixel features, 16 "
+                 "per step: 50 forwards of the batch; MoRF, zero baseline, logits): median ms of "
+                 f"{repeats} interleaved rounds, ratio to the bare per-step forwards (target <= 1.0), evalxai's "
+                 f"speedup over each (target >= 2 over Quantus 0.6); same allocator ({'tuned' if tuned else 'default'}) "
+                 "for all\n\n" + markdown(flip.round(3)) + "\n")
     if e2e is not None:
         e2e.to_csv(out / "bench_e2e.csv", index=False)
         text += ("\nEnd to end (`python -m evalxai experiment=mnist_lrp`, wall time; peak resident memory of the "
                  "run, target 2 GB)\n\n" + markdown(e2e) + "\n")
+    text += (f"\nMachine load at the end: {_load(os.getloadavg())}; the bench took "
+             f"{time.perf_counter() - t_start:.0f} s\n")
     (out / "bench.md").write_text(text)
+    print(text)
+    return df
+
+
+def _load(avg) -> str:
+    return ", ".join(f"{v:.2f}" for v in avg)
+
+
+def flip_race(quantus_python: str | None, repeats: int, tuned: bool) -> pd.DataFrame:
+    """``bench_flip_race`` on the first 32 MNIST test images with the trained LeNet and lrp_epsilon_plus maps."""
+    model, x, t, _ = mnist_case("lenet", 32)
+    r = evalxai.explain(model, x, t, method="lrp_epsilon_plus")
+    return bench_flip_race(model, x, t, r, repeats, quantus_python, same_allocator=tuned)
+
+
+def _main_quantus_realistic(args, p, out: Path) -> pd.DataFrame:
+    if not args.quantus_python:
+        p.error("--quantus-model resnet18 needs --quantus-python (a Python with quantus 0.6)")
+    repeats, batch, size = args.repeats or 3, args.batch or 8, args.size or 64
+    load_start, t0 = os.getloadavg(), time.perf_counter()
+    df = bench_quantus_realistic(args.quantus_python, repeats, batch=batch, size=size, log=log)
+    out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out / "bench_quantus_resnet18.csv", index=False)
+    text = quantus_report(df, args.quantus_python, repeats).replace(
+        "on the same batch (tests/fixtures/quantus: 8 x 1 x 16 x 16, bias-free CNN, gradient x input maps), matched "
+        "parameters from reference.json",
+        f"on a ResNet-18 shape (random weights, BatchNorm), {batch} x 3 x {size} x {size}, gradient x input maps, "
+        "reference.json's parameters scaled to the image (evalxai.bench.quantus.REALISTIC)")
+    text += (f"\nMachine load (1, 5, 15 min): {_load(load_start)} at the start, {_load(os.getloadavg())} at the end; "
+             f"{time.perf_counter() - t0:.0f} s\n")
+    (out / "bench_quantus_resnet18.md").write_text(text)
     print(text)
     return df
 
@@ -137,7 +191,7 @@ def _main_imagenet(args, p, out: Path) -> pd.DataFrame:
     print(f"224 case on {dev}" + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else
                                   f" ({torch.get_num_threads()} threads)"), flush=True)
     t0 = time.perf_counter()
-    df = pd.concat([bench_imagenet(m, methods, batch, repeats, str(dev), args.size, args.width,
+    df = pd.concat([bench_imagenet(m, methods, batch, repeats, str(dev), args.size or 224, args.width,
                                    log=log, memory_budget=args.memory_budget) for m in models])
     seconds = time.perf_counter() - t0
     out.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import inspect
 import statistics
+import time
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -128,3 +130,64 @@ def bench_all_metrics(model, x, t, pool, metrics: list[str], repeats: int,
                      "explains_per_image": e / n, "bare_ms": 1e3 * cost,
                      "ratio": med / cost if cost > 0 else float("nan"), "target": TARGET})
     return pd.DataFrame(rows)
+
+
+# The pixel-flipping race of issue 29: 784 one-pixel features removed 16 per step (49 steps + the clean input), MoRF,
+# zero baseline, logits; Quantus 0.6's PixelFlipping with features_in_step=16 does the same per-step forwards.
+FLIP_RACE = {"patch_size": 1, "per_step": 16, "order": "morf", "baseline": "zero", "score_space": "logit"}
+FLIP_QUANTUS = {"name": "PixelFlipping", "cls": "PixelFlipping", "a": "summed",
+                "init": {"abs": False, "normalise": False, "perturb_baseline": 0.0, "features_in_step": 16},
+                "call": {"softmax": False}}
+
+
+def bench_flip_race(model, x, t, r, repeats: int, quantus_python: str | None = None,
+                    same_allocator: bool = False) -> pd.DataFrame:
+    """Pixel flipping (``FLIP_RACE``) against its bare per-step forwards (K + 1 plain ``model(x)`` calls on the batch)
+    and, with ``quantus_python``, against Quantus 0.6's PixelFlipping on the same model, batch and maps (one child
+    process, same threads, the same glibc thresholds when ``same_allocator``), timed interleaved in ``repeats``
+    rounds; rows: contestant, median ms, ratio to the bare forwards, and evalxai's speedup over each."""
+    import tempfile
+
+    from evalxai.bench.quantus import CASE_SCRIPT, QuantusTimer, write_case
+    from evalxai.metrics.faithfulness import flip_steps
+
+    steps = flip_steps(x, FLIP_RACE["patch_size"], FLIP_RACE["per_step"], None) + 1
+
+    def bare():
+        with torch.no_grad():
+            for _ in range(steps):
+                model(x)
+
+    calls = {"bare forwards": bare,
+             "evalxai": lambda: evalxai.score(model, x, t, r, metric="pixel_flipping", **FLIP_RACE)}
+    with tempfile.TemporaryDirectory() as tmp:
+        timer = None
+        if quantus_python:
+            masks = torch.zeros(len(x), *x.shape[-2:], dtype=torch.bool)
+            path = write_case(Path(tmp) / "lenet.pt", "lenet", (model, x, t, r, masks))
+            timer = QuantusTimer(quantus_python, 1, 0.0, argv=[str(CASE_SCRIPT), str(path)],
+                                 same_allocator=same_allocator)
+            calls["quantus 0.6"] = lambda: timer.time(FLIP_QUANTUS)
+        try:
+            quantus_seconds = []
+            for f in calls.values():
+                f()
+            times: dict[str, list[float]] = {k: [] for k in calls}
+            for _ in range(repeats):
+                for name, f in calls.items():
+                    t0 = time.perf_counter()
+                    out = f()
+                    times[name].append(time.perf_counter() - t0)
+                    if name == "quantus 0.6":
+                        if out["error"]:
+                            raise RuntimeError(f"bench flip race: Quantus failed: {out['error']}")
+                        quantus_seconds += out["seconds"]  # its own timing, without the pipe
+        finally:
+            if timer is not None:
+                timer.close()
+    if quantus_seconds:
+        times["quantus 0.6"] = quantus_seconds
+    med = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+    return pd.DataFrame([{"contestant": k, "median_ms": v, "ratio_to_bare": v / med["bare forwards"],
+                          "evalxai_speedup": v / med["evalxai"], "forwards": steps, "batch": len(x)}
+                         for k, v in med.items()])

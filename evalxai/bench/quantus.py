@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import statistics
 import subprocess
 import time
@@ -18,10 +19,12 @@ import evalxai
 from evalxai.bench.timing import markdown
 from evalxai.core.validate import check_logits
 from evalxai.metrics import METRICS
+from evalxai.runs import allocator
 
 PACKAGE = Path(__file__).resolve().parents[1]
 QUANTUS_FIXTURES = PACKAGE.parent / "tests" / "fixtures" / "quantus"
 QUANTUS_SCRIPT = PACKAGE / "experiments" / "quantus_reference" / "make_reference.py"
+CASE_SCRIPT = QUANTUS_SCRIPT.with_name("time_case.py")
 QUANTUS_TARGET = 2.0  # evalxai at least this many times faster than Quantus 0.6 on the same call
 QUANTUS_COLUMNS = ["metric", "quantus_class", "evalxai_ms", "quantus_ms", "speedup", "quantus_source",
                    "evalxai_cpu_ms", "quantus_cpu_ms", "cpu_speedup", "calls", "quantus_calls", "note"]
@@ -67,11 +70,15 @@ class QuantusTimer:
     """One Quantus process (``make_reference.py --time -``, the scratch environment's Python) that times the entries
     it is sent, with this process's thread count: Quantus is not a dependency of evalxai."""
 
-    def __init__(self, python: str, repeats: int, budget: float):
-        self._proc = subprocess.Popen(
-            [python, str(QUANTUS_SCRIPT), "--time", "-", "--repeats", str(repeats), "--budget", str(budget),
-             "--threads", str(torch.get_num_threads())],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    def __init__(self, python: str, repeats: int, budget: float, argv: list[str] | None = None,
+                 same_allocator: bool = False):
+        argv = argv or [str(QUANTUS_SCRIPT), "--time", "-", "--repeats", str(repeats), "--budget", str(budget)]
+        env = None
+        if same_allocator:  # glibc thresholds of evalxai.runs.allocator.tune(), set as the environment sets them
+            env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(allocator.MMAP_THRESHOLD),
+                   "MALLOC_TRIM_THRESHOLD_": str(allocator.TRIM_THRESHOLD)}
+        self._proc = subprocess.Popen([python, *argv, "--threads", str(torch.get_num_threads())],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         line = self._proc.stdout.readline()
         while line and not line.startswith('{"ready"'):  # wait out its imports (skipping anything else printed)
             line = self._proc.stdout.readline()
@@ -80,14 +87,16 @@ class QuantusTimer:
                                f"{self._proc.poll()}); is quantus 0.6 installed in that Python?")
 
     def time(self, name: str) -> dict:
-        self._proc.stdin.write(name + "\n")
+        """One timing line of entry ``name`` (make_reference.py), or of a request dict (time_case.py)."""
+        self._proc.stdin.write((name if isinstance(name, str) else json.dumps(name)) + "\n")
         self._proc.stdin.flush()
         line = self._proc.stdout.readline()
         while line and not line.startswith('{"name"'):  # anything else Quantus printed
             line = self._proc.stdout.readline()
         if not line:
             raise RuntimeError(f"bench --quantus: the Quantus process ended (exit {self._proc.poll()}) before timing "
-                               f"{name}; run {QUANTUS_SCRIPT.name} --time {name} with that Python to see why")
+                               f"{name}; run {QUANTUS_SCRIPT.name} --time NAME (or {CASE_SCRIPT.name}) with that "
+                               "Python to see why")
         return json.loads(line)
 
     def close(self):
@@ -191,3 +200,129 @@ def quantus_report(df: pd.DataFrame, quantus_python: str | None, repeats: int) -
             f"threads. Quantus times: {source}. "
             f"ms = wall milliseconds per call on the batch; cpu_ms = process CPU. {summary}.\n\n"
             + markdown(shown) + "\n")
+
+
+# The realistic case (issue 29): a ResNet-18 shape at 64 x 64, batch 8, random weights. The fixture's parameters
+# are scaled to the image so that both libraries make the same number of forwards (Quantus gets the maps summed
+# over the channels, so both remove whole pixels: 4 096 features per image): entry -> (Quantus init overrides,
+# evalxai parameter overrides).
+REALISTIC = {
+    "TopKIntersection": ({"k": 320}, {"k": 320}),
+    "FaithfulnessEstimate": ({"features_in_step": 64}, {"patch_size": 8}),  # 64 forwards
+    "Monotonicity": ({"features_in_step": 128}, {"per_step": 128}),  # 32 steps
+    "PixelFlipping": ({"features_in_step": 128}, {"per_step": 128}),
+    "PixelFlipping_auc": ({"features_in_step": 128}, {"per_step": 128}),
+    "RegionPerturbation": ({"patch_size": 8, "regions_evaluation": 32}, {"patch_size": 8, "steps": 32}),
+    "RegionPerturbation_lerf": ({"patch_size": 8, "regions_evaluation": 32}, {"patch_size": 8, "steps": 32}),
+    "Selectivity": ({"patch_size": 16}, {"patch_size": 16, "steps": 16}),
+    "NonSensitivity": ({"features_in_step": 64}, {"patch_size": 8}),
+    "Continuity": ({"nr_steps": 11}, {"shift": 5}),
+    "FaithfulnessCorrelation": ({"nr_runs": 32, "subset_size": 64}, {"runs": 32, "subset_size": 64}),
+    "MonotonicityCorrelation": ({"nr_samples": 5, "features_in_step": 256}, {"samples": 5, "patch_size": 16}),
+    "RandomLogit": ({"num_classes": 10}, {}),
+}
+
+
+def resnet18_case(batch: int = 8, size: int = 64, seed: int = 0):
+    """(model, x, target, attributions, masks): ``standalone.ResNet18`` with seeded random weights, ``batch`` seeded
+    images 3 x size x size in [0, 1], the predicted classes, gradient x input maps and a centred disk as masks."""
+    from evalxai.bench.standalone import ResNet18
+
+    torch.manual_seed(seed)
+    model = ResNet18().eval()
+    g = torch.Generator().manual_seed(seed + 1)
+    x = torch.rand(batch, 3, size, size, generator=g)
+    with torch.no_grad():
+        target = model(x).argmax(1)
+    xg = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(model(xg).gather(1, target.view(-1, 1)).sum(), xg)
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    masks = ((yy - size / 2) ** 2 + (xx - size / 2) ** 2 <= (size / 4) ** 2).expand(batch, size, size).clone()
+    return model, x, target, (grad * x).detach(), masks
+
+
+def write_case(path: Path, arch: str, case) -> Path:
+    """The case as time_case.py reads it: architecture name (``standalone.ARCHITECTURES``), state dict, inputs."""
+    model, x, t, a, masks = case
+    torch.save({"arch": arch, "state": model.state_dict(), "x": x, "target": t, "attributions": a,
+                "masks": masks}, path)
+    return path
+
+
+def quantus_request(name: str, entry: dict, init: dict | None = None) -> dict:
+    """time_case.py's request for a reference.json entry: its class, constructor (with ``init`` overrides) and call,
+    and the map it reads (x-shaped where Quantus re-explains, else the map summed over channels)."""
+    a = "attributions" if "explain_func" in entry["call"] else {"attributions": "summed"}.get(entry["a_batch"],
+                                                                                              entry["a_batch"])
+    return {"name": name, "cls": entry["quantus_class"], "init": {**entry["init"], **(init or {})},
+            "call": entry["call"], "a": a}
+
+
+def race(f, quantus_timer, request, repeats: int, budget: float) -> tuple[list, list, list, list, str | None]:
+    """Interleaved calls (evalxai, Quantus, evalxai, ...: the same moment, the same load) after one untimed call of
+    each: evalxai wall and CPU seconds, Quantus wall and CPU seconds, Quantus's error."""
+    ew, ec, qw, qc = [], [], [], []
+    if f is not None:
+        f()
+    q = quantus_timer.time(request)
+    error = q["error"]
+    while len(qw) < repeats and not error and (not qw or sum(ew) + sum(qw) < budget):
+        if f is not None:
+            t0, c0 = time.perf_counter(), time.process_time()
+            f()
+            ew.append(time.perf_counter() - t0)
+            ec.append(time.process_time() - c0)
+        q = quantus_timer.time(request)
+        error = q["error"]
+        qw += q["seconds"]
+        qc += q["cpu_seconds"]
+    return ew, ec, qw, qc, error
+
+
+def bench_quantus_realistic(quantus_python: str, repeats: int = 3, budget: float = 60.0, batch: int = 8,
+                            size: int = 64, entries: list[str] | None = None, fixtures: Path = QUANTUS_FIXTURES,
+                            log=None) -> pd.DataFrame:
+    """evalxai against Quantus 0.6 on a realistic model (``resnet18_case``: ResNet-18 shape, 3 x 64 x 64, batch 8,
+    random weights), every comparable reference.json entry with the parameters of ``REALISTIC`` (the same forwards on
+    both sides), timed interleaved in one Quantus process (time_case.py) with this process's thread count; columns
+    as ``bench_quantus``."""
+    import tempfile
+
+    _, reference = quantus_fixture(fixtures)
+    case = resnet18_case(batch, size)
+    check_logits(case[0], case[1])
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_case(Path(tmp) / "case.pt", "resnet18", case)
+        timer = QuantusTimer(quantus_python, 1, 0.0, argv=[str(CASE_SCRIPT), str(path)])
+        try:
+            for name, entry in reference["metrics"].items():
+                if (entries and name not in entries) or entry["timing"]:
+                    continue
+                q_init, e_params = REALISTIC.get(name, ({}, {}))
+                entry = {**entry, "evalxai_params": {**entry["evalxai_params"], **e_params}}
+                f = evalxai_call(case, entry) if entry["evalxai_metric"] in METRICS else None
+                ew, ec, qw, qc, error = race(f, timer, quantus_request(name, entry, q_init), repeats, budget)
+                rows.append(_row(name, entry, ew, ec, qw, qc, error))
+                if log:
+                    r = rows[-1]
+                    log(f"{name:34s} evalxai {r['evalxai_ms']} ms  quantus {r['quantus_ms']} ms  {r['note'] or ''}")
+        finally:
+            timer.close()
+    return pd.DataFrame(rows, columns=QUANTUS_COLUMNS)
+
+
+def _row(name: str, entry: dict, ew, ec, qw, qc, error) -> dict:
+    row = dict.fromkeys(QUANTUS_COLUMNS)
+    row.update(metric=name, quantus_class=entry["quantus_class"], quantus_source="measured", calls=len(ew),
+               quantus_calls=len(qw))
+    if ew:
+        row.update(evalxai_ms=1e3 * statistics.median(ew), evalxai_cpu_ms=1e3 * statistics.median(ec))
+    if error:
+        row["note"] = "Quantus fails: " + error.splitlines()[0][:160]
+    elif qw:
+        row.update(quantus_ms=1e3 * statistics.median(qw), quantus_cpu_ms=1e3 * statistics.median(qc))
+    if row["evalxai_ms"] is not None and row["quantus_ms"] is not None:
+        row["speedup"] = row["quantus_ms"] / row["evalxai_ms"]
+        row["cpu_speedup"] = row["quantus_cpu_ms"] / row["evalxai_cpu_ms"]
+    return row
