@@ -288,13 +288,13 @@ class AlphaBeta(Rule):
             return self._stacked_backward(op, a, state[1], state[2], r)
         fast, zp, zn = state
         w = op.weight
-        sp = divide(r, zp, self.stabilizer)
+        sp = _divide_signed(r, zp, self.stabilizer, 1.0) if fast else divide(r, zp, self.stabilizer)
         if self.alpha != 1:
             sp.mul_(self.alpha)
         if self.beta == 0:
             return op.vjp(sp, _pos(w), a).mul_(a) if fast else (
                 a.clamp(min=0) * op.vjp(sp, _pos(w), a) + a.clamp(max=0) * op.vjp(sp, _neg(w), a))
-        sn = divide(r, zn, self.stabilizer)
+        sn = _divide_signed(r, zn, self.stabilizer, -1.0) if fast else divide(r, zn, self.stabilizer)
         if self.beta != 1:
             sn.mul_(self.beta)
         if fast:  # a (W+^T sp - W-^T sn), each product on its own sign: where z- = 0, sn = R / stabilizer is huge,
@@ -306,14 +306,25 @@ class AlphaBeta(Rule):
     def _stacked_backward(self, op, a, z, ws, r):
         """a ([W+; W-]^T [alpha R / stab(z+); -beta R / stab(z-)]): one input-gradient pass over the stacked weights,
         each product still on its own sign."""
-        eps = self.stabilizer
-        s = torch.empty_like(z) if eps == 0 else stabilize(z, eps)
-        for zh, sh, k in zip(z.chunk(2, op.channel_dim), s.chunk(2, op.channel_dim), (self.alpha, -self.beta)):
-            torch.div(r, zh if eps == 0 else sh, out=sh)
-            if eps == 0:
-                sh.nan_to_num_(0.0, 0.0, 0.0)
-            if k != 1:
-                sh.mul_(k)
+        eps, d = self.stabilizer, op.channel_dim
+        if eps == 0:
+            s = torch.empty_like(z)
+            for zh, sh, k in zip(z.chunk(2, d), s.chunk(2, d), (self.alpha, -self.beta)):
+                torch.div(r, zh, out=sh).nan_to_num_(0.0, 0.0, 0.0)
+                if k != 1:
+                    sh.mul_(k)
+            return op.vjp(s, ws, a).mul_(a)
+        # a >= 0 makes z+ >= 0 and z- <= 0: stab(z+) = z+ + eps, stab(z-) = z- - eps (where z- = +0, zennit's sign
+        # is +eps: every contribution a_j w_jk is then 0, so s- there meets only zero products either way). One
+        # pass forms (stab(z+) / alpha; stab(z-) / -beta), one more divides R by it.
+        c = z.shape[d] // 2
+        k = z.new_tensor([self.alpha, -self.beta]).repeat_interleave(c)
+        off = z.new_tensor([eps / self.alpha, eps / self.beta]).repeat_interleave(c)
+        if d == 1:
+            k, off = (t.view(-1, *[1] * (z.dim() - 2)) for t in (k, off))
+        s = torch.addcdiv(off, z, k)
+        sv = s.unflatten(d, (2, c))
+        torch.div(r.unsqueeze(d if d >= 0 else d - 1), sv, out=sv)
         return op.vjp(s, ws, a).mul_(a)
 
 
@@ -377,6 +388,16 @@ class Gamma(Rule):
         ap, an = a.clamp(min=0), a.clamp(max=0)
         wp, wn = w + g * w.clamp(min=0), w + g * w.clamp(max=0)
         return ap * op.vjp_sum(((sp, wp), (sn, wn)), a) + an * op.vjp_sum(((sp, wn), (sn, wp)), a)
+
+
+def _divide_signed(r: torch.Tensor, z: torch.Tensor, eps: float, sign: float) -> torch.Tensor:
+    """r / stab(z) for a z of known sign (z+ >= 0, z- <= 0 on a non-negative input): z + sign * eps, one pass less
+    than ``divide``. At z = 0 the sign may differ from zennit's (+eps): every contribution a_j w_jk there is 0, so
+    the quotient meets only zero products."""
+    if eps == 0:
+        return divide(r, z, eps)
+    den = torch.add(z, sign * eps)
+    return torch.div(r, den, out=den) if den.shape == r.shape else r / den
 
 
 def _where_positive(s: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
