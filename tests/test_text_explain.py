@@ -17,6 +17,7 @@ import evalxai
 from evalxai.methods.graph import LRPError
 from evalxai.models import EmbeddingsInput
 from tests.lxt_reference import lxt_patches
+from tests.text_batches import padded_batch
 
 METHODS = ["attnlrp", "cp_lrp", "gradient_x_input", "integrated_gradients", "random"]
 
@@ -50,13 +51,7 @@ def _text_model():
 
 
 def _batch():
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(1, 30, (3, 8), generator=g)
-    mask = torch.ones(3, 8, dtype=torch.long)
-    mask[1, 5:] = 0
-    mask[2, 3:] = 0
-    ids[mask == 0] = 0
-    return ids, mask, torch.tensor([0, 1, 2])
+    return padded_batch()
 
 
 @pytest.mark.parametrize("method", METHODS)

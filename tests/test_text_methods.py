@@ -17,6 +17,7 @@ from torch import nn
 import evalxai
 from evalxai.methods import graph
 from evalxai.models import EmbeddingsInput
+from tests.text_batches import padded_batch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -72,13 +73,7 @@ def _model(**kw):
 
 
 def _batch():
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(1, 30, (3, 8), generator=g)
-    mask = torch.ones(3, 8, dtype=torch.long)
-    mask[1, 5:] = 0
-    mask[2, 3:] = 0
-    ids[mask == 0] = 0
-    return ids, mask, torch.tensor([0, 1, 2])
+    return padded_batch()
 
 
 def _logit(model, e, mask, target):

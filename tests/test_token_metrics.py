@@ -22,6 +22,7 @@ import evalxai
 from evalxai.metrics import METRICS, get_metric
 from evalxai.metrics.tokens import TOKEN_MAPS, removed_embeddings
 from tests.test_text_explain import TinyTextClassifier
+from tests.text_batches import padded_batch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -54,13 +55,7 @@ def bag():
 
 def batch():
     """Three sequences of 6, 4 and 5 tokens, right-padded with id 0."""
-    g = torch.Generator().manual_seed(3)
-    ids = torch.randint(1, 20, (3, 6), generator=g)
-    mask = torch.ones(3, 6, dtype=torch.long)
-    mask[1, 4:] = 0
-    mask[2, 5:] = 0
-    ids[mask == 0] = 0
-    return ids, mask, torch.tensor([0, 1, 2])
+    return padded_batch((6, 4, 5), vocab=20, seed=3)
 
 
 def contributions(model, ids, target):
