@@ -10,12 +10,13 @@ sum R = f_c(x) wherever the rules conserve. The model itself is never modified: 
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import replace
 
 import torch
 from torch import fx, nn
 
-from evalxai.methods.graph import LRPError, bind_arguments, check_function, execute, refuse_tensors
+from evalxai.methods.graph import LRPError, bind_arguments, check_function, execute, refuse_tensors, trace
 from evalxai.methods.lrp.composites import Composite
 from evalxai.methods.lrp.functions import LayerFn, LinearizedFn, PassFn, SumFn, lrn_denominator
 from evalxai.methods.lrp.plan import build_plan, merged_weights
@@ -105,10 +106,40 @@ def box_bounds_at_first_layer(model: nn.Module, graph: fx.Graph, plan: dict, x: 
     plan[node] = replace(plan[node], rule=replace(rule, low=torch.minimum(lo, hi), high=torch.maximum(lo, hi)))
 
 
+_PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {key: (graph, plan)}, the last few
+_PLANS_KEPT = 8
+
+
+def cached_plan(model: nn.Module, composite: Composite, x: torch.Tensor) -> tuple[fx.Graph, dict]:
+    """``build_plan``, remembered per model for the last few keys: the graph, the composite's value (tensor
+    parameters by identity and version), the input's dtype and device and the identity of every parameter and
+    buffer (the plan holds BatchNorm statistics by reference: a replaced buffer makes a new plan). A copy of the
+    plan's dict, so that a call may replace steps (the box rule's bounds)."""
+    graph = trace(model, x)
+
+    def value(v):
+        if isinstance(v, torch.Tensor):
+            return ("tensor", id(v), v._version)
+        if isinstance(v, dict):
+            return tuple(sorted((k, value(u)) for k, u in v.items()))
+        return repr(v)
+
+    key = (graph, value({"layers": composite.layers, "first": composite.first, "names": composite.names,
+                         "params": composite.params, "softmax": composite.softmax}), x.dtype, x.device,
+           tuple(id(t) for t in model.parameters()), tuple(id(t) for t in model.buffers()))
+    plans = _PLANS.setdefault(model, {})
+    if key not in plans:
+        if len(plans) >= _PLANS_KEPT:
+            del plans[next(iter(plans))]
+        plans[key] = build_plan(model, composite, x)
+    graph, plan = plans[key]
+    return graph, dict(plan)
+
+
 def run_lrp(model: nn.Module, x: torch.Tensor, target: torch.Tensor, composite: Composite,
             recorder: Recorder | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Relevance of ``x`` for the ``target`` logits: (R shaped like x, logits). The model must be frozen."""
-    graph, plan = build_plan(model, composite, x)
+    graph, plan = cached_plan(model, composite, x)
     box_bounds_at_first_layer(model, graph, plan, x)
     eps = composite.params.get("stabilizer", 1e-6)
 

@@ -110,7 +110,10 @@ class SumFn(torch.autograd.Function):
     def backward(ctx, r):
         a, b, z = ctx.saved_tensors
         s = divide(r, z, ctx.eps)
-        ra, rb = a * s, (b * s).mul_(ctx.alpha)  # shaped like r: per sample also for a broadcast constant addend
+        ra = a * s  # shaped like r: per sample also for a broadcast constant addend
+        rb = s.mul_(b) if s.shape == r.shape and s.dtype == b.dtype else b * s
+        if ctx.alpha != 1:
+            rb.mul_(ctx.alpha)
         if ctx.hook is not None:
             ctx.hook(r, (ra, rb))
         return ra.sum_to_size(a.shape), rb.sum_to_size(b.shape), None, None, None

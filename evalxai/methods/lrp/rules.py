@@ -273,16 +273,6 @@ class AlphaBeta(Rule):
         zp = op.fwd(a, _pos(w), _pos(b))
         return True, zp, None if self.beta == 0 else op.fwd(a, _neg(w), _neg(b))
 
-    def output_and_state(self, op, a):
-        """On a non-negative input z0 = z+ + z- (b = b+ + b-): the signed forwards and no plain one (Bach 2015)."""
-        if self.beta == 0 or not _nonneg(op, a):
-            return super().output_and_state(op, a)
-        state = self._nonneg_state(op, a)
-        if state[0] == "stacked":
-            zp, zn = state[1].chunk(2, op.channel_dim)
-            return zp + zn, state
-        return state[1] + state[2], state
-
     def backward(self, op, a, state, r):
         if state[0] == "stacked":
             return self._stacked_backward(op, a, state[1], state[2], r)
