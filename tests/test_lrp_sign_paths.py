@@ -150,3 +150,24 @@ def test_inplace_relu_runs_out_of_place_and_keeps_the_input():
         torch.testing.assert_close(evalxai.explain(a, x, t, method=method), evalxai.explain(b, x, t, method=method),
                                    rtol=0, atol=0)
     assert torch.equal(x, x0)
+
+
+def test_remembered_plan_follows_replaced_buffers_and_composite_values():
+    """The plan is reused across calls, but a replaced BatchNorm buffer (held by reference in the plan) or another
+    composite parameter value gives the maps of a fresh model."""
+    import copy
+
+    torch.manual_seed(16)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 36, 4))
+    model = model.double().eval()
+    x, t = torch.rand(3, 1, 8, 8, dtype=torch.float64), torch.tensor([0, 1, 3])
+    first = evalxai.explain(model, x, t, method="lrp_epsilon_gamma_box")
+    torch.testing.assert_close(evalxai.explain(model, x, t, method="lrp_epsilon_gamma_box"), first, rtol=0, atol=0)
+    model[1].running_mean = torch.rand(3, dtype=torch.float64)  # a new tensor object, not an in-place change
+    fresh = copy.deepcopy(model)
+    got = evalxai.explain(model, x, t, method="lrp_epsilon_gamma_box")
+    torch.testing.assert_close(got, evalxai.explain(fresh, x, t, method="lrp_epsilon_gamma_box"))
+    assert not torch.allclose(got, first)
+    for gamma in (0.1, 0.7):
+        torch.testing.assert_close(evalxai.explain(model, x, t, method="lrp_epsilon_gamma_box", gamma=gamma),
+                                   evalxai.explain(fresh, x, t, method="lrp_epsilon_gamma_box", gamma=gamma))
