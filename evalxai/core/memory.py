@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import time
 import weakref
 from collections.abc import Iterable, Iterator
 
@@ -43,7 +44,19 @@ def parse_bytes(value: int | float | str) -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
+_MEMINFO: list = [float("-inf"), 0]  # (monotonic time read, MemAvailable bytes)
+
+
 def _available_cpu() -> int:
+    """MemAvailable, read at most once a second (a read costs ~0.4 ms; ``score`` and every chunked step ask)."""
+    now = time.monotonic()
+    if now - _MEMINFO[0] < 1.0:
+        return _MEMINFO[1]
+    _MEMINFO[:] = [now, _read_available()]
+    return _MEMINFO[1]
+
+
+def _read_available() -> int:
     try:
         with open("/proc/meminfo") as f:
             for line in f:
