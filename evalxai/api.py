@@ -2,6 +2,7 @@
 ``score`` (tidy metric rows by metric name)."""
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -180,10 +181,12 @@ def score(model: nn.Module, x: torch.Tensor, target: Target, attributions: torch
         masks = check_masks(params.pop("masks"), x, metric)
     if "pool" in spec.needs:
         params["pool"] = check_pool(params["pool"], x, metric)
-    check_logits(model, x)
     attributions = attributions.to(x.dtype)
-    with frozen(model):
-        step = _chunk(model, x)
+    maps_only = spec.reads_maps_only  # reads the maps (and masks) alone: no model pass, so no logits or memory probe
+    if not maps_only:
+        check_logits(model, x)
+    with contextlib.nullcontext() if maps_only else frozen(model):
+        step = len(x) if maps_only else _chunk(model, x)
         frames = []
         for i in range(0, len(x), step):
             chunk = params if masks is None else {**params, "masks": masks[i:i + step]}
@@ -244,11 +247,11 @@ def _tidy(frames: list[pd.DataFrame], metric: str) -> pd.DataFrame:
     # rows in the order the metric writes them for one batch (row k of every sample, then row k + 1), whatever
     # the chunks: the table does not depend on the memory budget
     order = row_major_order(df["sample"].to_numpy())
-    df = df.reset_index(drop=True) if order is None else df.take(order).reset_index(drop=True)
-    df.insert(0, "metric", metric)
-    for col, default in (("step", pd.NA), ("measure", metric)):
-        if col not in df:
-            df[col] = default
-    df["step"] = df["step"].astype("Int64")
-    df["sample"] = df["sample"].astype("int64")
-    return df
+    if order is not None:
+        df = df.take(order)
+    n = len(df)
+    columns = {"metric": np.full(n, metric, dtype=object), **{c: df[c].array for c in df.columns}}
+    columns["step"] = pd.array(columns["step"] if "step" in columns else np.full(n, None), dtype="Int64")
+    columns.setdefault("measure", np.full(n, metric, dtype=object))
+    columns["sample"] = np.asarray(columns["sample"], dtype=np.int64)
+    return pd.DataFrame(columns)  # one construction: a metric without model passes costs little else

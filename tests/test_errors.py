@@ -31,7 +31,7 @@ def test_nan_logits_name_the_samples():
     x = torch.rand(4, 1, 2, 2)
     x[2, 0, 0, 0] = -1.0
     with pytest.raises(ValueError, match=r"logits hold NaN or inf for samples \[2\]"):
-        evalxai.score(model, x, torch.zeros(4, dtype=torch.long), torch.rand_like(x), metric="sparseness")
+        evalxai.score(model, x, torch.zeros(4, dtype=torch.long), torch.rand_like(x), metric="pixel_flipping")
     with pytest.raises(ValueError, match=r"attributions of 'gradient' hold NaN or inf for samples \[2\]"):
         evalxai.explain(model, x, torch.zeros(4, dtype=torch.long), method="gradient")
 
@@ -40,24 +40,41 @@ def test_logit_check_runs_once_per_batch_and_sees_changes():
     """score() remembers a finite-logits check for the same x and parameters, and repeats it after a change."""
     model = NaNForSample().eval()
     x, t = torch.rand(4, 1, 2, 2), torch.zeros(4, dtype=torch.long)
-    calls = []
-    handle = model.register_forward_hook(lambda *_: calls.append(1))
+    checks = []  # forwards of the batch itself: the logit check (the metric forwards perturbed copies)
+    handle = model.register_forward_hook(lambda m, inputs, out: checks.append(1) if inputs[0] is x else None)
     try:
-        evalxai.score(model, x, t, torch.rand_like(x), metric="sparseness")
-        n_first = len(calls)
-        evalxai.score(model, x, t, torch.rand_like(x), metric="sparseness")
-        assert len(calls) == n_first  # no second forward for the same batch
+        evalxai.score(model, x, t, torch.rand_like(x), metric="pixel_flipping")
+        assert len(checks) == 1
+        evalxai.score(model, x, t, torch.rand_like(x), metric="pixel_flipping")
+        assert len(checks) == 1  # no second check for the same batch
         with torch.no_grad():
             model.fc.bias.fill_(float("nan"))  # an in-place parameter change invalidates the answer
         with pytest.raises(ValueError, match=r"logits hold NaN or inf for samples \[0, 1, 2, 3\]"):
-            evalxai.score(model, x, t, torch.rand_like(x), metric="sparseness")
+            evalxai.score(model, x, t, torch.rand_like(x), metric="pixel_flipping")
         model.fc.bias.data.zero_()
         x2 = x.clone()
         x2[1, 0, 0, 0] = -1.0  # another batch: checked anew
         with pytest.raises(ValueError, match=r"samples \[1\]"):
-            evalxai.score(model, x2, t, torch.rand_like(x), metric="sparseness")
+            evalxai.score(model, x2, t, torch.rand_like(x), metric="pixel_flipping")
     finally:
         handle.remove()
+
+
+def test_a_metric_of_the_maps_alone_never_runs_the_model():
+    """Localisation and complexity metrics read the maps (and masks) alone: no logit check, no memory probe, no
+    forward of the batch (only the output-size probe of one sample that checks the targets), so a model whose logits
+    are NaN does not matter to them (its maps would be refused by explain)."""
+    model = NaNForSample().eval()
+    x, t = -torch.rand(4, 1, 2, 2), torch.zeros(4, dtype=torch.long)  # NaN logits for every sample
+    calls = []
+    handle = model.register_forward_hook(lambda m, inputs, out: calls.append(len(inputs[0])))
+    try:
+        rows = evalxai.score(model, x, t, torch.rand_like(x), metric="sparseness")
+        rows = pd.concat([rows, evalxai.score(model, x, t, torch.rand_like(x), metric="relevance_mass_accuracy",
+                                              masks=torch.eye(2, dtype=torch.bool).expand(4, 2, 2))])
+    finally:
+        handle.remove()
+    assert calls in ([], [1]) and rows["value"].notna().all()
 
 
 def test_target_shape_and_empty_inputs():

@@ -16,13 +16,14 @@ import pandas as pd
 import torch
 from torch import nn
 
+from evalxai.core.sorting import sorted_rows
 from evalxai.metrics.common import scalar_rows
 from evalxai.metrics.registry import no_passes, register_metric
 
 
 def gini(values: torch.Tensor) -> torch.Tensor:
     """Gini index per row of non-negative values (N, D): sum_k (2k - D - 1) a_(k) / (D sum a), a sorted ascending."""
-    a = torch.sort(values.double(), dim=1).values
+    a = sorted_rows(values).double()  # sorted, then widened: the same order
     d = a.shape[1]
     k = torch.arange(1, d + 1, dtype=a.dtype, device=a.device)
     total = a.sum(1)

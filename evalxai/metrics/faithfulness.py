@@ -20,6 +20,7 @@ from evalxai.core.baselines import baseline_label, gaussian_blur, reference
 from evalxai.core.memory import chunked, images_per_chunk
 from evalxai.core.scoring import check_patch, require_images
 from evalxai.core.seeding import per_sample_permutations
+from evalxai.core.sorting import sort_rows
 from evalxai.metrics.common import batched_scores, check_score_space, curve_rows, normalized_auc, scalar_rows
 from evalxai.metrics.registry import Passes, register_metric
 
@@ -81,7 +82,7 @@ def feature_ranks(rel: torch.Tensor, order: str, seed: int, x: torch.Tensor, tie
     elif order in ("morf", "lerf"):
         perm = tie_order(x, p, ties, seed).to(rel.device)
         key = rel.gather(1, perm)
-        idx = perm.gather(1, torch.sort(-key if order == "morf" else key, dim=1, stable=True).indices)
+        idx = perm.gather(1, sort_rows(-key if order == "morf" else key)[1].to(perm.device))
     else:
         raise ValueError(f"unknown order '{order}': use one of {list(ORDERS)}")
     return inverse_permutation(idx)

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from evalxai.core.sorting import sort_rows, sorted_rows
 from evalxai.core.validate import check_masks
 from evalxai.metrics.common import UNSET, scalar_rows
 from evalxai.metrics.registry import no_passes, register_metric
@@ -57,7 +58,7 @@ def expected_top_k_hits(r: torch.Tensor, m: torch.Tensor, k: torch.Tensor) -> to
     r (N, P) float, m (N, P) bool, k (N,) int in 0..P. Pixels above the k-th largest value all count; of the pixels
     equal to it, the k - #above still to pick hit the mask in proportion to the tied pixels inside it."""
     n, p = r.shape
-    srt = torch.sort(r, dim=1, descending=True).values
+    srt = sorted_rows(r, descending=True)
     kth = srt.gather(1, (k - 1).clamp(min=0).unsqueeze(1))
     above = r > kth
     tied = r == kth
@@ -214,7 +215,7 @@ def roc_auc(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     AUC = (sum of the average ranks of the positives - n+(n+ + 1)/2) / (n+ n-) (Mann-Whitney U; tied scores get
     their average rank, the trapezoid of the ROC curve). NaN where a row has no positive or no negative."""
     n, p = scores.shape
-    srt, order = torch.sort(scores.double(), dim=1, stable=True)
+    srt, order = sort_rows(scores.double())
     new = torch.ones_like(srt, dtype=torch.bool)
     new[:, 1:] = srt[:, 1:] != srt[:, :-1]
     group = new.long().cumsum(1) - 1

