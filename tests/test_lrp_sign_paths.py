@@ -13,7 +13,6 @@ from evalxai.methods.graph import LRPError, check_function, nonnegative_nodes, t
 from evalxai.methods.lrp import make_composite
 from evalxai.methods.lrp.plan import build_plan
 from evalxai.methods.lrp.rules import LinearOp, make_rule
-
 from tests.test_lrp_rules import reference
 
 

@@ -157,7 +157,8 @@ def run_lrp(model: nn.Module, x: torch.Tensor, target: torch.Tensor, composite: 
             return args[0]
         if step.kind == "linear":
             w, b = merged_weights(step.module, step.bn)
-            layer = {"op": LinearOp(step.module, w, b, None, step.nonneg_in, step.relu_out), "rule": step.rule, "hook": hook_for(name, step.rule.name)}
+            layer = {"op": LinearOp(step.module, w, b, None, step.nonneg_in, step.relu_out), "rule": step.rule,
+                     "hook": hook_for(name, step.rule.name)}
             return LayerFn.apply(args[0], layer)
         if step.kind == "pass":
             return PassFn.apply(_first_tensor(args), call(*args, **kwargs).detach())

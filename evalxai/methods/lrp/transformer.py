@@ -249,7 +249,8 @@ def transformer_step(model, node, step, name, call, args, kwargs, ops: Transform
         if node.target is F.linear:
             return ops.linear(name, bound["input"], w, b, rule=step.rule)
         conv = {k: bound.get(k, d) for k, d in (("stride", 1), ("padding", 0), ("dilation", 1), ("groups", 1))}
-        layer = {"op": LinearOp(CONV_PROTO, w, b, conv, step.nonneg_in, step.relu_out), "rule": step.rule, "hook": hook_for(name, step.rule.name)}
+        layer = {"op": LinearOp(CONV_PROTO, w, b, conv, step.nonneg_in, step.relu_out), "rule": step.rule,
+                 "hook": hook_for(name, step.rule.name)}
         return LayerFn.apply(bound["input"], layer)
     if kind == "groupnorm":
         if node.op == "call_module":
