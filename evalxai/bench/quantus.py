@@ -141,22 +141,9 @@ def bench_quantus(quantus_python: str | None = None, repeats: int = 3, budget: f
                     ew, ec = timer(f, repeats, budget)
                 error, qw, qc = entry["error"], [entry["seconds"]], [entry["cpu_seconds"]]
                 row["quantus_source"] = "recorded"
-            else:  # interleaved: evalxai call, Quantus call, evalxai call, ... (the same moment, the same load)
-                ew, ec, qw, qc, error = [], [], [], [], None
-                if f is not None:
-                    f()  # untimed: first-call costs
-                if (entry["seconds"] or 0) < budget / 4:  # untimed, where cheap: Quantus's first-call costs too
-                    quantus_timer.time(name)
-                while len(qw) < repeats and not error and (not qw or sum(ew) + sum(qw) < budget):
-                    if f is not None:
-                        t0, c0 = time.perf_counter(), time.process_time()
-                        f()
-                        ew.append(time.perf_counter() - t0)
-                        ec.append(time.process_time() - c0)
-                    q = quantus_timer.time(name)
-                    error = q["error"]
-                    qw += q["seconds"]
-                    qc += q["cpu_seconds"]
+            else:  # interleaved; Quantus's untimed first call only where cheap
+                ew, ec, qw, qc, error = race(f, quantus_timer, name, repeats, budget,
+                                             warm_quantus=(entry["seconds"] or 0) < budget / 4)
                 row["quantus_source"] = "measured"
             if f is not None and ew:
                 row.update(evalxai_ms=1e3 * statistics.median(ew), evalxai_cpu_ms=1e3 * statistics.median(ec),
@@ -258,14 +245,16 @@ def quantus_request(name: str, entry: dict, init: dict | None = None) -> dict:
             "call": entry["call"], "a": a}
 
 
-def race(f, quantus_timer, request, repeats: int, budget: float) -> tuple[list, list, list, list, str | None]:
+def race(f, quantus_timer, request, repeats: int, budget: float,
+         warm_quantus: bool = True) -> tuple[list, list, list, list, str | None]:
     """Interleaved calls (evalxai, Quantus, evalxai, ...: the same moment, the same load) after one untimed call of
-    each: evalxai wall and CPU seconds, Quantus wall and CPU seconds, Quantus's error."""
-    ew, ec, qw, qc = [], [], [], []
+    each (of Quantus only with ``warm_quantus``): evalxai wall and CPU seconds, Quantus wall and CPU seconds,
+    Quantus's error."""
+    ew, ec, qw, qc, error = [], [], [], [], None
     if f is not None:
         f()
-    q = quantus_timer.time(request)
-    error = q["error"]
+    if warm_quantus:
+        error = quantus_timer.time(request)["error"]
     while len(qw) < repeats and not error and (not qw or sum(ew) + sum(qw) < budget):
         if f is not None:
             t0, c0 = time.perf_counter(), time.process_time()
