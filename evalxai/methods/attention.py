@@ -10,33 +10,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from evalxai.methods.graph import (
-    LRPError,
-    carrying_nodes,
-    check_function,
-    execute,
-    node_kind,
-    softmax_role,
-    trace,
-)
+from evalxai.methods.graph import LRPError, attention_nodes, check_function, execute
 from evalxai.methods.registry import register_method
 from evalxai.models.text import EmbeddingsInput, last_positions
 
 HEAD_FUSIONS = ("mean", "max", "min")
 POSITIONS = ("first", "last", "mean")
-
-
-def attention_nodes(model: nn.Module, x: torch.Tensor) -> tuple:
-    """The traced graph and its attention nodes (``evalxai.methods.graph.attention_nodes``), with module calls that do
-    not depend on the input taken as constants, as the LRP plan takes them (BERT's token-type embedding of its zero
-    buffer needs no rule)."""
-    graph = trace(model, x)
-    carries = carrying_nodes(graph)
-    kinds = {node: "grad" if node.op == "call_module" and not carries[node] else
-             node_kind(model, node, "LRP", transformers=True) for node in graph.nodes}
-    found = {node for node, kind in kinds.items() if kind in ("mha", "sdpa") or
-             kind == "softmax" and softmax_role(node, kinds, carries) == "attention"}
-    return graph, found
 
 
 def attention_weights(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:

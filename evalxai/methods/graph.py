@@ -489,10 +489,12 @@ def softmax_role(node: fx.Node, kinds: dict, carries: dict) -> str:
 def attention_nodes(model: nn.Module, x: torch.Tensor | None = None) -> tuple[fx.Graph, set]:
     """The traced graph and its attention nodes: ``nn.MultiheadAttention`` modules, ``F.scaled_dot_product_attention``
     calls and softmaxes whose weights multiply relevance-carrying values (hand-written attention). ``x``: the example
-    input of ``trace``."""
+    input of ``trace``. Module calls that do not depend on the input are constants, as the LRP plan takes them (BERT's
+    token-type embedding of its zero buffer needs no rule)."""
     graph = trace(model, x)
-    kinds = {node: node_kind(model, node, "LRP", transformers=True) for node in graph.nodes}  # LRP's kinds, messages
     carries = carrying_nodes(graph)
+    kinds = {node: "grad" if node.op == "call_module" and not carries[node] else  # LRP's kinds, messages
+             node_kind(model, node, "LRP", transformers=True) for node in graph.nodes}
     found = set()
     for node, kind in kinds.items():
         if kind in ("mha", "sdpa") or kind == "softmax" and softmax_role(node, kinds, carries) == "attention":
