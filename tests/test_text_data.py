@@ -23,9 +23,9 @@ def synthetic(variant="plain", **kw):
 @pytest.mark.parametrize("variant", ["plain", "distractor", "confounder"])
 def test_synthetic_is_deterministic_by_seed(variant):
     a, b, c = synthetic(variant), synthetic(variant), synthetic(variant, seed=1)
-    assert torch.equal(a.ids_train, b.ids_train) and torch.equal(a.ids_test, b.ids_test)
+    assert torch.equal(a.x_train, b.x_train) and torch.equal(a.x_test, b.x_test)
     assert torch.equal(a.test_masks(range(100)), b.test_masks(range(100)))
-    assert not torch.equal(a.ids_test, c.ids_test)
+    assert not torch.equal(a.x_test, c.x_test)
     assert a.fingerprint() == b.fingerprint() != c.fingerprint()
     assert a.modality == "text" and Dataset.modality == "image" and provides_masks("text_synthetic")
 
@@ -54,11 +54,11 @@ def test_masks_mark_exactly_the_decisive_key_words(variant):
 def test_confounder_follows_the_label_in_train_only():
     d = synthetic("confounder", n_train=2000, n_test=2000)
     conf = d.tokenizer.index[CONFOUNDER]
-    train = (d.ids_train == conf).any(1).float()
-    test = (d.ids_test == conf).any(1).float()
+    train = (d.x_train == conf).any(1).float()
+    test = (d.x_test == conf).any(1).float()
     assert train[d.y_train == 1].mean() > 0.85 and train[d.y_train == 0].mean() < 0.15
     assert abs(test[d.y_test == 1].mean() - 0.5) < 0.05 and abs(test[d.y_test == 0].mean() - 0.5) < 0.05
-    assert not d.test_masks(range(len(d)))[d.ids_test == conf].any()
+    assert not d.test_masks(range(len(d)))[d.x_test == conf].any()
 
 
 def test_padding_lengths_and_attention_mask():
@@ -139,14 +139,14 @@ def test_text_files_from_a_folder(tmp_path):
     assert sorted(d.y_test.tolist()) == [0, 0, 1, 1] and len(d.y_train) == 6
     assert not d.has_masks and d.test_masks([0]) is None
     # the vocabulary holds the train split's words only
-    train_words = {w for row in d.ids_train for w in d.tokens(row)}
+    train_words = {w for row in d.x_train for w in d.tokens(row)}
     assert set(d.tokenizer.vocab[4:]) == train_words - set(SPECIALS)
     x, y = d.test_items(range(4))
     for row, label in zip(x, y):  # each test row is [CLS] and the first 5 words of a text of its class, or [UNK]
         known = [[w if w in d.tokenizer.index else "[UNK]" for w in words(t)][:5] for t in TEXTS[d.classes[label]]]
         assert d.tokens(row)[1:] in known
     again = load_dataset("text_files", path=str(tmp_path), n_test=4, length=6)
-    assert torch.equal(again.ids_test, d.ids_test) and again.fingerprint() == d.fingerprint()
+    assert torch.equal(again.x_test, d.x_test) and again.fingerprint() == d.fingerprint()
     assert load_dataset("text_files", path=str(tmp_path), n_test=4, length=6, seed=1).fingerprint() != d.fingerprint()
 
 

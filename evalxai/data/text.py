@@ -13,12 +13,13 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from evalxai.data.base import Dataset
+from evalxai.data.base import ArrayDataset
 from evalxai.data.tokenizers import HFTokenizer, WordTokenizer
 
 
-class TextDataset(Dataset):
-    """Train and test token ids (n, T) int64 with labels, a ``tokenizer``, optional test masks (n, T) bool.
+class TextDataset(ArrayDataset):
+    """Train and test token ids (n, T) int64 with labels, a ``tokenizer``, optional test masks (n, T) bool: an
+    ``ArrayDataset`` whose "pixels" (``x_train`` / ``x_test``) are token ids, read and split as it reads images.
 
     ``attention_mask(ids)`` is 1 on tokens, 0 on padding (``ids != pad_id``); ``token_ids`` the baseline tokens
     (``pad_id``, ``mask_id``, ``unk_id``) the pipeline hands to the methods and metrics that take them; ``tokens(row)``
@@ -29,49 +30,25 @@ class TextDataset(Dataset):
     def __init__(self, name: str, ids_train: torch.Tensor, y_train: torch.Tensor, ids_test: torch.Tensor,
                  y_test: torch.Tensor, tokenizer: WordTokenizer | HFTokenizer, classes: Sequence[str],
                  meta: dict, masks_test: torch.Tensor | None = None, mask_meta: dict | None = None):
-        self.name, self.tokenizer = name, tokenizer
-        self.ids_train, self.y_train = _ids(ids_train, name, "train"), torch.as_tensor(y_train, dtype=torch.int64)
-        self.ids_test, self.y_test = _ids(ids_test, name, "test"), torch.as_tensor(y_test, dtype=torch.int64)
-        t = self.ids_test.shape[1]
-        if self.ids_train.shape[1] != t or len(self.ids_train) != len(self.y_train) \
-                or len(self.ids_test) != len(self.y_test):
-            raise ValueError(f"dataset '{name}': train ids {tuple(self.ids_train.shape)} / labels "
-                             f"{len(self.y_train)}, test ids {tuple(self.ids_test.shape)} / labels {len(self.y_test)} "
-                             "do not match (one row of T ids per label, the same T)")
-        both = torch.cat([self.ids_train.flatten(), self.ids_test.flatten()])
+        ids_train, y_train = _ids(ids_train, name, "train"), torch.as_tensor(y_train, dtype=torch.int64)
+        ids_test, y_test = _ids(ids_test, name, "test"), torch.as_tensor(y_test, dtype=torch.int64)
+        if ids_train.shape[1] != ids_test.shape[1] or len(ids_train) != len(y_train) or len(ids_test) != len(y_test):
+            raise ValueError(f"dataset '{name}': train ids {tuple(ids_train.shape)} / labels {len(y_train)}, test ids "
+                             f"{tuple(ids_test.shape)} / labels {len(y_test)} do not match (one row of T ids per "
+                             "label, the same T)")
+        both = torch.cat([ids_train.flatten(), ids_test.flatten()])
         high = int(both.max())
         if high >= len(tokenizer.vocab) or int(both.min()) < 0:
             raise ValueError(f"dataset '{name}': token ids span [{int(both.min())}, {high}], outside the vocabulary "
                              f"of {len(tokenizer.vocab)} tokens: encode the texts with the dataset's tokenizer")
         if masks_test is not None:
             masks_test = torch.as_tensor(masks_test)
-            if masks_test.dtype != torch.bool or tuple(masks_test.shape) != tuple(self.ids_test.shape):
+            if masks_test.dtype != torch.bool or tuple(masks_test.shape) != tuple(ids_test.shape):
                 raise ValueError(f"dataset '{name}': masks_test is {masks_test.dtype} {tuple(masks_test.shape)}; "
-                                 f"expected bool {tuple(self.ids_test.shape)} (one (T,) mask per test sequence)")
-        self.masks_test, self.mask_meta = masks_test, dict(mask_meta or {})
-        self.classes = [str(c) for c in classes]
-        self.input_shape = (t,)
-        self.meta = {**meta, "tokenizer": tokenizer.meta}
-        self.mean = self.std = None
-
-    def __len__(self) -> int:
-        return len(self.ids_test)
-
-    def test_pixels(self, indices: Sequence[int] | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """(token ids (n, T) int64, labels (n,) int64) of the given test indices (ids are the inputs of text)."""
-        idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
-        return self.ids_test[idx], self.y_test[idx]
-
-    def train_pixels(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every train sequence (n, T) int64 and its label."""
-        return self.ids_train, self.y_train
-
-    def train_labels(self) -> np.ndarray:
-        return self.y_train.numpy()
-
-    def train_items(self, indices: Sequence[int] | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
-        return self.ids_train[idx], self.y_train[idx]
+                                 f"expected bool {tuple(ids_test.shape)} (one (T,) mask per test sequence)")
+        super().__init__(name, ids_train, y_train, ids_test, y_test, [str(c) for c in classes],
+                         {**meta, "tokenizer": tokenizer.meta})  # no normalisation: ids pass unchanged
+        self.tokenizer, self.masks_test, self.mask_meta = tokenizer, masks_test, dict(mask_meta or {})
 
     def mean_image(self) -> torch.Tensor:
         raise ValueError(f"dataset '{self.name}' is text: token ids have no mean input; use a token baseline "
