@@ -20,7 +20,7 @@ from torch import nn
 
 from evalxai.core.baselines import data_range
 from evalxai.core.seeding import noise_draws
-from evalxai.models.text import EmbeddingsInput
+from evalxai.models.text import EmbeddingsInput, token_logits
 
 SPACES = ("model", "input")
 
@@ -118,8 +118,8 @@ def predict(model: nn.Module, x: torch.Tensor, attention_mask: torch.Tensor | No
     with frozen(model, warn_train=False), torch.no_grad():
         if attention_mask is None:
             return torch.cat([model(x[i:i + step]).argmax(1) for i in range(0, len(x), step)])
-        outs = [model(input_ids=x[i:i + step], attention_mask=attention_mask[i:i + step]) for i in range(0, len(x), step)]
-        return torch.cat([getattr(o, "logits", o).argmax(1) for o in outs])
+        return torch.cat([token_logits(model, x[i:i + step], attention_mask[i:i + step]).argmax(1)
+                          for i in range(0, len(x), step)])
 
 
 def kept(test: PerturbationTest, pred0: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:

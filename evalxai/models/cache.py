@@ -34,6 +34,7 @@ from evalxai.models.custom import (
     source_fingerprint,
 )
 from evalxai.models.libraries import build_library_model, check_normalization, describe
+from evalxai.models.text import token_logits
 from evalxai.models.train import evaluate, evaluate_batches, train_model
 from evalxai.models.zoo import build_model, data_inputs
 
@@ -201,13 +202,12 @@ def output_width(model: torch.nn.Module, dataset: Dataset, what: str, fix: str) 
     model.eval()
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            out = model(input_ids=ids, attention_mask=dataset.attention_mask(ids))
+            out = token_logits(model, ids, dataset.attention_mask(ids))
     except Exception as err:  # noqa: BLE001 - the model's forward: name the input it could not take
         raise RuntimeError(f"{what} cannot take one row of token ids {tuple(ids.shape)} as "
                            f"model(input_ids=, attention_mask=): {type(err).__name__}: {err}") from err
     finally:
         model.train(was_training)
-    out = getattr(out, "logits", out)
     if not isinstance(out, torch.Tensor) or out.shape != (1, dataset.num_classes):
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ValueError(f"{what} gives {got} for one sequence, the dataset has {dataset.num_classes} classes: {fix}")

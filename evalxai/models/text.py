@@ -34,6 +34,13 @@ def text_model(model: nn.Module) -> nn.Module:
     return model
 
 
+def token_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """What a text classifier gives for token ids with their attention mask, as runs call it
+    (``model(input_ids=, attention_mask=)``): its logits, a Hugging Face output object read through ``.logits``."""
+    out = model(input_ids=input_ids, attention_mask=attention_mask)
+    return getattr(out, "logits", out)
+
+
 def last_token_head(model: nn.Module) -> bool:
     """Whether the model classifies from the last token: a ``score`` linear head on its base model (Hugging Face's
     GPT-2 / Llama / generic sequence classifiers)."""

@@ -29,7 +29,7 @@ from evalxai.methods.cache import attribution_key, cached
 from evalxai.metrics import METRICS, get_metric
 from evalxai.models import get_model
 from evalxai.models.custom import checkpoint_sha256
-from evalxai.models.text import EmbeddingsInput
+from evalxai.models.text import EmbeddingsInput, token_logits
 from evalxai.report import TIDY_COLUMNS, plots, summarize
 from evalxai.report.tokens import token_html, token_png
 from evalxai.runs.estimate import duration, estimate_run, time_passes
@@ -234,7 +234,7 @@ def prepare(cfg: dict, methods, metrics, seed: int, progress: bool = True, timin
     attention_mask = dataset.attention_mask(x).to(device) if text else None
     if cfg.get("target", "predicted") == "predicted":
         with torch.no_grad():
-            target = logits(model, x, attention_mask).argmax(1)
+            target = (model(x) if attention_mask is None else token_logits(model, x, attention_mask)).argmax(1)
     else:
         target = labels.to(device)
     if text:  # token ids: the baseline tokens (pad, [MASK], UNK) of methods and metrics that take them
@@ -251,15 +251,6 @@ def prepare(cfg: dict, methods, metrics, seed: int, progress: bool = True, timin
     if any("pool" in get_metric(m).needs for m, _ in metrics):
         ground["pool"] = tuple(t.to(device) for t in dataset.pool(POOL_SIZE, seed=0))
     return Setup(dataset, model, model_info, idx, x, labels, target, mean, from_data, ground, device, attention_mask)
-
-
-def logits(model: torch.nn.Module, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """The model's logits for images, or for token ids with their attention mask (a Hugging Face output object is
-    read through ``.logits``)."""
-    if attention_mask is None:
-        return model(x)
-    out = model(input_ids=x, attention_mask=attention_mask)
-    return out if isinstance(out, torch.Tensor) else out.logits
 
 
 def timing_inputs(setup: Setup) -> tuple[torch.nn.Module, torch.Tensor]:
