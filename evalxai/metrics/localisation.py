@@ -52,16 +52,19 @@ def _share(r: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
     return _nan_where(inside / torch.where(total > 0, total, torch.ones_like(total)), total <= 0)
 
 
+def above_and_tied(r: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(r > the k-th largest value of its row, r == it) per row of r (N, P), k (N,) in 1..P (k = 0 reads the
+    largest): the elements every top-k holds and those among which the top-k picks the rest."""
+    kth = sorted_rows(r, descending=True).gather(1, (k - 1).clamp(min=0).unsqueeze(1))
+    return r > kth, r == kth
+
+
 def expected_top_k_hits(r: torch.Tensor, m: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """Expected |top-k(r) ∩ m| per row when ties are broken uniformly at random (exact, no sampling).
 
     r (N, P) float, m (N, P) bool, k (N,) int in 0..P. Pixels above the k-th largest value all count; of the pixels
     equal to it, the k - #above still to pick hit the mask in proportion to the tied pixels inside it."""
-    n, p = r.shape
-    srt = sorted_rows(r, descending=True)
-    kth = srt.gather(1, (k - 1).clamp(min=0).unsqueeze(1))
-    above = r > kth
-    tied = r == kth
+    above, tied = above_and_tied(r, k)
     still = (k - above.sum(1)).double()
     hits = (above & m).sum(1).double() + still * (tied & m).sum(1).double() / tied.sum(1).clamp(min=1).double()
     return torch.where(k > 0, hits, torch.zeros_like(hits))

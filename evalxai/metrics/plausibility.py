@@ -19,10 +19,10 @@ import pandas as pd
 import torch
 from torch import nn
 
-from evalxai.core.sorting import sort_rows, sorted_rows
+from evalxai.core.sorting import sort_rows
 from evalxai.core.validate import check_masks
 from evalxai.metrics.common import scalar_rows
-from evalxai.metrics.localisation import channel_sum
+from evalxai.metrics.localisation import above_and_tied, channel_sum
 from evalxai.metrics.registry import no_passes, register_metric
 
 
@@ -47,9 +47,7 @@ def hit_distribution(r: torch.Tensor, m: torch.Tensor, k: torch.Tensor) -> tuple
     m, the still = k - #above picked hold h in m with the hypergeometric probability C(T_in, h) C(T - T_in, still - h)
     / C(T, still)."""
     n, p = r.shape
-    srt = sorted_rows(r, descending=True)
-    kth = srt.gather(1, (k - 1).clamp(min=0).unsqueeze(1))
-    above, tied = r > kth, r == kth
+    above, tied = above_and_tied(r, k)
     base = (above & m).sum(1).double()
     still = (k - above.sum(1)).double().clamp(min=0)
     t = tied.sum(1).double()
