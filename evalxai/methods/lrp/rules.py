@@ -196,12 +196,6 @@ class Rule:
     def forward(self, op: LinearOp, a, z0):
         return None
 
-    def output_and_state(self, op: LinearOp, a):
-        """(the layer's output z0 = W a + b, the state for ``backward``); a rule whose own passes sum to z0
-        overrides it and skips the plain forward."""
-        z0 = op.fwd(a, op.weight, op.bias)
-        return z0, self.forward(op, a, z0)
-
     def backward(self, op: LinearOp, a, state, r):
         raise NotImplementedError
 
