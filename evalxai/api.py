@@ -28,7 +28,7 @@ from evalxai.core.validate import (
 )
 from evalxai.metrics import get_metric
 from evalxai.metrics.tokens import why_not_tokens
-from evalxai.models.text import EmbeddingsInput, text_model
+from evalxai.models.text import EmbeddingsInput, mask_groups, text_model
 
 Target = int | Sequence[int] | torch.Tensor
 """What ``explain`` and ``score`` take as ``target``: one class for every sample, or one per sample."""
@@ -108,12 +108,10 @@ def explain_tokens(model: nn.Module, input_ids: torch.Tensor, target: Target, me
     # the classes from one sample: its wrapper sees the first row of the mask
     _, target = check_inputs(EmbeddingsInput(inner, attention_mask[:1]), embeds, target)
     fn = resolve_method(method, overrides)
-    masks, group = torch.unique(attention_mask, dim=0, return_inverse=True)
     r = torch.empty_like(embeds)
     wrappers = {False: EmbeddingsInput(inner), True: EmbeddingsInput(inner)}
     with frozen(model):
-        for g, mask in enumerate(masks):
-            rows = torch.nonzero(group == g).flatten()
+        for mask, rows in mask_groups(attention_mask):
             with wrappers[bool(mask.all())].masked(mask[None]) as wrapped:
                 step = images_per_chunk(wrapped, embeds[rows], "lrp", None, "explaining")
                 for i in range(0, len(rows), step):
@@ -223,20 +221,18 @@ def score_tokens(model: nn.Module, input_ids: torch.Tensor, target: Target, attr
     if "masks" in spec.needs:
         params["masks"] = check_token_masks(params["masks"], input_ids, metric)
     attributions = attributions.to(embeds.dtype)
-    with frozen(model):
-        if spec.reads_tokens:
+    if spec.reads_tokens:
+        with frozen(model):
             return _tidy([pd.DataFrame(spec.fn(model, input_ids, target, attributions, attention_mask=attention_mask,
                                                **params))], metric)
-        frames = []
-        groups, group = torch.unique(attention_mask, dim=0, return_inverse=True)
-        for g, mask in enumerate(groups):
-            rows = torch.nonzero(group == g).flatten()
-            keep = mask.bool()
-            maps = attributions[rows][:, keep][:, None, None, :]  # (n, 1, 1, L): one channel, one row
-            given = {**params, "masks": params["masks"][rows][:, keep][:, None, :]} if "masks" in params else params
-            part = pd.DataFrame(spec.fn(model, torch.zeros_like(maps), target[rows], maps, **given))
-            part["sample"] = rows.cpu().numpy()[part["sample"].to_numpy()]
-            frames.append(part)
+    frames = []  # a metric of the maps alone (accept_tokens): never runs the model
+    for mask, rows in mask_groups(attention_mask):
+        keep = mask.bool()
+        maps = attributions[rows][:, keep][:, None, None, :]  # (n, 1, 1, L): one channel, one row
+        given = {**params, "masks": params["masks"][rows][:, keep][:, None, :]} if "masks" in params else params
+        part = pd.DataFrame(spec.fn(model, torch.zeros_like(maps), target[rows], maps, **given))
+        part["sample"] = rows.cpu().numpy()[part["sample"].to_numpy()]
+        frames.append(part)
     return _tidy(frames, metric)
 
 

@@ -34,6 +34,14 @@ def text_model(model: nn.Module) -> nn.Module:
     return model
 
 
+def mask_groups(attention_mask: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(mask (T,), the rows (n,) that have it) for every distinct row of ``attention_mask`` (N, T): the groups of
+    one length, when right-padded, in which token ids are explained and their maps scored."""
+    masks, group = torch.unique(attention_mask, dim=0, return_inverse=True)
+    for g, mask in enumerate(masks):
+        yield mask, torch.nonzero(group == g).flatten()
+
+
 def token_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """What a text classifier gives for token ids with their attention mask, as runs call it
     (``model(input_ids=, attention_mask=)``): its logits, a Hugging Face output object read through ``.logits``."""
