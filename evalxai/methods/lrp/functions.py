@@ -29,8 +29,7 @@ class LayerFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a, layer):
         op, rule = layer["op"], layer["rule"]
-        z0 = op.fwd(a, op.weight, op.bias)
-        state = rule.forward(op, a, z0)
+        z0, state = rule.output_and_state(op, a)
         # The state's tensors go through save_for_backward: kept as a plain ctx attribute, the output z0 (which
         # LRP-0/epsilon/gamma keep) would close a cycle output -> graph node -> ctx -> output that Python's gc cannot
         # see, and every call would leak its layers' outputs.
