@@ -375,9 +375,11 @@ class Gamma(Rule):
 
     def forward(self, op, a, z0):
         g, w, b = self.gamma, op.weight, op.bias
-        if _nonneg(op, a):  # P = a W+ + b+; the branches zp = z0 + g P and zn = z0 + g (z0 - P) are formed in backward
-            wp = _pos(w)
-            return True, z0, op.fwd(a, wp, _pos(b)), wp
+        if _nonneg(op, a):  # one pass: stab(zp) = a (W + g W+) + b + g b+ + eps where z0 > 0 (zp >= z0 there)
+            w_up = torch.add(w, _pos(w), alpha=g)
+            bias = w.new_full((w.shape[0],), self.stabilizer) if b is None else torch.add(b, _pos(b), alpha=g).add_(
+                self.stabilizer)
+            return True, z0, op.fwd(a, w_up, bias), w_up
         ap, an = a.clamp(min=0), a.clamp(max=0)
         wp, wn = w + g * w.clamp(min=0), w + g * w.clamp(max=0)
         bp = None if b is None else b + g * b.clamp(min=0)
@@ -389,18 +391,18 @@ class Gamma(Rule):
     def backward(self, op, a, state, r):
         g, w = self.gamma, op.weight
         if state[0]:  # a >= 0: R_in = a ((W + g W+)^T sp + (W + g W-)^T sn)
-            _, z0, p, wp = state
-            # where z0 > 0, zp = z0 + g P > 0 (P >= 0): stab(zp) = zp + eps
-            zp = torch.add(z0, p, alpha=g).add_(self.stabilizer)
-            sp = _where_positive(torch.div(r, zp, out=zp), z0)
-            w_up = torch.add(w, wp, alpha=g)  # W + g W+
-            if op.relu_out:  # no relevance at outputs z0 <= 0
-                return op.vjp(sp, w_up, a).mul_(a)
+            _, z0, zs, w_up = state
+            eps = self.stabilizer
+            if op.relu_out:  # R = 0 wherever z0 <= 0, where zs may be <= 0: clamped, the quotient is 0 there
+                return op.vjp(torch.div(r, zs.clamp_(min=eps), out=zs), w_up, a).mul_(a)
+            sp = _where_positive(torch.div(r, zs), z0)
             neg = z0.neg()
             rn = _where_positive(r, neg)  # R at negative outputs (none where a residual sum is negative too)
             if not bool(rn.any()):
                 return op.vjp(sp, w_up, a).mul_(a)
-            sn = _where_positive(divide(rn, torch.add(z0, z0 - p, alpha=g), self.stabilizer), neg)
+            # zn = z0 + g (z0 - P) = (2 + g) z0 - (zs - eps): |zn| >= |z0|, g P at z0 < 0, so no cancellation
+            zn = torch.mul(z0, 2 + g).sub_(zs).add_(eps)
+            sn = _where_positive(divide(rn, zn, eps), neg)
             return op.vjp_sum(((sp, w_up), (sn, w + g * _neg(w))), a).mul_(a)
         _, zp, zn, z0 = state
         sp = _where_positive(divide(r, zp, self.stabilizer), z0)
