@@ -1,21 +1,52 @@
-"""Reversible model state: methods run the model in eval mode without parameter gradients and restore it."""
+"""Reversible model state: methods run the model in eval mode without parameter gradients and restore it; models
+derived from a model (modified copies) are kept while the model's state is the one they were built from."""
 from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Hashable, Iterator
+from typing import TypeVar
 
 import torch
 from torch import nn
 
+_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks", "_state_dict_hooks",
+               "_load_state_dict_pre_hooks")
+_DERIVED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {key: (model_state, derived)}
+T = TypeVar("T")
+
 
 def _hook_count(model: nn.Module) -> int:
-    n = 0
-    for m in model.modules():
-        for d in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
-                  "_state_dict_hooks", "_load_state_dict_pre_hooks"):
-            n += len(getattr(m, d, {}) or {})
-    return n
+    return sum(len(getattr(m, d, {}) or {}) for m in model.modules() for d in _HOOK_DICTS)
+
+
+def tensor_state(model: nn.Module) -> tuple:
+    """The identity and version of every parameter and buffer: equal while none was replaced or changed in place."""
+    return tuple((id(t), t._version) for t in (*model.parameters(), *model.buffers()))
+
+
+def model_state(model: nn.Module) -> tuple:
+    """``tensor_state`` with every module's mode and hooks and every parameter's ``requires_grad``: what a deep copy
+    of the model takes from it (besides plain attributes)."""
+    modules = tuple((m.training, *(tuple(getattr(m, d, {}) or {}) for d in _HOOK_DICTS)) for m in model.modules())
+    return tensor_state(model), modules, tuple(p.requires_grad for p in model.parameters())
+
+
+def derived(model: nn.Module, key: Hashable, build: Callable[[], T]) -> T:
+    """``build()``, something derived from ``model`` (a modified deep copy), remembered per model (weakly) and ``key``
+    while ``model_state(model)`` is the one it was built from: what is prepared once per model object (LRP's traced
+    plan, the memory probe) is then prepared once, not on every call. The last build per key is kept (its memory
+    too); a caller that changes it restores what it changed before using it. Plain attributes of the model that
+    change without a new ``key`` are not seen."""
+    entries = _DERIVED.setdefault(model, {})
+    state = model_state(model)
+    seen = entries.get(key)
+    if seen is not None and seen[0] == state:
+        return seen[1]
+    new = build()
+    entries[key] = (state, new)
+    return new
 
 
 @contextlib.contextmanager

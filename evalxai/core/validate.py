@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from evalxai.core.guard import frozen
+from evalxai.core.guard import frozen, tensor_state
 from evalxai.core.scoring import num_classes, require_images
 
 if TYPE_CHECKING:
@@ -142,7 +142,7 @@ def check_logits(model: nn.Module, x: torch.Tensor) -> None:
     """Raise naming the samples whose logits are NaN or inf: metrics compare scores, and a NaN logit would poison
     every curve. The answer is remembered for this very ``x`` (same object, unmodified) and unchanged parameters
     and buffers, so scoring one batch with several metrics makes this forward once."""
-    state = (x._version, tuple((id(t), t._version) for t in (*model.parameters(), *model.buffers())))
+    state = (x._version, tensor_state(model))
     seen = _FINITE_LOGITS.get(model)
     if seen is not None and seen[0]() is x and seen[1] == state:
         return

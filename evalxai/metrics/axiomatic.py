@@ -17,6 +17,7 @@ import copy
 import math
 from collections.abc import Callable
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,7 @@ from torch import nn
 
 from evalxai.core.baselines import DATA_RANGE, baseline_label
 from evalxai.core.baselines import reference as reference_input
+from evalxai.core.guard import derived
 from evalxai.core.memory import chunked, images_per_chunk
 from evalxai.methods import get_method
 from evalxai.methods.lrp import Recorder
@@ -33,6 +35,7 @@ from evalxai.metrics.common import (
     executed_layers,
     explain_stack,
     explainer,
+    measure_rows,
     scalar_rows,
     target_scores,
 )
@@ -99,14 +102,12 @@ def conservation(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attrib
     delta = (fx - fref).double()
     residual = attributions.reshape(len(x), -1).double().sum(1) - delta
     relative = residual / delta.abs().clamp(min=1e-12)
-    frames = [scalar_rows(residual, "residual"), scalar_rows(relative, "relative_residual"),
-              scalar_rows(relative.abs(), "abs_relative_residual")]
-    for row in [] if rec is None else rec.rows:
-        frames.append(scalar_rows(row["relevance_in"] - row["relevance_out"], f"layer_residual:{row['layer']}",
-                                  layer_rule=row["kind"]))
-    out = pd.concat(frames, ignore_index=True)
-    out["reference"] = baseline_label(reference)
-    return out
+    measures = [("residual", residual), ("relative_residual", relative), ("abs_relative_residual", relative.abs())]
+    layers = [] if rec is None else rec.rows
+    measures += [(f"layer_residual:{row['layer']}", row["relevance_in"] - row["relevance_out"]) for row in layers]
+    rules = {} if rec is None else {"layer_rule": np.repeat(np.array([None] * 3 + [row["kind"] for row in layers],
+                                                                     dtype=object), len(x))}
+    return measure_rows(measures, **rules, reference=baseline_label(reference))
 
 
 def _patch_grid(x: torch.Tensor, patch_size: int | None) -> tuple[int, tuple[int, int] | None]:
@@ -245,9 +246,8 @@ def _absorbing_layer(layer: nn.Module, shift: float) -> nn.Module:
     return nn.Sequential(pad, new)
 
 
-def shift_absorbing_model(model: nn.Module, x: torch.Tensor, shift: float) -> nn.Module:
-    """A deep copy of ``model`` whose first layer absorbs a constant input shift: copy(x + shift) == model(x)
-    (Kindermans et al. 2017). The user's model is not changed; the equality is checked on x."""
+def _absorbing_copy(model: nn.Module, x: torch.Tensor, shift: float) -> tuple[nn.Module, str]:
+    """(deep copy of ``model`` with its first layer absorbing ``shift``, the name of that layer, or its type)."""
     new = copy.deepcopy(model)
     name, layer = _first_layer(new, x)
     replacement = _absorbing_layer(layer, shift)
@@ -256,14 +256,24 @@ def shift_absorbing_model(model: nn.Module, x: torch.Tensor, shift: float) -> nn
     else:
         parent, _, attr = name.rpartition(".")
         setattr(new.get_submodule(parent) if parent else new, attr, replacement)
+    return new, name or type(layer).__name__
+
+
+def shift_absorbing_model(model: nn.Module, x: torch.Tensor, shift: float) -> nn.Module:
+    """A deep copy of ``model`` whose first layer absorbs a constant input shift: copy(x + shift) == model(x)
+    (Kindermans et al. 2017). The user's model is not changed; the equality is checked on x. The copy is ``derived``
+    from the model (built once per shift and input shape while the model is unchanged), so that an explainer
+    prepares it (LRP's plan, the memory probe) once."""
+    key = ("shift_absorbing", shift, tuple(x.shape[1:]), x.dtype, x.device)
+    new, name = derived(model, key, lambda: _absorbing_copy(model, x, shift))
     with torch.no_grad():
         y, y_shifted = model(x), new(x + shift)
     err, scale = float((y_shifted - y).abs().max()), float(y.abs().max())
     tol = (1e-3 if x.dtype != torch.float64 else 1e-9) * (1 + scale)
     if not err <= tol:
-        raise ValueError(f"input_invariance: the model with its first layer '{name or type(layer).__name__}' "
-                         f"absorbing the shift {shift} differs from the original by {err:.3g} on the shifted input: "
-                         "the first Linear/Conv must receive the input directly (no preprocessing before it)")
+        raise ValueError(f"input_invariance: the model with its first layer '{name}' absorbing the shift {shift} "
+                         f"differs from the original by {err:.3g} on the shifted input: the first Linear/Conv must "
+                         "receive the input directly (no preprocessing before it)")
     return new
 
 
@@ -319,7 +329,4 @@ def input_invariance(model: nn.Module, x: torch.Tensor, target: torch.Tensor, at
     rel = diff.max(1).values / scale.clamp(min=1e-300)
     rel = torch.where(scale > 0, rel, torch.zeros_like(rel))
     share = (diff <= tolerance * scale.unsqueeze(1)).double().mean(1)
-    out = pd.concat([scalar_rows(rel, "max_relative_difference"), scalar_rows(share, "unchanged_share")],
-                    ignore_index=True)
-    out["shift"] = float(shift)
-    return out
+    return measure_rows({"max_relative_difference": rel, "unchanged_share": share}, shift=float(shift))

@@ -20,8 +20,21 @@ UNSET = None
 
 def scalar_rows(values: torch.Tensor | np.ndarray | Sequence[float], measure: str, **extra: Any) -> pd.DataFrame:
     """One row per sample for a per-sample scalar."""
-    v = np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values, dtype=np.float64)
-    return pd.DataFrame({"sample": np.arange(len(v)), "measure": measure, "value": v, "direction": UNSET, **extra})
+    return measure_rows({measure: values}, **extra)
+
+
+def measure_rows(measures: Mapping[str, torch.Tensor | np.ndarray | Sequence[float]]
+                 | Sequence[tuple[str, torch.Tensor | np.ndarray | Sequence[float]]], **extra: Any) -> pd.DataFrame:
+    """One row per sample and measure, the measures (name -> per-sample values, or (name, values) pairs) in the given
+    order: ``scalar_rows`` of each, concatenated, in one construction. ``extra``: columns of one value or of one
+    value per row."""
+    items = list(measures.items() if isinstance(measures, Mapping) else measures)
+    values = [np.asarray(v.detach().cpu() if isinstance(v, torch.Tensor) else v, dtype=np.float64) for _, v in items]
+    n = len(values[0])
+    names = items[0][0] if len(items) == 1 else np.repeat(np.array([k for k, _ in items], dtype=object), n)
+    return pd.DataFrame({"sample": np.tile(np.arange(n), len(values)), "measure": names,
+                         "value": values[0] if len(values) == 1 else np.concatenate(values), "direction": UNSET,
+                         **extra})
 
 
 def explainer(method: str | Callable | Mapping | None, method_params: dict | None, metric: str) -> Callable:
