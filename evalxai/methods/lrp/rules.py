@@ -325,26 +325,18 @@ class AlphaBeta(Rule):
 
     def _stacked_backward(self, op, a, z, ws, r):
         """a ([W+; W-]^T [alpha R / stab(z+); -beta R / stab(z-)]): one input-gradient pass over the stacked weights,
-        each product still on its own sign."""
+        each product still on its own sign. a >= 0 makes z+ >= 0 and z- <= 0: stab(z+) = z+ + eps, stab(z-) = z- - eps
+        (where z- = +0, zennit's sign is +eps: every contribution a_j w_jk is then 0, so s- there meets only zero
+        products). Per half with scalar operands: 1.5x faster on the CPU than one addcdiv broadcasting per channel."""
         eps, d = self.stabilizer, op.channel_dim
-        if eps == 0:
-            s = torch.empty_like(z)
-            for zh, sh, k in zip(z.chunk(2, d), s.chunk(2, d), (self.alpha, -self.beta)):
+        s = torch.empty_like(z)
+        for zh, sh, k, sign in zip(z.chunk(2, d), s.chunk(2, d), (self.alpha, -self.beta), (1.0, -1.0)):
+            if eps == 0:
                 torch.div(r, zh, out=sh).nan_to_num_(0.0, 0.0, 0.0)
-                if k != 1:
-                    sh.mul_(k)
-            return op.vjp(s, ws, a).mul_(a)
-        # a >= 0 makes z+ >= 0 and z- <= 0: stab(z+) = z+ + eps, stab(z-) = z- - eps (where z- = +0, zennit's sign
-        # is +eps: every contribution a_j w_jk is then 0, so s- there meets only zero products either way). One
-        # pass forms (stab(z+) / alpha; stab(z-) / -beta), one more divides R by it.
-        c = z.shape[d] // 2
-        k = z.new_tensor([self.alpha, -self.beta]).repeat_interleave(c)
-        off = z.new_tensor([eps / self.alpha, eps / self.beta]).repeat_interleave(c)
-        if d == 1:
-            k, off = (t.view(-1, *[1] * (z.dim() - 2)) for t in (k, off))
-        s = torch.addcdiv(off, z, k)
-        sv = s.unflatten(d, (2, c))
-        torch.div(r.unsqueeze(d if d >= 0 else d - 1), sv, out=sv)
+            else:
+                torch.div(r, torch.add(zh, sign * eps, out=sh), out=sh)
+            if k != 1:
+                sh.mul_(k)
         return op.vjp(s, ws, a).mul_(a)
 
 
