@@ -27,23 +27,22 @@ def mosaic_plan(x: torch.Tensor, target: torch.Tensor, labels: torch.Tensor,
     Returns ``tiles`` (N, 4) long, pool indices with -1 for the sample itself, in quadrant order (top-left,
     top-right, bottom-left, bottom-right), and ``is_target`` (N, 4) bool."""
     n = len(x)
-    tiles = torch.empty(n, 4, dtype=torch.long)
-    is_target = torch.empty(n, 4, dtype=torch.bool)
     lab = labels.cpu()
-    split = {c: (torch.nonzero(lab == c).flatten(), torch.nonzero(lab != c).flatten())
+    split = {c: (torch.nonzero(lab == c).flatten().tolist(), torch.nonzero(lab != c).flatten().tolist())
              for c in target.cpu().unique().tolist()}
-    for i, g in enumerate(sample_generators(x, seed)):
-        c = int(target[i])
+    chosen, orders = [], []
+    for c, g in zip(target.tolist(), sample_generators(x, seed)):
         same, other = split[c]
         if len(same) < 1 or len(other) < 2:
             raise ValueError(f"the pool of metric 'focus' has {len(same)} image(s) of class {c} and {len(other)} of "
                              "other classes: it needs at least 1 and 2 (give a larger pool)")
-        mate = same[torch.randint(len(same), (1,), generator=g)]
-        others = other[torch.randperm(len(other), generator=g)[:2]]
-        order = torch.randperm(4, generator=g)
-        chosen = torch.cat([torch.tensor([-1]), mate, others])  # the sample, its mate, two others
-        tiles[i, order] = chosen
-        is_target[i, order] = torch.tensor([True, True, False, False])
+        mate = same[int(torch.randint(len(same), (1,), generator=g))]
+        others = [other[i] for i in torch.randperm(len(other), generator=g)[:2].tolist()]
+        orders.append(torch.randperm(4, generator=g))
+        chosen.append([-1, mate, *others])  # the sample, its mate, two others
+    order = torch.stack(orders)  # quadrant of each chosen tile
+    tiles = torch.empty(n, 4, dtype=torch.long).scatter_(1, order, torch.tensor(chosen))
+    is_target = torch.zeros(n, 4, dtype=torch.bool).scatter_(1, order[:, :2], True)
     return tiles, is_target
 
 
@@ -52,22 +51,16 @@ def build_mosaics(x: torch.Tensor, images: torch.Tensor, tiles: torch.Tensor, fu
     Tiles are downscaled by 2 (area averaging = 2 x 2 average pooling on even sides) so that H' = H, W' = W; with
     ``full_size`` they keep their size (H' = 2H, W' = 2W)."""
     n, c, h, w = x.shape
-    src = torch.stack([torch.where((tiles[:, t] < 0).view(n, 1, 1, 1).to(x.device), x,
-                                   images[tiles[:, t].clamp(min=0).to(images.device)]) for t in range(4)], 1)
-    if full_size:
-        hs, ws = (h, h), (w, w)
-    else:
-        hs, ws = (h // 2, h - h // 2), (w // 2, w - w // 2)
-    rows = []
-    for r in range(2):
-        cols = []
-        for q in range(2):
-            tile = src[:, 2 * r + q]
-            if not full_size:
-                tile = F.interpolate(tile, size=(hs[r], ws[q]), mode="area")
-            cols.append(tile)
-        rows.append(torch.cat(cols, -1))
-    return torch.cat(rows, -2)
+    own = (tiles < 0).view(n, 4, 1, 1, 1).to(x.device)
+    src = torch.where(own, x.unsqueeze(1), images[tiles.clamp(min=0).to(images.device)].to(x.device))
+    if full_size or (h % 2 == 0 and w % 2 == 0):  # four equal tiles: one downscale, one rearrangement
+        if not full_size:
+            src = F.interpolate(src.view(4 * n, c, h, w), size=(h // 2, w // 2), mode="area")
+        th, tw = src.shape[-2:]
+        return src.view(n, 2, 2, c, th, tw).permute(0, 3, 1, 4, 2, 5).reshape(n, c, 2 * th, 2 * tw)
+    hs, ws = (h // 2, h - h // 2), (w // 2, w - w // 2)
+    return torch.cat([torch.cat([F.interpolate(src[:, 2 * r + q], size=(hs[r], ws[q]), mode="area")
+                                 for q in range(2)], -1) for r in range(2)], -2)
 
 
 def quadrant_masks(shape: tuple[int, int], is_target: torch.Tensor, full_size: bool,
