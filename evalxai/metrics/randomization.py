@@ -17,6 +17,7 @@ The model itself is never touched: every randomisation works on a deep copy, see
 from __future__ import annotations
 
 import copy
+import weakref
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -27,7 +28,7 @@ from torch import nn
 from evalxai.core.guard import derived
 from evalxai.core.scoring import num_classes
 from evalxai.core.seeding import per_sample_noise, sample_generators
-from evalxai.core.sorting import sort_rows
+from evalxai.core.sorting import sort_rows, sorted_rows
 from evalxai.metrics.common import UNSET, explain_stack, explainer, measure_rows, scalar_rows
 from evalxai.metrics.registry import Passes, register_metric
 
@@ -95,7 +96,8 @@ def cascade(model: nn.Module, seed: int, order: str = "top_down") -> Iterator[tu
         raise ValueError(f"{type(model).__name__} has no Linear or Conv layer to randomize")
     if order == "top_down":
         layers = layers[::-1]
-    rand = derived(model, "randomisation", lambda: copy.deepcopy(model))
+    rand = _kept_copy(model)
+    _FINISHED.pop(rand, None)
     modules, trained = dict(rand.named_modules()), dict(model.named_modules())
     with torch.no_grad():
         for name in layers:  # a former cascade re-initialised them
@@ -103,11 +105,24 @@ def cascade(model: nn.Module, seed: int, order: str = "top_down") -> Iterator[tu
                 t.copy_(src)
     for k, name in enumerate(layers, start=1):
         _seeded_reset(modules[name], seed * 7919 + k)
+        if k == len(layers):
+            _FINISHED[rand] = (seed, order)
         yield k, name, rand
 
 
+_FINISHED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # kept copy -> (seed, order) of the cascade it ends
+
+
+def _kept_copy(model: nn.Module) -> nn.Module:
+    return derived(model, "randomisation", lambda: copy.deepcopy(model))
+
+
 def fully_randomised(model: nn.Module, seed: int) -> nn.Module:
-    """The last state of the top-down ``cascade``: every Linear / Conv layer re-initialised (a copy)."""
+    """The last state of the top-down ``cascade``: every Linear / Conv layer re-initialised (the kept copy; when it
+    holds that state already, from the last cascade of this model and seed, it is not re-initialised again)."""
+    rand = _kept_copy(model)
+    if _FINISHED.get(rand) == (seed, "top_down"):
+        return rand
     *_, (_, _, rand) = cascade(model, seed)
     return rand
 
@@ -201,22 +216,18 @@ def smooth_mprt(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attribu
 
 def histogram_entropy(a: torch.Tensor, bins: int) -> torch.Tensor:
     """Shannon entropy (nats) of the histogram of each row of a (N, D) with ``bins`` equal bins over the row's own
-    [min, max] (a constant row: [v - 0.5, v + 0.5]), exactly as ``scipy.stats.entropy(np.histogram(row, bins)[0])``
-    (numpy's bin assignment, including its edge corrections)."""
-    a = a.double()
-    lo, hi = a.min(1, keepdim=True).values, a.max(1, keepdim=True).values
+    [min, max] (a constant row: [v - 0.5, v + 0.5]), exactly as ``scipy.stats.entropy(np.histogram(row, bins)[0])``:
+    bin k holds edge_k <= v < edge_k+1 (the last bin also its upper edge), numpy's edges lo + k (hi - lo) / bins;
+    counted by binary search of the inner edges in the sorted row."""
+    srt = sorted_rows(a.double())
+    n, d = srt.shape
+    lo, hi = srt[:, :1], srt[:, -1:]
     flat = lo == hi
     lo, hi = torch.where(flat, lo - 0.5, lo), torch.where(flat, hi + 0.5, hi)
-    steps = torch.arange(bins + 1, dtype=torch.float64, device=a.device)
-    edges = lo + steps * ((hi - lo) / bins)
-    edges[:, -1:] = hi
-    idx = ((a - lo) / (hi - lo) * bins).long().clamp(0, bins)
-    idx = torch.where(idx == bins, idx - 1, idx)
-    idx = idx - (a < edges.gather(1, idx)).long()
-    idx = idx + ((a >= edges.gather(1, idx + 1)) & (idx != bins - 1)).long()
-    counts = torch.zeros(a.shape[0], bins, dtype=torch.float64, device=a.device)
-    counts.scatter_add_(1, idx, torch.ones_like(a))
-    prob = counts / a.shape[1]
+    inner = lo + torch.arange(1, bins, dtype=torch.float64, device=a.device) * ((hi - lo) / bins)
+    below = torch.searchsorted(srt, inner)  # values below each inner edge
+    ends = torch.tensor([0, d], dtype=below.dtype, device=a.device).expand(n, 2)
+    prob = torch.cat([ends[:, :1], below, ends[:, 1:]], 1).diff(dim=1).double() / d
     return -(prob * torch.where(prob > 0, prob.log(), torch.zeros_like(prob))).sum(1)
 
 
