@@ -385,14 +385,14 @@ class Gamma(Rule):
             if op.relu_out:  # R = 0 wherever z0 <= 0, where zs may be <= 0: clamped, the quotient is 0 there
                 return op.vjp(torch.div(r, zs.clamp_(min=eps), out=zs), w_up, a).mul_(a)
             sp = _where_positive(torch.div(r, zs), z0)
+            # at z0 < 0: zn = z0 + g (z0 - P) < 0, stab(zn) = zn - eps = (2 + g) z0 - zs; |zn| >= |z0|, g P, so the
+            # difference does not cancel. sn is formed negated, -R / stab(zn), and meets -(W + g W-)
             neg = z0.neg()
-            rn = _where_positive(r, neg)  # R at negative outputs (none where a residual sum is negative too)
-            if not bool(rn.any()):
+            den = torch.add(zs, z0, alpha=-(2 + g))
+            sn = _where_positive(torch.div(r, den, out=den), neg)
+            if not bool(sn.any()):  # no relevance at negative outputs (a residual sum negative there too)
                 return op.vjp(sp, w_up, a).mul_(a)
-            # zn = z0 + g (z0 - P) = (2 + g) z0 - (zs - eps): |zn| >= |z0|, g P at z0 < 0, so no cancellation
-            zn = torch.mul(z0, 2 + g).sub_(zs).add_(eps)
-            sn = _where_positive(divide(rn, zn, eps), neg)
-            return op.vjp_sum(((sp, w_up), (sn, w + g * _neg(w))), a).mul_(a)
+            return op.vjp_sum(((sp, w_up), (sn, torch.add(w, _neg(w), alpha=g).neg_())), a).mul_(a)
         _, zp, zn, z0 = state
         sp = _where_positive(divide(r, zp, self.stabilizer), z0)
         sn = _where_positive(divide(r, zn, self.stabilizer), -z0)
