@@ -225,3 +225,19 @@ def test_quantus_table_from_recorded_times():
     real = quantus_bench.bench_quantus(repeats=1, entries=["Selectivity"]).set_index("metric").loc["Selectivity"]
     assert real["calls"] == 1 and real["evalxai_ms"] > 0
     assert real["speedup"] == pytest.approx(real["quantus_ms"] / real["evalxai_ms"])
+
+
+@pytest.mark.reference
+def test_bench_imagenet_times_torchvision_models():
+    """The issue-29 targets name torchvision's VGG-16 and ResNet-50: the 224 case builds them (random weights, 1000
+    classes) where torchvision imports, and times the LRP composites against a gradient pass on them."""
+    pytest.importorskip("torchvision")
+    from evalxai.bench.imagenet import IMAGENET_MODELS, bench_imagenet
+
+    model = IMAGENET_MODELS["torchvision_resnet50"]()
+    assert type(model).__module__.startswith("torchvision") and model.fc.out_features == 1000
+    df = bench_imagenet("torchvision_vgg16", ["lrp_epsilon_alpha2beta1"], batch=1, repeats=1, device="cpu",
+                        size=32).set_index("method")
+    assert pd.isna(df.loc["lrp_epsilon_alpha2beta1", "error"]) and df.loc["lrp_epsilon_alpha2beta1", "ratio"] > 0
+    with pytest.raises(ValueError, match="no width"):
+        IMAGENET_MODELS["torchvision_vgg16"](width=0.5)

@@ -14,7 +14,8 @@ import torch
 import evalxai
 from evalxai.bench import __doc__ as BENCH_DOC
 from evalxai.bench.end_to_end import bench_end_to_end
-from evalxai.bench.imagenet import IMAGENET_METHODS, IMAGENET_MODELS, bench_imagenet, imagenet_report, resolve_device
+from evalxai.bench.imagenet import (IMAGENET_DEFAULT_MODELS, IMAGENET_METHODS, IMAGENET_MODELS, bench_imagenet,
+                                   imagenet_report, resolve_device)
 from evalxai.bench.methods import BENCH_UNITS, TARGETS, VIT_METHODS, bench_api, bench_methods, bench_vit
 from evalxai.bench.metrics import bench_all_metrics, bench_flip_race, mnist_case
 from evalxai.bench.quantus import bench_quantus, bench_quantus_realistic, quantus_report
@@ -45,7 +46,8 @@ def main(argv=None) -> pd.DataFrame:
     prog = "python -m evalxai.bench" if sys.argv[0].endswith("__main__.py") else None  # else: evalxai bench
     p = argparse.ArgumentParser(prog=prog, description=BENCH_DOC.splitlines()[0])
     p.add_argument("--models", nargs="+", default=None,
-                   help="default: lenet vgg_bn; with --imagenet: vgg16 resnet50; with --api: lenet vgg_bn")
+                   help="default: lenet vgg_bn; with --imagenet: vgg16 resnet50 (also torchvision_vgg16 "
+                        "torchvision_resnet50, where torchvision imports); with --api: lenet vgg_bn")
     p.add_argument("--batch", type=int, default=None, help="default: 128; with --imagenet: 8")
     p.add_argument("--repeats", type=int, default=None, help="default: 7; with --imagenet: 3; with --api: 15")
     p.add_argument("--methods", nargs="+", default=None,
@@ -182,11 +184,17 @@ def _main_quantus_realistic(args, p, out: Path) -> pd.DataFrame:
 
 
 def _main_imagenet(args, p, out: Path) -> pd.DataFrame:
-    models = args.models or list(IMAGENET_MODELS)
+    models = args.models or list(IMAGENET_DEFAULT_MODELS)
     methods = args.methods or list(IMAGENET_METHODS)
     unknown = [m for m in models if m not in IMAGENET_MODELS] + [m for m in methods if m not in METHODS]
     if unknown:
         p.error(f"unknown models/methods {unknown}: choose from {sorted(IMAGENET_MODELS)} / {sorted(METHODS)}")
+    if any(m.startswith("torchvision_") for m in models):
+        try:
+            import torchvision  # noqa: F401
+        except Exception as err:  # noqa: BLE001 - a CUDA build next to the CPU wheel fails in many ways
+            p.error(f"--models {' '.join(models)} needs torchvision, which does not import here ({type(err).__name__}: "
+                    f"{err}); run it in the reference environment (tools/reference_env.sh)")
     batch, repeats = args.batch or 8, args.repeats or 3
     dev = resolve_device(args.device)
     print(f"224 case on {dev}" + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else

@@ -116,7 +116,23 @@ def _init(model: nn.Module) -> nn.Module:
     return model
 
 
-IMAGENET_MODELS = {"vgg16": vgg16, "resnet50": ResNet50}
+def _torchvision(arch: str):
+    """torchvision's ``arch`` with random weights (its own initialisation), for the issue-29 targets, which name
+    torchvision's VGG-16 (no BatchNorm) and ResNet-50; torchvision is imported only here (the reference environment)."""
+
+    def build(num_classes: int = 1000, width: float = 1.0) -> nn.Module:
+        if width != 1.0:
+            raise ValueError(f"torchvision_{arch} has no width={width}: only the models defined here scale")
+        import torchvision  # the bench's command line says where it does not import
+
+        return getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
+
+    return build
+
+
+IMAGENET_MODELS = {"vgg16": vgg16, "resnet50": ResNet50,
+                   "torchvision_vgg16": _torchvision("vgg16"), "torchvision_resnet50": _torchvision("resnet50")}
+IMAGENET_DEFAULT_MODELS = ("vgg16", "resnet50")
 # gradient through evalxai.explain (the plain pass is the reference), the two multi-pass methods, every composite
 IMAGENET_METHODS = ("gradient", "integrated_gradients", "smoothgrad", *COMPOSITES)
 # Issue 29: the composites at their convolution count (plain gradient: forward + input gradient = 2 per layer; LRP-0/
