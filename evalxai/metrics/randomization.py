@@ -88,7 +88,8 @@ def cascade(model: nn.Module, seed: int, order: str = "top_down") -> Iterator[tu
     cumulatively, output layer first (``top_down``, Adebayo et al.) or input layer first (``bottom_up``). The same
     copy object is yielded each time; the model itself is never touched. The copy is ``derived`` from the
     model (kept while the model is unchanged, its layers given back their trained parameters at the
-    start), so that an explainer prepares it (LRP's plan, the memory probe) once, not per call."""
+    start), so that an explainer prepares it (LRP's plan, the memory probe) once, not per call: one cascade of a
+    model at a time (a new one, or ``fully_randomised``, re-initialises the same copy)."""
     if order not in ORDERS:
         raise ValueError(f"order='{order}' must be one of {list(ORDERS)} (the layer order of the randomisation)")
     layers = randomisable_layers(model)
