@@ -383,7 +383,8 @@ class Gamma(Rule):
             _, z0, zs, w_up = state
             eps = self.stabilizer
             if op.relu_out:  # R = 0 wherever z0 <= 0, where zs may be <= 0: clamped, the quotient is 0 there
-                return op.vjp(torch.div(r, zs.clamp_(min=eps), out=zs), w_up, a).mul_(a)
+                s = torch.div(r, zs.clamp_(min=eps), out=zs)
+                return op.vjp(s if eps else s.nan_to_num_(0.0, 0.0, 0.0), w_up, a).mul_(a)  # eps = 0: 0 / 0
             sp = _where_positive(torch.div(r, zs), z0)
             # at z0 < 0: zn = z0 + g (z0 - P) < 0, stab(zn) = zn - eps = (2 + g) z0 - zs; |zn| >= |z0|, g P, so the
             # difference does not cancel. sn is formed negated, -R / stab(zn), and meets -(W + g W-)
