@@ -235,6 +235,24 @@ def test_shift_absorbing_model_identical_outputs(build, shape):
     assert no_hooks(model)
 
 
+@pytest.mark.parametrize("build,shape", [
+    (lambda: LeNet((2, 8, 8), 3, channels=(3, 4), hidden=8), (5, 2, 8, 8)),  # zero padding: the first layer wrapped
+    (lambda: nn.Linear(6, 3), (5, 6)),  # the model is its own first layer
+])
+def test_kept_shift_absorbing_copy_follows_weights_written_through_data(build, shape):
+    """The copy is kept per model while its parameters' versions are unchanged; ``p.data`` written in place keeps
+    the version, and the copy must still be the model as it is now (its first layer too)."""
+    torch.manual_seed(5)
+    model = build().double().eval()
+    x = torch.rand(*shape, dtype=torch.float64)
+    first = shift_absorbing_model(model, x, 0.5)
+    for p in model.parameters():
+        p.data.mul_(-1.5).add_(0.25)
+    again = shift_absorbing_model(model, x, 0.5)
+    assert again is first  # kept, not rebuilt
+    torch.testing.assert_close(again(x + 0.5), model(x), rtol=1e-12, atol=1e-12)
+
+
 def test_shift_absorbing_model_refuses_preprocessing():
     with pytest.raises(ValueError, match="input_invariance: .*first layer 'fc'"):
         shift_absorbing_model(Doubling(), torch.rand(2, 6), -1.0)

@@ -5,6 +5,7 @@ tests/test_contracts.py."""
 import copy
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from scipy.stats import entropy, spearmanr
@@ -170,3 +171,24 @@ def test_bad_parameters_are_named():
         evalxai.score(model, x, t, r, metric="efficient_mprt", method="gradient", bins=1)
     with pytest.raises(ValueError, match="samples=0"):
         evalxai.score(model, x, t, r, metric="smooth_mprt", method="gradient", samples=0)
+
+
+@pytest.mark.parametrize("metric", ["randomization", "efficient_mprt"])
+def test_kept_randomised_copy_follows_tensors_written_through_data(metric):
+    """The randomised copy is kept per model while its tensors' versions are unchanged; ``.data`` written in place
+    keeps the version (here a BatchNorm's statistics and affine parameters, which the cascade does not
+    re-initialise), and the score must be that of the model as it is now (a fresh copy of it)."""
+    torch.manual_seed(6)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                torch.nn.Flatten(), torch.nn.Linear(4 * 8 * 8, 3)).double().eval()
+    x = torch.rand(4, 1, 8, 8, dtype=torch.float64)
+    t = torch.tensor([0, 1, 2, 0])
+    r = evalxai.explain(model, x, t, method="gradient_x_input")
+    evalxai.score(model, x, t, r, metric=metric, method="gradient_x_input", seed=1)
+    bn = model[1]
+    for v in (bn.weight, bn.bias, bn.running_mean, bn.running_var):
+        v.data.mul_(3.0).add_(0.5)
+    r = evalxai.explain(model, x, t, method="gradient_x_input")
+    kept = evalxai.score(model, x, t, r, metric=metric, method="gradient_x_input", seed=1)
+    fresh = evalxai.score(copy.deepcopy(model), x, t, r, metric=metric, method="gradient_x_input", seed=1)
+    pd.testing.assert_frame_equal(kept, fresh)

@@ -38,7 +38,8 @@ def derived(model: nn.Module, key: Hashable, build: Callable[[], T]) -> T:
     while ``model_state(model)`` is the one it was built from: what is prepared once per model object (LRP's traced
     plan, the memory probe) is then prepared once, not on every call. The last build per key is kept (its memory
     too); a caller that changes it restores what it changed before using it. Plain attributes of the model that
-    change without a new ``key`` are not seen."""
+    change without a new ``key`` are not seen, nor tensors written through ``.data`` (their version stays): callers
+    bring the kept copy up to date with ``refresh_from``."""
     entries = _DERIVED.setdefault(model, {})
     state = model_state(model)
     seen = entries.get(key)
@@ -47,6 +48,21 @@ def derived(model: nn.Module, key: Hashable, build: Callable[[], T]) -> T:
     new = build()
     entries[key] = (state, new)
     return new
+
+
+def refresh_from(copy: nn.Module, model: nn.Module, skip: tuple[str, ...] = ()) -> None:
+    """Copy every parameter and buffer of ``model`` into the same-named, same-shaped one of ``copy`` (a kept
+    ``derived`` copy), except those of the modules named in ``skip`` and below: one pass over the weights, so that
+    the copy also follows changes ``model_state`` cannot see (``p.data`` written in place keeps ``p._version``)."""
+    def kept(name: str) -> bool:
+        return not any(name == s or name.startswith(s + ".") or s == "" for s in skip)
+
+    dst = {**dict(copy.named_parameters()), **dict(copy.named_buffers())}
+    with torch.no_grad():
+        for name, t in (*model.named_parameters(), *model.named_buffers()):
+            d = dst.get(name)
+            if d is not None and d.shape == t.shape and kept(name.rpartition(".")[0]):
+                d.copy_(t)
 
 
 @contextlib.contextmanager

@@ -25,7 +25,7 @@ from torch import nn
 
 from evalxai.core.baselines import DATA_RANGE, baseline_label
 from evalxai.core.baselines import reference as reference_input
-from evalxai.core.guard import derived
+from evalxai.core.guard import derived, refresh_from
 from evalxai.core.memory import chunked, images_per_chunk
 from evalxai.methods import get_method
 from evalxai.methods.lrp import Recorder
@@ -247,7 +247,7 @@ def _absorbing_layer(layer: nn.Module, shift: float) -> nn.Module:
 
 
 def _absorbing_copy(model: nn.Module, x: torch.Tensor, shift: float) -> tuple[nn.Module, str]:
-    """(deep copy of ``model`` with its first layer absorbing ``shift``, the name of that layer, or its type)."""
+    """(deep copy of ``model`` with its first layer absorbing ``shift``, the name of that layer: "" for the model)."""
     new = copy.deepcopy(model)
     name, layer = _first_layer(new, x)
     replacement = _absorbing_layer(layer, shift)
@@ -256,7 +256,7 @@ def _absorbing_copy(model: nn.Module, x: torch.Tensor, shift: float) -> tuple[nn
     else:
         parent, _, attr = name.rpartition(".")
         setattr(new.get_submodule(parent) if parent else new, attr, replacement)
-    return new, name or type(layer).__name__
+    return new, name
 
 
 def shift_absorbing_model(model: nn.Module, x: torch.Tensor, shift: float) -> nn.Module:
@@ -265,7 +265,11 @@ def shift_absorbing_model(model: nn.Module, x: torch.Tensor, shift: float) -> nn
     from the model (built once per shift and input shape while the model is unchanged), so that an explainer
     prepares it (LRP's plan, the memory probe) once."""
     key = ("shift_absorbing", shift, tuple(x.shape[1:]), x.dtype, x.device)
-    new, name = derived(model, key, lambda: _absorbing_copy(model, x, shift))
+    new, first = derived(model, key, lambda: _absorbing_copy(model, x, shift))
+    # the kept copy as the model is now (also where p.data was written in place), its first layer made again
+    refresh_from(new, model, skip=(first,))
+    refresh_from(new.get_submodule(first) if first else new, _absorbing_layer(model.get_submodule(first), shift))
+    name = first or type(model).__name__
     with torch.no_grad():
         y, y_shifted = model(x), new(x + shift)
     err, scale = float((y_shifted - y).abs().max()), float(y.abs().max())

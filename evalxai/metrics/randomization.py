@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from evalxai.core.guard import derived
+from evalxai.core.guard import derived, refresh_from
 from evalxai.core.scoring import num_classes
 from evalxai.core.seeding import per_sample_noise, sample_generators
 from evalxai.core.sorting import sort_rows, sorted_rows
@@ -99,11 +99,8 @@ def cascade(model: nn.Module, seed: int, order: str = "top_down") -> Iterator[tu
         layers = layers[::-1]
     rand = _kept_copy(model)
     _FINISHED.pop(rand, None)
-    modules, trained = dict(rand.named_modules()), dict(model.named_modules())
-    with torch.no_grad():
-        for name in layers:  # a former cascade re-initialised them
-            for t, src in zip(modules[name].parameters(), trained[name].parameters()):
-                t.copy_(src)
+    refresh_from(rand, model)  # the trained parameters back (a former cascade re-initialised them), buffers too
+    modules = dict(rand.named_modules())
     for k, name in enumerate(layers, start=1):
         _seeded_reset(modules[name], seed * 7919 + k)
         if k == len(layers):
@@ -123,6 +120,7 @@ def fully_randomised(model: nn.Module, seed: int) -> nn.Module:
     holds that state already, from the last cascade of this model and seed, it is not re-initialised again)."""
     rand = _kept_copy(model)
     if _FINISHED.get(rand) == (seed, "top_down"):
+        refresh_from(rand, model, skip=tuple(randomisable_layers(model)))  # the rest as the model is now
         return rand
     *_, (_, _, rand) = cascade(model, seed)
     return rand
