@@ -241,3 +241,23 @@ def test_bench_imagenet_times_torchvision_models():
     assert pd.isna(df.loc["lrp_epsilon_alpha2beta1", "error"]) and df.loc["lrp_epsilon_alpha2beta1", "ratio"] > 0
     with pytest.raises(ValueError, match="no width"):
         IMAGENET_MODELS["torchvision_vgg16"](width=0.5)
+
+
+def test_target_rows_read_each_bench_against_its_target():
+    """``--targets``' summary: one row per target with the measured value and whether it is met, from the frames the
+    benches return (here made by hand, so that every row's arithmetic is checked)."""
+    from evalxai.bench.targets import target_rows
+
+    flip = pd.DataFrame({"contestant": ["bare forwards", "evalxai", "quantus 0.6"], "ratio_to_bare": [1.0, 0.9, 1.2],
+                         "evalxai_speedup": [1.11, 1.0, 1.33]})
+    metrics = pd.DataFrame({"metric": ["a", "b", "c"], "ratio": [1.1, 1.3, float("nan")]})
+    quantus = pd.DataFrame({"speedup": [2.5, 3.0, 1.5, float("nan")]})
+    imagenet = pd.DataFrame({"model": ["m", "m", "m"], "method": ["<gradient pass>", "lrp_epsilon",
+                                                                  "lrp_epsilon_alpha2beta1"], "ratio": [1.0, 1.2, 2.0]})
+    vit = pd.DataFrame({"method": ["attnlrp", "lrp_epsilon"], "ratio": [1.4, 1.1]})
+    rows = target_rows(flip, metrics, quantus, imagenet, vit).set_index("target")
+    assert rows["met"].tolist() == [True, False, False, True, False, True, True]
+    assert rows.loc["metrics / their counted passes (LeNet)", "measured"] == "1 of 2 within; over: b 1.30"
+    assert rows.loc["Quantus 0.6 entries >= 2x faster (ResNet-18 shape)", "measured"] == "2 of 3"
+    assert rows.loc["pixel flipping, speedup over Quantus 0.6", "measured"] == "1.33"
+    assert list(target_rows().columns) == ["target", "measured", "wanted", "met"]

@@ -8,6 +8,7 @@ vit_tiny's transformer rules, evalxai against Quantus, and the end-to-end run.
     python -m evalxai.bench --api        # LRP / gradient from evalxai.explain, with and without tune_allocator()
     python -m evalxai.bench --vit        # attnlrp / cp_lrp on vit_tiny, time / one gradient pass (target 1.5x)
     python -m evalxai.bench --quantus [--quantus-python PY]   # evalxai vs Quantus 0.6 on tests/fixtures/quantus
+    python -m evalxai.bench --targets [--quantus-python PY]   # issue 29's targets in one run: measured vs wanted
 
 (``evalxai bench ...`` is the same command.) Timings are interleaved (every call once per round, rounds repeated)
 and medians are taken, so drift on a shared machine hits all calls alike.
@@ -15,5 +16,5 @@ and medians are taken, so drift on a shared machine hits all calls alike.
 Modules: ``timing`` (what every bench shares: interleaved rounds, the plain gradient pass, Markdown tables),
 ``methods`` (methods on MNIST-size models, vit_tiny, the API in fresh processes), ``imagenet`` (the 224 case:
 VGG-16 and ResNet-50 defined here, peak memory), ``metrics`` (metrics against the passes they make), ``quantus``
-(evalxai against Quantus), ``end_to_end`` (``python -m evalxai`` cold and warm), ``__main__`` (the command line).
+(evalxai against Quantus), ``targets`` (issue 29's targets from those benches, one summary), ``end_to_end`` (``python -m evalxai`` cold and warm), ``__main__`` (the command line).
 """

@@ -19,6 +19,7 @@ from evalxai.bench.imagenet import (IMAGENET_DEFAULT_MODELS, IMAGENET_METHODS, I
 from evalxai.bench.methods import BENCH_UNITS, TARGETS, VIT_METHODS, bench_api, bench_methods, bench_vit
 from evalxai.bench.metrics import bench_all_metrics, bench_flip_race, mnist_case
 from evalxai.bench.quantus import bench_quantus, bench_quantus_realistic, quantus_report
+from evalxai.bench.targets import TARGET_COMPOSITES, target_rows
 from evalxai.bench.timing import markdown
 from evalxai.methods import METHODS
 from evalxai.metrics import METRICS
@@ -83,6 +84,11 @@ def main(argv=None) -> pd.DataFrame:
     p.add_argument("--zoo-library", default="torchvision", choices=["torchvision", "timm"])
     p.add_argument("--zoo-no-timing", action="store_true", help="with --zoo: skip the LRP / gradient timing")
     p.add_argument("--zoo-size", type=int, default=64, help="with --zoo: input size of models that take any (64)")
+    p.add_argument("--targets", action="store_true",
+                   help="instead: issue 29's targets in one run (pixel flipping, every metric on LeNet, the Quantus "
+                        "0.6 entries on the ResNet-18 shape with --quantus-python, the LRP composites at 224 on "
+                        "torchvision's VGG-16 / ResNet-50 where it imports (batch --batch, default 2), AttnLRP on "
+                        "vit_tiny at 2 threads): a summary table of measured against wanted, ~10 min at 1 thread")
     p.add_argument("--size", type=int, default=None, help=argparse.SUPPRESS)  # tests: smaller 224-case models
     p.add_argument("--width", type=float, default=1.0, help=argparse.SUPPRESS)
     p.add_argument("--out", default="results/bench")
@@ -90,6 +96,8 @@ def main(argv=None) -> pd.DataFrame:
     out = Path(args.out)
     if args.api:
         return _main_api(args, out)
+    if args.targets:
+        return _main_targets(args, out)
     if args.quantus:  # before tune(): both processes on glibc's default allocator
         if args.quantus_model == "resnet18":
             return _main_quantus_realistic(args, p, out)
@@ -209,6 +217,49 @@ def _main_imagenet(args, p, out: Path) -> pd.DataFrame:
     (out / "bench_imagenet.md").write_text(text)
     print(text)
     return df
+
+
+def _main_targets(args, out: Path) -> pd.DataFrame:
+    """``--targets``: the benches behind issue 29's targets in one process, then ``target_rows``; the Quantus
+    entries first, on glibc's default allocator in both processes (as ``--quantus``), the rest tuned (as the CLI)."""
+    load_start, t0 = os.getloadavg(), time.perf_counter()
+    threads, repeats = torch.get_num_threads(), args.repeats or 3
+    parts: dict[str, pd.DataFrame] = {}
+    if args.quantus_python:
+        log("targets: Quantus 0.6 on the ResNet-18 shape")
+        parts["quantus"] = bench_quantus_realistic(args.quantus_python, repeats, log=log)
+    tuned = allocator.tune()
+    log("targets: pixel flipping")
+    parts["flip"] = flip_race(args.quantus_python, repeats, tuned)
+    log("targets: metrics on LeNet")
+    metrics = sorted(m for m, spec in METRICS.items() if "float" in spec.inputs)
+    parts["metrics"] = bench_all_metrics(*mnist_case("lenet", 32), metrics, repeats)
+    try:
+        import torchvision  # noqa: F401
+        models = ["torchvision_vgg16", "torchvision_resnet50"]
+    except Exception:  # noqa: BLE001 - a CUDA build next to the CPU wheel fails in many ways
+        models = list(IMAGENET_DEFAULT_MODELS)
+    log(f"targets: LRP at 224 on {models}")
+    parts["imagenet"] = pd.concat([bench_imagenet(m, ("gradient", *TARGET_COMPOSITES), args.batch or 2, repeats,
+                                                  "cpu", log=log) for m in models])
+    log("targets: AttnLRP on vit_tiny, 2 threads")
+    torch.set_num_threads(2)
+    try:
+        parts["vit"] = bench_vit(("attnlrp", "cp_lrp"), 128, repeats)
+    finally:
+        torch.set_num_threads(threads)
+    summary = target_rows(**parts)
+    out.mkdir(parents=True, exist_ok=True)
+    summary.to_csv(out / "bench_targets.csv", index=False)
+    for name, df in parts.items():
+        df.to_csv(out / f"bench_targets_{name}.csv", index=False)
+    text = (f"Issue 29's targets, one run: torch {torch.__version__}, {threads} thread(s) (vit_tiny: 2), allocator "
+            f"{'tuned' if tuned else 'default'} (the Quantus entries: default in both processes); load (1, 5, 15 min) "
+            f"{_load(load_start)} at the start, {_load(os.getloadavg())} at the end; "
+            f"{time.perf_counter() - t0:.0f} s. Details: the CSV files next to this one.\n\n" + markdown(summary) + "\n")
+    (out / "bench_targets.md").write_text(text)
+    print(text)
+    return summary
 
 
 def _main_quantus(args, out: Path) -> pd.DataFrame:
