@@ -80,6 +80,8 @@ def test_random_subsets_have_the_size_and_belong_to_the_sample():
     assert not torch.equal(sel[:, 0], sel[:, 1])
     ranks = pc.random_orders(x, 0, 7, 64)
     assert (ranks.sort(-1).values == torch.arange(64)).all()  # each run is a permutation
+    for size in (1, 9, 63, 64):  # the subsets are the first features of the orders (found by selection, not sort)
+        assert torch.equal(pc.random_subsets(x, 0, 7, 64, size), ranks < size)
 
 
 def test_faithfulness_estimate_equals_loop():
