@@ -378,3 +378,22 @@ def test_tabular_inputs():
     assert np.isfinite(scalar(df, "random_logit")).all()
     with pytest.raises(ValueError, match="similarity='spearman'"):
         evalxai.score(model, x, t, r, metric="random_logit", method="gradient_x_input")
+
+
+@pytest.mark.parametrize("k", [1, 2, 7, 64])
+def test_top_k_sign_takes_the_lower_index_among_ties(k):
+    """The discretisation of consistency: the k largest |R|, ties to the lower index (Dasgupta et al.'s top_n_sign
+    as the paper means it), as the sorted index set with the signs there; checked against an explicit loop on maps
+    of few distinct values (many ties, zeros of both signs)."""
+    from evalxai.metrics.robustness import top_k_sign
+
+    torch.manual_seed(7)
+    r = torch.randint(-3, 4, (3, 2, 64)).float()
+    r[..., 0] = -0.0
+    idx, sign = top_k_sign(r, k)
+    for i in range(3):
+        for j in range(2):
+            row = r[i, j].tolist()
+            chosen = sorted(sorted(range(64), key=lambda d: (-abs(row[d]), d))[:k])
+            assert idx[i, j].tolist() == chosen
+            assert sign[i, j].tolist() == [float(np.sign(row[d])) for d in chosen]

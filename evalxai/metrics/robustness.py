@@ -21,6 +21,7 @@ from evalxai.core.baselines import data_range
 from evalxai.core.memory import images_per_chunk
 from evalxai.core.scoring import require_images
 from evalxai.core.seeding import per_sample_noise
+from evalxai.core.sorting import sort_rows
 from evalxai.metrics.common import UNSET, batched_scores, check_score_space, explain_stack, explainer, scalar_rows
 from evalxai.metrics.registry import Passes, register_metric
 
@@ -296,8 +297,12 @@ def local_lipschitz_estimate(model: nn.Module, x: torch.Tensor, target: torch.Te
 def top_k_sign(r: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Discretised explanation (Dasgupta et al. 2022's ``top_n_sign``, as the paper means it): the k features of
     largest |R| (ties: the lower index first) as a sorted index set, and the signs of R there. r: (..., D)."""
-    order = torch.sort(-r.abs(), dim=-1, stable=True).indices[..., :k]
-    idx = order.sort(dim=-1).values
+    flat = r.reshape(-1, r.shape[-1]).abs()
+    if k == 1:  # argmax returns the first of tied maxima
+        order = flat.argmax(-1, keepdim=True)
+    else:
+        order = sort_rows(flat, descending=True)[1][:, :k].to(r.device)
+    idx = order.sort(dim=-1).values.view(*r.shape[:-1], k)
     return idx, torch.sign(r.gather(-1, idx))
 
 
