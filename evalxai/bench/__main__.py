@@ -15,9 +15,9 @@ import evalxai
 from evalxai.bench import __doc__ as BENCH_DOC
 from evalxai.bench.end_to_end import bench_end_to_end
 from evalxai.bench.imagenet import (IMAGENET_DEFAULT_MODELS, IMAGENET_METHODS, IMAGENET_MODELS, bench_imagenet,
-                                   imagenet_report, resolve_device)
+                                   imagenet_report, resolve_device, torchvision_error)
 from evalxai.bench.methods import BENCH_UNITS, TARGETS, VIT_METHODS, bench_api, bench_methods, bench_vit
-from evalxai.bench.metrics import bench_all_metrics, bench_flip_race, mnist_case
+from evalxai.bench.metrics import bench_all_metrics, bench_flip_race, image_metrics, mnist_case
 from evalxai.bench.quantus import bench_quantus, bench_quantus_realistic, quantus_report
 from evalxai.bench.targets import TARGET_COMPOSITES, target_rows
 from evalxai.bench.timing import markdown
@@ -113,9 +113,7 @@ def main(argv=None) -> pd.DataFrame:
     batch = args.batch or 128
     repeats = args.repeats or 7
     methods = args.methods or sorted(m for m in METHODS if m != "occlusion")
-    # all: every metric of images (token metrics score text classifiers: not this LeNet bench)
-    metrics = (sorted(m for m, spec in METRICS.items() if "float" in getattr(spec, "inputs", ("float",)))
-               if args.metrics == ["all"] else args.metrics)
+    metrics = image_metrics() if args.metrics == ["all"] else args.metrics
     unknown = [m for m in methods if m not in METHODS] + [m for m in metrics if m not in METRICS]
     if unknown:
         p.error(f"unknown methods/metrics {unknown}: choose from {sorted(METHODS)} / {sorted(METRICS)}")
@@ -197,12 +195,10 @@ def _main_imagenet(args, p, out: Path) -> pd.DataFrame:
     unknown = [m for m in models if m not in IMAGENET_MODELS] + [m for m in methods if m not in METHODS]
     if unknown:
         p.error(f"unknown models/methods {unknown}: choose from {sorted(IMAGENET_MODELS)} / {sorted(METHODS)}")
-    if any(m.startswith("torchvision_") for m in models):
-        try:
-            import torchvision  # noqa: F401
-        except Exception as err:  # noqa: BLE001 - a CUDA build next to the CPU wheel fails in many ways
-            p.error(f"--models {' '.join(models)} needs torchvision, which does not import here ({type(err).__name__}: "
-                    f"{err}); run it in the reference environment (tools/reference_env.sh)")
+    error = torchvision_error() if any(m.startswith("torchvision_") for m in models) else None
+    if error:
+        p.error(f"--models {' '.join(models)} needs torchvision, which does not import here ({error}); run it in the "
+                "reference environment (tools/reference_env.sh)")
     batch, repeats = args.batch or 8, args.repeats or 3
     dev = resolve_device(args.device)
     print(f"224 case on {dev}" + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else
@@ -232,13 +228,8 @@ def _main_targets(args, out: Path) -> pd.DataFrame:
     log("targets: pixel flipping")
     parts["flip"] = flip_race(args.quantus_python, repeats, tuned)
     log("targets: metrics on LeNet")
-    metrics = sorted(m for m, spec in METRICS.items() if "float" in spec.inputs)
-    parts["metrics"] = bench_all_metrics(*mnist_case("lenet", 32), metrics, repeats)
-    try:
-        import torchvision  # noqa: F401
-        models = ["torchvision_vgg16", "torchvision_resnet50"]
-    except Exception:  # noqa: BLE001 - a CUDA build next to the CPU wheel fails in many ways
-        models = list(IMAGENET_DEFAULT_MODELS)
+    parts["metrics"] = bench_all_metrics(*mnist_case("lenet", 32), image_metrics(), repeats)
+    models = list(IMAGENET_DEFAULT_MODELS) if torchvision_error() else ["torchvision_vgg16", "torchvision_resnet50"]
     log(f"targets: LRP at 224 on {models}")
     parts["imagenet"] = pd.concat([bench_imagenet(m, ("gradient", *TARGET_COMPOSITES), args.batch or 2, repeats,
                                                   "cpu", log=log) for m in models])

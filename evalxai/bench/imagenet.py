@@ -116,6 +116,15 @@ def _init(model: nn.Module) -> nn.Module:
     return model
 
 
+def torchvision_error() -> str | None:
+    """Why torchvision does not import here ("Type: message"), or None where it does."""
+    try:
+        import torchvision  # noqa: F401
+    except Exception as err:  # noqa: BLE001 - a CUDA build next to the CPU wheel fails in many ways
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
 def _torchvision(arch: str):
     """torchvision's ``arch`` with random weights (its own initialisation), for the issue-29 targets, which name
     torchvision's VGG-16 (no BatchNorm) and ResNet-50; torchvision is imported only here (the reference environment)."""
@@ -123,7 +132,7 @@ def _torchvision(arch: str):
     def build(num_classes: int = 1000, width: float = 1.0) -> nn.Module:
         if width != 1.0:
             raise ValueError(f"torchvision_{arch} has no width={width}: only the models defined here scale")
-        import torchvision  # the bench's command line says where it does not import
+        import torchvision  # torchvision_error() says where it does not import
 
         return getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
 

@@ -95,6 +95,11 @@ class PassCounter:
         return solve(*args, **kwargs)
 
 
+def image_metrics() -> list[str]:
+    """Every registered metric of images, sorted (token metrics score text classifiers: not this LeNet bench)."""
+    return sorted(m for m, spec in METRICS.items() if "float" in spec.inputs)
+
+
 def metric_inputs(name: str, x: torch.Tensor, pool) -> dict:
     """The data a metric takes besides the map: masks (the digit, x > 0.5) and the focus pool."""
     params = inspect.signature(METRICS[name].fn).parameters
