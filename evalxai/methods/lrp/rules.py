@@ -286,8 +286,8 @@ class AlphaBeta(Rule):
         stack = w.new_empty((2 * c, *w.shape[1:]))
         stack[:c] = w
         torch.clamp(w, max=0, out=stack[c:])
-        bias = torch.cat([w.new_zeros(c) if b is None else b, (w.new_zeros(c) if b is None else b.clamp(max=0)) - eps])
-        z = op.fwd(a, stack, bias)
+        b = w.new_zeros(c) if b is None else b
+        z = op.fwd(a, stack, torch.cat([b, b.clamp(max=0) - eps]))
         zp, zn = z.chunk(2, d)
         z0 = zp.clone(memory_format=torch.contiguous_format)  # a copy also where the half is contiguous (N = 1)
         zp.sub_(zn).clamp_(min=eps)  # stab(z+) in place of z0
