@@ -18,7 +18,7 @@ from torch import fx, nn
 
 from evalxai.methods.graph import LRPError, bind_arguments, check_function, execute, refuse_tensors, trace
 from evalxai.methods.lrp.composites import Composite
-from evalxai.methods.lrp.functions import LayerFn, LinearizedFn, PassFn, SumFn, lrn_denominator
+from evalxai.methods.lrp.functions import LayerFn, LinearizedFn, PassFn, ReluPassFn, SumFn, lrn_denominator
 from evalxai.methods.lrp.plan import build_plan, merged_weights
 from evalxai.methods.lrp.rules import LinearOp, ZBox
 from evalxai.methods.lrp.transformer import TRANSFORMER_KINDS, TransformerOps, transformer_step
@@ -160,6 +160,8 @@ def run_lrp(model: nn.Module, x: torch.Tensor, target: torch.Tensor, composite: 
             layer = {"op": LinearOp(step.module, w, b, None, step.nonneg_in, step.relu_out), "rule": step.rule,
                      "hook": hook_for(name, step.rule.name)}
             return LayerFn.apply(args[0], layer)
+        if step.kind == "relu_pass":
+            return ReluPassFn.apply(args[0])
         if step.kind == "pass":
             return PassFn.apply(_first_tensor(args), call(*args, **kwargs).detach())
         if step.kind == "norm":

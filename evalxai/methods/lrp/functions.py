@@ -2,7 +2,8 @@
 relevance rule as the backward.
 
 - ``LayerFn``: a linear or convolutional layer with the rule of the composite (``evalxai.methods.lrp.rules``).
-- ``PassFn``: relevance passes unchanged (element-wise activations, a softmax at the output).
+- ``PassFn``: relevance passes unchanged (element-wise activations, a softmax at the output); ``ReluPassFn`` a ReLU
+  whose mask cannot change the relevance (``plan.relu_passes``).
 - ``LinearizedFn``: the proportional Norm rule of a linear, bias-free operation (average pooling, mean) and the
   first-order Taylor linearisation of LocalResponseNorm (Binder et al. 2016; ``lrn_denominator``).
 - ``SumFn``: a residual addition split in proportion to the summands.
@@ -66,6 +67,19 @@ class PassFn(torch.autograd.Function):
         if r.shape != ctx.shape:
             raise LRPError("a pass-through layer changed the tensor shape; it needs a rule of its own")
         return r, None
+
+
+class ReluPassFn(torch.autograd.Function):
+    """Forward: relu(a); backward: relevance passes unchanged, for a ReLU whose readers give zero relevance wherever
+    its output is zero (``plan.relu_passes``): the gradient's mask would change nothing there."""
+
+    @staticmethod
+    def forward(ctx, a):
+        return torch.relu(a)
+
+    @staticmethod
+    def backward(ctx, r):
+        return r
 
 
 class LinearizedFn(torch.autograd.Function):

@@ -58,7 +58,8 @@ _WARNED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 @dataclass
 class Step:
-    """How one graph node runs: kind in {linear, skip, grad, pass, norm, sum, lrn, unsupported} (``node_kind``)
+    """How one graph node runs: kind in {linear, skip, grad, pass, norm, sum, lrn, unsupported} (``node_kind``),
+    relu_pass (a ReLU whose relevance passes unchanged, ``relu_passes``)
     and, for transformers, {softmax, product, layernorm, flinear, mha, encoder, sdpa, sub, neg}; ``carries`` says which
     operands of a product carry relevance (depend on the input, and not only through a CP-LRP constant); for linear
     layers ``nonneg_in`` (the input is a ReLU's output, maybe pooled or reshaped) and ``relu_out`` (only ReLUs read
@@ -245,6 +246,7 @@ def build_plan(model: nn.Module, composite: Composite, x: torch.Tensor | None = 
                               f"{node.name} in {owner(model, node)}")
     _warn_pass_through(model, passed)
     _sign_facts(model, graph, plan)
+    relu_passes(model, plan)
     return graph, plan
 
 
@@ -260,8 +262,50 @@ def _sign_facts(model: nn.Module, graph: fx.Graph, plan: dict) -> None:
         if step.bn is not None:
             out = next(u for u in node.users if u in plan and plan[u].kind == "skip")
         users = [u for u in out.users if not is_metadata(u)]
-        relu_out = bool(users) and all(is_relu(model, u) and plan[u].kind == "grad" for u in users)
+        relu_out = bool(users) and all(is_relu(model, u) and plan[u].kind in ("grad", "relu_pass") for u in users)
         plan[node] = replace(step, nonneg_in=inp in nonneg, relu_out=relu_out)
+
+
+def relu_passes(model: nn.Module, plan: dict) -> None:
+    """Make ReLUs whose mask cannot change their relevance pass it unchanged (kind ``relu_pass``): one pass over the
+    activation less per ReLU in the backward, the same maps.
+
+    The gradient of y = relu(x) zeroes the relevance at x <= 0, where y = 0. Where every reader of y gives y zero
+    relevance wherever y = 0, the mask changes nothing: a linear layer whose rule multiplies by its input
+    (``Rule.scales_by_input``: epsilon, alpha-beta, gamma), a residual sum and average pooling (shares in proportion
+    to the summands), and reads through max pooling, shape operations and dropout (they route each element's
+    relevance back to the element, whose value is the one the next reader multiplies by). Any other reader (the box,
+    flat or w^2 rule, an activation, the model's output) keeps the mask."""
+    for node, step in plan.items():
+        if step.kind == "grad" and is_relu(model, node) and _zero_where_zero(model, plan, node):
+            plan[node] = Step("relu_pass")
+
+
+def _zero_where_zero(model: nn.Module, plan: dict, src: fx.Node) -> bool:
+    """Whether every reader of ``src`` gives it zero relevance wherever its value is zero (``relu_passes``)."""
+    readers = [u for u in src.users if not is_metadata(u)]
+    if not readers:
+        return False
+    for u in readers:
+        step = plan.get(u)
+        kind = None if step is None else step.kind
+        if kind in ("linear", "flinear"):
+            first = u.args[0] if u.op == "call_module" else bind_arguments(u.target, u.args, u.kwargs).get("input")
+            operands_ = [a for a in (*u.args, *u.kwargs.values()) if a is src]
+            if not (step.rule.scales_by_input and first is src and len(operands_) == 1):
+                return False
+        elif kind == "sum":  # SumFn on two tensors; with a Python number the gradient passes relevance unchanged
+            if len(u.args) < 2 or not all(isinstance(a, fx.Node) and not is_metadata(a) for a in u.args[:2]):
+                return False
+        elif kind in ("norm", "lrn"):  # LinearizedFn: a * J^T s on its first argument, the others constant
+            if not (u.args and u.args[0] is src) or any(a is src for a in (*u.args[1:], *u.kwargs.values())):
+                return False
+        elif kind == "grad" and not is_relu(model, u):  # max pooling, shape operations, dropout: element routing
+            if not _zero_where_zero(model, plan, u):
+                return False
+        else:
+            return False
+    return True
 
 
 def merged_weights(module: nn.Module | None, bn: BatchNormStats | nn.Module | None, weight: torch.Tensor | None = None,

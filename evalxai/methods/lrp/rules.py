@@ -192,6 +192,9 @@ class Rule:
     """Base class: ``forward`` returns a state computed with the plain output z0; ``backward`` gives R_in."""
 
     name = "rule"
+    # R_in = a * (...): zero wherever the input is zero (and the product is finite). Where every reader of a ReLU's
+    # output has this property, the ReLU passes relevance unchanged (``plan.relu_passes``); False is always safe.
+    scales_by_input = False
 
     def forward(self, op: LinearOp, a, z0):
         return None
@@ -215,6 +218,7 @@ class Epsilon(Rule):
 
     epsilon: float = 1e-6
     name = "epsilon"
+    scales_by_input = True
 
     def __post_init__(self):
         if not self.epsilon >= 0:
@@ -247,6 +251,7 @@ class AlphaBeta(Rule):
     beta: float = 1.0
     stabilizer: float = 1e-6
     name = "alphabeta"
+    scales_by_input = True
 
     def __post_init__(self):
         if self.alpha < 0 or self.beta < 0 or abs(self.alpha - self.beta - 1.0) > 1e-9:
@@ -261,7 +266,8 @@ class AlphaBeta(Rule):
         return super().output_and_state(op, a)
 
     def _stacked(self, op, a):
-        """(z0, ("stacked", D, [W+; W-])) with D = [stab(z+); stab(z-)] (N, 2C, ...), from one pass over stacked weights.
+        """(z0, ("stacked", D, [W+; W-])) with D = [stab(z+); stab(z-)] (N, 2C, ...), from one pass over stacked
+        weights.
         a >= 0 makes z+ >= 0 and z- <= 0: stab(z+) = z+ + eps, stab(z-) = z- - eps (where z- = +0 zennit's sign is
         +eps: every contribution a_j w_jk is then 0, so the quotient there meets only zero products).
 
@@ -357,6 +363,7 @@ class Gamma(Rule):
     gamma: float = 0.25
     stabilizer: float = 1e-6
     name = "gamma"
+    scales_by_input = True
 
     def __post_init__(self):
         if not self.gamma >= 0:
