@@ -108,6 +108,18 @@ def test_a_hidden_layer_that_ignores_its_input_keeps_the_mask(monkeypatch, rule)
     assert not torch.allclose(kept, wrong)
 
 
+def test_layers_read_by_passing_relus_alone_take_their_output():
+    """conv1 is read by a passing ReLU alone: it divides by the ReLU's output (``relu_pass_out``) and keeps no z0;
+    where the ReLU keeps its mask it keeps z0."""
+    model, x = Net("conv").eval().double(), torch.rand(3, 1, 8, 8, dtype=torch.float64)
+    for comp, passes in (({}, True), ({"names": {"conv2": "flat"}}, False)):
+        graph, plan = build_plan(model, make_composite("lrp_epsilon", **comp), x)
+        conv1 = next(n for n in graph.nodes if n.target == "conv1")
+        relu = next(n for n in graph.nodes if n in plan and is_relu(model, n))
+        assert plan[conv1].relu_pass_out is passes and plan[conv1].relu_out
+        assert plan[relu].source is (conv1 if passes else None)
+
+
 def test_relu_at_the_output_keeps_the_mask():
     model = nn.Sequential(nn.Linear(6, 4), nn.ReLU()).eval()
     assert relu_kinds(model, torch.rand(2, 6)) == ["grad"]

@@ -147,6 +147,7 @@ def run_lrp(model: nn.Module, x: torch.Tensor, target: torch.Tensor, composite: 
         return None if recorder is None else (lambda r, r_in: recorder(name, kind, r, r_in))
 
     ops = TransformerOps(composite, eps, hook_for)
+    relu_readers = {}  # linear node -> its LinearOp of this run, for layers whose ReLUs hand over their output
 
     def handle(node, call, args, kwargs):
         step = plan[node]
@@ -157,11 +158,15 @@ def run_lrp(model: nn.Module, x: torch.Tensor, target: torch.Tensor, composite: 
             return args[0]
         if step.kind == "linear":
             w, b = merged_weights(step.module, step.bn)
-            layer = {"op": LinearOp(step.module, w, b, None, step.nonneg_in, step.relu_out), "rule": step.rule,
-                     "hook": hook_for(name, step.rule.name)}
-            return LayerFn.apply(args[0], layer)
+            op = LinearOp(step.module, w, b, None, step.nonneg_in, step.relu_out, step.relu_pass_out)
+            if step.relu_pass_out:
+                relu_readers[node] = op
+            return LayerFn.apply(args[0], {"op": op, "rule": step.rule, "hook": hook_for(name, step.rule.name)})
         if step.kind == "relu_pass":
-            return ReluPassFn.apply(args[0])
+            y = ReluPassFn.apply(args[0])
+            if step.source is not None:  # the layer read by these ReLUs alone divides by y (Epsilon.backward)
+                relu_readers[step.source].relu_output = y.detach()  # detached: no reference cycle through autograd
+            return y
         if step.kind == "pass":
             return PassFn.apply(_first_tensor(args), call(*args, **kwargs).detach())
         if step.kind == "norm":

@@ -62,8 +62,9 @@ class Step:
     relu_pass (a ReLU whose relevance passes unchanged, ``relu_passes``)
     and, for transformers, {softmax, product, layernorm, flinear, mha, encoder, sdpa, sub, neg}; ``carries`` says which
     operands of a product carry relevance (depend on the input, and not only through a CP-LRP constant); for linear
-    layers ``nonneg_in`` (the input is a ReLU's output, maybe pooled or reshaped) and ``relu_out`` (only ReLUs read
-    the output, BatchNorm merged)."""
+    layers ``nonneg_in`` (the input is a ReLU's output, maybe pooled or reshaped), ``relu_out`` (only ReLUs read
+    the output, BatchNorm merged) and ``relu_pass_out`` (only ``relu_pass`` ReLUs read it: they hand the layer their
+    output, ``source`` names the layer on their steps)."""
 
     kind: str
     module: nn.Module | None = None
@@ -72,6 +73,8 @@ class Step:
     carries: tuple = ()
     nonneg_in: bool = False
     relu_out: bool = False
+    relu_pass_out: bool = False
+    source: fx.Node | None = None
 
 
 @dataclass
@@ -258,12 +261,16 @@ def _sign_facts(model: nn.Module, graph: fx.Graph, plan: dict) -> None:
         if step.kind not in ("linear", "flinear"):
             continue
         inp = node.args[0] if node.op == "call_module" else bind_arguments(node.target, node.args, node.kwargs)["input"]
-        out = node
-        if step.bn is not None:
-            out = next(u for u in node.users if u in plan and plan[u].kind == "skip")
-        users = [u for u in out.users if not is_metadata(u)]
+        users = [u for u in _output_node(node, step, plan).users if not is_metadata(u)]
         relu_out = bool(users) and all(is_relu(model, u) and plan[u].kind in ("grad", "relu_pass") for u in users)
         plan[node] = replace(step, nonneg_in=inp in nonneg, relu_out=relu_out)
+
+
+def _output_node(node: fx.Node, step: Step, plan: dict) -> fx.Node:
+    """The node whose value is a linear layer's output: the layer's, or that of the BatchNorm merged into it."""
+    if step.bn is None:
+        return node
+    return next(u for u in node.users if u in plan and plan[u].kind == "skip")
 
 
 def relu_passes(model: nn.Module, plan: dict) -> None:
@@ -279,6 +286,15 @@ def relu_passes(model: nn.Module, plan: dict) -> None:
     for node, step in plan.items():
         if step.kind == "grad" and is_relu(model, node) and _zero_where_zero(model, plan, node):
             plan[node] = Step("relu_pass")
+    for node, step in plan.items():  # layers read by such ReLUs alone
+        if step.kind != "linear" or not step.relu_out:
+            continue
+        out = _output_node(node, step, plan)
+        readers = [u for u in out.users if not is_metadata(u)]
+        if all(plan[u].kind == "relu_pass" for u in readers):
+            plan[node] = replace(step, relu_pass_out=True)
+            for u in readers:
+                plan[u] = Step("relu_pass", source=node)
 
 
 def _zero_where_zero(model: nn.Module, plan: dict, src: fx.Node) -> bool:

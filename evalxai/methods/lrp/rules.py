@@ -49,12 +49,14 @@ class LinearOp:
     (``F.conv2d(x, w, b, ...)`` with a weight that does not depend on the input, as timm's weight-standardised
     ``StdConv2d`` computes it); ``module`` then only names the layer type. ``nonneg_in``: the input is known to be
     non-negative (a ReLU's output, ``graph.nonnegative_nodes``); ``relu_out``: only ReLUs read the output, so the
-    relevance of an output z0 <= 0 is zero (the ReLU's gradient)."""
+    relevance of an output z0 <= 0 is zero (the ReLU's gradient); ``relu_pass_out``: only ReLUs that pass relevance
+    unchanged read it (``plan.relu_passes``), and they set ``relu_output`` = relu(z0) in the forward."""
 
     def __init__(self, module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None, conv: dict | None = None,
-                 nonneg_in: bool = False, relu_out: bool = False):
+                 nonneg_in: bool = False, relu_out: bool = False, relu_pass_out: bool = False):
         self.module, self.weight, self.bias = module, weight, bias
-        self.nonneg_in, self.relu_out = nonneg_in, relu_out
+        self.nonneg_in, self.relu_out, self.relu_pass_out = nonneg_in, relu_out, relu_pass_out
+        self.relu_output = None  # relu(z0), handed over by the ReLUs that read the layer (relu_pass_out)
         self.is_conv = conv is not None or isinstance(module, nn.modules.conv._ConvNd)
         if not self.is_conv:
             return
@@ -225,10 +227,20 @@ class Epsilon(Rule):
             raise ValueError(f"epsilon={self.epsilon} is negative: LRP-epsilon needs epsilon >= 0")
 
     def backward(self, op, a, z0, r):
+        if z0 is None:  # behind ReLUs that hand over y = relu(z0) (``op.relu_pass_out``): y = z0 wherever relevance
+            # arrives (z0 > 0), where stab(z0) = y + eps; elsewhere R = 0 and y + eps > 0 keeps the quotient 0. Two
+            # passes (add, divide) instead of divide's three, and z0 is not kept
+            y = op.relu_output
+            if self.epsilon == 0:
+                s = torch.div(r, y).nan_to_num_(0.0, 0.0, 0.0)
+            else:
+                den = torch.add(y, self.epsilon)
+                s = torch.div(r, den, out=den)
+            return op.vjp(s, op.weight, a).mul_(a)
         return op.vjp(divide(r, z0, self.epsilon), op.weight, a).mul_(a)
 
     def forward(self, op, a, z0):
-        return z0
+        return None if op.relu_pass_out else z0
 
 
 @dataclass
@@ -375,7 +387,7 @@ class Gamma(Rule):
             w_up = torch.add(w, _pos(w), alpha=g)
             bias = w.new_full((w.shape[0],), self.stabilizer) if b is None else torch.add(b, _pos(b), alpha=g).add_(
                 self.stabilizer)
-            return True, z0, op.fwd(a, w_up, bias), w_up
+            return True, None if op.relu_out else z0, op.fwd(a, w_up, bias), w_up  # z0: for negative outputs
         ap, an = a.clamp(min=0), a.clamp(max=0)
         wp, wn = w + g * w.clamp(min=0), w + g * w.clamp(max=0)
         bp = None if b is None else b + g * b.clamp(min=0)
