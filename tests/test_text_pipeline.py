@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from evalxai.meta.run import run_meta
 from evalxai.methods import METHODS
-from evalxai.metrics import METRICS, get_metric
+from evalxai.metrics import get_metric
 from evalxai.runs.configs import CONF
 from evalxai.runs.pipeline import metric_list, run_experiment
 

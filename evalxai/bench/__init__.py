@@ -16,5 +16,6 @@ and medians are taken, so drift on a shared machine hits all calls alike.
 Modules: ``timing`` (what every bench shares: interleaved rounds, the plain gradient pass, Markdown tables),
 ``methods`` (methods on MNIST-size models, vit_tiny, the API in fresh processes), ``imagenet`` (the 224 case:
 VGG-16 and ResNet-50 defined here, peak memory), ``metrics`` (metrics against the passes they make), ``quantus``
-(evalxai against Quantus), ``targets`` (issue 29's targets from those benches, one summary), ``end_to_end`` (``python -m evalxai`` cold and warm), ``__main__`` (the command line).
+(evalxai against Quantus), ``targets`` (issue 29's targets from those benches, one summary), ``end_to_end``
+(``python -m evalxai`` cold and warm), ``__main__`` (the command line).
 """

@@ -14,8 +14,15 @@ import torch
 import evalxai
 from evalxai.bench import __doc__ as BENCH_DOC
 from evalxai.bench.end_to_end import bench_end_to_end
-from evalxai.bench.imagenet import (IMAGENET_DEFAULT_MODELS, IMAGENET_METHODS, IMAGENET_MODELS, bench_imagenet,
-                                   imagenet_report, resolve_device, torchvision_error)
+from evalxai.bench.imagenet import (
+    IMAGENET_DEFAULT_MODELS,
+    IMAGENET_METHODS,
+    IMAGENET_MODELS,
+    bench_imagenet,
+    imagenet_report,
+    resolve_device,
+    torchvision_error,
+)
 from evalxai.bench.methods import BENCH_UNITS, TARGETS, VIT_METHODS, bench_api, bench_methods, bench_vit
 from evalxai.bench.metrics import bench_all_metrics, bench_flip_race, image_metrics, mnist_case
 from evalxai.bench.quantus import bench_quantus, bench_quantus_realistic, quantus_report
@@ -247,7 +254,8 @@ def _main_targets(args, out: Path) -> pd.DataFrame:
     text = (f"Issue 29's targets, one run: torch {torch.__version__}, {threads} thread(s) (vit_tiny: 2), allocator "
             f"{'tuned' if tuned else 'default'} (the Quantus entries: default in both processes); load (1, 5, 15 min) "
             f"{_load(load_start)} at the start, {_load(os.getloadavg())} at the end; "
-            f"{time.perf_counter() - t0:.0f} s. Details: the CSV files next to this one.\n\n" + markdown(summary) + "\n")
+            f"{time.perf_counter() - t0:.0f} s. Details: the CSV files next to this one.\n\n"
+            + markdown(summary) + "\n")
     (out / "bench_targets.md").write_text(text)
     print(text)
     return summary

@@ -13,8 +13,8 @@ from __future__ import annotations
 import pandas as pd
 
 from evalxai.bench.imagenet import LRP_TARGETS_224
-from evalxai.bench.metrics import TARGET as METRIC_TARGET
 from evalxai.bench.methods import VIT_TARGET
+from evalxai.bench.metrics import TARGET as METRIC_TARGET
 from evalxai.bench.quantus import QUANTUS_TARGET
 
 FLIP_BARE_TARGET = 1.0
