@@ -27,6 +27,7 @@ from evalxai.core.validate import (
     check_token_masks,
 )
 from evalxai.metrics import get_metric
+from evalxai.metrics.registry import MetricSpec
 from evalxai.metrics.tokens import why_not_tokens
 from evalxai.models.text import EmbeddingsInput, mask_groups, text_model
 
@@ -129,6 +130,9 @@ def explain_tokens(model: nn.Module, input_ids: torch.Tensor, target: Target, me
 def row_major_order(sample: np.ndarray) -> np.ndarray | None:
     """The permutation that puts rows in the order (k-th row of each sample, sample), k counted per sample in
     table order; None when they already are."""
+    n = int(sample.max()) + 1 if len(sample) else 0
+    if n and len(sample) % n == 0 and np.array_equal(sample, np.tile(np.arange(n), len(sample) // n)):
+        return None  # the usual case, each row of samples 0..n-1 in turn: checked without sorting
     by_sample = np.argsort(sample, kind="stable")
     s = sample[by_sample]
     starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
@@ -188,11 +192,11 @@ def score(model: nn.Module, x: torch.Tensor, target: Target, attributions: torch
         frames = []
         for i in range(0, len(x), step):
             chunk = params if masks is None else {**params, "masks": masks[i:i + step]}
-            part = pd.DataFrame(spec.fn(model, x[i:i + step], target[i:i + step], attributions[i:i + step], **chunk))
+            part = _frame(spec.rows(model, x[i:i + step], target[i:i + step], attributions[i:i + step], **chunk))
             if i:
                 part["sample"] = part["sample"] + i
             frames.append(part)
-    return _tidy(frames, metric)
+    return _tidy(frames, spec)
 
 
 def score_tokens(model: nn.Module, input_ids: torch.Tensor, target: Target, attributions: torch.Tensor,
@@ -223,22 +227,28 @@ def score_tokens(model: nn.Module, input_ids: torch.Tensor, target: Target, attr
     attributions = attributions.to(embeds.dtype)
     if spec.reads_tokens:
         with frozen(model):
-            return _tidy([pd.DataFrame(spec.fn(model, input_ids, target, attributions, attention_mask=attention_mask,
-                                               **params))], metric)
+            return _tidy([_frame(spec.rows(model, input_ids, target, attributions, attention_mask=attention_mask,
+                                           **params))], spec)
     frames = []  # a metric of the maps alone (accept_tokens): never runs the model
     for mask, rows in mask_groups(attention_mask):
         keep = mask.bool()
         maps = attributions[rows][:, keep][:, None, None, :]  # (n, 1, 1, L): one channel, one row
         given = {**params, "masks": params["masks"][rows][:, keep][:, None, :]} if "masks" in params else params
-        part = pd.DataFrame(spec.fn(model, torch.zeros_like(maps), target[rows], maps, **given))
+        part = _frame(spec.rows(model, torch.zeros_like(maps), target[rows], maps, **given))
         part["sample"] = rows.cpu().numpy()[part["sample"].to_numpy()]
         frames.append(part)
-    return _tidy(frames, metric)
+    return _tidy(frames, spec)
 
 
-def _tidy(frames: list[pd.DataFrame], metric: str) -> pd.DataFrame:
+def _frame(rows: pd.DataFrame | Mapping | list) -> pd.DataFrame:
+    """A metric function's rows as a frame (it may return a frame, a mapping of columns or a list of records)."""
+    return rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
+
+
+def _tidy(frames: list[pd.DataFrame], spec: MetricSpec) -> pd.DataFrame:
     """One table of the metric's row frames (each with batch-wide ``sample`` numbers), in the order the metric writes
-    them for one batch, with the ``metric``, ``step`` and ``measure`` columns."""
+    them for one batch, with the ``metric``, ``direction`` (declared per measure: ``MetricSpec.directions_of``),
+    ``step`` and ``measure`` columns; built in one construction (a metric without model passes costs little else)."""
     df = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
     # rows in the order the metric writes them for one batch (row k of every sample, then row k + 1), whatever
     # the chunks: the table does not depend on the memory budget
@@ -246,8 +256,15 @@ def _tidy(frames: list[pd.DataFrame], metric: str) -> pd.DataFrame:
     if order is not None:
         df = df.take(order)
     n = len(df)
-    columns = {"metric": np.full(n, metric, dtype=object), **{c: df[c].array for c in df.columns}}
-    columns["step"] = pd.array(columns["step"] if "step" in columns else np.full(n, None), dtype="Int64")
-    columns.setdefault("measure", np.full(n, metric, dtype=object))
+    columns = {"metric": np.full(n, spec.name, dtype=object), **{c: df[c].array for c in df.columns}}
+    direction = spec.directions_of(columns["measure"] if "measure" in columns else None, n)
+    if "direction" in columns or "value" not in columns:  # where the row builders leave it, else after value
+        columns["direction"] = direction
+    else:
+        at = list(columns).index("value") + 1
+        columns = {**dict(list(columns.items())[:at]), "direction": direction, **dict(list(columns.items())[at:])}
+    columns["step"] = pd.array(columns["step"], dtype="Int64") if "step" in columns else pd.arrays.IntegerArray(
+        np.zeros(n, dtype=np.int64), np.ones(n, dtype=bool))  # all missing
+    columns.setdefault("measure", np.full(n, spec.name, dtype=object))
     columns["sample"] = np.asarray(columns["sample"], dtype=np.int64)
-    return pd.DataFrame(columns)  # one construction: a metric without model passes costs little else
+    return pd.DataFrame(columns)

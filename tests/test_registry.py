@@ -3,6 +3,7 @@ defaults in its signature; everything else (rows' directions, YAML, catalogue, g
 one binding layer (evalxai.binding.bind) decides what every call receives."""
 import inspect
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -79,6 +80,30 @@ def test_rows_carry_the_declared_directions(cleanup):
     cleanup.append((METRICS, "_test_undeclared"))
     with pytest.raises(KeyError, match="metric '_test_undeclared' wrote measure 'other'.*directions="):
         _undeclared(None, torch.zeros(1, 4), None, None)
+    with pytest.raises(KeyError, match="metric '_test_undeclared' wrote measure 'other'.*directions="):
+        evalxai.score(nn.Linear(4, 2), torch.zeros(1, 4), 0, torch.zeros(1, 4), metric="_test_undeclared")
+
+
+def test_score_fills_directions_as_the_registered_function_does(cleanup):
+    """evalxai.score calls the function as written (``MetricSpec.rows``) and fills the directions while it builds
+    its table: the same directions, in the same column place, as the registered function's rows; a metric that
+    writes no direction column gets it after ``value``, and one with neither gets it last."""
+    @register_metric("_test_tidy", family="complexity", directions={"score": "higher", "curve_*": "none"})
+    def _tidy_rows(model, x, target, attributions, with_value=True):
+        n = len(x)
+        rows = {"sample": np.tile(np.arange(n), 2), "measure": ["curve_a"] * n + ["score"] * n}
+        if with_value:
+            rows.update(value=np.arange(2.0 * n), extra=np.ones(2 * n))
+        return rows
+
+    cleanup.append((METRICS, "_test_tidy"))
+    x = torch.zeros(3, 4)
+    for with_value in (True, False):
+        own = _tidy_rows(None, x, None, None, with_value=with_value)
+        table = evalxai.score(nn.Linear(4, 2), x, 0, x, metric="_test_tidy", with_value=with_value)
+        assert list(table.columns) == ["metric", *own.columns, "step"]
+        assert table["direction"].tolist() == own["direction"].tolist() == ["none"] * 3 + ["higher"] * 3
+        assert list(own.columns).index("direction") == (3 if with_value else 2)
 
 
 def _fn(model, x, target, attributions, k=1):

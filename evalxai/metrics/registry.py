@@ -65,7 +65,8 @@ def no_passes(model: nn.Module, x: torch.Tensor, params: Mapping) -> Passes:
 
 @dataclass
 class MetricSpec:
-    """A registered metric: its function and everything declared with it (``register_metric``)."""
+    """A registered metric: its function and everything declared with it (``register_metric``). ``fn`` fills the
+    rows' directions; ``rows`` is the function as written (``evalxai.score`` fills them while it builds its table)."""
     name: str
     fn: Callable
     family: str
@@ -74,6 +75,10 @@ class MetricSpec:
     defaults: dict = field(default_factory=dict)
     cost: Callable[..., Passes] | None = None
     inputs: tuple[str, ...] = ("float",)
+    rows: Callable | None = None
+
+    def __post_init__(self):
+        self.rows = self.rows or self.fn
 
     @property
     def reads_tokens(self) -> bool:
@@ -108,15 +113,18 @@ class MetricSpec:
         needs no method or pool (localisation, complexity)."""
         return self.cost is no_passes and "method" not in self.needs and "pool" not in self.needs
 
+    def directions_of(self, measure: np.ndarray | pd.Series | None, n: int) -> np.ndarray:
+        """The declared direction of each of ``n`` rows' measures (``measure`` None: the metric's name)."""
+        if measure is None:
+            return np.full(n, self.direction(self.name), dtype=object)
+        codes, measures = pd.factorize(measure)
+        return np.array([self.direction(m) for m in measures], dtype=object)[codes]
+
     def with_directions(self, rows: pd.DataFrame | Mapping | list) -> pd.DataFrame:
         """``rows`` with the ``direction`` column of their measures (in place of the column the row builders leave
         empty; after ``value`` where there is none)."""
         rows = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
-        if "measure" in rows:
-            codes, measures = pd.factorize(rows["measure"])
-            direction = np.array([self.direction(m) for m in measures], dtype=object)[codes]
-        else:
-            direction = np.full(len(rows), self.direction(self.name), dtype=object)
+        direction = self.directions_of(rows["measure"] if "measure" in rows else None, len(rows))
         if "direction" in rows:
             rows["direction"] = direction
         else:
@@ -189,7 +197,7 @@ def register_metric(name: str, *, family: str, directions: Mapping[str, str], ne
         def metric(*args, **kwargs):
             return spec.with_directions(fn(*args, **kwargs))
 
-        spec.fn = metric
+        spec.fn, spec.rows = metric, fn
         METRICS[name] = spec
         return metric
     return wrap
