@@ -228,15 +228,9 @@ class Epsilon(Rule):
 
     def backward(self, op, a, z0, r):
         if z0 is None:  # behind ReLUs that hand over y = relu(z0) (``op.relu_pass_out``): y = z0 wherever relevance
-            # arrives (z0 > 0), where stab(z0) = y + eps; elsewhere R = 0 and y + eps > 0 keeps the quotient 0. Two
-            # passes (add, divide) instead of divide's three, and z0 is not kept
-            y = op.relu_output
-            if self.epsilon == 0:
-                s = torch.div(r, y).nan_to_num_(0.0, 0.0, 0.0)
-            else:
-                den = torch.add(y, self.epsilon)
-                s = torch.div(r, den, out=den)
-            return op.vjp(s, op.weight, a).mul_(a)
+            # arrives (z0 > 0), where stab(z0) = y + eps; elsewhere R = 0 and y + eps > 0 keeps the quotient 0. y >= 0:
+            # one pass less than divide's, and z0 is not kept
+            return op.vjp(_divide_signed(r, op.relu_output, self.epsilon, 1.0), op.weight, a).mul_(a)
         return op.vjp(divide(r, z0, self.epsilon), op.weight, a).mul_(a)
 
     def forward(self, op, a, z0):
