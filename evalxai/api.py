@@ -27,7 +27,7 @@ from evalxai.core.validate import (
     check_token_masks,
 )
 from evalxai.metrics import get_metric
-from evalxai.metrics.registry import MetricSpec
+from evalxai.metrics.registry import MetricSpec, direction_position
 from evalxai.metrics.tokens import why_not_tokens
 from evalxai.models.text import EmbeddingsInput, mask_groups, text_model
 
@@ -258,11 +258,12 @@ def _tidy(frames: list[pd.DataFrame], spec: MetricSpec) -> pd.DataFrame:
     n = len(df)
     columns = {"metric": np.full(n, spec.name, dtype=object), **{c: df[c].array for c in df.columns}}
     direction = spec.directions_of(columns["measure"] if "measure" in columns else None, n)
-    if "direction" in columns or "value" not in columns:  # where the row builders leave it, else after value
+    at = direction_position(list(columns))
+    if at is None:
         columns["direction"] = direction
     else:
-        at = list(columns).index("value") + 1
-        columns = {**dict(list(columns.items())[:at]), "direction": direction, **dict(list(columns.items())[at:])}
+        items = list(columns.items())
+        columns = {**dict(items[:at]), "direction": direction, **dict(items[at:])}
     columns["step"] = pd.array(columns["step"], dtype="Int64") if "step" in columns else pd.arrays.IntegerArray(
         np.zeros(n, dtype=np.int64), np.ones(n, dtype=bool))  # all missing
     columns.setdefault("measure", np.full(n, spec.name, dtype=object))

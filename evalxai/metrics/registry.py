@@ -121,16 +121,23 @@ class MetricSpec:
         return np.array([self.direction(m) for m in measures], dtype=object)[codes]
 
     def with_directions(self, rows: pd.DataFrame | Mapping | list) -> pd.DataFrame:
-        """``rows`` with the ``direction`` column of their measures (in place of the column the row builders leave
-        empty; after ``value`` where there is none)."""
+        """``rows`` with the ``direction`` column of their measures (``direction_position``)."""
         rows = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
         direction = self.directions_of(rows["measure"] if "measure" in rows else None, len(rows))
-        if "direction" in rows:
+        at = direction_position(list(rows.columns))
+        if at is None:
             rows["direction"] = direction
         else:
-            rows.insert(rows.columns.get_loc("value") + 1 if "value" in rows else len(rows.columns), "direction",
-                        direction)
+            rows.insert(at, "direction", direction)
         return rows
+
+
+def direction_position(columns: list[str]) -> int | None:
+    """Where the ``direction`` column goes among a metric's row ``columns``: None where it is one of them (the row
+    builders leave it empty: filled in place), else right after ``value`` (last where there is none)."""
+    if "direction" in columns:
+        return None
+    return columns.index("value") + 1 if "value" in columns else len(columns)
 
 
 METRICS: dict[str, MetricSpec] = {}
