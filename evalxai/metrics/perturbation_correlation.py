@@ -20,7 +20,7 @@ expected to change the prediction.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -93,14 +93,20 @@ def feature_count(size: float, n_features: int, name: str = "subset_size") -> in
     return int(size)
 
 
+def _feature_draws(x: torch.Tensor, seed: int, runs: int, n_features: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """(sample index, (runs, P) uniform float64 draws) per sample, from the sample's own generator (the same whatever
+    the batch): the draws both ``random_orders`` and ``random_subsets`` rank."""
+    for n, g in enumerate(sample_generators(x, seed)):
+        yield n, torch.rand(runs, n_features, generator=g, dtype=torch.float64)
+
+
 def random_orders(x: torch.Tensor, seed: int, runs: int, n_features: int) -> torch.Tensor:
     """(runs, N, P) int64: ``runs`` random orders of the P features per sample (rank of each feature), drawn from the
     sample's own generator (the same whatever the batch). ``rank < n`` is a uniformly random n-subset."""
     ranks = torch.empty(len(x), runs, n_features, dtype=torch.long)
     pos = torch.arange(n_features).expand(runs, n_features)
-    for n, g in enumerate(sample_generators(x, seed)):
-        idx = torch.rand(runs, n_features, generator=g, dtype=torch.float64).argsort(1)
-        ranks[n].scatter_(1, idx, pos)
+    for n, v in _feature_draws(x, seed, runs, n_features):
+        ranks[n].scatter_(1, v.argsort(1), pos)
     return ranks.transpose(0, 1).to(x.device)
 
 
@@ -110,8 +116,7 @@ def random_subsets(x: torch.Tensor, seed: int, runs: int, n_features: int, size:
     ``size``-th smallest (a selection, 3x faster than the full argsort; the same subsets, as float64 draws do not
     tie)."""
     sel = torch.empty(len(x), runs, n_features, dtype=torch.bool)
-    for n, g in enumerate(sample_generators(x, seed)):
-        v = torch.rand(runs, n_features, generator=g, dtype=torch.float64)  # random_orders' draws
+    for n, v in _feature_draws(x, seed, runs, n_features):
         torch.le(v, v.kthvalue(size, dim=1, keepdim=True).values, out=sel[n])
     return sel.transpose(0, 1).to(x.device)
 
